@@ -1,0 +1,46 @@
+# Two entry points matter: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Built binaries (kube-apiserver, etcd) live outside the clone so a fresh clone reuses them.
+export ENERGETISCOPE_CACHE ?= $(HOME)/.cache/energetiscope
+DEV_CERTS ?= .dev-certs
+PORT ?= 8443
+
+.PHONY: run test install certs controlplane prometheus bench clean
+
+$(BIN)/energetiscope $(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+$(DEV_CERTS)/tls.crt: $(VENV)/.installed
+	$(BIN)/energetiscope certs create --out $(DEV_CERTS) --dns localhost --ip 127.0.0.1
+
+certs: $(DEV_CERTS)/tls.crt
+
+run: install certs
+	@echo
+	@echo "EnergetiScope webhook on https://127.0.0.1:$(PORT) (embedded prior predictor). Try, from another shell:"
+	@echo "  curl --cacert $(DEV_CERTS)/ca.crt -H 'Content-Type: application/json' --data @examples/admission-review-deployment.json https://127.0.0.1:$(PORT)/mutate"
+	@echo
+	$(BIN)/energetiscope serve --cert-dir $(DEV_CERTS) --port $(PORT) --host 127.0.0.1
+
+controlplane:
+	bash tests/e2e/controlplane/build.sh
+
+prometheus:
+	bash tests/tools/install-prometheus.sh
+
+test: install controlplane prometheus
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(DEV_CERTS) .pytest_cache .hypothesis
