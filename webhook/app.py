@@ -1,0 +1,203 @@
+"""The HTTP surface: admission, debugging endpoints, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .admission import MutationSettings, NotAnAdmissionReview, mutate, parse_review
+from .manifests import ManifestError, read_manifests
+from .metrics import CONTENT_TYPE, WebhookMetrics
+from .schema import InferenceRequest, PredictOut
+from .service import PredictionService, WorkloadPrediction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 3 * 2**20  # etcd's default object limit is 1.5 MiB; reviews carry old + new
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    mutation: MutationSettings = MutationSettings()
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, error: str, **detail: Any) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, **self.detail}, status_code=self.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPProblem(400, "body is not valid JSON: nested too deeply") from None
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPProblem(400, f"body is not UTF-8 text: {exc}") from None
+
+
+def predict_out(prediction: WorkloadPrediction) -> dict[str, Any]:
+    request, pod = prediction.request, prediction.pod
+    return PredictOut(
+        pred_energy_step_j=prediction.pod_energy_step_joules,
+        workload_kind=request.workload_kind,
+        workload_name=request.workload_name,
+        namespace=request.namespace,
+        spec_hash=prediction.spec_hash,
+        pod_power_watts=pod.power_watts,
+        pod_power_watts_p10=pod.power_watts_p10,
+        pod_power_watts_p90=pod.power_watts_p90,
+        workload_pods=prediction.pods,
+        workload_power_watts=prediction.workload_power_watts,
+        workload_power_scope=prediction.scope,  # type: ignore[arg-type]
+        energy_joules_per_hour=prediction.energy_joules_per_hour,
+        model=pod.model_id,
+        basis=pod.basis,
+        fallback_reason=pod.fallback_reason,
+    ).model_dump(mode="json")
+
+
+def create_app(service: PredictionService, settings: AppSettings | None = None) -> Starlette:
+    settings = settings or AppSettings()
+    metrics = WebhookMetrics(service)
+    state = {"tls_ready": False}
+
+    def endpoint(name: str, handler: Callable[[Request], Awaitable[tuple[Response, str]]]):
+        async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response, result = await handler(request)
+            except HTTPProblem as problem:
+                response, result = problem.response(), f"http_{problem.status}"
+            except Exception:
+                log.exception("unhandled error on %s", name)
+                response, result = JSONResponse({"error": "internal error"}, status_code=500), "error"
+            metrics.observe(name, result, time.perf_counter() - started)
+            return response
+
+        return run
+
+    async def admit(request: Request) -> tuple[Response, str]:
+        body = _json(await _read_body(request, settings.max_body_bytes))
+        try:
+            review_request = parse_review(body)
+        except NotAnAdmissionReview as exc:
+            raise HTTPProblem(400, f"not an AdmissionReview: {exc}") from None
+        result = mutate(review_request, service, settings.mutation)
+        if result.basis is not None:
+            metrics.predictions.labels(result.basis).inc()
+        return JSONResponse(result.review), result.outcome
+
+    async def predict(request: Request) -> tuple[Response, str]:
+        body = _json(await _read_body(request, settings.max_body_bytes))
+        try:
+            inference_request = InferenceRequest.model_validate(body)
+        except ValidationError as exc:
+            problems = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]} for e in exc.errors()
+            ]
+            raise HTTPProblem(422, "invalid InferenceRequest", problems=problems) from None
+        prediction = service.predict(inference_request)
+        metrics.predictions.labels(prediction.pod.basis).inc()
+        return JSONResponse(predict_out(prediction)), "ok"
+
+    def _manifests(text: str):  # type: ignore[no-untyped-def]
+        try:
+            report = read_manifests(text)
+        except ManifestError as exc:
+            raise HTTPProblem(400, str(exc)) from None
+        if report.errors:
+            raise HTTPProblem(
+                422, "some workload documents cannot be read", errors=report.errors, skipped=report.skipped
+            )
+        return report
+
+    async def infer_from_yaml(request: Request) -> tuple[Response, str]:
+        report = _manifests(_text(await _read_body(request, settings.max_body_bytes)))
+        requests = [{**where.as_dict(), "request": r.model_dump(mode="json")} for where, r in report.requests]
+        return JSONResponse({"requests": requests, "skipped": report.skipped}), "ok"
+
+    async def predict_from_yaml(request: Request) -> tuple[Response, str]:
+        report = _manifests(_text(await _read_body(request, settings.max_body_bytes)))
+        predictions = []
+        for where, inference_request in report.requests:
+            prediction = service.predict(inference_request)
+            metrics.predictions.labels(prediction.pod.basis).inc()
+            predictions.append({**where.as_dict(), **predict_out(prediction)})
+        return JSONResponse({"predictions": predictions, "skipped": report.skipped}), "ok"
+
+    async def healthz(request: Request) -> tuple[Response, str]:
+        return JSONResponse({"status": "ok"}), "ok"
+
+    async def readyz(request: Request) -> tuple[Response, str]:
+        status = service.status()
+        ready = state["tls_ready"] and service.loaded
+        metrics.ready.set(1 if ready else 0)
+        body = {
+            "ready": ready,
+            "tls": state["tls_ready"],
+            "model": {
+                "loaded": service.loaded,
+                "id": status.model_id,
+                "basis": status.basis,
+                "path": status.path,
+                "sha256": status.sha256,
+                "error": status.error,
+            },
+        }
+        return JSONResponse(body, status_code=200 if ready else 503), "ok" if ready else "not_ready"
+
+    async def metrics_endpoint(request: Request) -> tuple[Response, str]:
+        return Response(metrics.render(), media_type=CONTENT_TYPE), "ok"
+
+    routes = [
+        Route("/mutate", endpoint("mutate", admit), methods=["POST"]),
+        Route("/predict", endpoint("predict", predict), methods=["POST"]),
+        Route("/infer/from-yaml", endpoint("infer_from_yaml", infer_from_yaml), methods=["POST"]),
+        Route("/predict/from-yaml", endpoint("predict_from_yaml", predict_from_yaml), methods=["POST"]),
+        Route("/healthz", endpoint("healthz", healthz), methods=["GET"]),
+        Route("/readyz", endpoint("readyz", readyz), methods=["GET"]),
+        Route("/metrics", endpoint("metrics", metrics_endpoint), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.service = service
+    app.state.metrics = metrics
+    app.state.readiness = state
+    return app
+

@@ -1,0 +1,172 @@
+"""The ``energetiscope`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .admission import MutationSettings
+from .manifests import ManifestError, read_manifests
+from .prior import PriorCoefficients, PriorPredictor
+from .service import PredictionService
+
+_DEFAULTS = PriorCoefficients()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main() -> None:
+    """EnergetiScope: predict the power and energy of Kubernetes workloads from their specs."""
+
+
+def _prior_options(func):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--prior-cpu-min-watts", type=float, default=_DEFAULTS.cpu_min_watts_per_vcpu,
+                     envvar="ENERGETISCOPE_PRIOR_CPU_MIN_WATTS", help="W per idle vCPU."),
+        click.option("--prior-cpu-max-watts", type=float, default=_DEFAULTS.cpu_max_watts_per_vcpu,
+                     envvar="ENERGETISCOPE_PRIOR_CPU_MAX_WATTS", help="W per fully busy vCPU."),
+        click.option("--prior-utilisation", type=float, default=_DEFAULTS.utilisation,
+                     envvar="ENERGETISCOPE_PRIOR_UTILISATION", help="Assumed average CPU utilisation, 0..1."),
+        click.option("--prior-pue", type=float, default=_DEFAULTS.pue, envvar="ENERGETISCOPE_PRIOR_PUE",
+                     help="Power usage effectiveness multiplier."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> PriorCoefficients:
+    try:
+        return PriorCoefficients(
+            cpu_min_watts_per_vcpu=cpu_min,
+            cpu_max_watts_per_vcpu=cpu_max,
+            utilisation=utilisation,
+            utilisation_p10=min(_DEFAULTS.utilisation_p10, utilisation),
+            utilisation_p90=max(_DEFAULTS.utilisation_p90, utilisation),
+            pue=pue,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", envvar="ENERGETISCOPE_HOST", help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, envvar="ENERGETISCOPE_PORT")
+@click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("/etc/energetiscope/tls"),
+              envvar="ENERGETISCOPE_CERT_DIR", help="Directory holding tls.crt and tls.key.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
+@click.option("--model-sha256", default=None, envvar="ENERGETISCOPE_MODEL_SHA256",
+              help="Refuse an artifact whose sha256 differs.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", envvar="ENERGETISCOPE_LOG_LEVEL")
+@click.option("--access-log/--no-access-log", default=False, envvar="ENERGETISCOPE_ACCESS_LOG")
+@click.option("--annotate-owned-pods/--no-annotate-owned-pods", default=False,
+              envvar="ENERGETISCOPE_ANNOTATE_OWNED_PODS",
+              help="Also annotate Pods that have a controller (their owner is annotated already).")
+@click.option("--watch-interval", type=click.FloatRange(min=0.1), default=5.0,
+              envvar="ENERGETISCOPE_WATCH_INTERVAL_SECONDS", help="Seconds between checks of the model file.")
+@click.option("--cache-entries", type=click.IntRange(min=0), default=4096, envvar="ENERGETISCOPE_CACHE_ENTRIES")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=3 * 2**20,
+              envvar="ENERGETISCOPE_MAX_BODY_BYTES")
+@_prior_options
+def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
+          log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
+          cache_entries: int, max_body_bytes: int, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+          prior_utilisation: float, prior_pue: float) -> None:
+    """Run the admission webhook over TLS."""
+    from .server import ServeSettings, serve as run
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(
+        cert_dir=cert_dir, host=host, port=port, model_path=model_path, model_sha256=model_sha256,
+        log_level=log_level, access_log=access_log, watch_interval_seconds=watch_interval,
+        max_body_bytes=max_body_bytes, cache_entries=cache_entries,
+        mutation=MutationSettings(annotate_owned_pods=annotate_owned_pods),
+        prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
+    )
+    try:
+        run(settings)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for the webhook's TLS."""
+
+
+@certs.command("create")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dns", "dns_names", multiple=True, help="DNS name SAN (repeatable), e.g. svc.ns.svc.")
+@click.option("--ip", "ip_addresses", multiple=True, help="IP address SAN (repeatable).")
+@click.option("--days", type=click.IntRange(min=1), default=365, help="Validity of the serving certificate.")
+def certs_create(out_dir: Path, dns_names: tuple[str, ...], ip_addresses: tuple[str, ...], days: int) -> None:
+    """Create a CA (or reuse the one in OUT) and a serving certificate with the given SANs.
+
+    Writes ca.crt, ca.key, tls.crt, tls.key: the layout of a kubernetes.io/tls Secret plus its CA.
+    """
+    from certs.authority import create_serving_bundle
+
+    try:
+        paths = create_serving_bundle(out_dir, dns_names, ip_addresses, valid_days=days)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    for role, path in paths.items():
+        click.echo(f"{role}: {path}")
+
+
+@main.command()
+@click.argument("manifest", type=click.File("r"))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+@_prior_options
+def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts: float,  # type: ignore[no-untyped-def]
+            prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
+    """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
+    from .app import predict_out
+
+    prior = PriorPredictor(_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue))
+    service = PredictionService(prior, model_path=model_path)
+    service.load()
+    if service.status().error:
+        raise click.ClickException(service.status().error)
+    try:
+        report = read_manifests(manifest.read())
+    except ManifestError as exc:
+        raise click.ClickException(f"{manifest.name}: {exc}") from None
+    rows = [{**where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests]
+    if output == "json":
+        click.echo(json.dumps({"predictions": rows, "skipped": report.skipped, "errors": report.errors}, indent=2))
+    else:
+        _print_table(rows, report.skipped, report.errors)
+    if report.errors:
+        sys.exit(1)
+
+
+def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> None:  # type: ignore[type-arg]
+    header = ("DOC", "KIND", "NAMESPACE/NAME", "PODS", "POD W", "P10-P90 W", "WORKLOAD W", "kJ/h", "BASIS")
+    table = [header]
+    for r in rows:
+        doc = str(r["document"]) + (f".{r['item']}" if r["item"] is not None else "")
+        pods = f"{r['workload_pods']}" + ("/node" if r["workload_power_scope"] == "per-node" else "")
+        table.append((
+            doc, r["workload_kind"], f"{r['namespace']}/{r['workload_name']}", pods,
+            f"{r['pod_power_watts']:.2f}", f"{r['pod_power_watts_p10']:.2f}-{r['pod_power_watts_p90']:.2f}",
+            f"{r['workload_power_watts']:.2f}", f"{r['energy_joules_per_hour'] / 1000:.1f}", r["basis"],
+        ))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for s in skipped:
+        click.echo(f"skipped document {s['document']}: {s['reason']}", err=True)
+    for e in errors:
+        click.echo(f"error in document {e['document']}: {e['field']}: {e['problem']}", err=True)
+
+
+if __name__ == "__main__":
+    main()

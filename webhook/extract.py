@@ -1,0 +1,341 @@
+"""Kubernetes workload object -> InferenceRequest.
+
+One function serves the admission webhook, the YAML debugging endpoints and the trainer's
+``collect`` step, so training and serving see identical requests. Every error names the
+field in the manifest (``spec.template.spec.containers[1].resources.requests.cpu``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from . import quantity
+from .schema import (
+    ANNOTATION_PREFIX,
+    MAX_CPU_MILLICORES,
+    MAX_MEMORY_MIB,
+    ContainerSpec,
+    InferenceRequest,
+    PodResources,
+)
+
+# kind -> path of the pod template's spec inside the object
+_POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
+    "Pod": ("spec",),
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "ReplicationController": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+# apiVersions each kind is served under (batch/v1beta1 CronJobs still arrive from old clients).
+_API_VERSIONS: dict[str, frozenset[str]] = {
+    "Pod": frozenset({"v1"}),
+    "ReplicationController": frozenset({"v1"}),
+    "Deployment": frozenset({"apps/v1"}),
+    "StatefulSet": frozenset({"apps/v1"}),
+    "DaemonSet": frozenset({"apps/v1"}),
+    "ReplicaSet": frozenset({"apps/v1"}),
+    "Job": frozenset({"batch/v1"}),
+    "CronJob": frozenset({"batch/v1", "batch/v1beta1"}),
+}
+_STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "storage", "pods"})
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
+NODE_TYPE_LABEL = "node-type"
+
+
+class ExtractionError(ValueError):
+    """The object cannot be read as a workload; ``field`` is its dotted path in the manifest."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def is_workload(kind: object, api_version: object) -> bool:
+    return isinstance(kind, str) and api_version in _API_VERSIONS.get(kind, ())
+
+
+def workload_kind_of(obj: Mapping[str, Any]) -> str | None:
+    """The workload kind of ``obj`` when it is one we predict for, else None."""
+    kind, api_version = obj.get("kind"), obj.get("apiVersion")
+    return kind if is_workload(kind, api_version) else None
+
+
+def is_gpu_resource(name: str) -> bool:
+    # nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915, gpu.intel.com/xe ... MIG slices are not whole GPUs.
+    return name.endswith("/gpu") or name.startswith("gpu.intel.com/")
+
+
+def _mapping(value: Any, field: str, *, required: bool = False) -> Mapping[str, Any]:
+    if value is None:
+        if required:
+            raise ExtractionError(field, "is required")
+        return {}
+    if not isinstance(value, Mapping):
+        raise ExtractionError(field, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ExtractionError(field, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _string_list(value: Any, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = _list(value, field)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ExtractionError(f"{field}[{i}]", f"expected a string, got {type(item).__name__}")
+    return items
+
+
+def _optional_str(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ExtractionError(field, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _string_map(value: Any, field: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, item in _mapping(value, field).items():
+        if not isinstance(item, str):
+            raise ExtractionError(f"{field}[{key!r}]", f"expected a string, got {type(item).__name__}")
+        result[str(key)] = item
+    return result
+
+
+def _count(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ExtractionError(field, f"expected an integer, got {value!r}")
+    if value < 0:
+        raise ExtractionError(field, f"must not be negative, got {value}")
+    return value
+
+
+def _cpu(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        millicores = quantity.cpu_millicores(value, field)
+    except quantity.QuantityError as exc:
+        raise ExtractionError(field, str(exc).removeprefix(f"{field}: ")) from None
+    if millicores < 0:
+        raise ExtractionError(field, f"must not be negative, got {value!r}")
+    if millicores > MAX_CPU_MILLICORES:
+        raise ExtractionError(field, f"{value!r} is {millicores} millicores, above the {MAX_CPU_MILLICORES} limit")
+    return millicores
+
+
+def _memory(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        mebibytes = quantity.memory_mebibytes(value, field)
+    except quantity.QuantityError as exc:
+        raise ExtractionError(field, str(exc).removeprefix(f"{field}: ")) from None
+    if mebibytes < 0:
+        raise ExtractionError(field, f"must not be negative, got {value!r}")
+    if mebibytes > MAX_MEMORY_MIB:
+        raise ExtractionError(field, f"{value!r} is above the 64 TiB limit")
+    return mebibytes
+
+
+@dataclass(frozen=True)
+class _Resources:
+    req_cpu_mcpu: int | None
+    req_mem_mib: float | None
+    lim_cpu_mcpu: int | None
+    lim_mem_mib: float | None
+    extended: dict[str, float]
+
+
+def _resources(value: Any, field: str) -> _Resources:
+    resources = _mapping(value, field)
+    requests = _mapping(resources.get("requests"), f"{field}.requests")
+    limits = _mapping(resources.get("limits"), f"{field}.limits")
+    extended: dict[str, float] = {}
+    # Extended resources must have request == limit; a limit alone implies the request.
+    for section_name, section in (("requests", requests), ("limits", limits)):
+        for name, amount in section.items():
+            if name in _STANDARD_RESOURCES or str(name).startswith("hugepages-"):
+                continue
+            item_field = f"{field}.{section_name}[{name!r}]"
+            try:
+                devices = quantity.count(amount, item_field)
+            except quantity.QuantityError as exc:
+                raise ExtractionError(item_field, str(exc).removeprefix(f"{item_field}: ")) from None
+            if devices < 0:
+                raise ExtractionError(item_field, f"must not be negative, got {amount!r}")
+            extended[str(name)] = max(extended.get(str(name), 0.0), devices)
+    return _Resources(
+        req_cpu_mcpu=_cpu(requests.get("cpu"), f"{field}.requests.cpu"),
+        req_mem_mib=_memory(requests.get("memory"), f"{field}.requests.memory"),
+        lim_cpu_mcpu=_cpu(limits.get("cpu"), f"{field}.limits.cpu"),
+        lim_mem_mib=_memory(limits.get("memory"), f"{field}.limits.memory"),
+        extended=extended,
+    )
+
+
+def _container(value: Any, field: str, *, native_sidecar: bool) -> tuple[ContainerSpec, dict[str, float]]:
+    container = _mapping(value, field)
+    name = container.get("name")
+    if not isinstance(name, str) or not name:
+        raise ExtractionError(f"{field}.name", "is required and must be a non-empty string")
+    image = _optional_str(container.get("image"), f"{field}.image") or ""
+    res = _resources(container.get("resources"), f"{field}.resources")
+    spec = ContainerSpec(
+        name=name,
+        image=image,
+        command=_string_list(container.get("command"), f"{field}.command"),
+        args=_string_list(container.get("args"), f"{field}.args"),
+        req_cpu_mcpu=res.req_cpu_mcpu,
+        req_mem_mib=res.req_mem_mib,
+        lim_cpu_mcpu=res.lim_cpu_mcpu,
+        lim_mem_mib=res.lim_mem_mib,
+        native_sidecar=native_sidecar,
+    )
+    return spec, res.extended
+
+
+def _volume_type(volume: Any, field: str) -> str:
+    volume = _mapping(volume, field)
+    sources = [key for key in volume if key != "name"]
+    # A volume has exactly one source; the apiserver defaults a bare volume to emptyDir.
+    return str(sources[0]) if sources else "emptyDir"
+
+
+def _dig(obj: Mapping[str, Any], path: tuple[str, ...]) -> tuple[Mapping[str, Any], str]:
+    node: Mapping[str, Any] = obj
+    walked: list[str] = []
+    for key in path:
+        walked.append(key)
+        node = _mapping(node.get(key), ".".join(walked), required=True)
+    return node, ".".join(walked)
+
+
+def to_inference_request(obj: Mapping[str, Any]) -> InferenceRequest:
+    """Build the InferenceRequest of a workload object (a dict as the API serves it).
+
+    Raises ExtractionError naming the field when the object cannot be read.
+    """
+    if not isinstance(obj, Mapping):
+        raise ExtractionError("object", f"expected an object, got {type(obj).__name__}")
+    kind = obj.get("kind")
+    api_version = obj.get("apiVersion")
+    if not is_workload(kind, api_version):
+        raise ExtractionError("kind", f"{api_version}/{kind} is not a workload kind EnergetiScope predicts for")
+    assert isinstance(kind, str)
+    metadata = _mapping(obj.get("metadata"), "metadata")
+    pod_spec, spec_field = _dig(obj, _POD_SPEC_PATHS[kind])
+
+    containers: list[ContainerSpec] = []
+    extended: dict[str, float] = {}
+
+    def add_extended(amounts: dict[str, float]) -> None:
+        for name, devices in amounts.items():
+            extended[name] = extended.get(name, 0.0) + devices
+
+    init_container_count = 0
+    sidecar_count = 0
+    for i, item in enumerate(_list(pod_spec.get("initContainers"), f"{spec_field}.initContainers")):
+        field = f"{spec_field}.initContainers[{i}]"
+        restart_policy = _mapping(item, field).get("restartPolicy")
+        if restart_policy == "Always":
+            # Native sidecars (KEP-753) run for the pod's whole life, so they draw power like containers.
+            spec, amounts = _container(item, field, native_sidecar=True)
+            containers.append(spec)
+            add_extended(amounts)
+            sidecar_count += 1
+        else:
+            _container(item, field, native_sidecar=False)  # validated, then not counted: it exits
+            init_container_count += 1
+    main = _list(pod_spec.get("containers"), f"{spec_field}.containers")
+    if not main:
+        raise ExtractionError(f"{spec_field}.containers", "must list at least one container")
+    for i, item in enumerate(main):
+        spec, amounts = _container(item, f"{spec_field}.containers[{i}]", native_sidecar=False)
+        containers.append(spec)
+        add_extended(amounts)
+
+    pod_res = _resources(pod_spec.get("resources"), f"{spec_field}.resources")
+    pod_resources = None
+    if any(v is not None for v in (pod_res.req_cpu_mcpu, pod_res.req_mem_mib, pod_res.lim_cpu_mcpu, pod_res.lim_mem_mib)):
+        pod_resources = PodResources(
+            req_cpu_mcpu=pod_res.req_cpu_mcpu,
+            req_mem_mib=pod_res.req_mem_mib,
+            lim_cpu_mcpu=pod_res.lim_cpu_mcpu,
+            lim_mem_mib=pod_res.lim_mem_mib,
+        )
+
+    node_selector = _string_map(pod_spec.get("nodeSelector"), f"{spec_field}.nodeSelector")
+    instance_type = next((node_selector[k] for k in INSTANCE_TYPE_LABELS if k in node_selector), None)
+
+    spec = _mapping(obj.get("spec"), "spec")
+    replicas = parallelism = completions = None
+    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
+        replicas = _count(spec.get("replicas"), "spec.replicas")
+    elif kind == "Job":
+        parallelism = _count(spec.get("parallelism"), "spec.parallelism")
+        completions = _count(spec.get("completions"), "spec.completions")
+    elif kind == "CronJob":
+        job_spec, job_field = _dig(obj, ("spec", "jobTemplate", "spec"))
+        parallelism = _count(job_spec.get("parallelism"), f"{job_field}.parallelism")
+        completions = _count(job_spec.get("completions"), f"{job_field}.completions")
+
+    labels = {
+        k: v
+        for k, v in _string_map(metadata.get("labels"), "metadata.labels").items()
+        if not k.startswith(ANNOTATION_PREFIX)
+    }
+    annotations = {
+        k: v
+        for k, v in _string_map(metadata.get("annotations"), "metadata.annotations").items()
+        if not k.startswith(ANNOTATION_PREFIX) and k != _LAST_APPLIED
+    }
+    name = metadata.get("name") or metadata.get("generateName") or ""
+    try:
+        return InferenceRequest(
+            namespace=_optional_str(metadata.get("namespace"), "metadata.namespace") or "default",
+            workload_kind=kind,  # type: ignore[arg-type]
+            workload_name=_optional_str(name, "metadata.name") or "",
+            labels=labels,
+            annotations=annotations,
+            containers=containers,
+            init_container_count=init_container_count,
+            sidecar_count=sidecar_count,
+            volume_types=[
+                _volume_type(v, f"{spec_field}.volumes[{i}]")
+                for i, v in enumerate(_list(pod_spec.get("volumes"), f"{spec_field}.volumes"))
+            ],
+            node_type=node_selector.get(NODE_TYPE_LABEL),
+            runtime_class=_optional_str(pod_spec.get("runtimeClassName"), f"{spec_field}.runtimeClassName"),
+            gpu_count=sum(v for k, v in extended.items() if is_gpu_resource(k)),
+            parallelism=parallelism,
+            completions=completions,
+            replicas=replicas,
+            pod_resources=pod_resources,
+            extended_resources=extended,
+            priority_class=_optional_str(pod_spec.get("priorityClassName"), f"{spec_field}.priorityClassName"),
+            instance_type=instance_type,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ExtractionError(field, first["msg"]) from None

@@ -1,0 +1,178 @@
+"""InferenceRequest -> feature vector: one transformer for training and serving.
+
+The prototype embedded specs as text, so a 64-core pod and a 0.1-core pod looked alike to
+its cosine distance. Here resources are numbers on a log scale, standardised on the
+training set, so distances see magnitude; kinds and classes are one-hot; image names and
+commands become hashed token counts, a cheap stand-in for what a text embedding captures.
+Each block has a weight so the trainer can trade them off.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import murmurhash3_32
+
+from .extract import is_gpu_resource
+from .resources import pod_totals
+from .schema import InferenceRequest
+
+# Bump when the meaning of the feature vector changes: artifacts record it and the server
+# refuses an artifact built for another version instead of predicting nonsense.
+FEATURE_VERSION = 1
+
+NUMERIC_FEATURES = (
+    "cpu_request_millicores",
+    "cpu_limit_millicores",
+    "memory_request_mib",
+    "memory_limit_mib",
+    "gpu_count",
+    "other_extended_resources",
+    "running_containers",
+    "init_containers",
+    "native_sidecars",
+    "volumes",
+    "containers_without_cpu_request",
+    "containers_without_memory_request",
+)
+CATEGORICAL_FEATURES = ("workload_kind", "runtime_class", "instance_type", "node_type", "priority_class")
+# Labels that name the application; the rest (versions, chart revisions, hashes) are noise.
+APP_NAME_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app", "k8s-app", "component")
+
+_TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+def _image_tokens(image: str) -> list[str]:
+    image = image.split("@", 1)[0].lower()
+    path = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    parts = path.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]  # the registry says where the image lives, not what it does
+    tokens = list(parts)
+    for part in parts:
+        tokens.extend(t for t in _TOKEN_SPLIT.split(part) if t)
+    return tokens
+
+
+def _words(text: str) -> list[str]:
+    return [t for t in _TOKEN_SPLIT.split(text.lower()) if len(t) > 1 and not t.isdigit()]
+
+
+def request_tokens(request: InferenceRequest) -> list[str]:
+    """Words that describe what the pod runs: image names, command words, app labels."""
+    tokens: list[str] = []
+    for container in request.containers:
+        tokens.extend(f"img:{t}" for t in _image_tokens(container.image))
+        for arg in (container.command or [])[:8] + (container.args or [])[:16]:
+            tokens.extend(f"cmd:{t}" for t in _words(arg.rsplit("/", 1)[-1]))
+    for key in APP_NAME_LABELS:
+        if key in request.labels:
+            tokens.extend(f"app:{t}" for t in _words(request.labels[key]))
+    return tokens
+
+
+def numeric_row(request: InferenceRequest) -> list[float]:
+    # Defaults of 0: the model learns what "no request" means from the indicator columns.
+    totals = pod_totals(request, 0.0, 0.0)
+    gpus = request.gpu_count
+    other = sum(v for k, v in request.extended_resources.items() if not is_gpu_resource(k))
+    return [
+        totals.cpu_request_millicores,
+        totals.cpu_limit_millicores,
+        totals.memory_request_mib,
+        totals.memory_limit_mib,
+        gpus,
+        other,
+        len(request.containers),
+        request.init_container_count,
+        request.sidecar_count,
+        len(request.volume_types),
+        totals.containers_without_cpu_request,
+        totals.containers_without_memory_request,
+    ]
+
+
+def categorical_row(request: InferenceRequest) -> list[str]:
+    return [str(getattr(request, name) or "") for name in CATEGORICAL_FEATURES]
+
+
+def as_requests(items: Iterable[Any]) -> list[InferenceRequest]:
+    """Accept InferenceRequests or their dict form (NDJSON rows, DataFrame records)."""
+    return [item if isinstance(item, InferenceRequest) else InferenceRequest.model_validate(item) for item in items]
+
+
+class PodFeatureEncoder(TransformerMixin, BaseEstimator):
+    """Fit on training requests; transform any requests to a dense float32 matrix.
+
+    Columns: standardised log1p numerics, then one-hot categoricals (unknown -> all zero),
+    then L2-normalised hashed token counts. Block weights scale each block's share of the
+    Euclidean distance.
+    """
+
+    def __init__(
+        self,
+        numeric_weight: float = 1.0,
+        categorical_weight: float = 1.0,
+        text_weight: float = 1.0,
+        text_dimensions: int = 128,
+    ) -> None:
+        self.numeric_weight = numeric_weight
+        self.categorical_weight = categorical_weight
+        self.text_weight = text_weight
+        self.text_dimensions = text_dimensions
+
+    def _numeric(self, requests: Sequence[InferenceRequest]) -> np.ndarray:
+        return np.log1p(np.asarray([numeric_row(r) for r in requests], dtype=np.float64).reshape(len(requests), -1))
+
+    def fit(self, X: Iterable[Any], y: Any = None) -> "PodFeatureEncoder":
+        requests = as_requests(X)
+        if not requests:
+            raise ValueError("PodFeatureEncoder.fit needs at least one InferenceRequest")
+        numeric = self._numeric(requests)
+        self.numeric_mean_ = numeric.mean(axis=0)
+        std = numeric.std(axis=0)
+        # A constant column carries no information; scale 1 keeps it at 0 instead of dividing by 0.
+        self.numeric_scale_ = np.where(std > 1e-9, std, 1.0)
+        vocabulary: list[dict[str, int]] = []
+        offset = 0
+        for column in range(len(CATEGORICAL_FEATURES)):
+            values = sorted({categorical_row(r)[column] for r in requests})
+            vocabulary.append({value: offset + i for i, value in enumerate(values)})
+            offset += len(values)
+        self.categories_ = vocabulary
+        self.n_categorical_ = offset
+        self.feature_version_ = FEATURE_VERSION
+        self.n_features_out_ = len(NUMERIC_FEATURES) + offset + self.text_dimensions
+        return self
+
+    def transform(self, X: Iterable[Any]) -> np.ndarray:
+        requests = as_requests(X)
+        n = len(requests)
+        out = np.zeros((n, self.n_features_out_), dtype=np.float32)
+        if n == 0:
+            return out
+        n_numeric = len(NUMERIC_FEATURES)
+        out[:, :n_numeric] = self.numeric_weight * (self._numeric(requests) - self.numeric_mean_) / self.numeric_scale_
+        text_start = n_numeric + self.n_categorical_
+        for row, request in enumerate(requests):
+            for column, value in enumerate(categorical_row(request)):
+                index = self.categories_[column].get(value)
+                if index is not None:
+                    out[row, n_numeric + index] = self.categorical_weight
+            counts = np.zeros(self.text_dimensions, dtype=np.float64)
+            for token in request_tokens(request):
+                counts[murmurhash3_32(token, positive=True) % self.text_dimensions] += 1.0
+            norm = np.linalg.norm(counts)
+            if norm > 0:
+                out[row, text_start:] = self.text_weight * counts / norm
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = list(NUMERIC_FEATURES)
+        for column, vocabulary in zip(CATEGORICAL_FEATURES, self.categories_):
+            names.extend(f"{column}={value}" for value in vocabulary)
+        names.extend(f"token_hash_{i}" for i in range(self.text_dimensions))
+        return np.asarray(names, dtype=object)

@@ -1,0 +1,72 @@
+"""Prometheus metrics of one webhook instance, in a registry of its own (no process globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from .service import PredictionService
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Admission calls are sub-millisecond to a few ms; the apiserver gives up after timeoutSeconds.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _ModelCollector:
+    """Reads the service at scrape time, so the numbers are never stale after a reload."""
+
+    def __init__(self, service: PredictionService) -> None:
+        self.service = service
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        status = self.service.status()
+        info = GaugeMetricFamily(
+            "energetiscope_model_info",
+            "The predictor serving now (value 1); error is why a configured model is not serving.",
+            labels=["model", "basis", "sha256", "error"],
+        )
+        info.add_metric([status.model_id, status.basis, status.sha256 or "", status.error or ""], 1.0)
+        yield info
+        cache = self.service.cache
+        entries = GaugeMetricFamily("energetiscope_prediction_cache_entries", "Pod predictions cached.")
+        entries.add_metric([], float(len(cache)))
+        yield entries
+        lookups = GaugeMetricFamily(
+            "energetiscope_prediction_cache_lookups", "Cache lookups since start, by result.", labels=["result"]
+        )
+        lookups.add_metric(["hit"], float(cache.hits))
+        lookups.add_metric(["miss"], float(cache.misses))
+        yield lookups
+
+
+class WebhookMetrics:
+    def __init__(self, service: PredictionService) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "energetiscope_requests",
+            "HTTP requests handled, by endpoint and result.",
+            ["endpoint", "result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "energetiscope_request_duration_seconds",
+            "Time to answer a request, by endpoint and result.",
+            ["endpoint", "result"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "energetiscope_predictions", "Workload predictions made, by basis.", ["basis"], registry=self.registry
+        )
+        self.model_reloads = Counter(
+            "energetiscope_model_reloads", "Model reload attempts, by result.", ["result"], registry=self.registry
+        )
+        self.ready = Gauge("energetiscope_ready", "1 when certificates and model are loaded.", registry=self.registry)
+        self.registry.register(_ModelCollector(service))
+
+    def observe(self, endpoint: str, result: str, seconds: float) -> None:
+        self.requests.labels(endpoint, result).inc()
+        self.latency.labels(endpoint, result).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

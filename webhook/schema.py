@@ -1,0 +1,143 @@
+"""InferenceRequest v1: the spec of one workload's pod, in explicit units.
+
+Field names and meanings stay compatible with the research prototype (``req_cpu_mcpu`` is
+millicores, ``req_mem_mib`` is MiB = 2**20 bytes); fields it did not have are optional with
+defaults, so its NDJSON files still load. Unknown fields are rejected so that a typo such as
+``req_cpu_mpcu`` is an error that names the field, not a silently ignored value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WORKLOAD_KINDS = (
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "ReplicationController",
+    "Job",
+    "CronJob",
+)
+WorkloadKind = Literal[
+    "Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"
+]
+
+# Bounds that no real pod reaches; beyond them a value is a unit mistake, not a workload.
+MAX_CPU_MILLICORES = 4_096_000  # 4096 cores
+MAX_MEMORY_MIB = 64 * 2**20  # 64 TiB
+MAX_CONTAINERS = 512
+MAX_PODS = 1_000_000
+MAX_DEVICES = 1024
+
+ANNOTATION_PREFIX = "energetiscope.io/"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContainerSpec(_Strict):
+    name: str = Field(min_length=1, max_length=253)
+    image: str = Field(default="", max_length=4096)
+    command: list[str] | None = None
+    args: list[str] | None = None
+    req_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES, description="CPU request, millicores")
+    req_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB, description="memory request, MiB")
+    lim_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES, description="CPU limit, millicores")
+    lim_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB, description="memory limit, MiB")
+    native_sidecar: bool = Field(default=False, description="an init container with restartPolicy: Always")
+
+
+class PodResources(_Strict):
+    """Pod-level ``spec.resources`` (Kubernetes 1.32+): when set it bounds the whole pod."""
+
+    req_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES)
+    req_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB)
+    lim_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES)
+    lim_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB)
+
+
+class InferenceRequest(_Strict):
+    schema_version: Literal["v1"] = "v1"
+    namespace: str = Field(default="default", max_length=253)
+    workload_kind: WorkloadKind
+    workload_name: str = Field(default="", max_length=253)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    containers: list[ContainerSpec] = Field(
+        min_length=1, max_length=MAX_CONTAINERS, description="running containers, native sidecars included"
+    )
+    init_container_count: int = Field(default=0, ge=0, le=MAX_CONTAINERS, description="run-to-completion init containers")
+    sidecar_count: int = Field(default=0, ge=0, le=MAX_CONTAINERS, description="native sidecars among containers")
+    volume_types: list[str] = Field(default_factory=list)
+    node_type: str | None = None
+    runtime_class: str | None = None
+    gpu_count: float = Field(default=0, ge=0, le=MAX_DEVICES, description="GPUs per pod, all vendors")
+    parallelism: int | None = Field(default=None, ge=0, le=MAX_PODS)
+    completions: int | None = Field(default=None, ge=0, le=MAX_PODS)
+    # Added after the prototype:
+    replicas: int | None = Field(default=None, ge=0, le=MAX_PODS)
+    pod_resources: PodResources | None = None
+    extended_resources: dict[str, float] = Field(default_factory=dict, description="per pod, e.g. nvidia.com/gpu")
+    priority_class: str | None = None
+    instance_type: str | None = Field(default=None, description="node selector node.kubernetes.io/instance-type")
+
+
+# What a workload's pods-count depends on; excluded from the spec hash so that scaling keeps
+# the pod prediction and only the workload totals move.
+_SCALE_FIELDS = frozenset({"replicas", "parallelism", "completions"})
+
+
+def spec_hash(request: InferenceRequest) -> str:
+    """Hash of everything that can change the per-pod prediction.
+
+    Excludes the pod count fields, annotations (they carry our own output and rollout
+    bookkeeping) and identity (name, namespace): two identical pods get one prediction.
+    """
+    payload = request.model_dump(mode="json", exclude=_SCALE_FIELDS | {"annotations", "workload_name", "namespace"})
+    payload["labels"] = {k: v for k, v in sorted(payload["labels"].items()) if not k.startswith(ANNOTATION_PREFIX)}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def workload_pods(request: InferenceRequest) -> int:
+    """How many pods of this spec run at once, with the apiserver's defaults.
+
+    DaemonSet: 1, i.e. totals are per node (the node count is not in the spec).
+    Job/CronJob: parallelism (default 1), capped by completions when that is smaller.
+    """
+    kind = request.workload_kind
+    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
+        return 1 if request.replicas is None else request.replicas
+    if kind in ("Job", "CronJob"):
+        parallel = 1 if request.parallelism is None else request.parallelism
+        if request.completions is not None:
+            parallel = min(parallel, request.completions)
+        return parallel
+    return 1
+
+
+class PredictOut(BaseModel):
+    """Answer of ``POST /predict``: the prototype's fields first, then the new ones."""
+
+    pred_energy_step_j: float = Field(description="energy of one pod over one 60 s step, J")
+    workload_kind: str
+    workload_name: str
+    namespace: str
+    spec_hash: str
+    pod_power_watts: float
+    pod_power_watts_p10: float
+    pod_power_watts_p90: float
+    workload_pods: int
+    workload_power_watts: float
+    workload_power_scope: Literal["total", "per-node"]
+    energy_joules_per_hour: float
+    model: str
+    basis: Literal["model", "prior"]
+    fallback_reason: str | None = None

@@ -1,0 +1,173 @@
+"""The model runtime inside the webhook: which predictor answers, a cache, and reloads.
+
+Reloads build the new predictor off to the side and swap one reference, so requests in
+flight finish on the model they started with and none is dropped. A reload that fails
+keeps the model already serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model import ArtifactError, TrainedModel, load_model
+from .prediction import PodPrediction, Predictor
+from .prior import PriorPredictor
+from .schema import InferenceRequest, spec_hash, workload_pods
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_HOUR = 3600.0
+STEP_SECONDS = 60.0  # the prototype's pred_energy_step_j is per 60 s Prometheus step
+
+
+@dataclass(frozen=True)
+class WorkloadPrediction:
+    request: InferenceRequest
+    spec_hash: str
+    pod: PodPrediction
+    pods: int
+
+    @property
+    def scope(self) -> str:
+        # A DaemonSet runs one pod per matching node; the node count is not in its spec.
+        return "per-node" if self.request.workload_kind == "DaemonSet" else "total"
+
+    @property
+    def workload_power_watts(self) -> float:
+        return self.pods * self.pod.power_watts
+
+    @property
+    def energy_joules_per_hour(self) -> float:
+        return self.workload_power_watts * SECONDS_PER_HOUR
+
+    @property
+    def pod_energy_step_joules(self) -> float:
+        return self.pod.power_watts * STEP_SECONDS
+
+
+class PredictionCache:
+    """Bounded LRU of pod predictions keyed by (model id, spec hash)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], PodPrediction] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str]) -> PodPrediction | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: tuple[str, str], value: PodPrediction) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    model_id: str
+    basis: str  # what serves: "model" or "prior"
+    path: str | None
+    sha256: str | None
+    error: str | None  # why the configured model is not serving, if it is not
+
+
+class PredictionService:
+    def __init__(
+        self,
+        prior: PriorPredictor,
+        model_path: Path | None = None,
+        expected_sha256: str | None = None,
+        cache_entries: int = 4096,
+    ) -> None:
+        self.prior = prior
+        self.model_path = model_path
+        self.expected_sha256 = expected_sha256
+        self.cache = PredictionCache(cache_entries)
+        self._predictor: Predictor = prior
+        self._error: str | None = None
+        self._loaded_stat: tuple[int, int, int] | None = None
+        self._reload_lock = threading.Lock()
+        self.loaded = False
+
+    @property
+    def predictor(self) -> Predictor:
+        return self._predictor
+
+    def status(self) -> ModelStatus:
+        predictor = self._predictor
+        trained = isinstance(predictor, TrainedModel)
+        return ModelStatus(
+            model_id=predictor.model_id,
+            basis="model" if trained else "prior",
+            path=str(self.model_path) if self.model_path else None,
+            sha256=predictor.sha256 if trained else None,
+            error=self._error,
+        )
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.model_path) if self.model_path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+
+    def load(self) -> bool:
+        """(Re)load the configured artifact. True when a trained model now serves."""
+        with self._reload_lock:
+            self.loaded = True
+            if self.model_path is None:
+                self._predictor, self._error = self.prior, None
+                return False
+            stat = self._stat()
+            try:
+                model = load_model(self.model_path, prior=self.prior, expected_sha256=self.expected_sha256)
+            except ArtifactError as exc:
+                self._loaded_stat = stat
+                self._error = str(exc)
+                if isinstance(self._predictor, TrainedModel):
+                    log.error("model reload failed, keeping %s: %s", self._predictor.model_id, exc)
+                else:
+                    log.error("model not loaded, serving the prior %s: %s", self.prior.model_id, exc)
+                return isinstance(self._predictor, TrainedModel)
+            self._predictor, self._error, self._loaded_stat = model, None, stat
+            log.info("model %s loaded from %s (sha256 %s)", model.model_id, self.model_path, model.sha256)
+            return True
+
+    def artifact_changed(self) -> bool:
+        return self.model_path is not None and self._stat() != self._loaded_stat
+
+    def predict_pod(self, request: InferenceRequest, hash_: str | None = None) -> tuple[PodPrediction, str]:
+        hash_ = hash_ or spec_hash(request)
+        predictor = self._predictor  # one read: a concurrent reload cannot mix two models
+        key = (predictor.model_id, hash_)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached, hash_
+        prediction = predictor.predict([request])[0]
+        self.cache.put(key, prediction)
+        return prediction, hash_
+
+    def predict(self, request: InferenceRequest) -> WorkloadPrediction:
+        pod, hash_ = self.predict_pod(request)
+        return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=workload_pods(request))
