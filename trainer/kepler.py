@@ -1,0 +1,209 @@
+"""What Kepler exports, which line of Kepler a Prometheus holds, and the PromQL that reads
+per-pod energy per window from it.
+
+Two lines of Kepler exist and their metrics do not overlap:
+
+* Kepler up to 0.9 (`KeplerLine.CONTAINER_COUNTERS`, "kepler-0.7"): per-container counters
+  `kepler_container_joules_total` (package + uncore + DRAM + GPU + other host components) and the
+  split counters `kepler_container_{package,core,uncore,dram,other,gpu}_joules_total`, labelled
+  `container_namespace`, `pod_name`, `container_name`, `container_id` and `mode`. `mode` is
+  `dynamic` (energy attributed from the workload's activity) or `idle` (its share of the node's
+  idle energy). By default both modes are summed: the energy a pod is charged for.
+* Kepler 0.10 and later (`KeplerLine.POD_COUNTERS`, "kepler-0.10"): the per-pod counter
+  `kepler_pod_cpu_joules_total`, labelled `pod_namespace`, `pod_name`, `pod_id`, `zone` (RAPL
+  zone: package, core, uncore, dram, psys...) and `state` (running, terminated). Zones overlap
+  (package contains core and uncore; psys contains package and dram), so by default the package
+  and dram zones are summed (dram adds nothing where the hardware has no dram zone), and only
+  `state="running"` series are read: a terminated pod's series holds its final value, whose
+  increase is zero, and would only add zero-energy windows after the pod is gone.
+
+The Prometheus target labels `namespace` and `pod` on these series name the Kepler exporter pod,
+not the workload: the queries group by Kepler's own labels only.
+
+Energy per window is `increase(counter[W])` evaluated at the window's end, summed per pod after
+the increase so a counter reset (Kepler restart) on any one series is handled where it happens.
+When the counter is sampled on the evaluation grid, the range [end-W, end] holds exactly the
+samples at end-W and end: Prometheus (2.x, whose range selectors include the left edge) then
+has nothing to extrapolate and the increase is the exact difference of the two samples, or the
+later sample alone across a reset. Off the grid, increase() extrapolates to the window edges: the
+usual estimate. Prometheus 3 made range selectors left-open, so there a window W needs at least
+two scrapes inside (end-W, end]: pick W >= 2 scrape intervals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from trainer.prometheus import PrometheusClient, format_duration
+
+
+class KeplerLine(str, Enum):
+    """Which family of Kepler metrics a Prometheus holds. The values go into the labels table."""
+
+    CONTAINER_COUNTERS = "kepler-0.7"  # Kepler <= 0.9: kepler_container_*joules_total, mode label
+    POD_COUNTERS = "kepler-0.10"  # Kepler >= 0.10: kepler_pod_cpu_joules_total, zone/state labels
+
+
+CONTAINER_TOTAL_METRIC = "kepler_container_joules_total"
+POD_CPU_METRIC = "kepler_pod_cpu_joules_total"
+# The metric whose presence marks each line.
+MARKER_METRIC: dict[KeplerLine, str] = {
+    KeplerLine.CONTAINER_COUNTERS: CONTAINER_TOTAL_METRIC,
+    KeplerLine.POD_COUNTERS: POD_CPU_METRIC,
+}
+
+CONTAINER_MODES = ("dynamic", "idle")
+# "total" is kepler_container_joules_total; the others are kepler_container_<name>_joules_total.
+CONTAINER_COMPONENTS = ("total", "package", "core", "uncore", "dram", "other", "gpu")
+
+# Energy domains that contain other ones: selecting a container and one of its parts counts the
+# part twice.
+_CONTAINED_IN: dict[str, frozenset[str]] = {
+    "total": frozenset({"package", "core", "uncore", "dram", "other", "gpu"}),
+    "package": frozenset({"core", "uncore"}),
+    "psys": frozenset({"package", "core", "uncore", "dram"}),
+}
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class KeplerMetricsNotFoundError(LookupError):
+    """Neither Kepler line has series in the requested time range."""
+
+
+class AmbiguousKeplerLineError(LookupError):
+    """Both Kepler lines have series in the requested time range: the caller must choose."""
+
+
+@dataclass(frozen=True)
+class ContainerEnergySelection:
+    """What to read from Kepler <= 0.9 container counters.
+
+    components: "total" (kepler_container_joules_total, the default) or split counters such as
+        ("package", "dram"); overlapping choices ("total" with a split, "package" with "core") are
+        refused because they would count the same joules twice.
+    modes: "dynamic", "idle" or both (default: both, the energy charged to the pod).
+    """
+
+    components: tuple[str, ...] = ("total",)
+    modes: tuple[str, ...] = CONTAINER_MODES
+
+    def __post_init__(self) -> None:
+        _check_choice("component", self.components, allowed=CONTAINER_COMPONENTS)
+        _check_choice("mode", self.modes, allowed=CONTAINER_MODES)
+        _check_no_overlap("component", self.components)
+
+
+@dataclass(frozen=True)
+class PodEnergySelection:
+    """What to read from Kepler >= 0.10 `kepler_pod_cpu_joules_total`.
+
+    zones: RAPL zones to sum (default package + dram); overlapping zones are refused.
+    states: pod states to read (default running only); None reads every state.
+    """
+
+    zones: tuple[str, ...] = ("package", "dram")
+    states: tuple[str, ...] | None = ("running",)
+
+    def __post_init__(self) -> None:
+        _check_choice("zone", self.zones, allowed=None)
+        _check_no_overlap("zone", self.zones)
+        if self.states is not None:
+            _check_choice("state", self.states, allowed=None)
+
+
+@dataclass(frozen=True)
+class EnergyQuery:
+    """A PromQL expression giving, per pod, the energy in joules over the window ending at the
+    evaluation time, and the labels of its result that name the workload pod."""
+
+    line: KeplerLine
+    promql: str
+    window_seconds: float
+    namespace_label: str
+    pod_label: str
+
+
+def detect_kepler_line(client: PrometheusClient, start_seconds: float, end_seconds: float) -> KeplerLine:
+    """Which Kepler line has series between start and end (an index lookup, no sample read)."""
+    names = "|".join(MARKER_METRIC.values())
+    present = set(client.label_values("__name__", [f'{{__name__=~"{names}"}}'], start_seconds, end_seconds))
+    lines = [line for line, metric in MARKER_METRIC.items() if metric in present]
+    if not lines:
+        raise KeplerMetricsNotFoundError(
+            f"no Kepler energy metrics ({' or '.join(MARKER_METRIC.values())}) in Prometheus at "
+            f"{client.base_url} between {start_seconds:.0f} and {end_seconds:.0f} (Unix seconds)"
+        )
+    if len(lines) > 1:
+        raise AmbiguousKeplerLineError(
+            f"Prometheus at {client.base_url} holds both {CONTAINER_TOTAL_METRIC} (Kepler <= 0.9) "
+            f"and {POD_CPU_METRIC} (Kepler >= 0.10) between {start_seconds:.0f} and "
+            f"{end_seconds:.0f}: choose one Kepler line explicitly, or split the time range at the upgrade"
+        )
+    return lines[0]
+
+
+def build_energy_query(
+    line: KeplerLine,
+    window_seconds: float,
+    container_selection: ContainerEnergySelection | None = None,
+    pod_selection: PodEnergySelection | None = None,
+) -> EnergyQuery:
+    """The per-pod energy-per-window query for one Kepler line (see the module docstring)."""
+    window = format_duration(window_seconds)
+    if line is KeplerLine.CONTAINER_COUNTERS:
+        selection = container_selection or ContainerEnergySelection()
+        metric_names = [
+            CONTAINER_TOTAL_METRIC if c == "total" else f"kepler_container_{c}_joules_total"
+            for c in selection.components
+        ]
+        matchers = [f'__name__=~"{"|".join(metric_names)}"']
+        if set(selection.modes) != set(CONTAINER_MODES):
+            matchers.append(f'mode=~"{"|".join(selection.modes)}"')
+        namespace_label, pod_label = "container_namespace", "pod_name"
+    elif line is KeplerLine.POD_COUNTERS:
+        selection_10 = pod_selection or PodEnergySelection()
+        matchers = [f'__name__="{POD_CPU_METRIC}"', f'zone=~"{"|".join(selection_10.zones)}"']
+        if selection_10.states is not None:
+            matchers.append(f'state=~"{"|".join(selection_10.states)}"')
+        namespace_label, pod_label = "pod_namespace", "pod_name"
+    else:  # pragma: no cover - exhaustive over the enum
+        raise ValueError(f"unknown Kepler line {line!r}")
+    # Sum after increase(): each series' resets are corrected before series are added up.
+    promql = (
+        f"sum by ({namespace_label}, {pod_label}) "
+        f"(increase({{{', '.join(matchers)}}}[{window}]))"
+    )
+    return EnergyQuery(
+        line=line,
+        promql=promql,
+        window_seconds=window_seconds,
+        namespace_label=namespace_label,
+        pod_label=pod_label,
+    )
+
+
+def _check_choice(what: str, values: Sequence[str], allowed: Sequence[str] | None) -> None:
+    if isinstance(values, str) or not values:
+        raise ValueError(f"{what}s must be a non-empty tuple of names, got {values!r}")
+    for value in values:
+        # Plain names only: they are pasted into a PromQL regex matcher.
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(f"invalid Kepler {what} {value!r}: letters, digits, '_' and '-' only")
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"unknown Kepler {what} {value!r}: choose from {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate Kepler {what}s in {values!r}")
+
+
+def _check_no_overlap(what: str, values: Sequence[str]) -> None:
+    chosen = set(values)
+    for outer, parts in _CONTAINED_IN.items():
+        overlap = chosen & parts
+        if outer in chosen and overlap:
+            raise ValueError(
+                f"Kepler {what}s overlap: {outer!r} already contains {', '.join(sorted(overlap))}; "
+                "summing them would count the same energy twice"
+            )

@@ -1,0 +1,309 @@
+"""A small client for the Prometheus HTTP API (v1), built on `requests`.
+
+It does only what the trainer needs: instant queries, range queries (also split into chunks so a
+week of a large cluster is never one giant query), series lookups and label-value lookups.
+
+Every failure is raised as a `PrometheusError` whose message names the endpoint, the query and
+what went wrong (HTTP status and Prometheus' own `errorType`/`error`, or the connection problem),
+so a failed training run says which query broke and why.
+
+Times are Unix seconds (float) throughout; durations are seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# Prometheus refuses range queries of more than 11,000 points per series; stay well below it so a
+# chunk is also a reasonable amount of work for the server.
+PROMETHEUS_MAX_POINTS_PER_SERIES = 11_000
+DEFAULT_MAX_POINTS_PER_CHUNK = 720
+_BODY_EXCERPT_CHARS = 300
+
+
+class PrometheusError(RuntimeError):
+    """A Prometheus API call failed. The message names the endpoint, the query and the cause."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        query: str | None = None,
+        http_status: int | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.query = query
+        self.http_status = http_status
+        self.error_type = error_type
+
+
+class PrometheusUnreachableError(PrometheusError):
+    """No HTTP answer at all: connection refused, DNS failure, timeout."""
+
+
+class PrometheusQueryError(PrometheusError):
+    """Prometheus (or whatever sits at that URL) answered, but not with a successful result."""
+
+
+@dataclass(frozen=True)
+class InstantSample:
+    """One element of an instant vector."""
+
+    labels: Mapping[str, str]
+    timestamp_seconds: float
+    value: float
+
+
+@dataclass(frozen=True)
+class RangeSeries:
+    """One series of a range-query matrix: (timestamp_seconds, value) points in time order."""
+
+    labels: Mapping[str, str]
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class EvaluationChunk:
+    """A slice of a range query: evaluation times start, start+step, ..., end (both inclusive)."""
+
+    start_seconds: float
+    end_seconds: float
+    step_seconds: float
+
+    @property
+    def point_count(self) -> int:
+        return int(round((self.end_seconds - self.start_seconds) / self.step_seconds)) + 1
+
+
+def split_evaluation_range(
+    start_seconds: float,
+    end_seconds: float,
+    step_seconds: float,
+    max_points_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK,
+) -> list[EvaluationChunk]:
+    """Split the evaluation times start, start+step, ... (<= end) into consecutive chunks.
+
+    Every chunk stays on the same grid (its start is start + k*step), chunks neither overlap nor
+    leave gaps, and each holds at most `max_points_per_chunk` evaluation times. Evaluation times
+    are computed as start + k*step (never by repeated addition) so long ranges do not drift.
+    """
+    if not step_seconds > 0 or not math.isfinite(step_seconds):
+        raise ValueError(f"step_seconds must be a positive number, got {step_seconds!r}")
+    if max_points_per_chunk < 1:
+        raise ValueError(f"max_points_per_chunk must be >= 1, got {max_points_per_chunk}")
+    if end_seconds < start_seconds:
+        raise ValueError(f"end ({end_seconds}) is before start ({start_seconds})")
+    # A tiny tolerance so that end == start + n*step computed in floating point still counts n.
+    total_points = int(math.floor((end_seconds - start_seconds) / step_seconds + 1e-9)) + 1
+    chunks: list[EvaluationChunk] = []
+    for first in range(0, total_points, max_points_per_chunk):
+        last = min(first + max_points_per_chunk, total_points) - 1
+        chunks.append(
+            EvaluationChunk(
+                start_seconds=start_seconds + first * step_seconds,
+                end_seconds=start_seconds + last * step_seconds,
+                step_seconds=step_seconds,
+            )
+        )
+    return chunks
+
+
+def format_duration(seconds: float) -> str:
+    """A PromQL duration literal: whole seconds as `60s`, sub-second amounts as `1500ms`."""
+    if not seconds > 0:
+        raise ValueError(f"a PromQL duration must be positive, got {seconds!r}")
+    milliseconds = round(seconds * 1000)
+    if milliseconds % 1000 == 0:
+        return f"{milliseconds // 1000}s"
+    return f"{milliseconds}ms"
+
+
+def _format_time(seconds: float) -> str:
+    # Prometheus accepts float Unix seconds and keeps milliseconds: print exactly those.
+    return f"{seconds:.3f}"
+
+
+class PrometheusClient:
+    """Talks to one Prometheus server, e.g. `PrometheusClient("http://prometheus:9090")`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        session: requests.Session | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"Prometheus URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self._session = session or requests.Session()
+        if headers:
+            self._session.headers.update(headers)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def instant_query(self, promql: str, at_seconds: float | None = None) -> list[InstantSample]:
+        """Evaluate `promql` at one time (default: the server's now). Scalars come back as one
+        sample with no labels."""
+        form = {"query": promql}
+        if at_seconds is not None:
+            form["time"] = _format_time(at_seconds)
+        data = self._call("POST", "/api/v1/query", form=form, query=promql)
+        result_type = data.get("resultType")
+        result = data.get("result")
+        if result_type == "vector":
+            return [
+                InstantSample(
+                    labels=dict(item.get("metric", {})),
+                    timestamp_seconds=float(item["value"][0]),
+                    value=float(item["value"][1]),
+                )
+                for item in result
+            ]
+        if result_type == "scalar":
+            return [InstantSample(labels={}, timestamp_seconds=float(result[0]), value=float(result[1]))]
+        raise PrometheusQueryError(
+            f"Prometheus query {promql!r} at {self.base_url}/api/v1/query returned a "
+            f"{result_type!r} result; expected an instant vector or a scalar",
+            endpoint="/api/v1/query",
+            query=promql,
+        )
+
+    def range_query(
+        self, promql: str, start_seconds: float, end_seconds: float, step_seconds: float
+    ) -> list[RangeSeries]:
+        """Evaluate `promql` at start, start+step, ..., end in one request."""
+        chunks = split_evaluation_range(start_seconds, end_seconds, step_seconds, PROMETHEUS_MAX_POINTS_PER_SERIES)
+        if len(chunks) > 1:
+            raise ValueError(
+                f"range query {promql!r} spans more than {PROMETHEUS_MAX_POINTS_PER_SERIES} points: "
+                "use range_query_chunked"
+            )
+        form = {
+            "query": promql,
+            "start": _format_time(start_seconds),
+            "end": _format_time(end_seconds),
+            "step": format_duration(step_seconds),
+        }
+        data = self._call("POST", "/api/v1/query_range", form=form, query=promql)
+        if data.get("resultType") != "matrix":
+            raise PrometheusQueryError(
+                f"Prometheus range query {promql!r} returned a {data.get('resultType')!r} result; "
+                "expected a matrix",
+                endpoint="/api/v1/query_range",
+                query=promql,
+            )
+        return [
+            RangeSeries(
+                labels=dict(item.get("metric", {})),
+                points=tuple((float(t), float(v)) for t, v in item.get("values", [])),
+            )
+            for item in data.get("result", [])
+        ]
+
+    def range_query_chunked(
+        self,
+        promql: str,
+        start_seconds: float,
+        end_seconds: float,
+        step_seconds: float,
+        max_points_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK,
+    ) -> Iterator[tuple[EvaluationChunk, list[RangeSeries]]]:
+        """Like `range_query`, but one request per chunk of at most `max_points_per_chunk`
+        evaluation times, yielded as they arrive so callers can stream and show progress."""
+        for chunk in split_evaluation_range(start_seconds, end_seconds, step_seconds, max_points_per_chunk):
+            yield chunk, self.range_query(promql, chunk.start_seconds, chunk.end_seconds, step_seconds)
+
+    def series(
+        self, matchers: Sequence[str], start_seconds: float, end_seconds: float
+    ) -> list[dict[str, str]]:
+        """Label sets of the series matching any of `matchers` that have samples in [start, end].
+        An index lookup: no sample is decoded, so it is cheap even over long ranges."""
+        form: list[tuple[str, str]] = [("match[]", m) for m in matchers]
+        form += [("start", _format_time(start_seconds)), ("end", _format_time(end_seconds))]
+        data = self._call("POST", "/api/v1/series", form=form, query=" or ".join(matchers))
+        return [dict(labels) for labels in data]
+
+    def label_values(
+        self,
+        label: str,
+        matchers: Sequence[str],
+        start_seconds: float,
+        end_seconds: float,
+    ) -> list[str]:
+        """Values of `label` among series matching `matchers` with samples in [start, end].
+        With label `__name__` it tells which metrics exist in a time range."""
+        params: list[tuple[str, str]] = [("match[]", m) for m in matchers]
+        params += [("start", _format_time(start_seconds)), ("end", _format_time(end_seconds))]
+        # This endpoint accepts GET only on older servers (2.x answers POST with 405).
+        data = self._call("GET", f"/api/v1/label/{label}/values", params=params, query=" or ".join(matchers))
+        return [str(v) for v in data]
+
+    def build_info(self) -> dict[str, str]:
+        """The server's version information (`version`, `revision`, ...)."""
+        return dict(self._call("GET", "/api/v1/status/buildinfo", query=None))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str | None,
+        form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        params: Sequence[tuple[str, str]] | None = None,
+    ) -> Any:
+        url = self.base_url + path
+        what = f"Prometheus {path}" + (f" for query {query!r}" if query is not None else "")
+        try:
+            response = self._session.request(
+                method, url, data=form, params=params, timeout=self.timeout_seconds
+            )
+        except requests.Timeout as exc:
+            raise PrometheusUnreachableError(
+                f"{what} at {url} timed out after {self.timeout_seconds:g} s: {exc}",
+                endpoint=path,
+                query=query,
+            ) from exc
+        except requests.RequestException as exc:
+            raise PrometheusUnreachableError(
+                f"{what}: cannot reach {url}: {exc}", endpoint=path, query=query
+            ) from exc
+
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            excerpt = response.text[:_BODY_EXCERPT_CHARS].strip()
+            raise PrometheusQueryError(
+                f"{what} at {url} failed: HTTP {response.status_code} {response.reason}, "
+                f"not a Prometheus API answer: {excerpt!r}",
+                endpoint=path,
+                query=query,
+                http_status=response.status_code,
+            )
+        if body.get("status") != "success" or response.status_code >= 400:
+            error_type = body.get("errorType")
+            error = body.get("error", "no error message")
+            raise PrometheusQueryError(
+                f"{what} at {url} failed: HTTP {response.status_code} {response.reason}, "
+                f"Prometheus error {error_type}: {error}",
+                endpoint=path,
+                query=query,
+                http_status=response.status_code,
+                error_type=error_type,
+            )
+        return body.get("data")
