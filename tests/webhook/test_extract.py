@@ -1,0 +1,181 @@
+"""Workload objects -> InferenceRequests, on the real manifests in ../shared and on edge cases."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from webhook.extract import ExtractionError, to_inference_request
+from webhook.manifests import ManifestError, read_manifests
+from webhook.schema import InferenceRequest, spec_hash, workload_pods
+
+
+def _one(shared_dir: Path, name: str, kind: str | None = None) -> InferenceRequest:
+    report = read_manifests((shared_dir / "fixtures" / "manifests" / name).read_text())
+    assert not report.errors
+    matches = [r for _, r in report.requests if kind is None or r.workload_kind == kind]
+    assert len(matches) == 1
+    return matches[0]
+
+
+def test_every_manifest_is_read_or_skipped_with_a_reason(shared_dir: Path) -> None:
+    workloads = 0
+    for path in sorted((shared_dir / "fixtures" / "manifests").iterdir()):
+        report = read_manifests(path.read_text())
+        assert not report.errors, (path.name, report.errors)
+        assert all(s["reason"] for s in report.skipped)
+        workloads += len(report.requests)
+    assert workloads >= 25
+
+
+def test_quantity_forms_from_real_manifests(shared_dir: Path) -> None:
+    newrelic = _one(shared_dir, "k8s-examples__newrelic-daemonset_cpu0.15.yaml")
+    assert newrelic.containers[0].req_cpu_mcpu == 150  # cpu: 0.15
+    exclusive = _one(shared_dir, "k8s-examples__cpu-manager-exclusive-1_pod_256M.yaml")
+    assert exclusive.containers[0].req_mem_mib == pytest.approx(256e6 / 2**20)  # 256M is decimal
+    selenium = _one(shared_dir, "k8s-examples__selenium-node-chrome-deployment_1000Mi.yaml")
+    assert selenium.containers[0].lim_mem_mib == 1000.0
+    mysql = _one(shared_dir, "k8s-examples__mysql-cinder-pd_pod_cpu0.5.yaml")
+    assert mysql.containers[0].lim_cpu_mcpu == 500
+
+
+def test_native_sidecar_counts_as_running_container(shared_dir: Path) -> None:
+    request = _one(shared_dir, "k8s-website__deployment-sidecar_native-sidecar.yaml")
+    assert request.sidecar_count == 1
+    assert request.init_container_count == 0
+    assert [(c.name, c.native_sidecar) for c in request.containers] == [("logshipper", True), ("myapp", False)]
+
+
+def test_plain_init_containers_are_counted_not_run(shared_dir: Path) -> None:
+    request = _one(shared_dir, "k8s-website__mysql-statefulset_2init_sidecar.yaml")
+    assert request.init_container_count == 2
+    assert [c.name for c in request.containers] == ["mysql", "xtrabackup"]
+    assert request.replicas == 3
+    assert workload_pods(request) == 3
+
+
+def test_gpu_and_other_extended_resources(shared_dir: Path) -> None:
+    job = _one(shared_dir, "nvidia-device-plugin__job-1_gpu.yaml")
+    assert job.gpu_count == 1 and job.extended_resources == {"nvidia.com/gpu": 1.0}
+    dongle = _one(shared_dir, "k8s-website__extended-resource-pod_flowstyle.yaml")
+    assert dongle.gpu_count == 0 and dongle.extended_resources == {"example.com/dongle": 3.0}
+
+
+def test_cronjob_reads_the_job_template(shared_dir: Path) -> None:
+    cronjob = _one(shared_dir, "k8tz__simple-cronjob.yaml")
+    assert cronjob.workload_kind == "CronJob"
+    assert cronjob.containers[0].name == "hello"
+
+
+def _deployment(**container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {
+            "replicas": 4,
+            "template": {"spec": {"containers": [{"name": "api", "image": "example/api:1", **container}]}},
+        },
+    }
+
+
+def test_pod_level_resources_and_node_selector() -> None:
+    obj = _deployment(resources={"requests": {"cpu": "250m"}})
+    pod_spec = obj["spec"]["template"]["spec"]
+    pod_spec["resources"] = {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "4"}}
+    pod_spec["nodeSelector"] = {"node.kubernetes.io/instance-type": "m5.large"}
+    pod_spec["priorityClassName"] = "high"
+    request = to_inference_request(obj)
+    assert request.pod_resources is not None
+    assert (request.pod_resources.req_cpu_mcpu, request.pod_resources.req_mem_mib, request.pod_resources.lim_cpu_mcpu) == (
+        2000, 1024.0, 4000)
+    assert request.instance_type == "m5.large"
+    assert request.priority_class == "high"
+
+
+def test_job_pods_are_parallelism_capped_by_completions() -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {"parallelism": 5, "completions": 2, "template": {"spec": {"containers": [{"name": "c"}]}}},
+    }
+    assert workload_pods(to_inference_request(job)) == 2
+    del job["spec"]["completions"]
+    assert workload_pods(to_inference_request(job)) == 5
+
+
+def test_old_batch_v1beta1_cronjob_is_a_workload() -> None:
+    cronjob = {
+        "apiVersion": "batch/v1beta1",
+        "kind": "CronJob",
+        "metadata": {"name": "c"},
+        "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"parallelism": 3, "template": {"spec": {"containers": [{"name": "c"}]}}}}},
+    }
+    request = to_inference_request(cronjob)
+    assert request.workload_kind == "CronJob" and workload_pods(request) == 3
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "problem"),
+    [
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(resources={"requests": {"cpu": "abc"}}),
+         "spec.template.spec.containers[0].resources.requests.cpu", "not a valid quantity"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(resources={"limits": {"memory": "-1Gi"}}),
+         "spec.template.spec.containers[0].resources.limits.memory", "must not be negative"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(resources={"requests": {"cpu": "1e9"}}),
+         "spec.template.spec.containers[0].resources.requests.cpu", "above the"),
+        (lambda o: o["spec"]["template"]["spec"].update(containers="nginx"),
+         "spec.template.spec.containers", "expected a list"),
+        (lambda o: o["spec"]["template"]["spec"].update(containers=[]),
+         "spec.template.spec.containers", "at least one container"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(args=["a", 3]),
+         "spec.template.spec.containers[0].args[1]", "expected a string"),
+        (lambda o: o["spec"].update(replicas="three"), "spec.replicas", "expected an integer"),
+        (lambda o: o["spec"].pop("template"), "spec.template", "is required"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].pop("name"),
+         "spec.template.spec.containers[0].name", "is required"),
+    ],
+)
+def test_errors_name_the_field(mutate: Any, field: str, problem: str) -> None:
+    obj = _deployment()
+    mutate(obj)
+    with pytest.raises(ExtractionError) as caught:
+        to_inference_request(obj)
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+
+
+def test_spec_hash_ignores_scale_identity_and_our_annotations() -> None:
+    base = to_inference_request(_deployment(resources={"requests": {"cpu": "500m"}}))
+    scaled = _deployment(resources={"requests": {"cpu": "500m"}})
+    scaled["spec"]["replicas"] = 40
+    scaled["metadata"]["name"] = "other"
+    scaled["metadata"]["annotations"] = {"energetiscope.io/pod-power-watts": "1.000"}
+    assert spec_hash(to_inference_request(scaled)) == spec_hash(base)
+    bigger = to_inference_request(_deployment(resources={"requests": {"cpu": "600m"}}))
+    assert spec_hash(bigger) != spec_hash(base)
+
+
+def test_extraction_does_not_modify_the_object() -> None:
+    obj = _deployment(resources={"requests": {"cpu": "500m"}})
+    before = copy.deepcopy(obj)
+    to_inference_request(obj)
+    assert obj == before
+
+
+def test_list_documents_and_yaml_errors() -> None:
+    text = yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "List", "items": [_deployment(), {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}]}
+    )
+    report = read_manifests(text)
+    assert [(w.document, w.item) for w, _ in report.requests] == [(1, 0)]
+    assert report.skipped == [
+        {"document": 1, "item": 1, "apiVersion": "v1", "kind": "ConfigMap", "name": "x", "reason": "v1/ConfigMap is not a workload kind"}
+    ]
+    with pytest.raises(ManifestError, match=r"line 2, column"):
+        read_manifests("kind: Pod\n  bad: [unclosed\n")

@@ -1,0 +1,157 @@
+"""The prior's physics and the trained KNN pipeline, including its artifact and fallback."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from webhook.features import FEATURE_VERSION, PodFeatureEncoder
+from webhook.model import ArtifactError, build_pipeline, load_model, save_model
+from webhook.prior import PriorCoefficients, PriorPredictor
+from webhook.schema import ContainerSpec, InferenceRequest
+
+
+def _request(cpu_millicores: int | None, memory_mib: float | None, image: str = "nginx:1.27", gpus: float = 0,
+             kind: str = "Deployment", limit_cpu: int | None = None) -> InferenceRequest:
+    extended = {"nvidia.com/gpu": gpus} if gpus else {}
+    return InferenceRequest(
+        workload_kind=kind,  # type: ignore[arg-type]
+        workload_name="w",
+        containers=[ContainerSpec(name="c", image=image, req_cpu_mcpu=cpu_millicores, req_mem_mib=memory_mib,
+                                  lim_cpu_mcpu=limit_cpu)],
+        gpu_count=gpus,
+        extended_resources=extended,
+    )
+
+
+def test_prior_follows_the_ccf_formula() -> None:
+    prior = PriorPredictor()
+    prediction = prior.predict_one(_request(2000, 4096))
+    expected = 2 * (0.74 + 0.5 * (3.5 - 0.74)) + 4096 * 2**20 / 1e9 * 0.392
+    assert prediction.power_watts == pytest.approx(expected)
+    assert prediction.power_watts_p10 < prediction.power_watts < prediction.power_watts_p90
+    assert prediction.basis == "prior" and prediction.model_id == "ccf-prior-v1"
+
+
+def test_prior_uses_limits_for_p90_and_defaults_without_requests() -> None:
+    prior = PriorPredictor(PriorCoefficients(pue=1.5))
+    bursting = prior.predict_one(_request(500, 256, limit_cpu=4000))
+    steady = prior.predict_one(_request(500, 256))
+    assert bursting.power_watts == pytest.approx(steady.power_watts)
+    assert bursting.power_watts_p90 > 3 * steady.power_watts_p90
+    unspecified = prior.predict_one(_request(None, None))
+    explicit_default = prior.predict_one(_request(100, 128))
+    assert unspecified.power_watts == pytest.approx(explicit_default.power_watts)
+
+
+def test_prior_sees_gpus() -> None:
+    prior = PriorPredictor()
+    assert prior.predict_one(_request(1000, 1024, gpus=2)).power_watts > 300
+
+
+@pytest.mark.parametrize("bad", [{"utilisation": 1.5}, {"cpu_min_watts_per_vcpu": -1}, {"pue": float("nan")},
+                                 {"cpu_min_watts_per_vcpu": 5.0, "cpu_max_watts_per_vcpu": 1.0}])
+def test_prior_rejects_bad_coefficients(bad: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValueError):
+        PriorCoefficients(**bad)
+
+
+def _training_set(rows: int = 300, seed: int = 7) -> tuple[list[InferenceRequest], np.ndarray]:
+    # A made-up world where power follows CPU request with a per-image efficiency: enough
+    # structure to tell a working model from a constant one.
+    rng = random.Random(seed)
+    images = {"nginx:1.27": 1.0, "postgres:16": 2.5, "python:3.12": 1.6}
+    requests, power = [], []
+    for _ in range(rows):
+        image = rng.choice(list(images))
+        cpu = rng.choice([100, 250, 500, 1000, 2000, 4000])
+        requests.append(_request(cpu, rng.choice([128, 512, 2048]), image=image))
+        power.append(images[image] * cpu / 1000 * 3.0 * math.exp(rng.gauss(0, 0.05)))
+    return requests, np.asarray(power)
+
+
+@pytest.fixture(scope="module")
+def fitted_pipeline():  # type: ignore[no-untyped-def]
+    requests, power = _training_set()
+    return build_pipeline(n_neighbors=5).fit(requests, power)
+
+
+def test_features_see_magnitude() -> None:
+    requests = [_request(100, 128), _request(64000, 128), _request(110, 128)]
+    encoder = PodFeatureEncoder().fit(requests)
+    small, huge, near = encoder.transform(requests)
+    assert np.linalg.norm(small - huge) > 10 * np.linalg.norm(small - near)
+
+
+def test_trained_model_tracks_the_data(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "model.joblib"
+    digest = save_model(path, fitted_pipeline, "test-model-1", {"rows": 300})
+    model = load_model(path, expected_sha256=digest)
+    small, big, heavy_image = model.predict([
+        _request(250, 512, "nginx:1.27"), _request(4000, 512, "nginx:1.27"), _request(250, 512, "postgres:16"),
+    ])
+    assert {small.basis, big.basis, heavy_image.basis} == {"model"}
+    assert small.model_id == "test-model-1"
+    assert small.power_watts == pytest.approx(0.75, rel=0.15)
+    assert big.power_watts == pytest.approx(12.0, rel=0.15)
+    assert heavy_image.power_watts > 2 * small.power_watts
+    assert small.power_watts_p10 <= small.power_watts <= small.power_watts_p90
+
+
+def test_far_from_training_data_falls_back_to_the_prior(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "model.joblib"
+    save_model(path, fitted_pipeline, "test-model-1")
+    model = load_model(path)
+    alien = _request(256000, 2**20, image="example.org/gpu/trainer:7", gpus=8, kind="Job")
+    prediction = model.predict([alien])[0]
+    assert prediction.basis == "prior"
+    assert "trust radius" in (prediction.fallback_reason or "")
+    assert prediction.power_watts == pytest.approx(PriorPredictor().predict_one(alien).power_watts)
+
+
+def test_calibrated_interval_offsets(fitted_pipeline) -> None:  # type: ignore[no-untyped-def]
+    knn = fitted_pipeline[-1]
+    features = fitted_pipeline[:-1].transform([_request(500, 512)])
+    point = knn.predict(features)[0]
+    knn.calibrate(-0.2, 0.3)
+    try:
+        detail = knn.predict_detail(features)
+        assert detail.power_watts_p10[0] == pytest.approx(point * math.exp(-0.2))
+        assert detail.power_watts_p90[0] == pytest.approx(point * math.exp(0.3))
+    finally:
+        knn.interval_log_offsets_ = None
+
+
+def test_artifact_faults_are_named(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_model(tmp_path / "absent.joblib")
+    good = tmp_path / "model.joblib"
+    save_model(good, fitted_pipeline, "m")
+    truncated = tmp_path / "truncated.joblib"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        load_model(truncated)
+    other = tmp_path / "other.joblib"
+    joblib.dump({"weights": [1, 2, 3]}, other)
+    with pytest.raises(ArtifactError, match="not an EnergetiScope model"):
+        load_model(other)
+    future = tmp_path / "future.joblib"
+    payload = joblib.load(good)
+    payload["feature_version"] = FEATURE_VERSION + 1
+    joblib.dump(payload, future)
+    with pytest.raises(ArtifactError, match="feature version"):
+        load_model(future)
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_model(good, expected_sha256="0" * 64)
+
+
+def test_knn_rejects_non_positive_power() -> None:
+    requests, power = _training_set(rows=10)
+    power[3] = 0.0
+    with pytest.raises(ValueError, match="> 0 W"):
+        build_pipeline().fit(requests, power)
