@@ -40,7 +40,7 @@ test: install controlplane prometheus
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.mutate_latency --json bench/results/mutate_latency.json
 
 clean:
 	rm -rf $(VENV) $(DEV_CERTS) .pytest_cache .hypothesis
