@@ -1,0 +1,51 @@
+"""Fixtures for end-to-end tests against a real kube-apiserver and etcd on loopback.
+
+``control_plane`` is one ControlPlane for the whole session (starting one takes
+seconds); tests share it, so each should work in a namespace of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import kubernetes.client
+import pytest
+
+from tests.e2e.controlplane import Binaries, BinariesMissing, ControlPlane
+
+SKIP_VARIABLE = "ENERGETISCOPE_SKIP_E2E"
+
+
+def locate_binaries_or_fail() -> Binaries:
+    """The built binaries; a missing build fails the test unless skipping was asked for.
+
+    A silent skip would let a machine without the binaries report a green run that
+    never touched an apiserver.
+    """
+    try:
+        return Binaries.locate()
+    except BinariesMissing as error:
+        problem = str(error)
+    # Outside the except block, so the report shows the reason once, not a chain.
+    if os.environ.get(SKIP_VARIABLE) == "1":
+        pytest.skip(f"{SKIP_VARIABLE}=1 and {problem}")
+    pytest.fail(f"{problem} (or set {SKIP_VARIABLE}=1 to skip the end-to-end tests)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def control_plane_binaries() -> Binaries:
+    return locate_binaries_or_fail()
+
+
+@pytest.fixture(scope="session")
+def control_plane(control_plane_binaries: Binaries) -> Iterator[ControlPlane]:
+    with ControlPlane(binaries=control_plane_binaries) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane: ControlPlane) -> Iterator[kubernetes.client.ApiClient]:
+    """An ApiClient authenticated as the cluster admin (group system:masters)."""
+    with control_plane.api_client() as client:
+        yield client

@@ -1,0 +1,539 @@
+"""A real Kubernetes control plane (etcd + kube-apiserver) on loopback, for end-to-end tests.
+
+The binaries are built by ``make controlplane`` (tests/e2e/controlplane/build.sh) into
+the cache directory; this module only runs them. Everything it starts listens on
+127.0.0.1 alone, on free ports, with its state, certificates and logs in one
+temporary directory that ``stop()`` removes.
+
+There is no controller manager and no scheduler: objects are stored and validated,
+admission (including webhooks) runs, but nothing reconciles them (a Deployment gets
+no ReplicaSet, a deleted Namespace stays Terminating).
+
+Typical use::
+
+    with ControlPlane() as plane:
+        core = kubernetes.client.CoreV1Api(plane.api_client())
+        core.list_namespace()
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import ctypes
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+import kubernetes.client
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from certs.authority import KeyPair, create_ca, issue_certificate, write_pair
+
+LOOPBACK = "127.0.0.1"
+# The wrapper Go modules that build.sh compiles: their go.mod files are the one place
+# the versions are written down.
+BUILD_DIR = Path(__file__).resolve().parent / "controlplane"
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+ADMIN_USER = "energetiscope-e2e-admin"
+# Bound to the cluster-admin ClusterRole by the apiserver's bootstrap RBAC policy.
+MASTERS_GROUP = "system:masters"
+# Proxies from the environment must never see loopback traffic.
+_NO_PROXY = f"{LOOPBACK}/8,localhost"
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+_T = TypeVar("_T")
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be started (the message carries the logs' tails)."""
+
+
+class BinariesMissing(ControlPlaneError):
+    """kube-apiserver or etcd has not been built yet."""
+
+
+def cache_dir() -> Path:
+    """Where build.sh puts its binaries; the same default as the Makefile's."""
+    configured = os.environ.get("ENERGETISCOPE_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "energetiscope"
+
+
+def required_version(go_mod: Path, module: str) -> str:
+    """The version of ``module`` that the wrapper module ``go_mod`` requires."""
+    pattern = re.compile(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\d\S*)", re.MULTILINE)
+    match = pattern.search(go_mod.read_text())
+    if match is None:
+        raise ControlPlaneError(f"{go_mod} does not require {module}")
+    return match.group(1)
+
+
+def kubernetes_version() -> str:
+    """The Kubernetes release build.sh builds, e.g. ``v1.37.2``."""
+    return required_version(BUILD_DIR / "go.mod", "k8s.io/kubernetes")
+
+
+def etcd_version() -> str:
+    """The etcd release build.sh builds, e.g. ``v3.6.16``."""
+    return required_version(BUILD_DIR / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
+
+
+@dataclass(frozen=True)
+class Binaries:
+    kube_apiserver: Path
+    etcd: Path
+    kubernetes_version: str
+    etcd_version: str
+
+    @classmethod
+    def locate(cls, directory: Path | None = None) -> Binaries:
+        """Find the binaries for the versions in the wrapper go.mod files.
+
+        Raises BinariesMissing, naming ``make controlplane``, when either is not built.
+        """
+        bin_dir = (directory or cache_dir()) / "bin"
+        k8s, etcd = kubernetes_version(), etcd_version()
+        binaries = cls(bin_dir / f"kube-apiserver-{k8s}", bin_dir / f"etcd-{etcd}", k8s, etcd)
+        missing = [str(path) for path in (binaries.kube_apiserver, binaries.etcd) if not os.access(path, os.X_OK)]
+        if missing:
+            raise BinariesMissing(
+                f"control plane binaries not built: {', '.join(missing)}; "
+                "run `make controlplane` (tests/e2e/controlplane/build.sh) first"
+            )
+        return binaries
+
+
+def free_loopback_port() -> int:
+    """A port nothing listens on right now (the kernel's pick, so two calls rarely collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    # Own session: a Ctrl-C at the terminal reaches pytest only, which then stops the
+    # apiserver before etcd. PDEATHSIG: if the test process dies without running its
+    # cleanup (SIGKILL, a crash), the kernel kills the child instead of leaving it
+    # running. It fires when the *thread* that started the child exits, so start the
+    # control plane from a thread that outlives it (the main thread, in pytest).
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _child_environment() -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if key not in _PROXY_VARIABLES}
+    environment["NO_PROXY"] = environment["no_proxy"] = _NO_PROXY
+    return environment
+
+
+class _Process:
+    """One child process whose stdout and stderr go to a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_child_environment(),
+                preexec_fn=_child_setup,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as error:
+            return f"(no log: {error})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+        if self.exited():
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+# Every started, not yet stopped control plane: stopped at interpreter exit in case a
+# test run ends without the fixture's teardown (an error in a session fixture, exit()).
+_running: set[ControlPlane] = set()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for plane in list(_running):
+        plane.stop()
+
+
+class ControlPlane:
+    """etcd and kube-apiserver on loopback, with an admin kubeconfig.
+
+    ``start()`` either returns with /readyz answering ok or raises ControlPlaneError
+    after tearing down whatever it had started. ``stop()`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        *,
+        binaries: Binaries | None = None,
+        start_timeout: float = 90.0,
+        stop_timeout: float = 15.0,
+        extra_apiserver_args: Sequence[str] = (),
+    ) -> None:
+        self.binaries = binaries or Binaries.locate()
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.extra_apiserver_args = tuple(extra_apiserver_args)
+        self._directory: Path | None = None
+        self._etcd: _Process | None = None
+        self._apiserver: _Process | None = None
+        self._secure_port: int | None = None
+        self._etcd_client_port: int | None = None
+        self._serving_ca: KeyPair | None = None
+        self._client_ca: KeyPair | None = None
+        self._issued_users: dict[tuple[str, tuple[str, ...]], tuple[Path, Path]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> ControlPlane:
+        if self._directory is not None:
+            raise ControlPlaneError("this control plane is already started")
+        _running.add(self)
+        try:
+            self._directory = Path(tempfile.mkdtemp(prefix="energetiscope-controlplane-"))
+            self._write_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._write_kubeconfig()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the apiserver, then etcd (it must outlive its client), and remove the directory."""
+        for process in (self._apiserver, self._etcd):
+            if process is not None:
+                process.stop(self.stop_timeout)
+        self._apiserver = self._etcd = None
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+        self._issued_users.clear()
+        _running.discard(self)
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- what tests use --------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The apiserver's base URL, e.g. ``https://127.0.0.1:41234``."""
+        return f"https://{LOOPBACK}:{self._require(self._secure_port)}"
+
+    @property
+    def directory(self) -> Path:
+        """The temporary directory holding certificates, etcd's data, logs and the kubeconfig."""
+        return self._require(self._directory)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA that signed the apiserver's serving certificate (what clients trust)."""
+        return self._require(self._serving_ca).cert_pem
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / "pki" / "serving-ca.crt"
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        """A kubeconfig for the admin user (system:masters), certificates embedded."""
+        return self.directory / "kubeconfig"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{LOOPBACK}:{self._require(self._etcd_client_port)}"
+
+    @property
+    def apiserver_log_path(self) -> Path:
+        return self.directory / "kube-apiserver.log"
+
+    @property
+    def etcd_log_path(self) -> Path:
+        return self.directory / "etcd.log"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the running components, by name."""
+        return {p.name: p.pid for p in (self._etcd, self._apiserver) if p is not None}
+
+    def issue_client_certificate(self, user: str, groups: Sequence[str] = ()) -> tuple[Path, Path]:
+        """A client certificate the apiserver authenticates as ``user`` in ``groups``.
+
+        Returns (certificate path, key path). Groups come from the subject's O fields.
+        """
+        key = (user, tuple(groups))
+        if key not in self._issued_users:
+            pair = issue_certificate(
+                self._require(self._client_ca),
+                user,
+                organizations=groups,
+                server=False,
+                client=True,
+            )
+            stem = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join((user, *groups)))
+            self._issued_users[key] = write_pair(pair, self.directory / "pki" / "users", stem)
+        return self._issued_users[key]
+
+    def api_client(self, user: str | None = None, groups: Sequence[str] = ()) -> kubernetes.client.ApiClient:
+        """A kubernetes ApiClient authenticated by client certificate.
+
+        Without ``user`` it is the admin (group system:masters, allowed everything);
+        with one, a user that RBAC grants only what the tests bind to it.
+        """
+        if user is None:
+            user, groups = ADMIN_USER, (MASTERS_GROUP,)
+        cert_path, key_path = self.issue_client_certificate(user, groups)
+        configuration = kubernetes.client.Configuration(
+            host=self.url,
+            ssl_ca_cert=str(self.ca_path),
+            no_proxy=_NO_PROXY,
+        )
+        configuration.cert_file = str(cert_path)
+        configuration.key_file = str(key_path)
+        configuration.verify_ssl = True
+        return kubernetes.client.ApiClient(configuration)
+
+    # -- setup steps ---------------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        pki = self.directory / "pki"
+        self._serving_ca = create_ca("energetiscope-e2e-serving-ca")
+        self._client_ca = create_ca("energetiscope-e2e-client-ca")
+        write_pair(self._serving_ca, pki, "serving-ca")
+        write_pair(self._client_ca, pki, "client-ca")
+        serving = issue_certificate(
+            self._serving_ca,
+            "kube-apiserver",
+            dns_names=["localhost"],
+            ip_addresses=[LOOPBACK],
+            server=True,
+        )
+        write_pair(serving, pki, "apiserver")
+
+        # Service-account tokens: the apiserver signs with the private key and verifies
+        # with --service-account-key-file. That flag's parser reads public keys (PKIX),
+        # certificates, RSA keys and SEC1 "EC PRIVATE KEY" blocks, but not an ECDSA key
+        # in PKCS#8 (what KeyPair.key_pem holds), so it gets the public key.
+        signer = create_ca("energetiscope-e2e-service-account-signer")
+        write_pair(signer, pki, "service-account")
+        public_pem = signer.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (pki / "service-account.pub").write_bytes(public_pem)
+
+    def _start_etcd(self) -> None:
+        client_port, peer_port = free_loopback_port(), free_loopback_port()
+        client_url = f"http://{LOOPBACK}:{client_port}"
+        peer_url = f"http://{LOOPBACK}:{peer_port}"
+        data_dir = self.directory / "etcd-data"
+        self._etcd_client_port = client_port
+        self._etcd = _Process(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=energetiscope-e2e",
+                f"--data-dir={data_dir}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                # The defaults advertise localhost:2380; a one-member cluster never dials
+                # its peers, but say the truth so nothing is ever tried off our ports.
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=energetiscope-e2e={peer_url}",
+                # Test data is thrown away: skipping fsync makes every write much faster.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+            self.etcd_log_path,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        last_problem = "no answer yet"
+        while True:
+            if self._etcd.exited():
+                raise ControlPlaneError(
+                    f"etcd exited with status {self._etcd.popen.returncode} while starting; "
+                    f"last lines of {self.etcd_log_path}:\n{self._etcd.log_tail()}"
+                )
+            try:
+                connection = http.client.HTTPConnection(LOOPBACK, client_port, timeout=2)
+                try:
+                    connection.request("GET", "/health")
+                    response = connection.getresponse()
+                    body = response.read()
+                finally:
+                    connection.close()
+                if response.status == 200 and json.loads(body).get("health") == "true":
+                    return
+                last_problem = f"/health answered {response.status}: {body[:200]!r}"
+            except (OSError, ValueError) as error:
+                last_problem = repr(error)
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"etcd not healthy after {self.start_timeout:.0f}s ({last_problem}); "
+                    f"last lines of {self.etcd_log_path}:\n{self._etcd.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _apiserver_argv(self) -> list[str]:
+        pki = self.directory / "pki"
+        port = self._require(self._secure_port)
+        return [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers={self.etcd_url}",
+            # Unused (every certificate is given), but it would otherwise default to a
+            # system path for self-signed certificates.
+            f"--cert-dir={self.directory / 'apiserver-certs'}",
+            f"--secure-port={port}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            # The endpoint reconciler publishes the advertise address as the endpoint of
+            # the "kubernetes" Service, and since 1.37 refuses a loopback one ("may not be
+            # in the loopback range"). Nothing here runs in pods, so nobody needs it.
+            "--endpoint-reconciler-type=none",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'client-ca.crt'}",
+            f"--service-account-issuer={self.url}",
+            f"--service-account-key-file={pki / 'service-account.pub'}",
+            f"--service-account-signing-key-file={pki / 'service-account.key'}",
+            # The default is AlwaysAllow; the tests want the authorization a cluster has.
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            # The ServiceAccount plugin rejects pods until the token controller (part of
+            # kube-controller-manager, not run here) has created the namespace's
+            # "default" ServiceAccount.
+            "--disable-admission-plugins=ServiceAccount",
+            *self.extra_apiserver_args,
+        ]
+
+    def _start_apiserver(self) -> None:
+        self._secure_port = free_loopback_port()
+        self._apiserver = _Process("kube-apiserver", self._apiserver_argv(), self.apiserver_log_path)
+        context = self._admin_tls_context()
+        deadline = time.monotonic() + self.start_timeout
+        last_problem = "no answer yet"
+        while True:
+            if self._apiserver.exited():
+                raise ControlPlaneError(
+                    f"kube-apiserver exited with status {self._apiserver.popen.returncode} while "
+                    f"starting; last lines of {self.apiserver_log_path}:\n{self._apiserver.log_tail()}"
+                )
+            try:
+                status, body = self._get("/readyz?verbose", context)
+                if status == 200:
+                    return
+                failing = [line for line in body.splitlines() if "failed" in line]
+                last_problem = f"/readyz answered {status}: {'; '.join(failing) or body[:300]}"
+            except (OSError, http.client.HTTPException) as error:
+                last_problem = repr(error)
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"kube-apiserver not ready after {self.start_timeout:.0f}s ({last_problem}); "
+                    f"last lines of {self.apiserver_log_path}:\n{self._apiserver.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _admin_tls_context(self) -> ssl.SSLContext:
+        cert_path, key_path = self.issue_client_certificate(ADMIN_USER, (MASTERS_GROUP,))
+        context = ssl.create_default_context(cafile=str(self.ca_path))
+        context.load_cert_chain(str(cert_path), str(key_path))
+        return context
+
+    def _get(self, path: str, context: ssl.SSLContext) -> tuple[int, str]:
+        port = self._require(self._secure_port)
+        # Loopback address, "localhost" for verification: both are in the serving SANs.
+        connection = http.client.HTTPSConnection(LOOPBACK, port, context=context, timeout=5)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            connection.close()
+
+    def _write_kubeconfig(self) -> None:
+        cert_path, key_path = self.issue_client_certificate(ADMIN_USER, (MASTERS_GROUP,))
+        name = "energetiscope-e2e"
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": name,
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": _b64(self.ca_pem),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": ADMIN_USER,
+                    "user": {
+                        "client-certificate-data": _b64(cert_path.read_bytes()),
+                        "client-key-data": _b64(key_path.read_bytes()),
+                    },
+                }
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": ADMIN_USER}}],
+            "current-context": name,
+        }
+        path = self.kubeconfig_path
+        path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+        path.chmod(0o600)
+
+    @staticmethod
+    def _require(value: _T | None) -> _T:
+        if value is None:
+            raise ControlPlaneError("the control plane is not started")
+        return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

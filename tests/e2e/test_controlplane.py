@@ -1,0 +1,192 @@
+"""The control plane the end-to-end tests stand on behaves like a real cluster's API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import kubernetes.client
+import kubernetes.config
+import pytest
+from kubernetes.client.rest import ApiException
+
+from tests.e2e.controlplane import Binaries, ControlPlane, ControlPlaneError, kubernetes_version
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def namespace(kube_api: kubernetes.client.ApiClient) -> Iterator[str]:
+    """A fresh namespace (deleting it only marks it Terminating: no controller runs)."""
+    name = f"e2e-{uuid.uuid4().hex[:10]}"
+    core = kubernetes.client.CoreV1Api(kube_api)
+    core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+def deployment(name: str, image: str = "registry.example/app:1.0") -> kubernetes.client.V1Deployment:
+    labels = {"app": name}
+    return kubernetes.client.V1Deployment(
+        metadata=kubernetes.client.V1ObjectMeta(name=name, labels=labels),
+        spec=kubernetes.client.V1DeploymentSpec(
+            replicas=2,
+            selector=kubernetes.client.V1LabelSelector(match_labels=labels),
+            template=kubernetes.client.V1PodTemplateSpec(
+                metadata=kubernetes.client.V1ObjectMeta(labels=labels),
+                spec=kubernetes.client.V1PodSpec(
+                    containers=[
+                        kubernetes.client.V1Container(
+                            name="app",
+                            image=image,
+                            resources=kubernetes.client.V1ResourceRequirements(
+                                requests={"cpu": "250m", "memory": "64Mi"}
+                            ),
+                        )
+                    ]
+                ),
+            ),
+        ),
+    )
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def port_accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_version_is_the_built_release(kube_api: kubernetes.client.ApiClient) -> None:
+    version = kubernetes.client.VersionApi(kube_api).get_code()
+    expected = kubernetes_version()
+    assert version.git_version == expected
+    assert (version.major, version.minor) == ("1", expected.split(".")[1])
+
+
+def test_namespace_and_deployment_are_stored(kube_api: kubernetes.client.ApiClient, namespace: str) -> None:
+    core = kubernetes.client.CoreV1Api(kube_api)
+    apps = kubernetes.client.AppsV1Api(kube_api)
+    assert core.read_namespace(namespace).status.phase == "Active"
+
+    created = apps.create_namespaced_deployment(namespace, deployment("web"))
+    assert created.metadata.uid and created.metadata.resource_version
+
+    stored = apps.read_namespaced_deployment("web", namespace)
+    assert stored.metadata.uid == created.metadata.uid
+    assert stored.spec.replicas == 2
+    container = stored.spec.template.spec.containers[0]
+    assert container.image == "registry.example/app:1.0"
+    assert container.resources.requests == {"cpu": "250m", "memory": "64Mi"}
+    # Defaulting ran on the server: the strategy was not in the request.
+    assert stored.spec.strategy.type == "RollingUpdate"
+    names = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+    assert names == ["web"]
+
+
+def test_server_side_dry_run_is_not_persisted(kube_api: kubernetes.client.ApiClient, namespace: str) -> None:
+    apps = kubernetes.client.AppsV1Api(kube_api)
+    answered = apps.create_namespaced_deployment(namespace, deployment("dry"), dry_run="All")
+    # The server ran admission and defaulting and answered with the object...
+    assert answered.metadata.name == "dry"
+    assert answered.spec.strategy.type == "RollingUpdate"
+    # ...but did not store it.
+    with pytest.raises(ApiException) as missing:
+        apps.read_namespaced_deployment("dry", namespace)
+    assert missing.value.status == 404
+    assert apps.list_namespaced_deployment(namespace).items == []
+
+
+def test_rbac_forbids_users_outside_system_masters(
+    control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    kubernetes.client.CoreV1Api(kube_api).list_namespaced_secret(namespace)  # the admin may
+
+    user, group = "energetiscope-e2e-viewer", "energetiscope-e2e-viewers"
+    with control_plane.api_client(user, [group]) as viewer_client:
+        viewer = kubernetes.client.CoreV1Api(viewer_client)
+        with pytest.raises(ApiException) as forbidden:
+            viewer.list_namespaced_secret(namespace)
+        assert forbidden.value.status == 403
+        assert f'User "{user}" cannot list resource "secrets"' in json.loads(forbidden.value.body)["message"]
+
+        # Binding a Role to the user's group grants exactly that: authorization is RBAC,
+        # not a blanket deny.
+        rbac = kubernetes.client.RbacAuthorizationV1Api(kube_api)
+        rbac.create_namespaced_role(
+            namespace,
+            kubernetes.client.V1Role(
+                metadata=kubernetes.client.V1ObjectMeta(name="read-secrets"),
+                rules=[kubernetes.client.V1PolicyRule(api_groups=[""], resources=["secrets"], verbs=["list"])],
+            ),
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            kubernetes.client.V1RoleBinding(
+                metadata=kubernetes.client.V1ObjectMeta(name="viewers-read-secrets"),
+                role_ref=kubernetes.client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="read-secrets"),
+                subjects=[kubernetes.client.RbacV1Subject(api_group="rbac.authorization.k8s.io", kind="Group", name=group)],
+            ),
+        )
+        assert viewer.list_namespaced_secret(namespace).items == []
+        with pytest.raises(ApiException) as still_forbidden:
+            viewer.list_namespace()
+        assert still_forbidden.value.status == 403
+
+
+def test_kubeconfig_authenticates_as_admin(control_plane: ControlPlane) -> None:
+    with kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig_path)) as client:
+        names = {n.metadata.name for n in kubernetes.client.CoreV1Api(client).list_namespace().items}
+    assert {"default", "kube-system"} <= names
+
+
+def test_stop_leaves_no_process_port_or_directory(control_plane_binaries: Binaries) -> None:
+    plane = ControlPlane(binaries=control_plane_binaries).start()
+    try:
+        pids = plane.pids
+        port = int(plane.url.rsplit(":", 1)[1])
+        directory = plane.directory
+        assert set(pids) == {"etcd", "kube-apiserver"}
+        assert all(process_exists(pid) for pid in pids.values())
+        with plane.api_client() as client:
+            assert kubernetes.client.VersionApi(client).get_code().git_version == kubernetes_version()
+    finally:
+        plane.stop()
+    assert [name for name, pid in pids.items() if process_exists(pid)] == []
+    assert not port_accepts(port)
+    assert not directory.exists()
+    assert plane.pids == {}
+    plane.stop()  # idempotent
+
+
+def test_failed_start_tears_down_what_it_started(control_plane_binaries: Binaries) -> None:
+    plane = ControlPlane(binaries=control_plane_binaries, extra_apiserver_args=["--no-such-flag=1"])
+    started: dict[str, int] = {}
+    directories: list[Path] = []
+    original_start_apiserver = plane._start_apiserver
+
+    def remember_etcd_then_start_apiserver() -> None:
+        started.update(plane.pids)
+        directories.append(plane.directory)
+        original_start_apiserver()
+
+    plane._start_apiserver = remember_etcd_then_start_apiserver  # type: ignore[method-assign]
+    with pytest.raises(ControlPlaneError) as failure:
+        plane.start()
+    message = str(failure.value)
+    assert "kube-apiserver exited" in message
+    assert "no-such-flag" in message  # the log's tail says why
+    assert "etcd" in started and not process_exists(started["etcd"])
+    assert plane.pids == {}
+    assert directories and not directories[0].exists()
