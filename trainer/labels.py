@@ -43,7 +43,7 @@ from trainer.kepler import (
     build_energy_query,
     detect_kepler_line,
 )
-from trainer.owners import OwnerFallback, OwnerResolver, WorkloadRef, load_owner_index
+from trainer.owners import OwnerFallback, OwnerResolver, load_owner_index
 from trainer.prometheus import (
     DEFAULT_MAX_POINTS_PER_CHUNK,
     DEFAULT_TIMEOUT_SECONDS,
@@ -127,38 +127,43 @@ def collect_labels(
     query = build_energy_query(line, window_seconds, container_selection, pod_selection)
 
     # Evaluation times are the window ends: start+W, start+2W, ..., start+n*W.
-    chunks = split_evaluation_range(start_seconds + window_seconds, last_window_end, window_seconds, max_windows_per_chunk)
+    chunks = split_evaluation_range(
+        start_seconds + window_seconds, last_window_end, window_seconds, max_windows_per_chunk
+    )
+    # Rows are gathered as arrays per series; pods are small integer codes into `pod_keys` so a
+    # week of a large cluster does not become tens of millions of Python strings.
+    pod_codes: dict[tuple[str, str], int] = {}
+    code_parts: list[np.ndarray] = []
     window_end_parts: list[np.ndarray] = []
-    namespaces: list[str] = []
-    pods: list[str] = []
     energy_parts: list[np.ndarray] = []
     with tqdm(total=len(chunks), desc="kepler energy", unit="chunk", disable=not progress) as bar:
         for chunk in chunks:
             for series in client.range_query(query.promql, chunk.start_seconds, chunk.end_seconds, window_seconds):
                 if not series.points:
                     continue
-                namespace, pod = _pod_identity(query, series.labels)
+                code = pod_codes.setdefault(_pod_identity(query, series.labels), len(pod_codes))
                 points = np.asarray(series.points, dtype=np.float64)
+                code_parts.append(np.full(len(points), code, dtype=np.int64))
                 window_end_parts.append(points[:, 0])
                 energy_parts.append(points[:, 1])
-                namespaces.extend([namespace] * len(points))
-                pods.extend([pod] * len(points))
             bar.update(1)
 
     if not energy_parts:
         return empty_labels_frame(window_seconds)
 
-    window_ends = np.concatenate(window_end_parts)
-    energy_joules = np.concatenate(energy_parts)
     resolver = OwnerResolver(load_owner_index(client, start_seconds, last_window_end), owner_fallback)
-    workloads = [resolver.resolve(namespace, pod) for namespace, pod in zip(namespaces, pods)]
+    pod_keys = list(pod_codes)
+    workloads = [resolver.resolve(namespace, pod) for namespace, pod in pod_keys]
+    codes = np.concatenate(code_parts)
     frame = _labels_frame(
-        window_ends=window_ends,
+        window_ends=np.concatenate(window_end_parts),
         window_seconds=window_seconds,
-        namespaces=namespaces,
-        pods=pods,
-        workloads=workloads,
-        energy_joules=energy_joules,
+        codes=codes,
+        namespaces=[namespace for namespace, _ in pod_keys],
+        pods=[pod for _, pod in pod_keys],
+        workload_kinds=[w.kind for w in workloads],
+        workload_names=[w.name for w in workloads],
+        energy_joules=np.concatenate(energy_parts),
         kepler_line=line.value,
     )
     frame = frame[np.isfinite(frame["energy_joules"].to_numpy())]
@@ -169,26 +174,33 @@ def _labels_frame(
     *,
     window_ends: np.ndarray,
     window_seconds: int,
+    codes: np.ndarray,
     namespaces: Sequence[str],
     pods: Sequence[str],
-    workloads: Sequence[WorkloadRef],
+    workload_kinds: Sequence[str],
+    workload_names: Sequence[str],
     energy_joules: np.ndarray,
     kepler_line: str,
 ) -> pd.DataFrame:
+    """Rows from per-row pod codes; the per-pod columns are looked up by code."""
+
+    def per_row(values: Sequence[str]) -> pd.Series:
+        return pd.Series(np.asarray(values, dtype=object)[codes] if len(codes) else [], dtype="str")
+
     # Window starts to the millisecond, Prometheus' own resolution.
     window_start_ms = np.round((window_ends - window_seconds) * 1000.0).astype("int64")
-    row_count = len(energy_joules)
+    energy = np.asarray(energy_joules, dtype="float64")
     return pd.DataFrame(
         {
             "window_start": pd.to_datetime(window_start_ms, unit="ms", utc=True).astype("datetime64[ns, UTC]"),
-            "window_seconds": np.full(row_count, window_seconds, dtype="int64"),
-            "namespace": pd.Series(list(namespaces), dtype="str"),
-            "pod": pd.Series(list(pods), dtype="str"),
-            "workload_kind": pd.Series([w.kind for w in workloads], dtype="str"),
-            "workload_name": pd.Series([w.name for w in workloads], dtype="str"),
-            "energy_joules": np.asarray(energy_joules, dtype="float64"),
-            "power_watts": np.asarray(energy_joules, dtype="float64") / window_seconds,
-            "kepler_line": pd.Series([kepler_line] * row_count, dtype="str"),
+            "window_seconds": np.full(len(energy), window_seconds, dtype="int64"),
+            "namespace": per_row(namespaces),
+            "pod": per_row(pods),
+            "workload_kind": per_row(workload_kinds),
+            "workload_name": per_row(workload_names),
+            "energy_joules": energy,
+            "power_watts": energy / window_seconds,
+            "kepler_line": pd.Series([kepler_line] * len(energy), dtype="str"),
         },
         columns=list(LABEL_COLUMNS),
     )
@@ -208,9 +220,11 @@ def empty_labels_frame(window_seconds: int = DEFAULT_WINDOW_SECONDS) -> pd.DataF
     return _labels_frame(
         window_ends=np.zeros(0),
         window_seconds=window_seconds,
+        codes=np.zeros(0, dtype=np.int64),
         namespaces=[],
         pods=[],
-        workloads=[],
+        workload_kinds=[],
+        workload_names=[],
         energy_joules=np.zeros(0),
         kepler_line="",
     )

@@ -14,7 +14,7 @@ whenever it is present.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from trainer.prometheus import PrometheusClient
@@ -157,9 +157,3 @@ class OwnerResolver:
             return self._index.job_owner(namespace, owner.name) or owner
         return owner
 
-
-def resolve_owners(
-    resolver: OwnerResolver, pods: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], WorkloadRef]:
-    """Resolve many (namespace, pod) pairs at once."""
-    return {key: resolver.resolve(*key) for key in pods}

@@ -262,7 +262,7 @@ class PrometheusClient:
         path: str,
         *,
         query: str | None,
-        form: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        form: Mapping[str, str] | list[tuple[str, str]] | None = None,
         params: Sequence[tuple[str, str]] | None = None,
     ) -> Any:
         url = self.base_url + path

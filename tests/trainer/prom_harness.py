@@ -99,9 +99,11 @@ class PrometheusHarness:
         )
         if completed.returncode != 0:
             raise RuntimeError(
-                f"promtool backfill of {source.name} failed (exit {completed.returncode}): "
+                f"promtool backfill of {source} failed (exit {completed.returncode}): "
                 f"{(completed.stderr or completed.stdout)[-_LOG_TAIL_CHARS:]}"
             )
+        # The blocks hold the data now; the text (tens of MB) would only fill pytest's kept tmp dirs.
+        source.unlink()
 
     # -- server ------------------------------------------------------------------------------
 
