@@ -8,7 +8,7 @@ field in the manifest (``spec.template.spec.containers[1].resources.requests.cpu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from pydantic import ValidationError
 
@@ -16,6 +16,7 @@ from . import quantity
 from .schema import (
     ANNOTATION_PREFIX,
     MAX_CPU_MILLICORES,
+    MAX_DEVICES,
     MAX_MEMORY_MIB,
     ContainerSpec,
     InferenceRequest,
@@ -46,6 +47,7 @@ _API_VERSIONS: dict[str, frozenset[str]] = {
 }
 _STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "storage", "pods"})
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+Number = TypeVar("Number", int, float)
 INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
 NODE_TYPE_LABEL = "node-type"
 
@@ -129,32 +131,27 @@ def _count(value: Any, field: str) -> int | None:
     return value
 
 
-def _cpu(value: Any, field: str) -> int | None:
+def _amount(value: Any, field: str, convert: Callable[[object, str], Number], maximum: float, unit: str) -> Number | None:
+    """Parse a quantity with ``convert`` and check it lies in [0, maximum]."""
     if value is None:
         return None
     try:
-        millicores = quantity.cpu_millicores(value, field)
+        amount = convert(value, field)
     except quantity.QuantityError as exc:
         raise ExtractionError(field, str(exc).removeprefix(f"{field}: ")) from None
-    if millicores < 0:
+    if amount < 0:
         raise ExtractionError(field, f"must not be negative, got {value!r}")
-    if millicores > MAX_CPU_MILLICORES:
-        raise ExtractionError(field, f"{value!r} is {millicores} millicores, above the {MAX_CPU_MILLICORES} limit")
-    return millicores
+    if amount > maximum:
+        raise ExtractionError(field, f"{value!r} is {amount:g} {unit}, above the limit of {maximum:g} {unit}")
+    return amount
+
+
+def _cpu(value: Any, field: str) -> int | None:
+    return _amount(value, field, quantity.cpu_millicores, MAX_CPU_MILLICORES, "millicores")
 
 
 def _memory(value: Any, field: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        mebibytes = quantity.memory_mebibytes(value, field)
-    except quantity.QuantityError as exc:
-        raise ExtractionError(field, str(exc).removeprefix(f"{field}: ")) from None
-    if mebibytes < 0:
-        raise ExtractionError(field, f"must not be negative, got {value!r}")
-    if mebibytes > MAX_MEMORY_MIB:
-        raise ExtractionError(field, f"{value!r} is above the 64 TiB limit")
-    return mebibytes
+    return _amount(value, field, quantity.memory_mebibytes, MAX_MEMORY_MIB, "MiB")
 
 
 @dataclass(frozen=True)
@@ -176,14 +173,8 @@ def _resources(value: Any, field: str) -> _Resources:
         for name, amount in section.items():
             if name in _STANDARD_RESOURCES or str(name).startswith("hugepages-"):
                 continue
-            item_field = f"{field}.{section_name}[{name!r}]"
-            try:
-                devices = quantity.count(amount, item_field)
-            except quantity.QuantityError as exc:
-                raise ExtractionError(item_field, str(exc).removeprefix(f"{item_field}: ")) from None
-            if devices < 0:
-                raise ExtractionError(item_field, f"must not be negative, got {amount!r}")
-            extended[str(name)] = max(extended.get(str(name), 0.0), devices)
+            devices = _amount(amount, f"{field}.{section_name}[{name!r}]", quantity.count, MAX_DEVICES, "devices")
+            extended[str(name)] = max(extended.get(str(name), 0.0), devices or 0.0)
     return _Resources(
         req_cpu_mcpu=_cpu(requests.get("cpu"), f"{field}.requests.cpu"),
         req_mem_mib=_memory(requests.get("memory"), f"{field}.requests.memory"),
