@@ -16,13 +16,13 @@ from typing import Any, Literal, Mapping
 import jsonpatch
 
 from . import annotations
-from .extract import ExtractionError, is_workload, to_inference_request
+from .extract import ExtractionError, has_controller, is_workload, to_inference_request
 from .service import PredictionService
 
 log = logging.getLogger(__name__)
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
-Outcome = Literal["patched", "unchanged", "skipped", "failed_open"]
+Outcome = Literal["patched", "unchanged", "skipped", "failed_open", "allowed", "warned", "audited", "denied"]
 
 
 class NotAnAdmissionReview(ValueError):
@@ -63,17 +63,29 @@ def parse_review(body: Any) -> Mapping[str, Any]:
     return request
 
 
-def _response(uid: str, patch: list[dict[str, Any]] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {"uid": uid, "allowed": True}
+def review_response(
+    uid: str,
+    *,
+    allowed: bool = True,
+    patch: list[dict[str, Any]] | None = None,
+    warnings: list[str] | None = None,
+    denial: str | None = None,
+    audit_annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+    if denial is not None:
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if warnings:
         response["warnings"] = warnings
+    if audit_annotations:
+        response["auditAnnotations"] = dict(audit_annotations)
     return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
-def _api_version(gvk: Any) -> tuple[str | None, str | None]:
+def api_version_and_kind(gvk: Any) -> tuple[str | None, str | None]:
     if not isinstance(gvk, Mapping):
         return None, None
     group, version, kind = gvk.get("group"), gvk.get("version"), gvk.get("kind")
@@ -82,23 +94,18 @@ def _api_version(gvk: Any) -> tuple[str | None, str | None]:
     return (f"{group}/{version}" if group else version), kind
 
 
-def _has_controller(metadata: Mapping[str, Any]) -> bool:
-    owners = metadata.get("ownerReferences")
-    return isinstance(owners, list) and any(isinstance(o, Mapping) and o.get("controller") is True for o in owners)
-
-
 def mutate(request: Mapping[str, Any], service: PredictionService, settings: MutationSettings) -> AdmissionResult:
     uid: str = request["uid"]
 
     def allow(outcome: Outcome, warning: str | None = None) -> AdmissionResult:
         warnings = [warning] if warning else []
-        return AdmissionResult(_response(uid, warnings=warnings), outcome, warnings)
+        return AdmissionResult(review_response(uid, warnings=warnings), outcome, warnings)
 
     # DELETE and CONNECT carry no object to annotate (a patch on DELETE fails the request);
     # subresources (status, scale) are not the workload object itself.
     if request.get("operation") not in ("CREATE", "UPDATE") or request.get("subResource"):
         return allow("skipped")
-    api_version, kind = _api_version(request.get("kind"))
+    api_version, kind = api_version_and_kind(request.get("kind"))
     if not is_workload(kind, api_version):
         return allow("skipped")
 
@@ -112,7 +119,7 @@ def mutate(request: Mapping[str, Any], service: PredictionService, settings: Mut
     labels = metadata.get("labels")
     if isinstance(labels, Mapping) and annotations.is_skipped(labels):
         return allow("skipped")
-    if kind == "Pod" and not settings.annotate_owned_pods and _has_controller(metadata):
+    if kind == "Pod" and not settings.annotate_owned_pods and has_controller(metadata):
         return allow("skipped")
 
     typed = {"apiVersion": api_version, "kind": kind, **obj} if "kind" not in obj else obj
@@ -135,5 +142,5 @@ def mutate(request: Mapping[str, Any], service: PredictionService, settings: Mut
     patch = jsonpatch.make_patch(dict(obj), mutated).patch
     basis = prediction.pod.basis
     if not patch:
-        return AdmissionResult(_response(uid), "unchanged", basis=basis)
-    return AdmissionResult(_response(uid, patch=patch), "patched", basis=basis)
+        return AdmissionResult(review_response(uid), "unchanged", basis=basis)
+    return AdmissionResult(review_response(uid, patch=patch), "patched", basis=basis)

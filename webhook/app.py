@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -17,8 +17,10 @@ from starlette.routing import Route
 from .admission import MutationSettings, NotAnAdmissionReview, mutate, parse_review
 from .manifests import ManifestError, read_manifests
 from .metrics import CONTENT_TYPE, WebhookMetrics
+from .policy import PolicyStore
 from .schema import InferenceRequest, PredictOut
 from .service import PredictionService, WorkloadPrediction
+from .validation import Budgets, validate
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,11 @@ def predict_out(prediction: WorkloadPrediction) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def create_app(service: PredictionService, settings: AppSettings | None = None) -> Starlette:
+def create_app(
+    service: PredictionService, settings: AppSettings | None = None, budgets: Budgets | None = None
+) -> Starlette:
     settings = settings or AppSettings()
+    budgets = budgets or Budgets(policy=PolicyStore(None), inventory=None)
     metrics = WebhookMetrics(service)
     state = {"tls_ready": False}
 
@@ -113,15 +118,21 @@ def create_app(service: PredictionService, settings: AppSettings | None = None) 
 
         return run
 
-    async def admit(request: Request) -> tuple[Response, str]:
+    async def review_request(request: Request) -> Mapping[str, Any]:
         body = _json(await _read_body(request, settings.max_body_bytes))
         try:
-            review_request = parse_review(body)
+            return parse_review(body)
         except NotAnAdmissionReview as exc:
             raise HTTPProblem(400, f"not an AdmissionReview: {exc}") from None
-        result = mutate(review_request, service, settings.mutation)
+
+    async def admit(request: Request) -> tuple[Response, str]:
+        result = mutate(await review_request(request), service, settings.mutation)
         if result.basis is not None:
             metrics.predictions.labels(result.basis).inc()
+        return JSONResponse(result.review), result.outcome
+
+    async def check_budget(request: Request) -> tuple[Response, str]:
+        result = validate(await review_request(request), service, budgets)
         return JSONResponse(result.review), result.outcome
 
     async def predict(request: Request) -> tuple[Response, str]:
@@ -169,8 +180,14 @@ def create_app(service: PredictionService, settings: AppSettings | None = None) 
         status = service.status()
         ready = state["tls_ready"] and service.loaded
         metrics.ready.set(1 if ready else 0)
+        inventory = budgets.inventory
         body = {
             "ready": ready,
+            "budgets": {
+                "policy_path": str(budgets.policy.path) if budgets.policy.path else None,
+                "policy_error": budgets.policy.error,
+                "inventory": "off" if inventory is None else ("synced" if inventory.synced else "syncing"),
+            },
             "tls": state["tls_ready"],
             "model": {
                 "loaded": service.loaded,
@@ -188,6 +205,7 @@ def create_app(service: PredictionService, settings: AppSettings | None = None) 
 
     routes = [
         Route("/mutate", endpoint("mutate", admit), methods=["POST"]),
+        Route("/validate", endpoint("validate", check_budget), methods=["POST"]),
         Route("/predict", endpoint("predict", predict), methods=["POST"]),
         Route("/infer/from-yaml", endpoint("infer_from_yaml", infer_from_yaml), methods=["POST"]),
         Route("/predict/from-yaml", endpoint("predict_from_yaml", predict_from_yaml), methods=["POST"]),
@@ -199,5 +217,6 @@ def create_app(service: PredictionService, settings: AppSettings | None = None) 
     app.state.service = service
     app.state.metrics = metrics
     app.state.readiness = state
+    app.state.budgets = budgets
     return app
 

@@ -72,10 +72,15 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
 @click.option("--cache-entries", type=click.IntRange(min=0), default=4096, envvar="ENERGETISCOPE_CACHE_ENTRIES")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=3 * 2**20,
               envvar="ENERGETISCOPE_MAX_BODY_BYTES")
+@click.option("--policy-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_POLICY_FILE", help="Energy budget policy (YAML); reloaded when it changes.")
+@click.option("--kube-access", default="auto", envvar="ENERGETISCOPE_KUBE_ACCESS",
+              help="How the budget inventory reads the cluster: auto (in-cluster when in a pod), off, "
+                   "or a kubeconfig path.")
 @_prior_options
 def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
           log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
-          cache_entries: int, max_body_bytes: int, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+          cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
     """Run the admission webhook over TLS."""
     from .server import ServeSettings, serve as run
@@ -87,6 +92,7 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
         max_body_bytes=max_body_bytes, cache_entries=cache_entries,
         mutation=MutationSettings(annotate_owned_pods=annotate_owned_pods),
         prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
+        policy_file=policy_file, kube_access=kube_access,
     )
     try:
         run(settings)

@@ -76,6 +76,12 @@ def is_gpu_resource(name: str) -> bool:
     return name.endswith("/gpu") or name.startswith("gpu.intel.com/")
 
 
+def has_controller(metadata: Mapping[str, Any]) -> bool:
+    """True when a controller (ReplicaSet, Job, ...) owns the object: its owner stands for it."""
+    owners = metadata.get("ownerReferences")
+    return isinstance(owners, list) and any(isinstance(o, Mapping) and o.get("controller") is True for o in owners)
+
+
 def _mapping(value: Any, field: str, *, required: bool = False) -> Mapping[str, Any]:
     if value is None:
         if required:

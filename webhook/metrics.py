@@ -58,8 +58,11 @@ class WebhookMetrics:
         self.predictions = Counter(
             "energetiscope_predictions", "Workload predictions made, by basis.", ["basis"], registry=self.registry
         )
-        self.model_reloads = Counter(
-            "energetiscope_model_reloads", "Model reload attempts, by result.", ["result"], registry=self.registry
+        self.reloads = Counter(
+            "energetiscope_reloads",
+            "Reloads of the model artifact or budget policy file, by what and result.",
+            ["what", "result"],
+            registry=self.registry,
         )
         self.ready = Gauge("energetiscope_ready", "1 when certificates and model are loaded.", registry=self.registry)
         self.registry.register(_ModelCollector(service))

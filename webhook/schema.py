@@ -106,21 +106,22 @@ def spec_hash(request: InferenceRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def workload_pods(request: InferenceRequest) -> int:
-    """How many pods of this spec run at once, with the apiserver's defaults.
+def pods_running(kind: str, replicas: int | None, parallelism: int | None, completions: int | None) -> int:
+    """How many pods of one spec run at once, with the apiserver's defaults.
 
     DaemonSet: 1, i.e. totals are per node (the node count is not in the spec).
     Job/CronJob: parallelism (default 1), capped by completions when that is smaller.
     """
-    kind = request.workload_kind
     if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
-        return 1 if request.replicas is None else request.replicas
+        return 1 if replicas is None else replicas
     if kind in ("Job", "CronJob"):
-        parallel = 1 if request.parallelism is None else request.parallelism
-        if request.completions is not None:
-            parallel = min(parallel, request.completions)
-        return parallel
+        parallel = 1 if parallelism is None else parallelism
+        return parallel if completions is None else min(parallel, completions)
     return 1
+
+
+def workload_pods(request: InferenceRequest) -> int:
+    return pods_running(request.workload_kind, request.replicas, request.parallelism, request.completions)
 
 
 class PredictOut(BaseModel):

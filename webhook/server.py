@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 import anyio
 import uvicorn
@@ -16,8 +17,11 @@ from starlette.applications import Starlette
 
 from .admission import MutationSettings
 from .app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
+from .inventory import InventoryWatcher, WorkloadInventory
+from .policy import PolicyStore
 from .prior import PriorCoefficients, PriorPredictor
 from .service import PredictionService
+from .validation import Budgets
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ class ServeSettings:
     cache_entries: int = 4096
     mutation: MutationSettings = MutationSettings()
     prior: PriorCoefficients = field(default_factory=PriorCoefficients)
+    policy_file: Path | None = None
+    # Where the budget inventory reads the cluster: "auto" (in-cluster when running in a pod),
+    # "off", or a kubeconfig path.
+    kube_access: str = "auto"
 
     @property
     def cert_file(self) -> Path:
@@ -46,10 +54,23 @@ class ServeSettings:
         return self.cert_dir / "tls.key"
 
 
-async def _reload(service: PredictionService, app: Starlette, reason: str) -> None:
-    log.info("reloading model (%s)", reason)
-    ok = await anyio.to_thread.run_sync(service.load)
-    app.state.metrics.model_reloads.labels("ok" if ok and service.status().error is None else "failed").inc()
+class Reloadable(Protocol):
+    def artifact_changed(self) -> bool: ...
+
+    def load(self) -> bool: ...
+
+
+def _api_client(kube_access: str) -> Any | None:
+    if kube_access == "off":
+        return None
+    import kubernetes
+
+    if kube_access == "auto":
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return None
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    return kubernetes.config.new_client_from_config(config_file=kube_access)
 
 
 def build_app(settings: ServeSettings) -> Starlette:
@@ -59,26 +80,41 @@ def build_app(settings: ServeSettings) -> Starlette:
         expected_sha256=settings.model_sha256,
         cache_entries=settings.cache_entries,
     )
+    policy = PolicyStore(settings.policy_file)
+    api_client = _api_client(settings.kube_access)
+    inventory = WorkloadInventory() if api_client is not None else None
+    reloadables: dict[str, Reloadable] = {"model": service, "policy": policy}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Uvicorn has loaded the certificate by the time the lifespan starts.
-        await anyio.to_thread.run_sync(service.load)
+        for item in reloadables.values():
+            await anyio.to_thread.run_sync(item.load)
+        watcher = InventoryWatcher(inventory, api_client) if inventory is not None else None
+        if watcher is not None:
+            watcher.start()
         app.state.readiness["tls_ready"] = True
         wake = asyncio.Event()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, wake.set)
 
+        async def reload(name: str, item: Reloadable, reason: str) -> None:
+            log.info("reloading %s (%s)", name, reason)
+            ok = await anyio.to_thread.run_sync(item.load)
+            app.state.metrics.reloads.labels(name, "ok" if ok else "failed").inc()
+
         async def watch() -> None:
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=settings.watch_interval_seconds)
-                if wake.is_set():
-                    wake.clear()
-                    await _reload(service, app, "SIGHUP")
-                elif service.artifact_changed():
-                    await _reload(service, app, "artifact changed on disk")
+                hangup = wake.is_set()
+                wake.clear()
+                for name, item in reloadables.items():
+                    if hangup:
+                        await reload(name, item, "SIGHUP")
+                    elif item.artifact_changed():
+                        await reload(name, item, "file changed on disk")
 
         task = asyncio.create_task(watch())
         try:
@@ -89,8 +125,14 @@ def build_app(settings: ServeSettings) -> Starlette:
                 await task
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
+            if watcher is not None:
+                await anyio.to_thread.run_sync(watcher.stop)
 
-    app = create_app(service, AppSettings(max_body_bytes=settings.max_body_bytes, mutation=settings.mutation))
+    app = create_app(
+        service,
+        AppSettings(max_body_bytes=settings.max_body_bytes, mutation=settings.mutation),
+        Budgets(policy=policy, inventory=inventory),
+    )
     app.router.lifespan_context = lifespan
     return app
 

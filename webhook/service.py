@@ -8,12 +8,12 @@ keeps the model already serving.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .filewatch import WatchedFile
 from .model import ArtifactError, TrainedModel, load_model
 from .prediction import PodPrediction, Predictor
 from .prior import PriorPredictor
@@ -106,7 +106,7 @@ class PredictionService:
         self.cache = PredictionCache(cache_entries)
         self._predictor: Predictor = prior
         self._error: str | None = None
-        self._loaded_stat: tuple[int, int, int] | None = None
+        self._file = WatchedFile(model_path)
         self._reload_lock = threading.Lock()
         self.loaded = False
 
@@ -125,37 +125,29 @@ class PredictionService:
             error=self._error,
         )
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.model_path) if self.model_path else None
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
-
     def load(self) -> bool:
-        """(Re)load the configured artifact. True when a trained model now serves."""
+        """(Re)load the configured artifact. False when it could not be loaded (see ``status().error``)."""
         with self._reload_lock:
             self.loaded = True
             if self.model_path is None:
                 self._predictor, self._error = self.prior, None
-                return False
-            stat = self._stat()
+                return True
+            self._file.mark_seen()
             try:
                 model = load_model(self.model_path, prior=self.prior, expected_sha256=self.expected_sha256)
             except ArtifactError as exc:
-                self._loaded_stat = stat
                 self._error = str(exc)
                 if isinstance(self._predictor, TrainedModel):
                     log.error("model reload failed, keeping %s: %s", self._predictor.model_id, exc)
                 else:
                     log.error("model not loaded, serving the prior %s: %s", self.prior.model_id, exc)
-                return isinstance(self._predictor, TrainedModel)
-            self._predictor, self._error, self._loaded_stat = model, None, stat
+                return False
+            self._predictor, self._error = model, None
             log.info("model %s loaded from %s (sha256 %s)", model.model_id, self.model_path, model.sha256)
             return True
 
     def artifact_changed(self) -> bool:
-        return self.model_path is not None and self._stat() != self._loaded_stat
+        return self._file.changed()
 
     def predict_pod(self, request: InferenceRequest, hash_: str | None = None) -> tuple[PodPrediction, str]:
         hash_ = hash_ or spec_hash(request)

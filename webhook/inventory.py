@@ -1,0 +1,209 @@
+"""What each namespace already spends: a list+watch cache of annotated workloads.
+
+The budget webhook must not call the API per admission request, so it keeps the power of
+every annotated workload, and every namespace's budget annotations, current with one
+list+watch per kind. Objects that a controller owns (a Deployment's ReplicaSets, a
+CronJob's Jobs, any controller's Pods) are left out: their owner already counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from . import annotations as keys
+from .extract import has_controller
+from .schema import pods_running
+
+log = logging.getLogger(__name__)
+
+WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One workload's predicted power, read from the annotations the mutating webhook wrote."""
+
+    pod_watts: float
+    pod_watts_p90: float
+    pods: int
+
+    def watts(self, checked_value: str) -> float:
+        return self.pods * (self.pod_watts_p90 if checked_value == "p90" else self.pod_watts)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def pods_of(kind: str, obj: Mapping[str, Any]) -> int:
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    if kind == "CronJob":
+        job_template = spec.get("jobTemplate") if isinstance(spec.get("jobTemplate"), Mapping) else {}
+        spec = job_template.get("spec") if isinstance(job_template.get("spec"), Mapping) else {}
+    return pods_running(
+        kind, _int_or_none(spec.get("replicas")), _int_or_none(spec.get("parallelism")), _int_or_none(spec.get("completions"))
+    )
+
+
+def contribution_of(kind: str, obj: Mapping[str, Any]) -> Contribution | None:
+    """None for objects that do not count: unannotated, or owned by a controller."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping) or has_controller(metadata):
+        return None
+    notes = metadata.get("annotations")
+    if not isinstance(notes, Mapping) or keys.POD_POWER_WATTS not in notes:
+        return None
+    try:
+        pod_watts = float(notes[keys.POD_POWER_WATTS])
+        pod_watts_p90 = float(notes.get(keys.POD_POWER_WATTS_P90, pod_watts))
+    except (TypeError, ValueError):
+        return None
+    return Contribution(pod_watts, max(pod_watts_p90, pod_watts), pods_of(kind, obj))
+
+
+class WorkloadInventory:
+    """Thread-safe state fed by watch events (or directly, in tests of the budget logic)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workloads: dict[WorkloadKey, Contribution] = {}
+        self._namespaces: dict[str, dict[str, str]] = {}
+        self._synced_kinds: set[str] = set()
+        self.expected_kinds: frozenset[str] = frozenset()
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.expected_kinds) and self.expected_kinds <= self._synced_kinds
+
+    def mark_synced(self, kind: str) -> None:
+        with self._lock:
+            self._synced_kinds.add(kind)
+
+    def apply(self, kind: str, event_type: str, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        name = str(metadata.get("name", ""))
+        with self._lock:
+            if kind == "Namespace":
+                if event_type == "DELETED":
+                    self._namespaces.pop(name, None)
+                else:
+                    raw = metadata.get("annotations") or {}
+                    self._namespaces[name] = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+                return
+            key = (str(metadata.get("namespace", "")), kind, name)
+            contribution = None if event_type == "DELETED" else contribution_of(kind, obj)
+            if contribution is None:
+                self._workloads.pop(key, None)
+            else:
+                self._workloads[key] = contribution
+
+    def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
+        """A fresh list: everything of this kind not in it is gone."""
+        with self._lock:
+            if kind == "Namespace":
+                self._namespaces.clear()
+            else:
+                for key in [k for k in self._workloads if k[1] == kind]:
+                    del self._workloads[key]
+        for obj in objects:
+            self.apply(kind, "ADDED", obj)
+
+    def namespace_annotations(self, namespace: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._namespaces.get(namespace, {}))
+
+    def workload(self, key: WorkloadKey) -> Contribution | None:
+        with self._lock:
+            return self._workloads.get(key)
+
+    def namespace_total(self, namespace: str, checked_value: str, excluding: WorkloadKey | None = None) -> float:
+        with self._lock:
+            return sum(
+                c.watts(checked_value) for k, c in self._workloads.items() if k[0] == namespace and k != excluding
+            )
+
+
+# kind -> (API class name, list-for-all-namespaces method)
+WATCHED_KINDS: dict[str, tuple[str, str]] = {
+    "Namespace": ("CoreV1Api", "list_namespace"),
+    "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
+    "ReplicationController": ("CoreV1Api", "list_replication_controller_for_all_namespaces"),
+    "Deployment": ("AppsV1Api", "list_deployment_for_all_namespaces"),
+    "StatefulSet": ("AppsV1Api", "list_stateful_set_for_all_namespaces"),
+    "DaemonSet": ("AppsV1Api", "list_daemon_set_for_all_namespaces"),
+    "ReplicaSet": ("AppsV1Api", "list_replica_set_for_all_namespaces"),
+    "Job": ("BatchV1Api", "list_job_for_all_namespaces"),
+    "CronJob": ("BatchV1Api", "list_cron_job_for_all_namespaces"),
+}
+
+
+class InventoryWatcher:
+    """One thread per kind: list, then watch from the list's resourceVersion; relist on 410 Gone."""
+
+    def __init__(self, inventory: WorkloadInventory, api_client: Any, watch_timeout_seconds: int = 300) -> None:
+        self.inventory = inventory
+        self.api_client = api_client
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        inventory.expected_kinds = frozenset(WATCHED_KINDS)
+
+    def start(self) -> None:
+        for kind in WATCHED_KINDS:
+            thread = threading.Thread(target=self._run, args=(kind,), name=f"inventory-{kind}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _list_function(self, kind: str) -> Callable[..., Any]:
+        import kubernetes.client
+
+        api_name, method = WATCHED_KINDS[kind]
+        return getattr(getattr(kubernetes.client, api_name)(self.api_client), method)
+
+    def _run(self, kind: str) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        list_function = self._list_function(kind)
+        while not self._stop.is_set():
+            try:
+                # Raw JSON: the typed models cost far more to build than the few fields we read.
+                response = list_function(_preload_content=False, _request_timeout=30)
+                listing = json.loads(response.data)
+                self.inventory.replace(kind, listing.get("items") or [])
+                self.inventory.mark_synced(kind)
+                resource_version = listing["metadata"]["resourceVersion"]
+                while not self._stop.is_set():
+                    watcher = watch.Watch()
+                    for event in watcher.stream(
+                        list_function,
+                        resource_version=resource_version,
+                        timeout_seconds=self.watch_timeout_seconds,
+                        allow_watch_bookmarks=True,
+                        _request_timeout=self.watch_timeout_seconds + 10,
+                    ):
+                        if self._stop.is_set():
+                            watcher.stop()
+                            break
+                        raw = event.get("raw_object") or {}
+                        resource_version = (raw.get("metadata") or {}).get("resourceVersion", resource_version)
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            self.inventory.apply(kind, event["type"], raw)
+                        elif event["type"] == "ERROR":
+                            raise ApiException(status=raw.get("code", 500), reason=raw.get("message"))
+            except ApiException as exc:
+                if exc.status != 410:  # 410 Gone: our resourceVersion is too old; relisting is the cure
+                    log.warning("inventory %s: %s; relisting", kind, exc)
+                    self._stop.wait(2.0)
+            except Exception as exc:  # the API may be unreachable for a while; keep trying
+                log.warning("inventory %s: %s: %s; retrying", kind, type(exc).__name__, exc)
+                self._stop.wait(2.0)
