@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from trainer.atomic import write_atomically
 from trainer.kepler import (
     ContainerEnergySelection,
     EnergyQuery,
@@ -239,19 +239,8 @@ def write_labels(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     missing = [c for c in LABEL_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"labels table lacks columns {missing}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        frame[list(LABEL_COLUMNS)].to_parquet(temp_name, index=False)
-        with open(temp_name, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
+    columns = list(LABEL_COLUMNS)
+    return write_atomically(path, lambda temp: frame[columns].to_parquet(temp, index=False))
 
 
 # -- command line ----------------------------------------------------------------------------
