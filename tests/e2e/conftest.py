@@ -7,6 +7,7 @@ seconds); tests share it, so each should work in a namespace of its own.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
 
 import kubernetes.client
@@ -15,6 +16,7 @@ import pytest
 from tests.e2e.controlplane import Binaries, BinariesMissing, ControlPlane
 
 SKIP_VARIABLE = "ENERGETISCOPE_SKIP_E2E"
+LOG_DIR_VARIABLE = "ENERGETISCOPE_E2E_LOG_DIR"
 
 
 def locate_binaries_or_fail() -> Binaries:
@@ -40,7 +42,9 @@ def control_plane_binaries() -> Binaries:
 
 @pytest.fixture(scope="session")
 def control_plane(control_plane_binaries: Binaries) -> Iterator[ControlPlane]:
-    with ControlPlane(binaries=control_plane_binaries) as plane:
+    # The apiserver's log says why a webhook call failed; set the variable to keep it.
+    log_dir = os.environ.get(LOG_DIR_VARIABLE)
+    with ControlPlane(binaries=control_plane_binaries, keep_logs_in=Path(log_dir) if log_dir else None) as plane:
         yield plane
 
 

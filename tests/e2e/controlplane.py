@@ -66,6 +66,10 @@ class BinariesMissing(ControlPlaneError):
     """kube-apiserver or etcd has not been built yet."""
 
 
+class PortTaken(ControlPlaneError):
+    """A port chosen as free was taken by someone else before our process bound it."""
+
+
 def cache_dir() -> Path:
     """Where build.sh puts its binaries; the same default as the Makefile's."""
     configured = os.environ.get("ENERGETISCOPE_CACHE")
@@ -116,23 +120,30 @@ class Binaries:
         return binaries
 
 
-def free_loopback_port() -> int:
-    """A port nothing listens on right now (the kernel's pick, so two calls rarely collide)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct ports that nothing listens on right now, picked by the kernel.
+
+    They are free only until someone else binds them: ControlPlane.start() retries
+    when a process of its own then finds one taken.
+    """
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:  # all bound at once, so they differ
+            probe.bind((LOOPBACK, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:
-    # Own session: a Ctrl-C at the terminal reaches pytest only, which then stops the
-    # apiserver before etcd. PDEATHSIG: if the test process dies without running its
-    # cleanup (SIGKILL, a crash), the kernel kills the child instead of leaving it
-    # running. It fires when the *thread* that started the child exits, so start the
-    # control plane from a thread that outlives it (the main thread, in pytest).
-    os.setsid()
+def _die_with_parent() -> None:
+    # If the test process dies without running its cleanup (SIGKILL, SIGTERM, a crash),
+    # the kernel kills the child instead of leaving it running. It fires when the
+    # *thread* that started the child exits, so start the control plane from a thread
+    # that outlives it (the main thread, in pytest).
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -156,7 +167,10 @@ class _Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_child_environment(),
-                preexec_fn=_child_setup,
+                # Own session: a Ctrl-C at the terminal reaches pytest only, whose
+                # teardown then stops the apiserver before etcd.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     @property
@@ -181,13 +195,28 @@ class _Process:
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+            pass
+        finally:
+            # Also reached on an interrupt during the wait: never leave it running.
+            if self.popen.poll() is None:
+                self.popen.kill()
+                self.popen.wait()
+
+    def startup_failure(self) -> ControlPlaneError:
+        """The error for this process having exited while it was starting."""
+        tail = self.log_tail()
+        error = PortTaken if "address already in use" in tail else ControlPlaneError
+        return error(
+            f"{self.name} exited with status {self.popen.returncode} while starting; "
+            f"last lines of {self.log_path}:\n{tail}"
+        )
 
 
 # Every started, not yet stopped control plane: stopped at interpreter exit in case a
 # test run ends without the fixture's teardown (an error in a session fixture, exit()).
 _running: set[ControlPlane] = set()
+# Start attempts when a port picked as free was taken in the meantime.
+_START_ATTEMPTS = 3
 
 
 @atexit.register
@@ -210,11 +239,18 @@ class ControlPlane:
         start_timeout: float = 90.0,
         stop_timeout: float = 15.0,
         extra_apiserver_args: Sequence[str] = (),
+        keep_logs_in: Path | None = None,
     ) -> None:
+        """``extra_apiserver_args`` come last, so they override the defaults below.
+
+        ``keep_logs_in``: a directory that ``stop()`` copies the etcd and kube-apiserver
+        logs into before it removes everything else (the logs are otherwise lost).
+        """
         self.binaries = binaries or Binaries.locate()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.extra_apiserver_args = tuple(extra_apiserver_args)
+        self.keep_logs_in = keep_logs_in
         self._directory: Path | None = None
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
@@ -229,29 +265,53 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         if self._directory is not None:
             raise ControlPlaneError("this control plane is already started")
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                return self
+            except PortTaken:
+                self.stop()
+                if attempt == _START_ATTEMPTS:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
         _running.add(self)
-        try:
-            self._directory = Path(tempfile.mkdtemp(prefix="energetiscope-controlplane-"))
-            self._write_pki()
-            self._start_etcd()
-            self._start_apiserver()
-            self._write_kubeconfig()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        self._directory = Path(tempfile.mkdtemp(prefix="energetiscope-controlplane-"))
+        self._write_pki()
+        self._start_etcd()
+        self._start_apiserver()
+        self._write_kubeconfig()
 
     def stop(self) -> None:
         """Stop the apiserver, then etcd (it must outlive its client), and remove the directory."""
-        for process in (self._apiserver, self._etcd):
-            if process is not None:
-                process.stop(self.stop_timeout)
-        self._apiserver = self._etcd = None
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
-        self._issued_users.clear()
-        _running.discard(self)
+        try:
+            if self._apiserver is not None:
+                self._apiserver.stop(self.stop_timeout)
+        finally:
+            try:
+                if self._etcd is not None:
+                    self._etcd.stop(self.stop_timeout)
+            finally:
+                self._apiserver = self._etcd = None
+                if self._directory is not None:
+                    self._keep_logs()
+                    shutil.rmtree(self._directory, ignore_errors=True)
+                    self._directory = None
+                self._issued_users.clear()
+                _running.discard(self)
+
+    def _keep_logs(self) -> None:
+        if self.keep_logs_in is None:
+            return
+        self.keep_logs_in.mkdir(parents=True, exist_ok=True)
+        for log in (self.etcd_log_path, self.apiserver_log_path):
+            if log.exists():
+                # The temporary directory's unique name keeps several runs' logs apart.
+                shutil.copyfile(log, self.keep_logs_in / f"{self.directory.name}-{log.name}")
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -339,6 +399,17 @@ class ControlPlane:
         configuration.verify_ssl = True
         return kubernetes.client.ApiClient(configuration)
 
+    def bearer_token_client(self, token: str) -> kubernetes.client.ApiClient:
+        """A kubernetes ApiClient that authenticates with ``token`` (e.g. a service account's)."""
+        configuration = kubernetes.client.Configuration(
+            host=self.url,
+            ssl_ca_cert=str(self.ca_path),
+            no_proxy=_NO_PROXY,
+            api_key={"authorization": token},
+            api_key_prefix={"authorization": "Bearer"},
+        )
+        return kubernetes.client.ApiClient(configuration)
+
     # -- setup steps ---------------------------------------------------------------
 
     def _write_pki(self) -> None:
@@ -368,7 +439,7 @@ class ControlPlane:
         (pki / "service-account.pub").write_bytes(public_pem)
 
     def _start_etcd(self) -> None:
-        client_port, peer_port = free_loopback_port(), free_loopback_port()
+        client_port, peer_port = free_loopback_ports(2)
         client_url = f"http://{LOOPBACK}:{client_port}"
         peer_url = f"http://{LOOPBACK}:{peer_port}"
         data_dir = self.directory / "etcd-data"
@@ -396,12 +467,9 @@ class ControlPlane:
         last_problem = "no answer yet"
         while True:
             if self._etcd.exited():
-                raise ControlPlaneError(
-                    f"etcd exited with status {self._etcd.popen.returncode} while starting; "
-                    f"last lines of {self.etcd_log_path}:\n{self._etcd.log_tail()}"
-                )
+                raise self._etcd.startup_failure()
             try:
-                connection = http.client.HTTPConnection(LOOPBACK, client_port, timeout=2)
+                connection = http.client.HTTPConnection(LOOPBACK, client_port, timeout=1)
                 try:
                     connection.request("GET", "/health")
                     response = connection.getresponse()
@@ -454,17 +522,14 @@ class ControlPlane:
         ]
 
     def _start_apiserver(self) -> None:
-        self._secure_port = free_loopback_port()
+        (self._secure_port,) = free_loopback_ports(1)
         self._apiserver = _Process("kube-apiserver", self._apiserver_argv(), self.apiserver_log_path)
         context = self._admin_tls_context()
         deadline = time.monotonic() + self.start_timeout
         last_problem = "no answer yet"
         while True:
             if self._apiserver.exited():
-                raise ControlPlaneError(
-                    f"kube-apiserver exited with status {self._apiserver.popen.returncode} while "
-                    f"starting; last lines of {self.apiserver_log_path}:\n{self._apiserver.log_tail()}"
-                )
+                raise self._apiserver.startup_failure()
             try:
                 status, body = self._get("/readyz?verbose", context)
                 if status == 200:
@@ -478,7 +543,7 @@ class ControlPlane:
                     f"kube-apiserver not ready after {self.start_timeout:.0f}s ({last_problem}); "
                     f"last lines of {self.apiserver_log_path}:\n{self._apiserver.log_tail()}"
                 )
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def _admin_tls_context(self) -> ssl.SSLContext:
         cert_path, key_path = self.issue_client_certificate(ADMIN_USER, (MASTERS_GROUP,))

@@ -14,6 +14,7 @@ import kubernetes.config
 import pytest
 from kubernetes.client.rest import ApiException
 
+from tests.e2e import controlplane
 from tests.e2e.controlplane import Binaries, ControlPlane, ControlPlaneError, kubernetes_version
 
 pytestmark = pytest.mark.e2e
@@ -145,6 +146,25 @@ def test_rbac_forbids_users_outside_system_masters(
         assert still_forbidden.value.status == 403
 
 
+def test_service_account_tokens_are_signed_and_verified(
+    control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    # The TokenRequest API signs with --service-account-signing-key-file; authenticating
+    # with the token verifies it against --service-account-key-file.
+    core = kubernetes.client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(
+        namespace, kubernetes.client.V1ServiceAccount(metadata=kubernetes.client.V1ObjectMeta(name="robot"))
+    )
+    token = core.create_namespaced_service_account_token(
+        "robot", namespace, kubernetes.client.AuthenticationV1TokenRequest(spec=kubernetes.client.V1TokenRequestSpec(audiences=[]))
+    ).status.token
+    with control_plane.bearer_token_client(token) as robot_client:
+        review = kubernetes.client.AuthenticationV1Api(robot_client).create_self_subject_review(
+            kubernetes.client.V1SelfSubjectReview()
+        )
+    assert review.status.user_info.username == f"system:serviceaccount:{namespace}:robot"
+
+
 def test_kubeconfig_authenticates_as_admin(control_plane: ControlPlane) -> None:
     with kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig_path)) as client:
         names = {n.metadata.name for n in kubernetes.client.CoreV1Api(client).list_namespace().items}
@@ -168,6 +188,31 @@ def test_stop_leaves_no_process_port_or_directory(control_plane_binaries: Binari
     assert not directory.exists()
     assert plane.pids == {}
     plane.stop()  # idempotent
+
+
+def test_start_retries_when_a_chosen_port_was_taken(
+    control_plane_binaries: Binaries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        real_free_ports = controlplane.free_loopback_ports
+        picks: list[list[int]] = []
+
+        def first_pick_is_taken(count: int) -> list[int]:
+            ports = real_free_ports(count)
+            if not picks:
+                ports[0] = taken  # etcd's client port, as if another process won the race
+            picks.append(ports)
+            return ports
+
+        monkeypatch.setattr(controlplane, "free_loopback_ports", first_pick_is_taken)
+        with ControlPlane(binaries=control_plane_binaries) as plane:
+            assert plane.etcd_url != f"http://127.0.0.1:{taken}"
+            with plane.api_client() as client:
+                kubernetes.client.CoreV1Api(client).list_namespace()
+    assert picks[0][0] == taken and len(picks) >= 3  # etcd twice, then the apiserver
 
 
 def test_failed_start_tears_down_what_it_started(control_plane_binaries: Binaries) -> None:
