@@ -8,13 +8,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
+import anyio
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .admission import MutationSettings, NotAnAdmissionReview, mutate, parse_review
+from .admission import AdmissionResult, MutationSettings, NotAnAdmissionReview, mutate, parse_review, review_response
 from .manifests import ManifestError, read_manifests
 from .metrics import CONTENT_TYPE, WebhookMetrics
 from .policy import PolicyStore
@@ -31,6 +32,12 @@ DEFAULT_MAX_BODY_BYTES = 3 * 2**20  # etcd's default object limit is 1.5 MiB; re
 class AppSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     mutation: MutationSettings = MutationSettings()
+    # Below the webhooks' timeoutSeconds (3 s in deploy/): we answer, fail-open, before the
+    # apiserver gives up on us, so the user sees why nothing was annotated.
+    review_timeout_seconds: float = 2.0
+    # Reviews computed at once; more wait their turn (and their time budget still runs).
+    max_concurrent_reviews: int = 8
+    debug_endpoints: bool = True
 
 
 class HTTPProblem(Exception):
@@ -125,14 +132,27 @@ def create_app(
         except NotAnAdmissionReview as exc:
             raise HTTPProblem(400, f"not an AdmissionReview: {exc}") from None
 
+    limiter = anyio.CapacityLimiter(settings.max_concurrent_reviews)
+
+    async def within_budget(
+        handler: Callable[..., AdmissionResult], review: Mapping[str, Any], *args: Any, what: str
+    ) -> AdmissionResult:
+        with anyio.move_on_after(settings.review_timeout_seconds):
+            return await anyio.to_thread.run_sync(handler, review, *args, limiter=limiter, abandon_on_cancel=True)
+        warning = f"energetiscope: {what}: no answer within {settings.review_timeout_seconds:g} s"
+        log.warning("%s for request %s", warning, review.get("uid"))
+        return AdmissionResult(review_response(review["uid"], warnings=[warning]), "timed_out", [warning])
+
     async def admit(request: Request) -> tuple[Response, str]:
-        result = mutate(await review_request(request), service, settings.mutation)
+        review = await review_request(request)
+        result = await within_budget(mutate, review, service, settings.mutation, what="not annotated")
         if result.basis is not None:
             metrics.predictions.labels(result.basis).inc()
         return JSONResponse(result.review), result.outcome
 
     async def check_budget(request: Request) -> tuple[Response, str]:
-        result = validate(await review_request(request), service, budgets)
+        review = await review_request(request)
+        result = await within_budget(validate, review, service, budgets, what="budget not checked")
         return JSONResponse(result.review), result.outcome
 
     async def predict(request: Request) -> tuple[Response, str]:
@@ -206,9 +226,14 @@ def create_app(
     routes = [
         Route("/mutate", endpoint("mutate", admit), methods=["POST"]),
         Route("/validate", endpoint("validate", check_budget), methods=["POST"]),
-        Route("/predict", endpoint("predict", predict), methods=["POST"]),
-        Route("/infer/from-yaml", endpoint("infer_from_yaml", infer_from_yaml), methods=["POST"]),
-        Route("/predict/from-yaml", endpoint("predict_from_yaml", predict_from_yaml), methods=["POST"]),
+    ]
+    if settings.debug_endpoints:
+        routes += [
+            Route("/predict", endpoint("predict", predict), methods=["POST"]),
+            Route("/infer/from-yaml", endpoint("infer_from_yaml", infer_from_yaml), methods=["POST"]),
+            Route("/predict/from-yaml", endpoint("predict_from_yaml", predict_from_yaml), methods=["POST"]),
+        ]
+    routes += [
         Route("/healthz", endpoint("healthz", healthz), methods=["GET"]),
         Route("/readyz", endpoint("readyz", readyz), methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics_endpoint), methods=["GET"]),

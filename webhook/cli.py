@@ -77,10 +77,20 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
 @click.option("--kube-access", default="auto", envvar="ENERGETISCOPE_KUBE_ACCESS",
               help="How the budget inventory reads the cluster: auto (in-cluster when in a pod), off, "
                    "or a kubeconfig path.")
+@click.option("--review-timeout", type=click.FloatRange(min=0.05), default=2.0,
+              envvar="ENERGETISCOPE_REVIEW_TIMEOUT_SECONDS",
+              help="Seconds to answer a review before failing open; keep it below the webhook timeoutSeconds.")
+@click.option("--max-concurrent-reviews", type=click.IntRange(min=1), default=8,
+              envvar="ENERGETISCOPE_MAX_CONCURRENT_REVIEWS")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1000, envvar="ENERGETISCOPE_MAX_CONNECTIONS",
+              help="Beyond this, connections get HTTP 503 at once.")
+@click.option("--debug-endpoints/--no-debug-endpoints", default=True, envvar="ENERGETISCOPE_DEBUG_ENDPOINTS",
+              help="Serve /predict, /infer/from-yaml and /predict/from-yaml.")
 @_prior_options
 def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
           log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
-          cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+          cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, review_timeout: float,
+          max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
     """Run the admission webhook over TLS."""
     from .server import ServeSettings, serve as run
@@ -92,7 +102,9 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
         max_body_bytes=max_body_bytes, cache_entries=cache_entries,
         mutation=MutationSettings(annotate_owned_pods=annotate_owned_pods),
         prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
-        policy_file=policy_file, kube_access=kube_access,
+        policy_file=policy_file, kube_access=kube_access, review_timeout_seconds=review_timeout,
+        max_concurrent_reviews=max_concurrent_reviews, max_connections=max_connections,
+        debug_endpoints=debug_endpoints,
     )
     try:
         run(settings)

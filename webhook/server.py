@@ -21,6 +21,7 @@ from .inventory import InventoryWatcher, WorkloadInventory
 from .policy import PolicyStore
 from .prior import PriorCoefficients, PriorPredictor
 from .service import PredictionService
+from .tls import ServingCertificates
 from .validation import Budgets
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ class ServeSettings:
     # Where the budget inventory reads the cluster: "auto" (in-cluster when running in a pod),
     # "off", or a kubeconfig path.
     kube_access: str = "auto"
+    review_timeout_seconds: float = 2.0
+    max_concurrent_reviews: int = 8
+    # Connections beyond this get HTTP 503 at once, which the apiserver treats per failurePolicy.
+    max_connections: int = 1000
+    debug_endpoints: bool = True
 
     @property
     def cert_file(self) -> Path:
@@ -73,7 +79,7 @@ def _api_client(kube_access: str) -> Any | None:
     return kubernetes.config.new_client_from_config(config_file=kube_access)
 
 
-def build_app(settings: ServeSettings) -> Starlette:
+def build_app(settings: ServeSettings, certificates: ServingCertificates | None = None) -> Starlette:
     service = PredictionService(
         PriorPredictor(settings.prior),
         model_path=settings.model_path,
@@ -84,6 +90,8 @@ def build_app(settings: ServeSettings) -> Starlette:
     api_client = _api_client(settings.kube_access)
     inventory = WorkloadInventory() if api_client is not None else None
     reloadables: dict[str, Reloadable] = {"model": service, "policy": policy}
+    if certificates is not None:
+        reloadables["certificate"] = certificates
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,11 +138,29 @@ def build_app(settings: ServeSettings) -> Starlette:
 
     app = create_app(
         service,
-        AppSettings(max_body_bytes=settings.max_body_bytes, mutation=settings.mutation),
+        AppSettings(
+            max_body_bytes=settings.max_body_bytes,
+            mutation=settings.mutation,
+            review_timeout_seconds=settings.review_timeout_seconds,
+            max_concurrent_reviews=settings.max_concurrent_reviews,
+            debug_endpoints=settings.debug_endpoints,
+        ),
         Budgets(policy=policy, inventory=inventory),
     )
     app.router.lifespan_context = lifespan
     return app
+
+
+class _RotatingTLSConfig(uvicorn.Config):
+    """Uvicorn's config, listening with a context whose certificate can be rotated."""
+
+    def __init__(self, *args: Any, certificates: ServingCertificates, **kwargs: Any) -> None:
+        self.certificates = certificates
+        super().__init__(*args, **kwargs)
+
+    def load(self) -> None:
+        super().load()
+        self.ssl = self.certificates.listening_context()
 
 
 def serve(settings: ServeSettings) -> None:
@@ -143,8 +169,10 @@ def serve(settings: ServeSettings) -> None:
             raise FileNotFoundError(
                 f"{path} not found: create certificates with 'energetiscope certs create --out {settings.cert_dir} ...'"
             )
-    config = uvicorn.Config(
-        build_app(settings),
+    certificates = ServingCertificates(settings.cert_file, settings.key_file)
+    config = _RotatingTLSConfig(
+        build_app(settings, certificates),
+        certificates=certificates,
         host=settings.host,
         port=settings.port,
         ssl_certfile=str(settings.cert_file),
@@ -153,6 +181,8 @@ def serve(settings: ServeSettings) -> None:
         access_log=settings.access_log,
         lifespan="on",
         server_header=False,
+        limit_concurrency=settings.max_connections,
+        # SIGTERM: stop accepting, let reviews in flight finish, then exit.
         timeout_graceful_shutdown=20,
     )
     uvicorn.Server(config).run()
