@@ -17,6 +17,15 @@ from tests.e2e.controlplane import Binaries, BinariesMissing, ControlPlane
 
 SKIP_VARIABLE = "ENERGETISCOPE_SKIP_E2E"
 LOG_DIR_VARIABLE = "ENERGETISCOPE_E2E_LOG_DIR"
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Test modules here declare `pytestmark = pytest.mark.e2e`; this covers one that
+    # forgets, so `-m "not e2e"` always leaves out everything that needs the binaries.
+    for item in items:
+        if E2E_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 def locate_binaries_or_fail() -> Binaries:

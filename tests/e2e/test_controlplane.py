@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import socket
+import ssl
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +19,7 @@ import kubernetes.config
 import pytest
 from kubernetes.client.rest import ApiException
 
+from certs.authority import create_ca, issue_certificate, write_pair
 from tests.e2e import controlplane
 from tests.e2e.controlplane import Binaries, ControlPlane, ControlPlaneError, kubernetes_version
 
@@ -163,6 +169,102 @@ def test_service_account_tokens_are_signed_and_verified(
             kubernetes.client.V1SelfSubjectReview()
         )
     assert review.status.user_info.username == f"system:serviceaccount:{namespace}:robot"
+
+
+class DenyingWebhook(http.server.BaseHTTPRequestHandler):
+    """A validating admission webhook that denies every request it is sent."""
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": review["request"]["uid"],
+                "allowed": False,
+                "status": {"code": 403, "message": f"denied by the loopback test webhook: {review['request']['name']}"},
+            },
+        }
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def denying_webhook_url(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
+    """An HTTPS webhook server on loopback: (URL, PEM of the CA that signed its certificate)."""
+    ca = create_ca("e2e-test-webhook-ca")
+    cert_path, key_path = write_pair(issue_certificate(ca, "webhook", ip_addresses=["127.0.0.1"]), tmp_path, "webhook")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DenyingWebhook)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/validate", ca.cert_pem
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_apiserver_calls_an_admission_webhook_on_loopback(
+    kube_api: kubernetes.client.ApiClient, namespace: str, denying_webhook_url: tuple[str, bytes]
+) -> None:
+    # What the webhook's own end-to-end tests rely on: admission webhooks are enabled and
+    # the apiserver reaches a TLS server on 127.0.0.1 given by URL and caBundle.
+    url, ca_pem = denying_webhook_url
+    admission = kubernetes.client.AdmissionregistrationV1Api(kube_api)
+    configuration_name = f"deny-{namespace}"
+    admission.create_validating_webhook_configuration(
+        kubernetes.client.V1ValidatingWebhookConfiguration(
+            metadata=kubernetes.client.V1ObjectMeta(name=configuration_name),
+            webhooks=[
+                kubernetes.client.V1ValidatingWebhook(
+                    name="deny.e2e.energetiscope.dev",
+                    client_config=kubernetes.client.AdmissionregistrationV1WebhookClientConfig(
+                        url=url, ca_bundle=base64.b64encode(ca_pem).decode()
+                    ),
+                    rules=[
+                        kubernetes.client.V1RuleWithOperations(
+                            api_groups=[""], api_versions=["v1"], operations=["CREATE"], resources=["configmaps"]
+                        )
+                    ],
+                    namespace_selector=kubernetes.client.V1LabelSelector(
+                        match_labels={"kubernetes.io/metadata.name": namespace}
+                    ),
+                    failure_policy="Fail",
+                    side_effects="None",
+                    admission_review_versions=["v1"],
+                    timeout_seconds=5,
+                )
+            ],
+        )
+    )
+    core = kubernetes.client.CoreV1Api(kube_api)
+    try:
+        # The apiserver picks up new configurations from a watch: allow it a moment.
+        deadline = time.monotonic() + 15
+        attempt = 0
+        while True:
+            attempt += 1
+            config_map = kubernetes.client.V1ConfigMap(metadata=kubernetes.client.V1ObjectMeta(name=f"probe-{attempt}"))
+            try:
+                core.create_namespaced_config_map(namespace, config_map)
+            except ApiException as denial:
+                assert denial.status == 403
+                assert f"denied by the loopback test webhook: probe-{attempt}" in json.loads(denial.body)["message"]
+                break
+            assert time.monotonic() < deadline, "the webhook was never called"
+            time.sleep(0.2)
+    finally:
+        admission.delete_validating_webhook_configuration(configuration_name)
 
 
 def test_kubeconfig_authenticates_as_admin(control_plane: ControlPlane) -> None:
