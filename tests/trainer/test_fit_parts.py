@@ -1,0 +1,117 @@
+"""Targets, folds, conformal offsets and the method comparison, on small synthetic tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainer.crossval import NotEnoughWorkloads, compare_methods, conformal_offsets, grouped_folds
+from trainer.dataset import request_json
+from trainer.targets import build_targets
+from webhook.schema import ContainerSpec, InferenceRequest, spec_hash
+
+
+def request(name: str, cpu_millicores: int, image: str = "example/app:1") -> InferenceRequest:
+    return InferenceRequest(namespace="apps", workload_kind="Deployment", workload_name=name,
+                            containers=[ContainerSpec(name="main", image=image, req_cpu_mcpu=cpu_millicores,
+                                                      req_mem_mib=256)])
+
+
+def dataset(pods: list[tuple[InferenceRequest, str, list[float]]], start: str = "2025-10-30T23:58:00Z") -> pd.DataFrame:
+    """Pod-windows: (spec, pod, energy per 60 s window)."""
+    records = []
+    for spec, pod, energies in pods:
+        for i, joules in enumerate(energies):
+            records.append({"window_start": pd.Timestamp(start) + pd.Timedelta(minutes=i), "window_seconds": 60,
+                            "namespace": spec.namespace, "pod": pod, "workload_kind": spec.workload_kind,
+                            "workload_name": spec.workload_name, "join_rule": "workload", "spec_hash": spec_hash(spec),
+                            "request_json": request_json(spec), "power_watts": joules / 60, "energy_joules": joules})
+    return pd.DataFrame.from_records(records)
+
+
+def test_targets_average_windows_with_energy_and_leave_out_pods_with_too_few() -> None:
+    web, job = request("web", 500), request("job", 100)
+    table = build_targets(dataset([(web, "web-1", [60, 120, 0, 180, 60, 0]), (job, "job-1", [30, 0, 0, 0, 0, 0])]),
+                          unit="pod", min_active_windows=4)
+    assert table.frame["pod"].tolist() == ["web-1"]
+    assert table.power_watts.tolist() == [pytest.approx(420 / 240)]  # 0 J windows: not running, not 0 W
+    assert (table.excluded_pods, table.excluded_rows, table.source_rows) == (1, 6, 6)
+    assert table.requests == [web] and table.groups.tolist() == ["apps/Deployment/web"]
+
+
+def test_workload_targets_average_the_pods_of_one_spec() -> None:
+    web, job = request("web", 500), request("job", 100)
+    table = build_targets(dataset([(web, "web-1", [60] * 5), (web, "web-2", [180] * 5), (job, "job-1", [30] * 5)]))
+    assert table.unit == "workload" and len(table.requests) == 2
+    assert dict(zip(table.frame["workload_name"], table.power_watts)) == {"job": 0.5, "web": 2.0}
+    assert (table.pods, table.workloads, table.source_rows) == (3, 2, 15)
+    assert table.per_workload()["pods"].tolist() == [2 - 1, 2]  # job: 1 pod, web: 2 pods
+
+
+def test_pod_day_targets_split_at_midnight_utc() -> None:
+    web = request("web", 500)
+    table = build_targets(dataset([(web, "web-1", [60, 60, 120, 120])]), unit="pod-day", min_active_windows=1)
+    assert table.frame["period"].tolist() == ["2025-10-30", "2025-10-31"]
+    assert table.power_watts.tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="target unit"):
+        build_targets(dataset([(web, "web-1", [60])]), unit="window")
+
+
+def test_training_data_hash_ignores_row_order() -> None:
+    pods = [(request("a", 100), "a-1", [60.0] * 5), (request("b", 900), "b-1", [600.0] * 5)]
+    assert build_targets(dataset(pods)).data_sha256() == build_targets(dataset(pods[::-1])).data_sha256()
+    changed = [(request("a", 100), "a-1", [61.0] * 5), pods[1]]
+    assert build_targets(dataset(changed)).data_sha256() != build_targets(dataset(pods)).data_sha256()
+
+
+def test_conformal_offsets_use_the_finite_sample_ranks() -> None:
+    residuals = np.arange(1, 20, dtype=float) - 10  # -9 .. 9, n = 19
+    offsets = conformal_offsets(residuals)
+    # floor(20 * 0.1) = 2nd smallest, ceil(20 * 0.9) = 18th smallest.
+    assert (offsets.rank_p10, offsets.rank_p90) == (2, 18)
+    assert (offsets.log_offset_p10, offsets.log_offset_p90) == (-8.0, 8.0)
+    assert offsets.finite_sample_guarantee
+    few = conformal_offsets(np.array([0.5, 1.0, 2.0]))
+    assert not few.finite_sample_guarantee and few.rank_p90 == 3
+    assert few.log_offset_p10 == 0.0  # all residuals positive: p10 still brackets the point
+
+
+def test_folds_never_split_a_workload() -> None:
+    groups = np.repeat([f"w{i}" for i in range(4)], 3)
+    folds = grouped_folds(groups)
+    assert folds.scheme.startswith("leave-one-workload-out") and len(folds.splits) == 4
+    many = np.repeat([f"w{i}" for i in range(12)], 2)
+    folds = grouped_folds(many)
+    assert folds.scheme.startswith("GroupKFold") and len(folds.splits) == 5
+    for train, test in folds.splits:
+        assert not set(many[train]) & set(many[test])
+    assert (folds.fold_of >= 0).all()
+    with pytest.raises(NotEnoughWorkloads):
+        grouped_folds(np.array(["only", "only"]))
+
+
+def test_the_knn_beats_the_spec_blind_baselines_when_power_follows_the_spec() -> None:
+    rng = np.random.default_rng(7)
+    pods = []
+    for i in range(14):
+        cpu = int(100 * 2 ** (i % 7))  # 100 m .. 6.4 cores, each size twice
+        spec = request(f"svc-{i}", cpu, image=f"example/svc{i % 3}:1")
+        watts = 1.0 + 8.0 * cpu / 1000  # well above what the prior assumes per vCPU
+        for p in range(2):
+            pods.append((spec, f"svc-{i}-{p}", list(watts * 60 * rng.uniform(0.95, 1.05, 6))))
+    table = build_targets(dataset(pods))
+    assert len(table.requests) == 14  # one target per workload spec, the mean of its two pods
+    comparison = compare_methods(table, k_grid=(1, 2, 3))
+    by_name = {m.method.split(",")[0].split(":")[0]: m for m in comparison.metrics}
+    assert set(by_name) == {"knn k=" + str(comparison.chosen.n_neighbors), "prototype", "prior ccf-prior-v1", "mean of log power"}
+    knn = comparison.metrics[0]
+    assert knn.mean_abs_log_error < by_name["mean of log power"].mean_abs_log_error / 2
+    assert knn.mean_abs_log_error < by_name["prior ccf-prior-v1"].mean_abs_log_error / 2
+    assert knn.mae_watts < min(m.mae_watts for m in comparison.metrics[2:])
+    assert (knn.targets, knn.pods, knn.workloads, knn.pod_windows) == (14, 28, 14, 168)
+    # Different specs are at a distance from each other, so the trust radius is not 0.
+    assert knn.prior_fallback_share is not None and knn.prior_fallback_share < 0.5
+    assert knn.coverage_p10_p90 is not None and comparison.metrics[2].coverage_p10_p90 is None
+    assert comparison.scheme == "GroupKFold by workload (5 folds, 14 workloads)"
+    assert len(comparison.grid) == 3 and len(comparison.log_residuals) == 14

@@ -1,0 +1,76 @@
+"""What the trained KNN is compared with, fold by fold, on the same grouped folds.
+
+* `mean`: the geometric mean of the training pods' power (the mean of log power), with the
+  training pods' 10th and 90th percentiles as its interval: what a model that ignores the spec
+  could do.
+* `prior`: the embedded Cloud Carbon Footprint prior (`webhook.prior.PriorPredictor`), which
+  learns nothing.
+* `prototype`: the research prototype's approach: cosine 5-NN on a text embedding of the whole
+  spec, uniform weights, averaging raw power (not log). SBERT when installed, as the prototype;
+  otherwise TF-IDF of the same text, which approximates it (see `trainer.text_embedding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.neighbors import KNeighborsRegressor
+
+from trainer.targets import TrainingTable
+from trainer.text_embedding import SpecTextEmbedding
+from webhook.prior import PriorPredictor
+from webhook.prediction import PodPrediction
+
+
+@dataclass(frozen=True)
+class FoldPrediction:
+    """Predictions for one fold's held-out targets (or, assembled, for all targets)."""
+
+    power_watts: np.ndarray
+    p10_watts: np.ndarray | None = None
+    p90_watts: np.ndarray | None = None
+    prior_fallback: np.ndarray | None = None  # True where a served model answered with the prior
+
+
+# A method: fit on the training targets, predict the held-out ones.
+FoldPredictor = Callable[[TrainingTable, TrainingTable], FoldPrediction]
+
+
+def from_pod_predictions(predictions: list[PodPrediction]) -> FoldPrediction:
+    return FoldPrediction(
+        power_watts=np.array([p.power_watts for p in predictions], dtype=np.float64),
+        p10_watts=np.array([p.power_watts_p10 for p in predictions], dtype=np.float64),
+        p90_watts=np.array([p.power_watts_p90 for p in predictions], dtype=np.float64),
+        prior_fallback=np.array([p.basis == "prior" for p in predictions], dtype=bool),
+    )
+
+
+def mean_log_power(train: TrainingTable, test: TrainingTable) -> FoldPrediction:
+    log_power = np.log(train.power_watts)
+    n = len(test.requests)
+    return FoldPrediction(
+        power_watts=np.full(n, np.exp(log_power.mean())),
+        p10_watts=np.full(n, np.exp(np.quantile(log_power, 0.1))),
+        p90_watts=np.full(n, np.exp(np.quantile(log_power, 0.9))),
+    )
+
+
+def prior_baseline(prior: PriorPredictor) -> FoldPredictor:
+    def predict(train: TrainingTable, test: TrainingTable) -> FoldPrediction:
+        full = from_pod_predictions(prior.predict(test.requests))
+        return FoldPrediction(full.power_watts, full.p10_watts, full.p90_watts)
+
+    return predict
+
+
+def prototype_text_knn(embedding: str, n_neighbors: int = 5) -> FoldPredictor:
+    def predict(train: TrainingTable, test: TrainingTable) -> FoldPrediction:
+        encoder = SpecTextEmbedding(embedding).fit(train.requests)
+        knn = KNeighborsRegressor(n_neighbors=min(n_neighbors, len(train.requests)), metric="cosine",
+                                  weights="uniform", algorithm="brute")
+        knn.fit(encoder.transform(train.requests), train.power_watts)
+        return FoldPrediction(power_watts=knn.predict(encoder.transform(test.requests)))
+
+    return predict

@@ -1,0 +1,106 @@
+"""The trainer's `evaluate` step: an existing model artifact on a dataset, as the webhook serves it.
+
+The dataset is aggregated into targets exactly as `fit` did (the unit and minimum number of
+windows come from the model's card unless overridden); each target's spec is predicted with
+`TrainedModel.predict` (so queries beyond the trust radius get the prior, as in the webhook) and
+scored with the same metrics as cross-validation, next to the prior on the same targets. When the
+dataset is the model's own training data the report says so: that measures fit, not how the
+model does on new workloads (the cross-validation in the model card does).
+
+Writes `evaluation.json`, `evaluation.md`, `predicted_vs_measured.png` and `residuals.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.atomic import write_text_atomically
+from trainer.baselines import from_pod_predictions
+from trainer.dataset import read_dataset
+from trainer.metrics import MethodMetrics, metrics_table, score
+from trainer.plots import predicted_vs_measured, residuals
+from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
+from webhook.model import TrainedModel, load_model
+from webhook.prior import PriorPredictor
+
+
+@dataclass
+class EvaluationOutcome:
+    model_id: str
+    metrics: list[MethodMetrics]
+    in_sample: bool
+    workloads_seen_in_training: int
+    paths: dict[str, Path] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_evaluate(model_path: str | os.PathLike[str], dataset_path: str | os.PathLike[str],
+                 out_dir: str | os.PathLike[str], *, expected_sha256: str | None = None,
+                 target_unit: str | None = None, min_active_windows: int | None = None) -> EvaluationOutcome:
+    model = load_model(Path(model_path), expected_sha256=expected_sha256)
+    data_card = dict(model.metadata.get("data") or {})
+    table = build_targets(
+        read_dataset(dataset_path),
+        target_unit or str(data_card.get("target_unit") or DEFAULT_TARGET_UNIT),
+        min_active_windows or int(data_card.get("min_active_windows") or DEFAULT_MIN_ACTIVE_WINDOWS),
+    )
+    if not table.requests:
+        raise ValueError("no targets to evaluate: no pod in the dataset has enough windows with energy")
+    return evaluate(model, table, Path(out_dir), data_card)
+
+
+def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card: dict[str, Any]) -> EvaluationOutcome:
+    served = from_pod_predictions(model.predict(table.requests))
+    assert served.p10_watts is not None and served.p90_watts is not None and served.prior_fallback is not None
+    prior = from_pod_predictions(PriorPredictor().predict(table.requests))
+    metrics = [
+        score(f"{model.model_id} as served", table, served.power_watts, served.p10_watts, served.p90_watts,
+              served.prior_fallback),
+        score("prior ccf-prior-v1", table, prior.power_watts, prior.p10_watts, prior.p90_watts),
+    ]
+    in_sample = data_card.get("training_data_sha256") == table.data_sha256()
+    trained_on = set(data_card.get("workload_list") or [])
+    seen = len(trained_on & set(table.groups.tolist()))
+    title = f"{model.model_id}: {len(table.requests)} targets, {table.pods} pods, {table.workloads} workloads"
+    if in_sample:
+        title += " (training data)"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    knn = model.pipeline[-1]
+    paths = {
+        "scatter": predicted_vs_measured(out_dir / "predicted_vs_measured.png", table.power_watts, served.power_watts,
+                                         served.p10_watts, served.p90_watts, served.prior_fallback, title),
+        "residuals": residuals(out_dir / "residuals.png", table.power_watts, served.power_watts, served.prior_fallback,
+                               title, knn.interval_log_offsets_),
+    }
+    per_target = table.frame[["namespace", "workload_kind", "workload_name", "pod", "period", "power_watts"]].copy()
+    per_target["predicted_watts"] = served.power_watts
+    per_target["p10_watts"] = served.p10_watts
+    per_target["p90_watts"] = served.p90_watts
+    per_target["basis"] = np.where(served.prior_fallback, "prior", "model")
+    note = ("in-sample: these are the model's training targets, so this measures fit, not generalisation "
+            "(see the model card's grouped cross-validation)") if in_sample else (
+        f"{seen} of the {table.workloads} workloads evaluated were in the training data")
+    report = {
+        "model_id": model.model_id,
+        "model_sha256": model.sha256,
+        "in_sample": in_sample,
+        "note": note,
+        "workloads_seen_in_training": seen,
+        "metrics": [m.to_dict() for m in metrics],
+        "targets": json.loads(per_target.to_json(orient="records")),
+    }
+    paths["json"] = write_text_atomically(out_dir / "evaluation.json", json.dumps(report, indent=2) + "\n")
+    markdown = "\n".join([
+        f"# Evaluation of {model.model_id}", "", f"Artifact sha256 `{model.sha256}`. {note}.", "",
+        metrics_table(metrics), "", "![predicted vs measured](predicted_vs_measured.png)", "",
+        "![residuals](residuals.png)", "",
+    ])
+    paths["markdown"] = write_text_atomically(out_dir / "evaluation.md", markdown)
+    return EvaluationOutcome(model_id=model.model_id, metrics=metrics, in_sample=in_sample,
+                             workloads_seen_in_training=seen, paths=paths, report=report)

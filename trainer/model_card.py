@@ -1,0 +1,99 @@
+"""The model card: what a model was trained on, how, and how well it did, as JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from trainer.atomic import write_text_atomically
+from trainer.metrics import MethodMetrics, metrics_table
+
+LIBRARIES = ("numpy", "scikit-learn", "pandas", "pyarrow", "joblib", "pydantic")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def card_paths(artifact: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """`model.joblib` -> `model.card.json`, `model.card.md` beside it."""
+    path = Path(artifact)
+    stem = path.name.removesuffix(path.suffix) if path.suffix else path.name
+    return path.with_name(f"{stem}.card.json"), path.with_name(f"{stem}.card.md")
+
+
+def _metrics(card: Mapping[str, Any], section: str) -> list[MethodMetrics]:
+    return [MethodMetrics(**m) for m in card.get(section, {}).get("metrics", [])]
+
+
+def render_markdown(card: Mapping[str, Any]) -> str:
+    data, model = card["data"], card["model"]
+    cv = card["cross_validation"]
+    lines = [
+        f"# Model card: {card['model_id']}",
+        "",
+        f"Created {card['created_at']}. Artifact `{card['artifact']['file']}`, sha256 `{card['artifact']['sha256']}`, "
+        f"feature version {card['artifact']['feature_version']}.",
+        "",
+        "## Data",
+        "",
+        f"- pod-windows from {data['first_window_start']} to {data['last_window_start']} "
+        f"(training data sha256 `{data['training_data_sha256']}`)",
+        f"- targets: {data['target']}",
+        f"- {data['targets']} targets from {data['pod_windows']} pod-windows, {data['pods']} pods, "
+        f"{data['workloads']} workloads; {data['excluded_pods']} pods left out with fewer than "
+        f"{data['min_active_windows']} windows with energy",
+        f"- join rules: {', '.join(f'{k}: {v} pods' for k, v in data['join_rules'].items()) or '-'}",
+        "",
+        "## Model",
+        "",
+        f"- {model['description']}",
+        f"- k = {model['n_neighbors']}, block weights {model['encoder_params']}",
+        f"- features: {', '.join(model['features']['numeric'])}; one-hot {', '.join(model['features']['categorical'])}; "
+        f"{model['features']['text_dimensions']} hashed token dimensions",
+        f"- trust radius {model['trust_radius']:.4g}: farther queries get the prior",
+        f"- interval: {model['interval']['method']}",
+    ]
+    if model["interval"].get("conformal"):
+        c = model["interval"]["conformal"]
+        lines.append(
+            f"  - log offsets p10 {c['log_offset_p10']:.4f}, p90 {c['log_offset_p90']:.4f} from {c['residuals']} "
+            f"out-of-fold residuals (order statistics {c['rank_p10']} and {c['rank_p90']}; finite-sample guarantee: "
+            f"{'yes' if c['finite_sample_guarantee'] else 'no, too few residuals'})"
+        )
+    lines += ["", "## Grouped cross-validation", ""]
+    if "skipped" in cv:
+        lines.append(f"Not run: {cv['skipped']}")
+    else:
+        lines += [
+            f"{cv['scheme']}; k chosen by {cv['selection']}.",
+            "",
+            metrics_table(_metrics(card, "cross_validation")),
+            "",
+            "Grid (mean absolute error of log power, out of fold):",
+            "",
+            "| k | numeric | categorical | text | error |",
+            "| --- | --- | --- | --- | --- |",
+            *(f"| {g['n_neighbors']} | {g['numeric_weight']:g} | {g['categorical_weight']:g} | {g['text_weight']:g} "
+              f"| {g['mean_abs_log_error']:.4f} |" for g in cv["grid"]),
+        ]
+    lines += ["", "## Libraries", "", ", ".join(f"{k} {v}" for k, v in card["libraries"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_card(card: Mapping[str, Any], artifact: str | os.PathLike[str]) -> tuple[Path, Path]:
+    json_path, markdown_path = card_paths(artifact)
+    write_text_atomically(json_path, json.dumps(card, indent=2, default=str) + "\n")
+    write_text_atomically(markdown_path, render_markdown(card))
+    return json_path, markdown_path

@@ -1,0 +1,166 @@
+"""Training targets from the dataset's pod-windows: one row per workload spec (default), per pod,
+or per pod and UTC day.
+
+The model predicts the average power of one pod from its spec. First every pod's windows become
+its mean power: the energy summed over the windows in which it drew energy (> 0 J) divided by
+their duration. A window with exactly 0 J is a pod that was not running (a Job's pod after
+completion, one still Pending), not a pod idling at 0 W: Kepler attributes idle power to running
+containers. A pod needs `min_active_windows` such windows to count (fewer is a noisy mean); the
+rest are counted, not dropped silently.
+
+Then, by default (`workload`), the pods of one workload spec (namespace, kind, name, spec hash)
+become one row: the mean of their pods' powers. Why not thousands of windows, nor one row per
+pod: all windows and all pods of a workload have the same spec, i.e. the same features. As KNN
+rows, a 50-replica Deployment would fill every neighbour slot of a query with itself, weigh
+workloads by their replica count and age, and put training points at distance 0 from each
+other, which collapses LogPowerKNN's trust radius (twice the 99th percentile of nearest-neighbour
+distances) to 0, so that every new spec would get the prior. One row per spec gives each workload
+one vote and keeps distances between different specs. `pod` and `pod-day` (day-to-day variation
+of long-lived pods) are there for comparison and for data with one pod per spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from webhook.schema import InferenceRequest
+
+TARGET_UNITS: tuple[str, ...] = ("workload", "pod", "pod-day")
+DEFAULT_TARGET_UNIT = "workload"
+DEFAULT_MIN_ACTIVE_WINDOWS = 5
+GROUP_COLUMNS = ["namespace", "workload_kind", "workload_name"]
+
+
+@dataclass(frozen=True)
+class TrainingTable:
+    """Targets with their specs and workload groups, aligned row by row."""
+
+    frame: pd.DataFrame  # one row per target: identity, windows, active_windows, power_watts, ...
+    requests: list[InferenceRequest]
+    unit: str
+    min_active_windows: int
+    source_rows: int  # pod-windows behind the targets
+    excluded_pods: int  # pods with too few active windows
+    excluded_rows: int
+
+    @property
+    def power_watts(self) -> np.ndarray:
+        return self.frame["power_watts"].to_numpy(dtype=np.float64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The workload of each target, as `namespace/Kind/name`: cross-validation's groups."""
+        return (self.frame["namespace"] + "/" + self.frame["workload_kind"] + "/" + self.frame["workload_name"]).to_numpy()
+
+    @property
+    def pods(self) -> int:
+        """Distinct pods behind the targets."""
+        return int(self.frame["pods"].sum()) if self.unit == "workload" else int(
+            self.frame[["namespace", "pod"]].drop_duplicates().shape[0])
+
+    @property
+    def workloads(self) -> int:
+        return int(len(np.unique(self.groups))) if len(self.frame) else 0
+
+    def per_workload(self) -> pd.DataFrame:
+        """Per workload: targets, pods and mean target power (W)."""
+        grouped = self.frame.groupby(GROUP_COLUMNS, sort=True)
+        pods = grouped["pods"].sum() if self.unit == "workload" else grouped["pod"].nunique()
+        return pd.DataFrame({"targets": grouped.size(), "pods": pods,
+                             "mean_power_watts": grouped["power_watts"].mean()}).reset_index()
+
+    def describe_target(self) -> str:
+        per = "averaged over the pods of each workload spec" if self.unit == "workload" else f"one target per {self.unit}"
+        return (f"mean power (W) of each pod over its windows with energy > 0 J (at least "
+                f"{self.min_active_windows} such windows), {per}")
+
+    def data_sha256(self) -> str:
+        """Hash of what the model learns from (specs and targets), independent of row order."""
+        records = sorted(
+            json.dumps([*map(str, row[:-1]), round(float(row[-1]), 9)])
+            for row in self.frame[[*GROUP_COLUMNS, "pod", "spec_hash", "period", "power_watts"]].itertuples(index=False)
+        )
+        digest = hashlib.sha256()
+        for record in records:
+            digest.update(record.encode() + b"\n")
+        for text in sorted({r.model_dump_json() for r in self.requests}):
+            digest.update(text.encode() + b"\n")
+        return digest.hexdigest()
+
+    def subset(self, mask: np.ndarray) -> "TrainingTable":
+        indices = np.flatnonzero(mask)
+        return TrainingTable(
+            frame=self.frame.iloc[indices].reset_index(drop=True),
+            requests=[self.requests[i] for i in indices],
+            unit=self.unit,
+            min_active_windows=self.min_active_windows,
+            source_rows=int(self.frame["windows"].iloc[indices].sum()),
+            excluded_pods=self.excluded_pods,
+            excluded_rows=self.excluded_rows,
+        )
+
+
+def _per_pod(dataset: pd.DataFrame, unit: str) -> pd.DataFrame:
+    rows = dataset.copy()
+    rows["request_json"] = rows["request_json"].astype(str)
+    start = pd.to_datetime(rows["window_start"], utc=True)
+    rows["period"] = start.dt.strftime("%Y-%m-%d") if unit == "pod-day" else "all"
+    rows["active"] = rows["energy_joules"].to_numpy(dtype=np.float64) > 0
+    rows["active_joules"] = np.where(rows["active"], rows["energy_joules"], 0.0)
+    rows["active_seconds"] = np.where(rows["active"], rows["window_seconds"], 0)
+    rows["first_window"] = start
+    keys = [*GROUP_COLUMNS, "pod", "spec_hash", "request_json", "period"]
+    pods = (
+        rows.groupby(keys, sort=True, observed=True)
+        .agg(windows=("active", "size"), active_windows=("active", "sum"), energy_joules=("active_joules", "sum"),
+             active_seconds=("active_seconds", "sum"), first_window=("first_window", "min"),
+             last_window=("first_window", "max"))
+        .reset_index()
+    )
+    pods["power_watts"] = pods["energy_joules"] / pods["active_seconds"].where(pods["active_seconds"] > 0)
+    return pods
+
+
+def _per_spec(pods: pd.DataFrame) -> pd.DataFrame:
+    keys = [*GROUP_COLUMNS, "spec_hash", "request_json", "period"]
+    specs = (
+        pods.groupby(keys, sort=True, observed=True)
+        .agg(pods=("pod", "nunique"), pod=("pod", "first"), windows=("windows", "sum"),
+             active_windows=("active_windows", "sum"), energy_joules=("energy_joules", "sum"),
+             active_seconds=("active_seconds", "sum"), first_window=("first_window", "min"),
+             last_window=("last_window", "max"), power_watts=("power_watts", "mean"))
+        .reset_index()
+    )
+    return specs
+
+
+def build_targets(dataset: pd.DataFrame, unit: str = DEFAULT_TARGET_UNIT,
+                  min_active_windows: int = DEFAULT_MIN_ACTIVE_WINDOWS) -> TrainingTable:
+    """Aggregate the dataset's pod-windows into targets (see the module docstring). For the
+    `workload` unit, `pod` holds one of the spec's pods and `pods` how many there are."""
+    if unit not in TARGET_UNITS:
+        raise ValueError(f"target unit must be one of {TARGET_UNITS}, got {unit!r}")
+    if min_active_windows < 1:
+        raise ValueError("min_active_windows must be at least 1")
+    pods = _per_pod(dataset, unit)
+    enough = pods["active_windows"].to_numpy() >= min_active_windows
+    excluded = pods.loc[~enough]
+    pods = pods.loc[enough].reset_index(drop=True)
+    targets = _per_spec(pods) if unit == "workload" else pods
+    texts = targets.pop("request_json")
+    parsed: dict[str, InferenceRequest] = {}
+    requests = [parsed.setdefault(t, InferenceRequest.model_validate_json(t)) for t in texts]
+    return TrainingTable(
+        frame=targets,
+        requests=requests,
+        unit=unit,
+        min_active_windows=min_active_windows,
+        source_rows=int(targets["windows"].sum()),
+        excluded_pods=int(excluded[["namespace", "pod"]].drop_duplicates().shape[0]),
+        excluded_rows=int(excluded["windows"].sum()),
+    )
