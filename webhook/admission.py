@@ -113,9 +113,10 @@ def mutate(request: Mapping[str, Any], service: PredictionService, settings: Mut
     if not isinstance(obj, Mapping):
         return allow("failed_open", f"energetiscope: {kind} not annotated: request.object is missing or not an object")
     metadata = obj.get("metadata")
-    if metadata is not None and not isinstance(metadata, Mapping):
+    if not isinstance(metadata, Mapping):
+        # The apiserver always sends metadata; patching in a whole new one would overwrite more
+        # than our annotations.
         return allow("failed_open", f"energetiscope: {kind} not annotated: metadata: expected an object")
-    metadata = metadata or {}
     labels = metadata.get("labels")
     if isinstance(labels, Mapping) and annotations.is_skipped(labels):
         return allow("skipped")

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from .admission import AdmissionResult, MutationSettings, NotAnAdmissionReview, mutate, parse_review, review_response
 from .manifests import ManifestError, read_manifests
 from .metrics import CONTENT_TYPE, WebhookMetrics
+from .openapi import openapi_document
 from .policy import PolicyStore
 from .schema import InferenceRequest, PredictOut
 from .service import PredictionService, WorkloadPrediction
@@ -65,16 +66,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Strict JSON: Python would accept NaN and Infinity, which no Kubernetes client sends.
+        return json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
         raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise HTTPProblem(400, "body is not valid JSON: nested too deeply") from None
 
 
 def _text(body: bytes) -> str:
+    if not body.strip():
+        raise HTTPProblem(400, "empty body: send one or more YAML documents (a kind: List works too)")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -220,6 +228,11 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ready else 503), "ok" if ready else "not_ready"
 
+    openapi = openapi_document(settings.debug_endpoints)
+
+    async def openapi_endpoint(request: Request) -> tuple[Response, str]:
+        return JSONResponse(openapi), "ok"
+
     async def metrics_endpoint(request: Request) -> tuple[Response, str]:
         return Response(metrics.render(), media_type=CONTENT_TYPE), "ok"
 
@@ -237,6 +250,7 @@ def create_app(
         Route("/healthz", endpoint("healthz", healthz), methods=["GET"]),
         Route("/readyz", endpoint("readyz", readyz), methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics_endpoint), methods=["GET"]),
+        Route("/openapi.json", endpoint("openapi", openapi_endpoint), methods=["GET"]),
     ]
     app = Starlette(routes=routes)
     app.state.service = service

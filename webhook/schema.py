@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 WORKLOAD_KINDS = (
     "Pod",
@@ -38,8 +38,27 @@ MAX_DEVICES = 1024
 ANNOTATION_PREFIX = "energetiscope.io/"
 
 
+def _json_integer(value: object) -> object:
+    # JSON Schema counts 1.0 as an integer; strict mode keeps booleans and strings out.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _json_int(maximum: int) -> object:
+    # Constraints before the validator: pydantic then publishes them as JSON Schema's
+    # minimum/maximum (after it, as keywords JSON Schema does not know).
+    return Annotated[int, Field(ge=0, le=maximum), BeforeValidator(_json_integer)]
+
+
+Millicores = _json_int(MAX_CPU_MILLICORES)
+ContainerCount = _json_int(MAX_CONTAINERS)
+PodCount = _json_int(MAX_PODS)
+MiB = Annotated[float, Field(ge=0, le=MAX_MEMORY_MIB)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class ContainerSpec(_Strict):
@@ -47,20 +66,20 @@ class ContainerSpec(_Strict):
     image: str = Field(default="", max_length=4096)
     command: list[str] | None = None
     args: list[str] | None = None
-    req_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES, description="CPU request, millicores")
-    req_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB, description="memory request, MiB")
-    lim_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES, description="CPU limit, millicores")
-    lim_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB, description="memory limit, MiB")
+    req_cpu_mcpu: Millicores | None = Field(default=None, description="CPU request, millicores")
+    req_mem_mib: MiB | None = Field(default=None, description="memory request, MiB")
+    lim_cpu_mcpu: Millicores | None = Field(default=None, description="CPU limit, millicores")
+    lim_mem_mib: MiB | None = Field(default=None, description="memory limit, MiB")
     native_sidecar: bool = Field(default=False, description="an init container with restartPolicy: Always")
 
 
 class PodResources(_Strict):
     """Pod-level ``spec.resources`` (Kubernetes 1.32+): when set it bounds the whole pod."""
 
-    req_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES)
-    req_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB)
-    lim_cpu_mcpu: int | None = Field(default=None, ge=0, le=MAX_CPU_MILLICORES)
-    lim_mem_mib: float | None = Field(default=None, ge=0, le=MAX_MEMORY_MIB)
+    req_cpu_mcpu: Millicores | None = None
+    req_mem_mib: MiB | None = None
+    lim_cpu_mcpu: Millicores | None = None
+    lim_mem_mib: MiB | None = None
 
 
 class InferenceRequest(_Strict):
@@ -73,18 +92,20 @@ class InferenceRequest(_Strict):
     containers: list[ContainerSpec] = Field(
         min_length=1, max_length=MAX_CONTAINERS, description="running containers, native sidecars included"
     )
-    init_container_count: int = Field(default=0, ge=0, le=MAX_CONTAINERS, description="run-to-completion init containers")
-    sidecar_count: int = Field(default=0, ge=0, le=MAX_CONTAINERS, description="native sidecars among containers")
+    init_container_count: ContainerCount = Field(default=0, description="run-to-completion init containers")
+    sidecar_count: ContainerCount = Field(default=0, description="native sidecars among containers")
     volume_types: list[str] = Field(default_factory=list)
     node_type: str | None = None
     runtime_class: str | None = None
     gpu_count: float = Field(default=0, ge=0, le=MAX_DEVICES, description="GPUs per pod, all vendors")
-    parallelism: int | None = Field(default=None, ge=0, le=MAX_PODS)
-    completions: int | None = Field(default=None, ge=0, le=MAX_PODS)
+    parallelism: PodCount | None = None
+    completions: PodCount | None = None
     # Added after the prototype:
-    replicas: int | None = Field(default=None, ge=0, le=MAX_PODS)
+    replicas: PodCount | None = None
     pod_resources: PodResources | None = None
-    extended_resources: dict[str, float] = Field(default_factory=dict, description="per pod, e.g. nvidia.com/gpu")
+    extended_resources: dict[str, Annotated[float, Field(ge=0, le=MAX_DEVICES)]] = Field(
+        default_factory=dict, description="per pod, e.g. nvidia.com/gpu"
+    )
     priority_class: str | None = None
     instance_type: str | None = Field(default=None, description="node selector node.kubernetes.io/instance-type")
 
