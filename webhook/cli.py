@@ -137,6 +137,39 @@ def certs_create(out_dir: Path, dns_names: tuple[str, ...], ip_addresses: tuple[
         click.echo(f"{role}: {path}")
 
 
+@certs.command("inject")
+@click.option("--ca-file", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="PEM CA that signed the webhook's serving certificate (ca.crt from 'certs create').")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="KUBECONFIG", help="Without it: in-cluster credentials.")
+@click.option("--mutating", "mutating_names", multiple=True, default=["energetiscope"],
+              help="MutatingWebhookConfiguration name (repeatable).")
+@click.option("--validating", "validating_names", multiple=True, default=["energetiscope"],
+              help="ValidatingWebhookConfiguration name (repeatable).")
+def certs_inject(ca_file: Path, kubeconfig: Path | None, mutating_names: tuple[str, ...],
+                 validating_names: tuple[str, ...]) -> None:
+    """Write the CA bundle into the webhook configurations through the Kubernetes API."""
+    import kubernetes
+
+    from certs.inject import InjectError, inject
+
+    if kubeconfig is not None:
+        api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    else:
+        kubernetes.config.load_incluster_config()
+        api_client = kubernetes.client.ApiClient()
+    ca_pem = ca_file.read_bytes()
+    targets = [("MutatingWebhookConfiguration", n) for n in mutating_names]
+    targets += [("ValidatingWebhookConfiguration", n) for n in validating_names]
+    try:
+        for kind, name in targets:
+            result = inject(api_client, ca_pem, kind, name)
+            state = "updated" if result.changed else "already current"
+            click.echo(f"{kind}/{name}: caBundle {state} ({result.webhooks} webhooks)")
+    except InjectError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.argument("manifest", type=click.File("r"))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -185,6 +218,15 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> N
     for e in errors:
         click.echo(f"error in document {e['document']}: {e['field']}: {e['problem']}", err=True)
 
+
+def _add_trainer() -> None:
+    # The trainer is a separate package that imports this one; it joins the CLI here.
+    from trainer.cli import train
+
+    main.add_command(train)
+
+
+_add_trainer()
 
 if __name__ == "__main__":
     main()
