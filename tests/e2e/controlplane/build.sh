@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Build the real kube-apiserver and etcd that the end-to-end tests run on loopback.
+# Build the real kube-apiserver and etcd that the end-to-end tests run on loopback,
+# and the kustomize they render deploy/ with.
 #
-# Both come from the Go module proxy through the two wrapper modules beside this
-# script (go.mod here for Kubernetes, etcd/go.mod for etcd), so a machine with Go
-# and the module proxy needs nothing else. The versions are read from those go.mod
-# files: bump them there (and run `go mod tidy`), not here.
+# All come from the Go module proxy through the wrapper modules beside this script
+# (go.mod here for Kubernetes, etcd/go.mod for etcd, kustomize/go.mod for kustomize),
+# so a machine with Go and the module proxy needs nothing else. The versions are read
+# from those go.mod files: bump them there (and run `go mod tidy`), not here.
 #
 # Binaries land in ${ENERGETISCOPE_CACHE:-$HOME/.cache/energetiscope}/bin with the
 # version in their name, outside the clone so that every clone and every run reuses
@@ -30,6 +31,8 @@ kubernetes_version="$(required_version "$here/go.mod" k8s.io/kubernetes)"
 etcd_version="$(required_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 apiserver_bin="$bin_dir/kube-apiserver-$kubernetes_version"
 etcd_bin="$bin_dir/etcd-$etcd_version"
+kustomize_version="$(required_version "$here/kustomize/go.mod" sigs.k8s.io/kustomize/kustomize/v5)"
+kustomize_bin="$bin_dir/kustomize-$kustomize_version"
 
 now() { date +%s.%N; }
 elapsed() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1fs", end - start }'; }
@@ -86,6 +89,14 @@ main() {
         command -v go >/dev/null || { echo "build.sh: the go command is needed to build etcd" >&2; exit 1; }
         # etcd's version is a constant in its api module, so no -X is needed.
         build_binary "$here/etcd" go.etcd.io/etcd/server/v3 "$etcd_bin" "-s -w"
+    fi
+
+    if [[ -x "$kustomize_bin" ]]; then
+        echo "build.sh: $kustomize_bin exists, not rebuilding"
+    else
+        command -v go >/dev/null || { echo "build.sh: the go command is needed to build kustomize" >&2; exit 1; }
+        # kustomize reads its own version from the build info of its module, so no -X is needed.
+        build_binary "$here/kustomize" sigs.k8s.io/kustomize/kustomize/v5 "$kustomize_bin" "-s -w"
     fi
 
     echo "build.sh: control plane binaries ready in $bin_dir ($(elapsed "$start"))"
