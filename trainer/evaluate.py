@@ -67,7 +67,7 @@ def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card
     in_sample = data_card.get("training_data_sha256") == table.data_sha256()
     trained_on = set(data_card.get("workload_list") or [])
     seen = len(trained_on & set(table.groups.tolist()))
-    title = f"{model.model_id}: {len(table.requests)} targets, {table.pods} pods, {table.workloads} workloads"
+    title = f"{model.model_id}\n{len(table.requests)} targets, {table.pods} pods, {table.workloads} workloads"
     if in_sample:
         title += " (training data)"
     out_dir.mkdir(parents=True, exist_ok=True)

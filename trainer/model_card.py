@@ -33,7 +33,7 @@ def card_paths(artifact: str | os.PathLike[str]) -> tuple[Path, Path]:
     return path.with_name(f"{stem}.card.json"), path.with_name(f"{stem}.card.md")
 
 
-def _metrics(card: Mapping[str, Any], section: str) -> list[MethodMetrics]:
+def card_metrics(card: Mapping[str, Any], section: str) -> list[MethodMetrics]:
     return [MethodMetrics(**m) for m in card.get(section, {}).get("metrics", [])]
 
 
@@ -79,7 +79,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines += [
             f"{cv['scheme']}; k chosen by {cv['selection']}.",
             "",
-            metrics_table(_metrics(card, "cross_validation")),
+            metrics_table(card_metrics(card, "cross_validation")),
             "",
             "Grid (mean absolute error of log power, out of fold):",
             "",
