@@ -149,15 +149,9 @@ def certs_create(out_dir: Path, dns_names: tuple[str, ...], ip_addresses: tuple[
 def certs_inject(ca_file: Path, kubeconfig: Path | None, mutating_names: tuple[str, ...],
                  validating_names: tuple[str, ...]) -> None:
     """Write the CA bundle into the webhook configurations through the Kubernetes API."""
-    import kubernetes
-
     from certs.inject import InjectError, inject
 
-    if kubeconfig is not None:
-        api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    else:
-        kubernetes.config.load_incluster_config()
-        api_client = kubernetes.client.ApiClient()
+    api_client = _kube_client(kubeconfig)
     ca_pem = ca_file.read_bytes()
     targets = [("MutatingWebhookConfiguration", n) for n in mutating_names]
     targets += [("ValidatingWebhookConfiguration", n) for n in validating_names]
@@ -168,6 +162,49 @@ def certs_inject(ca_file: Path, kubeconfig: Path | None, mutating_names: tuple[s
             click.echo(f"{kind}/{name}: caBundle {state} ({result.webhooks} webhooks)")
     except InjectError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _kube_client(kubeconfig: Path | None):  # type: ignore[no-untyped-def]
+    import kubernetes
+
+    if kubeconfig is not None:
+        return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    kubernetes.config.load_incluster_config()
+    return kubernetes.client.ApiClient()
+
+
+@certs.command("bootstrap")
+@click.option("--namespace", required=True, envvar="ENERGETISCOPE_NAMESPACE", help="Namespace of the Service and Secret.")
+@click.option("--service", default="energetiscope-webhook", help="The webhook's Service name (its DNS names go in the SANs).")
+@click.option("--secret", "secret_name", default="energetiscope-webhook-tls", help="kubernetes.io/tls Secret to keep.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Without it: in-cluster credentials.")
+@click.option("--mutating", "mutating_names", multiple=True, default=["energetiscope"])
+@click.option("--validating", "validating_names", multiple=True, default=["energetiscope"])
+@click.option("--days", type=click.IntRange(min=2), default=365, help="Validity of a new serving certificate.")
+@click.option("--renew-before-days", type=click.IntRange(min=1), default=30)
+def certs_bootstrap(namespace: str, service: str, secret_name: str, kubeconfig: Path | None,
+                    mutating_names: tuple[str, ...], validating_names: tuple[str, ...], days: int,
+                    renew_before_days: int) -> None:
+    """Create or renew the serving certificate in a Secret and inject its CA (self-managed certificates)."""
+    from kubernetes.client.exceptions import ApiException
+
+    from certs.bootstrap import bootstrap, service_dns_names
+    from certs.inject import InjectError
+
+    if renew_before_days >= days:
+        raise click.BadParameter("--renew-before-days must be shorter than --days")
+    try:
+        result = bootstrap(
+            _kube_client(kubeconfig), namespace, secret_name, service_dns_names(service, namespace),
+            list(mutating_names), list(validating_names), valid_days=days, renew_before_days=renew_before_days,
+        )
+    except (InjectError, ApiException) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Secret {namespace}/{secret_name}: {result.secret_action} ({result.reason}); "
+               f"valid until {result.not_after:%Y-%m-%d}")
+    for item in result.injected:
+        click.echo(f"{item.kind}/{item.name}: caBundle {'updated' if item.changed else 'already current'}")
 
 
 @main.command()
