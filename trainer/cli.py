@@ -71,6 +71,25 @@ _kube_options = _options(
 )
 
 
+def _kube_errors(action: Callable[[], Any], *, other_failures: bool = True) -> Any:
+    """Run `action`; API and kubeconfig problems become one-line errors, not tracebacks. With
+    `other_failures`, so do RuntimeError and OSError (a failed watch, an unreachable server),
+    which is right only when the action talks to nothing but the Kubernetes API."""
+    from kubernetes.client import ApiException
+    from kubernetes.config import ConfigException
+
+    try:
+        return action()
+    except ConfigException as exc:
+        raise click.ClickException(f"cannot configure the Kubernetes client: {exc}") from None
+    except ApiException as exc:
+        raise click.ClickException(f"Kubernetes API answered {exc.status} {exc.reason}: {exc.body}") from None
+    except (RuntimeError, OSError) as exc:
+        if not other_failures:
+            raise
+        raise click.ClickException(f"Kubernetes API: {exc}") from None
+
+
 def _kube_settings(kubeconfig: str | None, context: str | None, in_cluster: bool, request_timeout: str) -> KubeSettings:
     return KubeSettings(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster,
                         request_timeout_seconds=_duration(request_timeout, "--request-timeout"))
@@ -113,9 +132,9 @@ def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kep
         summary = collect(None)
     else:
         settings = _kube_settings(kubeconfig, context, in_cluster, request_timeout)
-        with api_client(settings) as api:
+        with _kube_errors(lambda: api_client(settings)) as api:
             fallback = KubernetesOwnerFallback(WorkloadReader(api, settings.request_timeout_seconds))
-            summary = collect(fallback)
+            summary = _kube_errors(lambda: collect(fallback), other_failures=False)
         click.echo(f"owner fallback: {fallback.lookups} Kubernetes API reads", err=True)
     click.echo(f"labels: {summary.row_count} rows, {summary.pod_count} pods, {summary.window_count} windows, "
                f"{summary.total_energy_joules:.1f} J ({summary.kepler_line or 'no Kepler data'}) -> {summary.path}")
@@ -171,8 +190,9 @@ def collect(kubeconfig: str | None, context: str | None, in_cluster: bool, reque
             no_progress: bool) -> None:
     """List (and watch) workloads in the Kubernetes API and write their InferenceRequests as NDJSON."""
     settings = _kube_settings(kubeconfig, context, in_cluster, request_timeout)
-    outcome = run_collect(settings, out, kinds or COLLECTED_KINDS, namespaces or None,
-                          _duration(watch, "--watch") if watch else 0.0, progress=not no_progress)
+    watch_seconds = _duration(watch, "--watch") if watch else 0.0
+    outcome = _kube_errors(lambda: run_collect(settings, out, kinds or COLLECTED_KINDS, namespaces or None,
+                                               watch_seconds, progress=not no_progress))
     for failure in outcome.failures:
         click.echo(f"not readable: {failure.describe()}", err=True)
     if report is not None:

@@ -94,6 +94,30 @@ def _data_section(table: TrainingTable, dataset: pd.DataFrame) -> dict[str, Any]
     }
 
 
+MIN_WORKLOADS_FOR_TRUST = 10
+
+
+def fit_warnings(table: TrainingTable, trust_radius: float, offsets: ConformalOffsets | None,
+                 comparison: Comparison | None) -> list[str]:
+    """What a reader of the card must know before trusting the model."""
+    warnings = []
+    if table.workloads < MIN_WORKLOADS_FOR_TRUST:
+        warnings.append(f"only {table.workloads} workloads: the cross-validation metrics rest on very little data")
+    if trust_radius <= 0:
+        warnings.append("trust radius 0: every training target has an identical spec beside it, so any spec not "
+                        "in the training data gets the prior")
+    if offsets is None:
+        warnings.append("no cross-validation (fewer than 2 workloads): p10/p90 are the neighbours' spread, uncalibrated")
+    elif not offsets.finite_sample_guarantee:
+        warnings.append(f"{offsets.residuals} residuals are too few for the conformal finite-sample guarantee (needs 9)")
+    if comparison is not None:
+        served = comparison.metrics[0]
+        if served.prior_fallback_share and served.prior_fallback_share > 0.5:
+            warnings.append(f"in cross-validation the prior answered {served.prior_fallback_share:.0%} of held-out targets "
+                            "(beyond the trust radius)")
+    return warnings
+
+
 def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFrame, model_id: str | None = None,
               created: datetime | None = None) -> tuple[Any, dict[str, Any], Comparison | None]:
     """Fit and calibrate the final pipeline on all targets; return it with its card (no sha yet)."""
@@ -116,6 +140,7 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFr
         knn.calibrate(offsets.log_offset_p10, offsets.log_offset_p90)
     card = {
         "model_id": model_id or make_model_id(table, created),
+        "warnings": fit_warnings(table, knn.trust_radius_, offsets, comparison),
         "created_at": created.isoformat(timespec="seconds"),
         "artifact": {"file": "", "sha256": "", "feature_version": FEATURE_VERSION},
         "data": _data_section(table, dataset),

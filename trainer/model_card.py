@@ -46,6 +46,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"Created {card['created_at']}. Artifact `{card['artifact']['file']}`, sha256 `{card['artifact']['sha256']}`, "
         f"feature version {card['artifact']['feature_version']}.",
         "",
+        *(f"> warning: {w}" for w in card.get("warnings", [])),
+        "",
         "## Data",
         "",
         f"- pod-windows from {data['first_window_start']} to {data['last_window_start']} "

@@ -109,13 +109,15 @@ def test_run_chains_labels_dataset_fit_with_collected_specs(kepler_prometheus: K
     """Kepler 0.10 data and specs collected from the recorded API: the Deployment `web` and the
     bare Pod `web` are different workloads; each pod joins its owner's spec."""
     lists, _ = load_recorded()
-    with RecordedKubeApi(lists) as api:
-        invoke("collect", "--kubeconfig", str(api.write_kubeconfig(tmp_path / "kubeconfig")),
-               "--out", str(tmp_path / "requests.ndjson"), "--no-progress")
     pods = kepler_prometheus.pods
-    output = invoke("run", "--prometheus", kepler_prometheus.url, "--start", str(pods.start_seconds),
-                    "--end", str(pods.end_seconds), "--requests", str(tmp_path / "requests.ndjson"),
-                    "--workdir", str(tmp_path / "work"), "--min-active-windows", "1", "--no-progress")
+    with RecordedKubeApi(lists) as api:
+        kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig"))
+        invoke("collect", "--kubeconfig", kubeconfig, "--out", str(tmp_path / "requests.ndjson"), "--no-progress")
+        output = invoke("run", "--prometheus", kepler_prometheus.url, "--start", str(pods.start_seconds),
+                        "--end", str(pods.end_seconds), "--requests", str(tmp_path / "requests.ndjson"),
+                        "--workdir", str(tmp_path / "work"), "--min-active-windows", "1", "--no-progress",
+                        "--kube-owner-fallback", "--kubeconfig", kubeconfig)
+    assert "owner fallback: 1 Kubernetes API reads" in output  # debug-shell, unknown to kube-state-metrics
     assert "leave-one-workload-out (4 folds)" in output
     dataset = read_dataset(tmp_path / "work" / "dataset.parquet")
     owners = dict(zip(dataset["pod"], zip(dataset["workload_kind"], dataset["workload_name"], dataset["spec_hash"])))
@@ -130,6 +132,9 @@ def test_run_chains_labels_dataset_fit_with_collected_specs(kepler_prometheus: K
 
 
 def test_cli_usage_errors_are_reported_not_raised(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    result = CliRunner().invoke(train, ["collect", "--kubeconfig", str(missing), "--no-progress"])
+    assert result.exit_code == 1 and "cannot configure the Kubernetes client" in result.output
     result = CliRunner().invoke(train, ["fit", "--dataset", str(tmp_path / "missing.parquet")])
     assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(train, ["labels", "--prometheus", "http://127.0.0.1:9", "--start", "yesterday",

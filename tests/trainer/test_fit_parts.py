@@ -6,28 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
 from trainer.crossval import NotEnoughWorkloads, compare_methods, conformal_offsets, grouped_folds
-from trainer.dataset import request_json
 from trainer.targets import build_targets
-from webhook.schema import ContainerSpec, InferenceRequest, spec_hash
-
-
-def request(name: str, cpu_millicores: int, image: str = "example/app:1") -> InferenceRequest:
-    return InferenceRequest(namespace="apps", workload_kind="Deployment", workload_name=name,
-                            containers=[ContainerSpec(name="main", image=image, req_cpu_mcpu=cpu_millicores,
-                                                      req_mem_mib=256)])
-
-
-def dataset(pods: list[tuple[InferenceRequest, str, list[float]]], start: str = "2025-10-30T23:58:00Z") -> pd.DataFrame:
-    """Pod-windows: (spec, pod, energy per 60 s window)."""
-    records = []
-    for spec, pod, energies in pods:
-        for i, joules in enumerate(energies):
-            records.append({"window_start": pd.Timestamp(start) + pd.Timedelta(minutes=i), "window_seconds": 60,
-                            "namespace": spec.namespace, "pod": pod, "workload_kind": spec.workload_kind,
-                            "workload_name": spec.workload_name, "join_rule": "workload", "spec_hash": spec_hash(spec),
-                            "request_json": request_json(spec), "power_watts": joules / 60, "energy_joules": joules})
-    return pd.DataFrame.from_records(records)
 
 
 def test_targets_average_windows_with_energy_and_leave_out_pods_with_too_few() -> None:
@@ -92,14 +73,7 @@ def test_folds_never_split_a_workload() -> None:
 
 
 def test_the_knn_beats_the_spec_blind_baselines_when_power_follows_the_spec() -> None:
-    rng = np.random.default_rng(7)
-    pods = []
-    for i in range(14):
-        cpu = int(100 * 2 ** (i % 7))  # 100 m .. 6.4 cores, each size twice
-        spec = request(f"svc-{i}", cpu, image=f"example/svc{i % 3}:1")
-        watts = 1.0 + 8.0 * cpu / 1000  # well above what the prior assumes per vCPU
-        for p in range(2):
-            pods.append((spec, f"svc-{i}-{p}", list(watts * 60 * rng.uniform(0.95, 1.05, 6))))
+    pods = scaling_pods(14)
     table = build_targets(dataset(pods))
     assert len(table.requests) == 14  # one target per workload spec, the mean of its two pods
     comparison = compare_methods(table, k_grid=(1, 2, 3))
