@@ -11,7 +11,10 @@ from trainer.atomic import write_atomically
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("evaluate's plots need matplotlib: pip install matplotlib") from None
 
     matplotlib.use("Agg")  # files only: never a window, works without a display
     import matplotlib.pyplot as plt

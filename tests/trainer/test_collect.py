@@ -197,3 +197,21 @@ def test_collect_matches_direct_extraction_of_the_shared_manifests(tmp_path: Pat
     assert {(f.namespace, f.kind, f.name) for f in report.failures} == failed
     assert sum(len(items) for items in by_kind.values()) >= 25  # every kind is represented
     assert all(by_kind[kind] for kind in PLURALS if kind != "ReplicationController")
+
+
+def test_typed_client_objects_are_accepted_through_sanitize_for_serialization() -> None:
+    from kubernetes import client
+
+    from trainer.collect import request_of
+    from trainer.kube import as_manifest
+
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="typed", namespace="shop", owner_references=[
+            client.V1OwnerReference(api_version="apps/v1", kind="ReplicaSet", name="typed-rs", uid="u1", controller=True)]),
+        spec=client.V1PodSpec(containers=[client.V1Container(
+            name="main", image="nginx:1.27", resources=client.V1ResourceRequirements(requests={"cpu": "250m"}))]),
+    )
+    manifest = as_manifest(pod, "Pod", "v1")  # list items lack kind and apiVersion
+    assert manifest["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"  # camelCase, as the API serves it
+    request = request_of(manifest)
+    assert request.containers[0].req_cpu_mcpu == 250 and controller_of(request) == ("ReplicaSet", "typed-rs")
