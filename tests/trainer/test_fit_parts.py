@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
