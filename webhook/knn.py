@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.neighbors import KNeighborsRegressor
+from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 
@@ -69,9 +69,12 @@ class LogPowerKNN(RegressorMixin, BaseEstimator):
             n_neighbors=self.n_neighbors_, weights="distance", algorithm=self.algorithm
         ).fit(X, np.log(power))
         self.log_power_ = np.log(power)
-        if X.shape[0] >= 2:
-            distances, _ = self.neighbors_.kneighbors(X, n_neighbors=2)
-            # Column 0 is the point itself (distance 0, or a duplicate): column 1 is its neighbour.
+        # Distances between distinct specs: pods of one workload share a feature vector, and
+        # counting those twins would shrink the radius to 0 and send every query to the prior.
+        distinct = np.unique(X, axis=0)
+        if distinct.shape[0] >= 2:
+            distances, _ = NearestNeighbors(n_neighbors=2, algorithm=self.algorithm).fit(distinct).kneighbors(distinct)
+            # Column 0 is the spec itself: column 1 is its nearest other spec.
             self.trust_radius_ = float(np.quantile(distances[:, 1], self.trust_quantile) * self.trust_factor)
         else:
             self.trust_radius_ = float("inf")

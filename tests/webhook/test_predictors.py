@@ -155,3 +155,15 @@ def test_knn_rejects_non_positive_power() -> None:
     power[3] = 0.0
     with pytest.raises(ValueError, match="> 0 W"):
         build_pipeline().fit(requests, power)
+
+
+def test_duplicated_specs_do_not_collapse_the_trust_radius() -> None:
+    # Every spec appears three times, as the pods of one Deployment would.
+    requests, power = _training_set(rows=60)
+    tripled = [r for r in requests for _ in range(3)]
+    pipeline = build_pipeline(n_neighbors=3).fit(tripled, np.repeat(power, 3))
+    assert pipeline[-1].trust_radius_ > 0
+    from webhook.model import TrainedModel
+
+    near = _request(300, 512, "nginx:1.27")  # between training specs, never seen exactly
+    assert TrainedModel(pipeline, "m").predict([near])[0].basis == "model"
