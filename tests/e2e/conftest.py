@@ -14,6 +14,8 @@ import kubernetes.client
 import pytest
 
 from tests.e2e.controlplane import Binaries, BinariesMissing, ControlPlane
+from tests.e2e.kube_rest import KubeRest
+from tests.e2e.webhook_fixtures import WiredWebhook, iterate_webhook
 
 SKIP_VARIABLE = "ENERGETISCOPE_SKIP_E2E"
 LOG_DIR_VARIABLE = "ENERGETISCOPE_E2E_LOG_DIR"
@@ -62,3 +64,19 @@ def kube_api(control_plane: ControlPlane) -> Iterator[kubernetes.client.ApiClien
     """An ApiClient authenticated as the cluster admin (group system:masters)."""
     with control_plane.api_client() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def kube_rest(kube_api: kubernetes.client.ApiClient) -> KubeRest:
+    """Admin JSON requests that keep the raw body and the Warning headers."""
+    return KubeRest(kube_api)
+
+
+@pytest.fixture(scope="session")
+def wired_webhook(
+    control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WiredWebhook]:
+    """`energetiscope serve` as a real process, called by the apiserver through deploy/'s
+    webhook configurations (see tests/e2e/webhook_fixtures.py). One for the session:
+    starting it and waiting for the apiserver to call it takes seconds."""
+    yield from iterate_webhook(control_plane, kube_api, tmp_path_factory.mktemp("webhook"))
