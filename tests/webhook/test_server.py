@@ -244,3 +244,38 @@ def test_model_reloads_on_file_change_and_sighup_and_survives_a_bad_file(cert_di
             _tiny_model(artifact, "model-c", 3.0)
             hup.signal(signal.SIGHUP)
             _wait_for_model(client, "model-c")
+
+
+def test_model_reload_under_load_drops_nothing(cert_dir: Path, tmp_path: Path) -> None:
+    import threading
+
+    artifact = tmp_path / "model.joblib"
+    _tiny_model(artifact, "model-0", 1.0)
+    nginx = {"workload_kind": "Deployment", "containers": [{"name": "c", "image": "nginx", "req_cpu_mcpu": 200}]}
+    with WebhookProcess(cert_dir, tmp_path / "log", "--model", str(artifact), "--watch-interval", "0.1") as server:
+        stop = threading.Event()
+        answers: list[tuple[int, str]] = []
+
+        def load() -> None:
+            with server.client() as client:
+                while not stop.is_set():
+                    response = client.post("/predict", json=nginx)
+                    answers.append((response.status_code, response.json().get("model", "")))
+
+        workers = [threading.Thread(target=load) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        try:
+            with server.client() as client:
+                for generation in range(1, 4):
+                    _tiny_model(artifact, f"model-{generation}", float(generation + 1))
+                    _wait_for_model(client, f"model-{generation}")
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()
+    assert answers and all(status == 200 for status, _ in answers)
+    served = [model for _, model in answers]
+    assert {"model-0", "model-3"} <= set(served)
+    # Every answer was made by one of the artifacts written, whole: none failed mid-swap.
+    assert set(served) <= {f"model-{g}" for g in range(4)}
