@@ -104,3 +104,36 @@ class KubeRest:
 
     def delete(self, object_path: str) -> Reply:
         return self.request("DELETE", object_path)
+
+
+@dataclass(frozen=True)
+class ServedResource:
+    """A kind the apiserver serves: its REST path prefix, plural and scope."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    def collection(self, namespace: str | None) -> str:
+        prefix = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        if self.namespaced:
+            return f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{prefix}/{self.plural}"
+
+
+def served_resources(kube: KubeRest) -> dict[tuple[str, str], ServedResource]:
+    """Discovery: every (apiVersion, kind) the apiserver serves, subresources left out."""
+    group_versions = ["v1"]
+    for group in kube.get("/apis").expect_ok()["groups"]:
+        group_versions += [version["groupVersion"] for version in group["versions"]]
+    served: dict[tuple[str, str], ServedResource] = {}
+    for group_version in group_versions:
+        path = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+        for resource in kube.get(path).expect_ok()["resources"]:
+            if "/" in resource["name"]:
+                continue
+            served[(group_version, resource["kind"])] = ServedResource(
+                group_version, resource["kind"], resource["name"], resource["namespaced"]
+            )
+    return served
