@@ -9,10 +9,9 @@ from pathlib import Path
 
 import click
 
-from .admission import MutationSettings
-from .manifests import ManifestError, read_manifests
+# Only light modules here: scikit-learn and pandas load in the commands that need them,
+# so `energetiscope --help` and `certs` answer at once.
 from .prior import PriorCoefficients, PriorPredictor
-from .service import PredictionService
 
 _DEFAULTS = PriorCoefficients()
 
@@ -93,6 +92,7 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
           max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
     """Run the admission webhook over TLS."""
+    from .admission import MutationSettings
     from .server import ServeSettings, serve as run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -217,6 +217,8 @@ def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts:
             prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
     """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
     from .app import predict_out
+    from .manifests import ManifestError, read_manifests
+    from .service import PredictionService
 
     prior = PriorPredictor(_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue))
     service = PredictionService(prior, model_path=model_path)
@@ -256,14 +258,25 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> N
         click.echo(f"error in document {e['document']}: {e['field']}: {e['problem']}", err=True)
 
 
-def _add_trainer() -> None:
-    # The trainer is a separate package that imports this one; it joins the CLI here.
-    from trainer.cli import train
+class _TrainerGroup(click.Group):
+    """`energetiscope train`: the trainer package joins the CLI here, imported on first use."""
 
-    main.add_command(train)
+    def _group(self) -> click.Group:
+        from trainer.cli import train
+
+        return train
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._group().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._group().get_command(ctx, name)
 
 
-_add_trainer()
+main.add_command(_TrainerGroup(
+    "train",
+    help="Train the power model from Kepler measurements: collect, labels, dataset, fit, evaluate, run.",
+))
 
 if __name__ == "__main__":
     main()
