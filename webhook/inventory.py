@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -150,6 +151,9 @@ class InventoryWatcher:
         self.watch_timeout_seconds = watch_timeout_seconds
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Each thread's open watch: stop() must close it, since a thread blocked reading a
+        # quiet stream would otherwise not see the stop event until the stream times out.
+        self._watches: dict[str, Any] = {}
         inventory.expected_kinds = frozenset(WATCHED_KINDS)
 
     def start(self) -> None:
@@ -158,10 +162,14 @@ class InventoryWatcher:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop every thread within ``timeout`` seconds in all (they are daemons beyond that)."""
         self._stop.set()
+        for watch in list(self._watches.values()):
+            watch.stop()  # shuts the socket down, which unblocks the read
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _list_function(self, kind: str) -> Callable[..., Any]:
         import kubernetes.client
@@ -184,6 +192,7 @@ class InventoryWatcher:
                 resource_version = listing["metadata"]["resourceVersion"]
                 while not self._stop.is_set():
                     watcher = watch.Watch()
+                    self._watches[kind] = watcher
                     for event in watcher.stream(
                         list_function,
                         resource_version=resource_version,

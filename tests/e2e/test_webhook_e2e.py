@@ -306,10 +306,6 @@ def test_creates_fail_open_within_the_timeouts_when_the_webhook_is_down(
     wait_until_mutating_webhook_is_called(kube, namespace)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "webhook/inventory.py: InventoryWatcher.stop() joins each of its 9 list+watch threads for 5 s, "
-    "but they block in a watch stream (timeout_seconds=300) and never see the stop event, so "
-    "`energetiscope serve --kube-access ...` exits 45 s after SIGTERM, past a pod's default 30 s grace"))
 def test_sigterm_exits_promptly_with_the_inventory_on(wired_webhook: WiredWebhook, tmp_path: Path) -> None:
     process = WebhookProcess(wired_webhook.cert_dir, tmp_path / "webhook.log",
                              "--kube-access", str(wired_webhook.kubeconfig_path)).start()
