@@ -158,8 +158,9 @@ class WiredWebhook:
     # -- lifecycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        # SIGTERM, then SIGKILL after a short wait: with --kube-access the process does not
-        # exit on SIGTERM for 45 s (test_sigterm_exits_promptly_with_the_inventory_on).
+        # SIGTERM, then SIGKILL after a short wait: a graceful exit takes well under a second
+        # (test_sigterm_exits_promptly_with_the_inventory_on), and a hung teardown must not
+        # hold up the run.
         self.process.stop(timeout=STOP_GRACE_SECONDS)
 
     def restart(self) -> None:
