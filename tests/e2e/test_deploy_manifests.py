@@ -20,9 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.controlplane import BinariesMissing
+from tests.e2e.controlplane import BinariesMissing, ControlPlane
 from tests.e2e.kube_rest import KubeRest, ServedResource, served_resources
 from tests.e2e.kustomize import build, kustomization_dirs, kustomization_file, locate_kustomize
+from tests.e2e.webhook_fixtures import create_namespace, eventually
+from tests.e2e.workloads import WORKLOADS, workload
+from trainer.collect import collect_requests
+from trainer.kube import COLLECTED_KINDS, WorkloadReader
+from webhook.inventory import InventoryWatcher, WorkloadInventory
 
 pytestmark = pytest.mark.e2e
 
@@ -150,3 +155,85 @@ def test_rendered_object_passes_a_server_side_dry_run(
     assert (reply.body["kind"], reply.body["metadata"]["name"]) == (kind, name)
     assert reply.body["metadata"].get("namespace") == item.namespace
     assert kube_rest.get(f"{resource.collection(item.namespace)}/{name}").status == 404, "dry run stored it"
+
+
+# -- the RBAC in deploy/ lets each component do what its code does --------------------------
+
+RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+# Applied under other names, so the dry runs above still find deploy/'s own names free.
+RBAC_SUFFIX = "-e2e-rbac"
+
+
+def _service_account_user(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def _rbac_objects(directory: Path) -> list[dict[str, Any]]:
+    """The roles and bindings ``directory`` renders, renamed; subjects are kept as they are."""
+    renamed = []
+    for item in RENDERED:
+        if item.directory != directory or item.obj["kind"] not in RBAC_KINDS:
+            continue
+        obj = {**item.obj, "metadata": {**item.obj["metadata"], "name": item.obj["metadata"]["name"] + RBAC_SUFFIX}}
+        if "roleRef" in obj:
+            obj["roleRef"] = {**obj["roleRef"], "name": obj["roleRef"]["name"] + RBAC_SUFFIX}
+        renamed.append(obj)
+    return renamed
+
+
+@pytest.fixture(scope="module")
+def applied_rbac(kube_rest: KubeRest, served: dict[tuple[str, str], ServedResource],
+                 deploy_namespaces: set[str]) -> None:
+    """deploy/base's and deploy/trainer's roles and bindings, created for real."""
+    for directory in (DEPLOY_DIR / "base", DEPLOY_DIR / "trainer"):
+        objects = _rbac_objects(directory)
+        assert objects, f"{directory.relative_to(DEPLOY_DIR)} renders no RBAC"
+        for obj in objects:
+            resource = served[(obj["apiVersion"], obj["kind"])]
+            reply = kube_rest.create(resource.collection(obj["metadata"].get("namespace")), obj)
+            assert reply.ok or reply.status == 409, f"{obj['kind']}/{obj['metadata']['name']}: {reply.message}"
+
+
+def _annotated_deployment(kube_rest: KubeRest, name: str) -> tuple[str, str]:
+    """A namespace holding one Deployment with a pod power annotation; (namespace, name)."""
+    namespace = create_namespace(kube_rest, "e2e-rbac")
+    manifest = workload("Deployment", name)
+    manifest["metadata"]["annotations"] = {"energetiscope.io/pod-power-watts": "1.000"}
+    kube_rest.create(WORKLOADS["Deployment"].collection(namespace), manifest).expect_ok()
+    return namespace, name
+
+
+def test_the_webhooks_service_account_can_run_the_inventory_and_write_nothing(
+    control_plane: ControlPlane, kube_rest: KubeRest, applied_rbac: None
+) -> None:
+    # The identity deploy/base's Deployment runs as (a client certificate naming the service
+    # account's user: RBAC binds by user name).
+    user = _service_account_user("energetiscope", "energetiscope-webhook")
+    with control_plane.api_client(user, ("system:serviceaccounts", "system:serviceaccounts:energetiscope")) as client:
+        inventory = WorkloadInventory()
+        watcher = InventoryWatcher(inventory, client, watch_timeout_seconds=30)
+        watcher.start()
+        try:
+            # Every kind listed...
+            eventually(lambda: True if inventory.synced else None, "the inventory listing every kind as the webhook")
+            # ...and watched: a workload created after the lists reaches it.
+            namespace, name = _annotated_deployment(kube_rest, "counted")
+            eventually(lambda: inventory.workload((namespace, "Deployment", name)),
+                       "the inventory's watch seeing a new Deployment as the webhook")
+        finally:
+            watcher.stop()
+        denied = KubeRest(client).create(WORKLOADS["Deployment"].collection(namespace), workload("Deployment", "nope"))
+        assert denied.status == 403, "the webhook's identity may write workloads"
+        assert KubeRest(client).get(f"/api/v1/namespaces/{namespace}/secrets").status == 403
+
+
+def test_the_trainers_service_account_can_collect_and_watch(
+    control_plane: ControlPlane, kube_rest: KubeRest, applied_rbac: None
+) -> None:
+    namespace, name = _annotated_deployment(kube_rest, "collected")
+    user = _service_account_user("energetiscope", "energetiscope-trainer")
+    with control_plane.api_client(user, ("system:serviceaccounts", "system:serviceaccounts:energetiscope")) as client:
+        # What `train collect --watch 1s` does: list every kind everywhere, then watch.
+        report = collect_requests(WorkloadReader(client), watch_seconds=1)
+    assert (namespace, "Deployment", name) in {(r.namespace, r.workload_kind, r.workload_name) for r in report.requests}
+    assert set(report.objects_per_kind) == set(COLLECTED_KINDS)
