@@ -165,6 +165,41 @@ def test_create_stores_the_contract_and_reapplying_changes_nothing(
     assert ("mutate", "patched") not in delta, delta
 
 
+def test_server_side_apply_of_the_same_manifest_changes_nothing(wired_webhook: WiredWebhook, namespace: str) -> None:
+    # `kubectl apply --server-side`: the manifest never names our annotations, so a second
+    # apply must neither drop them nor rewrite the object.
+    kube, resource = wired_webhook.kube, WORKLOADS["Deployment"]
+    manifest = workload("Deployment", "applied", replicas=2)
+
+    def apply() -> dict[str, Any]:
+        return kube.request("PATCH", resource.item(namespace, "applied"), manifest, {"fieldManager": "kubectl"},
+                            content_type="application/apply-patch+yaml").expect_ok()
+
+    first = apply()
+    assert_contract(energetiscope_annotations(first), 2, "total")
+    before = wired_webhook.request_counts()
+    second = apply()
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    assert energetiscope_annotations(second) == energetiscope_annotations(first)
+    assert counts_delta(before, wired_webhook.request_counts()).get(("mutate", "unchanged")) == 1
+
+
+def test_forged_annotations_are_corrected_on_create_and_on_patch(wired_webhook: WiredWebhook, namespace: str) -> None:
+    kube, resource = wired_webhook.kube, WORKLOADS["Deployment"]
+    honest = f"{prior_pod_watts(500, 256 * 2**20):.3f}"
+    forged = workload("Deployment", "forged")
+    forged["metadata"]["annotations"] = {P + "pod-power-watts": "0.001", P + "basis": "model"}
+    created = kube.create(resource.collection(namespace), forged).expect_ok()
+    assert energetiscope_annotations(created)[P + "pod-power-watts"] == honest
+    assert energetiscope_annotations(created)[P + "basis"] == "prior"
+
+    # `kubectl annotate --overwrite` is a merge patch: the UPDATE it makes is corrected too.
+    patched = kube.merge_patch(resource.item(namespace, "forged"),
+                               {"metadata": {"annotations": {P + "pod-power-watts": "0.002"}}}).expect_ok()
+    assert energetiscope_annotations(patched) == energetiscope_annotations(created)
+    assert patched["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+
+
 def test_dry_run_returns_the_annotated_object_and_stores_nothing(wired_webhook: WiredWebhook, namespace: str) -> None:
     kube, resource = wired_webhook.kube, WORKLOADS["Deployment"]
     answered = kube.create(resource.collection(namespace), workload("Deployment", "dry", replicas=2), dry_run=True)
