@@ -123,16 +123,15 @@ def test_certs_inject_wrote_the_ca_into_deploys_configurations(wired_webhook: Wi
         assert f"{shipped['kind']}/{name}: caBundle updated ({len(shipped['webhooks'])} webhooks)" in wired_webhook.inject_output
 
     # A second run finds the bundle current and writes nothing.
-    versions = {plural: kube.get(f"/apis/admissionregistration.k8s.io/v1/{plural}/{wired_webhook.mutating_name}")
-                .expect_ok()["metadata"]["resourceVersion"]
-                for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")}
+    paths = [f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{wired_webhook.mutating_name}",
+             f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{wired_webhook.validating_name}"]
+    versions = {path: kube.get(path).expect_ok()["metadata"]["resourceVersion"] for path in paths}
     again = run_cli("certs", "inject", "--ca-file", str(wired_webhook.cert_dir / "ca.crt"),
                     "--kubeconfig", str(wired_webhook.kubeconfig_path),
                     "--mutating", wired_webhook.mutating_name, "--validating", wired_webhook.validating_name)
     assert again.stdout.count("caBundle already current") == 2, again.stdout
-    for plural, version in versions.items():
-        current = kube.get(f"/apis/admissionregistration.k8s.io/v1/{plural}/{wired_webhook.mutating_name}").expect_ok()
-        assert current["metadata"]["resourceVersion"] == version
+    for path, version in versions.items():
+        assert kube.get(path).expect_ok()["metadata"]["resourceVersion"] == version
 
 
 # -- every kind, on CREATE and on an unchanged UPDATE ----------------------------------------
@@ -302,8 +301,9 @@ def _timed_create(kube: KubeRest, namespace: str, name: str) -> tuple[float, dic
 def _timeouts(wired_webhook: WiredWebhook) -> list[int]:
     """timeoutSeconds of every webhook in the configurations the apiserver holds."""
     timeouts = []
-    for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-        stored = wired_webhook.kube.get(f"/apis/admissionregistration.k8s.io/v1/{plural}/{wired_webhook.mutating_name}")
+    for plural, name in (("mutatingwebhookconfigurations", wired_webhook.mutating_name),
+                         ("validatingwebhookconfigurations", wired_webhook.validating_name)):
+        stored = wired_webhook.kube.get(f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}")
         timeouts += [hook["timeoutSeconds"] for hook in stored.expect_ok()["webhooks"]]
     return timeouts
 
