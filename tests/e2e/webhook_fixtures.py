@@ -225,7 +225,8 @@ def start_wired_webhook(control_plane: ControlPlane, kube_api: kubernetes.client
     try:
         webhook = _wire(process, cert_dir, policy_path, kube, control_plane)
     except BaseException:
-        process.stop()
+        _delete_configurations(kube, CONFIGURATION_NAME, CONFIGURATION_NAME)
+        process.stop(timeout=STOP_GRACE_SECONDS)
         raise
     return webhook
 
@@ -258,11 +259,16 @@ def _wire(process: WebhookProcess, cert_dir: Path, policy_path: Path, kube: Kube
     return webhook
 
 
+def _delete_configurations(kube: KubeRest, mutating_name: str, validating_name: str) -> None:
+    """Delete both configurations, whichever exist."""
+    for plural, name in (("mutatingwebhookconfigurations", mutating_name),
+                         ("validatingwebhookconfigurations", validating_name)):
+        kube.delete(f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}")
+
+
 def teardown_wired_webhook(webhook: WiredWebhook) -> None:
     """Remove the configurations first, so no later request waits on a stopped webhook."""
-    for plural, name in (("mutatingwebhookconfigurations", webhook.mutating_name),
-                         ("validatingwebhookconfigurations", webhook.validating_name)):
-        webhook.kube.delete(f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}")
+    _delete_configurations(webhook.kube, webhook.mutating_name, webhook.validating_name)
     webhook.stop()
 
 
