@@ -103,9 +103,9 @@ def fit_warnings(table: TrainingTable, trust_radius: float, offsets: ConformalOf
     warnings = []
     if table.workloads < MIN_WORKLOADS_FOR_TRUST:
         warnings.append(f"only {table.workloads} workloads: the cross-validation metrics rest on very little data")
-    if trust_radius <= 0:
-        warnings.append("trust radius 0: every training target has an identical spec beside it, so any spec not "
-                        "in the training data gets the prior")
+    if trust_radius == float("inf"):
+        warnings.append("one distinct spec: no trust radius can be measured, so the model answers for any spec, "
+                        "however far from its training data")
     if offsets is None:
         warnings.append("no cross-validation (fewer than 2 workloads): p10/p90 are the neighbours' spread, uncalibrated")
     elif not offsets.finite_sample_guarantee:
