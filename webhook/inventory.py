@@ -128,18 +128,15 @@ class WorkloadInventory:
             )
 
 
-# kind -> (API class name, list-for-all-namespaces method)
-WATCHED_KINDS: dict[str, tuple[str, str]] = {
-    "Namespace": ("CoreV1Api", "list_namespace"),
-    "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
-    "ReplicationController": ("CoreV1Api", "list_replication_controller_for_all_namespaces"),
-    "Deployment": ("AppsV1Api", "list_deployment_for_all_namespaces"),
-    "StatefulSet": ("AppsV1Api", "list_stateful_set_for_all_namespaces"),
-    "DaemonSet": ("AppsV1Api", "list_daemon_set_for_all_namespaces"),
-    "ReplicaSet": ("AppsV1Api", "list_replica_set_for_all_namespaces"),
-    "Job": ("BatchV1Api", "list_job_for_all_namespaces"),
-    "CronJob": ("BatchV1Api", "list_cron_job_for_all_namespaces"),
-}
+def _watched_kinds() -> dict[str, tuple[type, str]]:
+    """kind -> (API class, method listing it in every namespace): namespaces, then workloads."""
+    from kubernetes import client
+
+    from .kube_api import WORKLOAD_ENDPOINTS
+
+    return {"Namespace": (client.CoreV1Api, "list_namespace")} | {
+        e.kind: (e.api_class, e.list_all) for e in WORKLOAD_ENDPOINTS
+    }
 
 
 class InventoryWatcher:
@@ -154,10 +151,11 @@ class InventoryWatcher:
         # Each thread's open watch: stop() must close it, since a thread blocked reading a
         # quiet stream would otherwise not see the stop event until the stream times out.
         self._watches: dict[str, Any] = {}
-        inventory.expected_kinds = frozenset(WATCHED_KINDS)
+        self._kinds = _watched_kinds()
+        inventory.expected_kinds = frozenset(self._kinds)
 
     def start(self) -> None:
-        for kind in WATCHED_KINDS:
+        for kind in self._kinds:
             thread = threading.Thread(target=self._run, args=(kind,), name=f"inventory-{kind}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -172,10 +170,8 @@ class InventoryWatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _list_function(self, kind: str) -> Callable[..., Any]:
-        import kubernetes.client
-
-        api_name, method = WATCHED_KINDS[kind]
-        return getattr(getattr(kubernetes.client, api_name)(self.api_client), method)
+        api_class, method = self._kinds[kind]
+        return getattr(api_class(self.api_client), method)
 
     def _run(self, kind: str) -> None:
         from kubernetes import watch
