@@ -1,0 +1,73 @@
+"""The load test's reference: a bare Starlette endpoint that answers an AdmissionReview with its uid.
+
+    python -m bench.echo_server --cert-dir DIR --port 8444
+
+Same stack as `energetiscope serve` (Starlette on one uvicorn worker), same TLS context
+(`webhook.tls.ServingCertificates`, so the same TLS floor and cipher suites), the same
+certificate files and the same uvicorn settings (`webhook.server.serve`'s). It parses the JSON
+body, because no webhook can answer without reading the uid, and does nothing else: the
+webhook's throughput as a share of this one's is the cost of predicting and patching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from webhook.tls import ServingCertificates
+
+
+def create_echo_app() -> Starlette:
+    async def mutate(request: Request) -> JSONResponse:
+        review = json.loads(await request.body())
+        uid = review["request"]["uid"]
+        return JSONResponse({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                             "response": {"uid": uid, "allowed": True}})
+
+    async def readyz(request: Request) -> JSONResponse:
+        return JSONResponse({"ready": True})
+
+    return Starlette(routes=[Route("/mutate", mutate, methods=["POST"]), Route("/readyz", readyz, methods=["GET"])])
+
+
+class _TLSConfig(uvicorn.Config):
+    """uvicorn's config listening with the webhook's TLS context (as webhook.server does)."""
+
+    def __init__(self, *args: Any, certificates: ServingCertificates, **kwargs: Any) -> None:
+        self.certificates = certificates
+        super().__init__(*args, **kwargs)
+
+    def load(self) -> None:
+        super().load()
+        self.ssl = self.certificates.listening_context()
+
+
+def serve(cert_dir: Path, host: str, port: int) -> None:
+    cert_file, key_file = cert_dir / "tls.crt", cert_dir / "tls.key"
+    config = _TLSConfig(
+        create_echo_app(), certificates=ServingCertificates(cert_file, key_file), host=host, port=port,
+        ssl_certfile=str(cert_file), ssl_keyfile=str(key_file), log_level="info", access_log=False, lifespan="on",
+        server_header=False, limit_concurrency=1000, timeout_graceful_shutdown=20,
+    )
+    uvicorn.Server(config).run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cert-dir", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8444)
+    args = parser.parse_args()
+    serve(args.cert_dir, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`energetiscope serve` with candidate optimisations patched in, to measure them before anyone
+changes webhook/. Nothing here is used in production; each patch mimics a suggested change.
+
+    python -m bench.what_if_server --patch direct-json-patch --patch inline-reviews serve ARGS...
+
+* `direct-json-patch`: the JSON patch is built from the annotations alone (add
+  /metadata/annotations, or add/replace one key each), instead of `jsonpatch.make_patch`
+  diffing the whole object. Same resulting object; the ops are those jsonpatch emits for
+  this change.
+* `inline-reviews`: reviews are computed on the event loop instead of an anyio worker thread,
+  removing the thread hand-off and GIL ping-pong. Safe in production only for work that cannot
+  block, i.e. a cache hit: the real change would check the cache on the loop and go to a thread
+  on a miss only. Here every review runs inline, so use it with a warm cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import anyio
+
+import webhook.admission
+import webhook.app
+from webhook.cli import main as webhook_main
+
+PATCHES = ("direct-json-patch", "inline-reviews")
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+@dataclass(frozen=True)
+class _AnnotationPatch:
+    patch: list[dict[str, Any]]
+
+
+class _DirectJsonPatch:
+    """Stands in for the jsonpatch module inside webhook.admission: mutate() only ever changes
+    metadata.annotations (adds or overwrites keys), so the diff is computed there only."""
+
+    @staticmethod
+    def make_patch(source: Mapping[str, Any], target: Mapping[str, Any]) -> _AnnotationPatch:
+        before = source.get("metadata", {}).get("annotations")
+        after = target["metadata"]["annotations"]
+        if before is None:
+            return _AnnotationPatch([{"op": "add", "path": "/metadata/annotations", "value": after}])
+        ops = []
+        for key, value in after.items():
+            if key not in before:
+                ops.append({"op": "add", "path": f"/metadata/annotations/{_pointer_token(key)}", "value": value})
+            elif before[key] != value:
+                ops.append({"op": "replace", "path": f"/metadata/annotations/{_pointer_token(key)}", "value": value})
+        return _AnnotationPatch(ops)
+
+
+class _InlineToThread:
+    @staticmethod
+    async def run_sync(handler: Callable[..., Any], *args: Any, limiter: Any = None, abandon_on_cancel: bool = False) -> Any:
+        return handler(*args)
+
+
+class _InlineAnyio:
+    """Stands in for anyio inside webhook.app: the same API, with to_thread running inline."""
+
+    to_thread = _InlineToThread()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+
+def apply(patches: list[str]) -> None:
+    if "direct-json-patch" in patches:
+        webhook.admission.jsonpatch = _DirectJsonPatch()  # type: ignore[assignment]
+    if "inline-reviews" in patches:
+        webhook.app.anyio = _InlineAnyio()  # type: ignore[assignment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patch", action="append", choices=PATCHES, default=[])
+    args, rest = parser.parse_known_args()
+    apply(args.patch)
+    webhook_main(rest, prog_name="energetiscope")
+
+
+if __name__ == "__main__":
+    main()
