@@ -230,3 +230,33 @@ def test_policy_file_reload_over_tls(policy_server: tuple[WebhookProcess, Path])
         assert 'energetiscope_reloads_total{result="ok",what="policy"}' in metrics
         assert 'energetiscope_reloads_total{result="failed",what="policy"}' in metrics
         assert 'energetiscope_requests_total{endpoint="validate",result="denied"}' in metrics
+
+
+@pytest.mark.parametrize(("policy", "namespace", "expect"), [
+    ("defaultMode: enforce\ndefaults: {maxWorkloadWatts: 0.5}", "shop", "denied"),
+    ("defaultMode: warn\ndefaults: {maxWorkloadWatts: 0.5}", "shop", "warned"),
+    ("defaultMode: audit\ndefaults: {maxWorkloadWatts: 0.5}", "shop", "audited"),
+    ("defaultMode: enforce\ndefaults: {maxWorkloadWatts: 0.5}\nexemptNamespaces: [shop]", "shop", "allowed"),
+    ("defaultMode: enforce\ndefaults: {quotaWatts: 100000}\nwhenInventoryNotSynced: deny", "shop", "denied"),
+    ("defaultMode: enforce\ndefaults: {quotaWatts: 100000}", "shop", "unsynced-warning"),
+])
+def test_modes_over_tls(tmp_path: Path, policy: str, namespace: str, expect: str) -> None:
+    """The same decisions through the real server and TLS (no cluster: the inventory is off)."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy)
+    certs = create_certs(tmp_path / "certs")
+    with WebhookProcess(certs, tmp_path / "log", "--policy-file", str(policy_file), "--kube-access", "off") as server:
+        with server.client() as client:
+            body = review(_deployment(namespace=namespace))
+            response = client.post("/validate", json=body).json()["response"]
+    assert response["uid"] == body["request"]["uid"]
+    if expect == "denied":
+        assert response["allowed"] is False and response["status"]["code"] == 403
+    elif expect == "warned":
+        assert response["allowed"] is True and any("max-workload-watts 0.5 W" in w for w in response["warnings"])
+    elif expect == "audited":
+        assert response["allowed"] is True and "max-workload-watts" in response["auditAnnotations"]["budget-exceeded"]
+    elif expect == "unsynced-warning":
+        assert response["allowed"] is True and any("not synced" in w for w in response["warnings"])
+    else:
+        assert response == {"uid": body["request"]["uid"], "allowed": True}

@@ -190,3 +190,19 @@ def test_pinned_digest_mismatch_serves_the_prior_and_says_why(tmp_path: Path) ->
         metrics = client.get("/metrics").text
         assert 'energetiscope_model_info{basis="prior",error="model artifact' in metrics
         assert "has sha256" in server.log()
+
+
+def test_no_endpoint_takes_a_path_or_loads_files() -> None:
+    """Artifacts load only from the configured path: no route, parameter or field names a file."""
+    from webhook.app import create_app
+    from webhook.openapi import openapi_document
+    from webhook.prior import PriorPredictor
+    from webhook.service import PredictionService
+
+    app = create_app(PredictionService(PriorPredictor()))
+    paths = {route.path for route in app.routes}
+    assert paths == {"/mutate", "/validate", "/predict", "/infer/from-yaml", "/predict/from-yaml",
+                     "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    document = json.dumps(openapi_document())
+    for word in ("model_path", "artifact", "filename", '"in": "query"', '"in": "path"'):
+        assert word not in document

@@ -167,3 +167,18 @@ def test_duplicated_specs_do_not_collapse_the_trust_radius() -> None:
 
     near = _request(300, 512, "nginx:1.27")  # between training specs, never seen exactly
     assert TrainedModel(pipeline, "m").predict([near])[0].basis == "model"
+
+
+def test_prediction_cache_is_bounded_and_keyed_by_model() -> None:
+    from webhook.service import PredictionService
+
+    service = PredictionService(PriorPredictor(), cache_entries=8)
+    service.load()
+    for cpu in range(100, 100 + 50):
+        service.predict(_request(cpu, 128))
+    assert len(service.cache) == 8
+    hits = service.cache.hits
+    service.predict(_request(149, 128))  # the most recent spec is still cached
+    assert service.cache.hits == hits + 1
+    service.predict(_request(100, 128))  # the oldest was evicted
+    assert service.cache.hits == hits + 1
