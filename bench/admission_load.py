@@ -102,8 +102,9 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
         patched = servers.what_if("direct-json-patch", "inline-reviews")
         listed.append(ServerCase("what-if-cached", "what-if: annotations-only patch + cache hit on the loop, cache hit",
                                  patched, webhook_args, prime_cache=True, what_if=True))
-        listed.append(ServerCase("what-if-uncached-patch", "what-if: annotations-only patch, cache miss",
-                                 servers.what_if("direct-json-patch"), webhook_args + ("--cache-entries", "0"), what_if=True))
+        listed.append(ServerCase("what-if-uncached-matvec", "what-if: annotations-only patch + matvec KNN, cache miss",
+                                 servers.what_if("direct-json-patch", "matvec-knn"), webhook_args + ("--cache-entries", "0"),
+                                 what_if=True))
         if kd_tree_model is not None:
             listed.append(ServerCase("what-if-uncached-kd-tree", "what-if: annotations-only patch + kd_tree artifact, cache miss",
                                      servers.what_if("direct-json-patch"),

@@ -1,0 +1,69 @@
+"""One process that loads a model artifact and predicts, as the webhook does; run by
+`bench.predictor_scale`, which reads its peak RSS from the kernel when it exits.
+
+    python -m bench.predictor_probe --model model.joblib --queries queries.ndjson [--what-if matvec-knn]
+
+Prints one JSON line: load time, single-prediction latency percentiles (`TrainedModel.predict`
+on one request, the webhook's call on a cache miss) and batch latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from bench.stats import percentile
+from bench.what_if_server import apply as apply_what_if
+from webhook.model import load_model
+from webhook.schema import InferenceRequest
+
+SINGLE_REPEATS = 200
+BATCH_SIZE = 100
+BATCH_REPEATS = 10
+WARMUP_CALLS = 5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--queries", type=Path, required=True)
+    parser.add_argument("--what-if", action="append", default=[])
+    args = parser.parse_args()
+    apply_what_if(args.what_if)
+    queries = [InferenceRequest.model_validate_json(line) for line in args.queries.read_text().splitlines() if line]
+    started = time.perf_counter()
+    model = load_model(args.model)
+    load_seconds = time.perf_counter() - started
+    for request in queries[:WARMUP_CALLS]:
+        model.predict([request])
+    single_ms = []
+    basis_model = 0
+    for i in range(SINGLE_REPEATS):
+        request = queries[i % len(queries)]
+        started = time.perf_counter()
+        prediction = model.predict([request])[0]
+        single_ms.append((time.perf_counter() - started) * 1000)
+        basis_model += prediction.basis == "model"
+    batch = queries[:BATCH_SIZE]
+    batch_ms = []
+    for _ in range(BATCH_REPEATS):
+        started = time.perf_counter()
+        model.predict(batch)
+        batch_ms.append((time.perf_counter() - started) * 1000)
+    single_ms.sort()
+    print(json.dumps({
+        "load_seconds": round(load_seconds, 3),
+        "single_p50_ms": round(percentile(single_ms, 50), 3),
+        "single_p99_ms": round(percentile(single_ms, 99), 3),
+        "single_mean_ms": round(statistics.fmean(single_ms), 3),
+        "batch_size": len(batch),
+        "batch_median_ms": round(statistics.median(batch_ms), 3),
+        "model_basis_share": round(basis_model / SINGLE_REPEATS, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
