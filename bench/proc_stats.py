@@ -9,6 +9,7 @@ user + system time from /proc/PID/stat.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,10 +30,17 @@ class MeasuredRun:
 
 
 def run_measured(command: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> MeasuredRun:
+                 cwd: Path | None = None, address_space_limit_bytes: int | None = None) -> MeasuredRun:
+    """Run to completion; with `address_space_limit_bytes` the child gets RLIMIT_AS, so that
+    outgrowing it is a MemoryError in the child, not the kernel's OOM killer picking a victim."""
+
+    def limit() -> None:
+        if address_space_limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space_limit_bytes, address_space_limit_bytes))
+
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=limit)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     return MeasuredRun(
