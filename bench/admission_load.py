@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy and the per-step costs")
     parser.add_argument("--json", type=Path, default=None, help="result file (default bench/results/admission_load.json)")
     args = parser.parse_args()
-    record = RunRecord("admission_load")
+    record = RunRecord("admission_load", quick=args.quick)
     durations = Durations.for_mode(args.quick)
     ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:

@@ -165,7 +165,7 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(
         FULL_SIZES if args.full else QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    record = RunRecord("predictor_scale")
+    record = RunRecord("predictor_scale", quick=args.quick)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
         rows = measure(sizes, algorithms, max_fit, Path(tmp))

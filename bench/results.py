@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -20,7 +21,21 @@ from typing import Any
 from bench.machine import describe_machine, load_average
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+INVOKED_BY_VARIABLE = "ENERGETISCOPE_BENCH_INVOKED_BY"  # set by `python -m bench` for its children
+
+
+def _portable(argument: str) -> str:
+    """Paths inside the repository become relative; other absolute paths (temporary
+    directories) keep only their last part, so results hold no machine-specific paths."""
+    if not argument.startswith("/"):
+        return argument
+    path = Path(argument)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return f"<tmp>/{path.name}"
 
 
 def command_line() -> str:
@@ -31,8 +46,8 @@ def command_line() -> str:
         relative = module.relative_to(REPO_ROOT).with_suffix("")
         head = ["python", "-m", ".".join(relative.parts).removesuffix(".__main__")]
     except ValueError:
-        head = ["python", argv[0]]
-    return shlex.join(head + argv[1:])
+        head = ["python", Path(argv[0]).name]
+    return shlex.join(head + [_portable(a) for a in argv[1:]])
 
 
 def git_commit() -> str | None:
@@ -42,19 +57,22 @@ def git_commit() -> str | None:
 
 
 class RunRecord:
-    """Started at the beginning of a benchmark; `write` adds the machine and the load at the end."""
+    """Started at the beginning of a benchmark; `write` adds the machine and the load at the end.
+    Quick runs (smoke tests) go to results/quick/, which git ignores, never over real results."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, quick: bool = False) -> None:
         self.name = name
+        self.quick = quick
         self.started = datetime.now(timezone.utc)
         self.load_before = load_average()
         self.command = command_line()
 
     def write(self, payload: dict[str, Any], path: Path | None = None) -> Path:
-        path = path or RESULTS_DIR / f"{self.name}.json"
+        path = path or (QUICK_RESULTS_DIR if self.quick else RESULTS_DIR) / f"{self.name}.json"
         record = {
             "benchmark": self.name,
             "command": self.command,
+            "invoked_by": os.environ.get(INVOKED_BY_VARIABLE),
             "started_utc": self.started.isoformat(timespec="seconds"),
             "wall_seconds": round((datetime.now(timezone.utc) - self.started).total_seconds(), 1),
             "git_commit": git_commit(),

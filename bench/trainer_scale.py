@@ -174,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [(args.workloads, args.days, args.kepler_line)] if args.workloads else list(
         FULL_SIZES if args.full else QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    record = RunRecord("trainer_scale")
+    record = RunRecord("trainer_scale", quick=args.quick)
     results: list[SizeResult] = []
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
         for workloads, days, line in sizes:
@@ -193,7 +193,7 @@ def main() -> None:
     default_name = "trainer_scale_full.json" if args.full else "trainer_scale.json"
     path = record.write({"mode": "full" if args.full else "quick" if args.quick else "default",
                          "seed": SIMULATION_SEED, "results": [asdict(r) for r in results]},
-                        args.json or RESULTS_DIR / default_name)
+                        args.json or (RESULTS_DIR / default_name if args.full else None))
     print(f"-> {path.name}")
 
 

@@ -1,0 +1,124 @@
+"""Benchmark 4, accuracy on the simulated cluster: grouped cross-validation of the model against
+the baselines, with interval coverage, and against the simulator's own truth.
+
+    python -m bench.accuracy [--quick] [--from DIR]
+
+The truth here is `bench.power_model`, the simulator's made-up power function: these numbers say
+how well the trainer recovers that function from Kepler counters in Prometheus, not how well the
+model does on a real cluster.
+
+The dataset is the trainer's own (`labels` -> `dataset` on the simulated cluster, made by
+`bench.trainer_scale`; `--from` reuses its `--keep` directory, otherwise it simulates 200
+workloads x 7 days itself). The comparison is `trainer.crossval.compare_methods`, the code
+`energetiscope train fit` runs: k chosen by GroupKFold over workloads, the served KNN
+(conformal p10/p90, prior beyond the trust radius), the KNN without trust radius, the research
+prototype's cosine 5-NN on the spec text (TF-IDF; SBERT when installed and asked for), the
+prior and the mean. Two reference rows come from the simulator, scored with the same
+`trainer.metrics.score` on the same targets:
+
+* `truth of the spec`: the power function with the profile's utilisation but without the
+  workload factor: the best any spec-only model can do (the workload factor is not in the spec).
+* `truth of the workload`: the workload's own mean power: what is left is measurement noise of
+  the targets (per-window noise averaged over a week), so it is near 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import power_model
+from bench.results import RunRecord, cell, markdown_table
+from bench.trainer_scale import run_size
+from trainer.crossval import compare_methods
+from trainer.dataset import read_dataset
+from trainer.metrics import MethodMetrics, score
+from trainer.targets import build_targets
+
+DEFAULT_WORKLOADS, DEFAULT_DAYS = 200, 7.0
+QUICK_WORKLOADS, QUICK_DAYS = 50, 2.0
+
+
+def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
+    dataset = read_dataset(directory / "dataset.parquet")
+    table = build_targets(dataset)
+    started = time.perf_counter()
+    comparison = compare_methods(table, text_embedding=text_embedding)
+    compare_seconds = time.perf_counter() - started
+    truth = {(t["namespace"], t["workload_kind"], t["workload_name"]): t
+             for t in json.loads((directory / "truth.json").read_text())}
+    keys = list(zip(table.frame["namespace"], table.frame["workload_kind"], table.frame["workload_name"]))
+    spec_truth = np.array([truth[k]["spec_power_watts"] for k in keys])
+    workload_truth = np.array([truth[k]["mean_power_watts"] for k in keys])
+    references = [
+        score("simulator: truth of the spec (no workload factor)", table, spec_truth),
+        score("simulator: truth of the workload (its own mean power)", table, workload_truth),
+    ]
+    return {
+        "directory": directory.name,
+        "scheme": comparison.scheme,
+        "chosen": asdict(comparison.chosen),
+        "grid": [{"k": p.config.n_neighbors, "mean_abs_log_error": round(p.mean_abs_log_error, 4)} for p in comparison.grid],
+        "compare_seconds": round(compare_seconds, 1),
+        "metrics": [m.to_dict() for m in comparison.metrics + references],
+        "workload_factor_sigma": power_model.WORKLOAD_FACTOR_SIGMA,
+        "irreducible_mean_abs_log_error": round(power_model.WORKLOAD_FACTOR_SIGMA * np.sqrt(2 / np.pi), 3),
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    header = ["method", "MAE W", "median APE", "p10-p90 coverage", "mean abs log error", "prior fallback", "targets"]
+    rows = []
+    for m in result["metrics"]:
+        metric = MethodMetrics(**m)
+        rows.append([metric.method, cell(metric.mae_watts, 2), f"{metric.median_ape_percent:.1f}%",
+                     "-" if metric.coverage_p10_p90 is None else f"{100 * metric.coverage_p10_p90:.0f}%",
+                     cell(metric.mean_abs_log_error, 3),
+                     "-" if metric.prior_fallback_share is None else f"{100 * metric.prior_fallback_share:.0f}%",
+                     cell(metric.targets)])
+    print(f"{result['directory']}: {result['scheme']}, chosen k={result['chosen']['n_neighbors']}")
+    print(markdown_table(header, rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"simulate {QUICK_WORKLOADS} workloads x {QUICK_DAYS:g} days "
+                        "(with --from: only file the result as a quick one)")
+    parser.add_argument("--from", dest="source", type=Path, default=None,
+                        help="a `bench.trainer_scale --keep` directory: evaluate every size kept there")
+    parser.add_argument("--text-embedding", choices=["tfidf", "sbert"], default="tfidf",
+                        help="the prototype baseline's embedding (sbert needs the sbert extra)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    record = RunRecord("accuracy", quick=args.quick)
+    evaluations = []
+    with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
+        if args.source is not None:
+            directories = sorted(d for d in args.source.iterdir() if (d / "dataset.parquet").exists())
+            if not directories:
+                raise SystemExit(f"no dataset.parquet under {args.source}: run bench.trainer_scale --keep {args.source}")
+        else:
+            workloads, days = (QUICK_WORKLOADS, QUICK_DAYS) if args.quick else (DEFAULT_WORKLOADS, DEFAULT_DAYS)
+            directory = Path(tmp) / f"{workloads}x{days:g}d-kepler-0.10"
+            print(f"simulating {workloads} workloads x {days:g} days and running labels, dataset, fit ...", flush=True)
+            run_size(workloads, days, "kepler-0.10", directory)
+            directories = [directory]
+        for directory in directories:
+            evaluation = evaluate(directory, args.text_embedding)
+            print_table(evaluation)
+            evaluations.append(evaluation)
+    path = record.write({"mode": "quick" if args.quick else "default", "text_embedding": args.text_embedding,
+                         "truth": "bench.power_model (simulated; not a measurement)", "evaluations": evaluations},
+                        args.json)
+    print(f"-> {path.name}")
+
+
+if __name__ == "__main__":
+    main()
