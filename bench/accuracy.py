@@ -46,8 +46,17 @@ DEFAULT_WORKLOADS, DEFAULT_DAYS = 200, 7.0
 QUICK_WORKLOADS, QUICK_DAYS = 50, 2.0
 
 
+DATASET_FILES = ("dataset.parquet", "dataset-what-if.parquet")  # the shipped step's, else the what-if's
+
+
+def dataset_file(directory: Path) -> Path | None:
+    return next((directory / name for name in DATASET_FILES if (directory / name).exists()), None)
+
+
 def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
-    dataset = read_dataset(directory / "dataset.parquet")
+    source = dataset_file(directory)
+    assert source is not None
+    dataset = read_dataset(source)
     table = build_targets(dataset)
     started = time.perf_counter()
     comparison = compare_methods(table, text_embedding=text_embedding)
@@ -63,6 +72,7 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
     ]
     return {
         "directory": directory.name,
+        "dataset_file": source.name,
         "scheme": comparison.scheme,
         "chosen": asdict(comparison.chosen),
         "grid": [{"k": p.config.n_neighbors, "mean_abs_log_error": round(p.mean_abs_log_error, 4)} for p in comparison.grid],
@@ -83,7 +93,7 @@ def print_table(result: dict[str, Any]) -> None:
                      cell(metric.mean_abs_log_error, 3),
                      "-" if metric.prior_fallback_share is None else f"{100 * metric.prior_fallback_share:.0f}%",
                      cell(metric.targets)])
-    print(f"{result['directory']}: {result['scheme']}, chosen k={result['chosen']['n_neighbors']}")
+    print(f"{result['directory']} ({result['dataset_file']}): {result['scheme']}, chosen k={result['chosen']['n_neighbors']}")
     print(markdown_table(header, rows))
 
 
@@ -101,7 +111,7 @@ def main() -> None:
     evaluations = []
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
         if args.source is not None:
-            directories = sorted(d for d in args.source.iterdir() if (d / "dataset.parquet").exists())
+            directories = sorted(d for d in args.source.iterdir() if dataset_file(d) is not None)
             if not directories:
                 raise SystemExit(f"no dataset.parquet under {args.source}: run bench.trainer_scale --keep {args.source}")
         else:
