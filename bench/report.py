@@ -1,0 +1,138 @@
+"""The README's tables, from the result files: `python -m bench.report [--results DIR]`.
+
+bench/README.md pastes this output, so every number there comes from a file in bench/results/
+that a benchmark wrote, with the command, machine and load recorded beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.results import RESULTS_DIR, cell, markdown_table
+
+
+def _load(directory: Path, name: str) -> dict[str, Any] | None:
+    path = directory / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _context(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    libraries = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)
+    return (f"Command: `{result.get('invoked_by') or result['command']}` (this table: `{result['command']}`), "
+            f"{result['started_utc']}, {result['wall_seconds']:.0f} s, commit {result['git_commit']}; load average "
+            f"before {result['load_average_before'][0]}, after {result['load_average_after'][0]} "
+            f"(1 min). Machine: {machine['cores']} cores {machine['cpu_model']}, {machine['ram_gib']} GiB, "
+            f"Python {machine['python']}; {libraries}.")
+
+
+def admission(result: dict[str, Any]) -> str:
+    header = ["server", "req/s (wrk, 16 conn)", "share of echo", "p50 ms", "p99 ms",
+              "45/s: p50 / p99 ms", "100/s: p50 / p99 ms", "CPU us/req", "peak RSS MiB"]
+    rows = []
+    for r in result["results"]:
+        fixed = {f["rate_per_second"]: f for f in r["fixed_rate"]}
+        rows.append([r["label"], cell(r["wrk"]["requests_per_second"], 0), f"{r['share_of_echo']:.3f}",
+                     cell(r["wrk"]["p50_ms"], 2), cell(r["wrk"]["p99_ms"], 2),
+                     *[f"{cell(fixed[rate]['p50_ms'], 2)} / {cell(fixed[rate]['p99_ms'], 2)}" for rate in (45.0, 100.0)],
+                     cell(r["cpu_microseconds_per_request"], 0), cell(r["peak_rss_mib"], 0)])
+    parts = [markdown_table(header, rows)]
+    for r in result["results"]:
+        if r.get("profile"):
+            profile = r["profile"]
+            parts.append(f"\npy-spy, {r['label']} ({profile['samples'] - profile['idle_samples']} busy samples of all threads):\n")
+            parts.append(markdown_table(["component", "share of busy samples"],
+                                        [[s["component"], f"{100 * s['share']:.1f}%"] for s in profile["shares"][:9]]))
+    if result.get("mutate_stage_microseconds"):
+        parts.append("\nIn-process cost of each step of `mutate()` (one thread, no HTTP/TLS):\n")
+        parts.append(markdown_table(["step", "us"], [[s["stage"], cell(s["microseconds"], 1)]
+                                                      for s in result["mutate_stage_microseconds"]]))
+    parts.append("\nTargets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets_met"].items()))
+    parts.append(f"\n{_context(result)}")
+    return "\n".join(parts)
+
+
+def predictor(result: dict[str, Any]) -> str:
+    header = ["rows", "algorithm", "KNN fit s", "artifact MiB", "load s", "1 prediction p50 ms", "p99 ms",
+              "batch of 100 ms", "serving peak RSS MiB", "fit process peak RSS MiB"]
+    rows = []
+    for r in result["results"]:
+        fit = cell(r.get("knn_fit_seconds"), 1)
+        if r.get("predicted_full_fit_seconds"):
+            fit += f" (trust radius from a sample; full fit ~{r['predicted_full_fit_seconds']:,.0f} s)"
+        rows.append([cell(r["rows"]), r["algorithm"], fit,
+                     cell(r["artifact_bytes"] / 2**20, 1) if "artifact_bytes" in r else "-", cell(r["load_seconds"], 2),
+                     cell(r["single_p50_ms"], 2), cell(r["single_p99_ms"], 2), cell(r["batch_median_ms"], 1),
+                     cell(r["peak_rss_mib"], 0), cell(r.get("fit_process_peak_rss_mib"), 0)])
+    return markdown_table(header, rows) + f"\n\n{_context(result)}"
+
+
+def trainer(result: dict[str, Any]) -> str:
+    header = ["workloads x days", "Kepler", "pods", "samples", "OpenMetrics GiB", "backfill s (promtool s)", "TSDB MiB",
+              "labels s / peak MiB", "Prometheus peak MiB", "dataset s / peak MiB", "fit s / peak MiB", "label rows",
+              "energy recovered"]
+    what_if = any(s["step"].endswith("(what-if)") for r in result["results"] for s in r["steps"])
+    if what_if:
+        header += ["what-if dataset s / MiB", "what-if fit s / MiB", "same dataset"]
+    rows = []
+    for r in result["results"]:
+        steps = {s["step"]: s for s in r["steps"]}
+
+        def step(name: str) -> str:
+            if name not in steps:
+                return "not run"
+            done = steps[name]
+            text = f"{cell(done['wall_seconds'])} / {cell(done['peak_rss_mib'], 0)}"
+            return f"{text} **failed: {done['failed']}**" if done["failed"] else text
+
+        backfill = r["backfill"]
+        row = [f"{r['workloads']:,} x {r['days']:g}", r["kepler_line"], cell(r["pods"]), cell(backfill["samples"]),
+               cell(backfill["openmetrics_bytes"] / 2**30, 2),
+               f"{cell(backfill['wall_seconds'])} ({cell(backfill['promtool_seconds'])})",
+               cell(backfill["tsdb_bytes"] / 2**20, 0), step("labels"), cell(r["prometheus_peak_rss_mib"], 0),
+               step("dataset"), step("fit"), cell(r["label_rows"]),
+               f"{r['recovered_energy_joules'] / r['simulated_energy_joules']:.4%}"]
+        if what_if:
+            row += [step("dataset (what-if)"), step("fit (what-if)"), cell(r["what_if_dataset_equals_stock"])]
+        rows.append(row)
+    return markdown_table(header, rows) + f"\n\n{_context(result)}"
+
+
+def accuracy(result: dict[str, Any]) -> str:
+    parts = []
+    for evaluation in result["evaluations"]:
+        header = ["method", "MAE W", "median APE", "p10-p90 coverage", "mean abs log error", "prior fallback", "targets"]
+        rows = [[m["method"], cell(m["mae_watts"], 2), f"{m['median_ape_percent']:.1f}%",
+                 "-" if m["coverage_p10_p90"] is None else f"{100 * m['coverage_p10_p90']:.0f}%",
+                 cell(m["mean_abs_log_error"], 3),
+                 "-" if m["prior_fallback_share"] is None else f"{100 * m['prior_fallback_share']:.0f}%",
+                 cell(m["targets"])] for m in evaluation["metrics"]]
+        parts.append(f"{evaluation['directory']} ({evaluation.get('dataset_file', 'dataset.parquet')}): {evaluation['scheme']}, "
+                     f"k chosen = {evaluation['chosen']['n_neighbors']}\n")
+        parts.append(markdown_table(header, rows) + "\n")
+    return "\n".join(parts) + f"\n{_context(result)}"
+
+
+SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
+            ("trainer_scale", trainer), ("trainer_scale_full", trainer), ("accuracy", accuracy),
+            ("accuracy_full", accuracy))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--only", default=None, help="one result name, e.g. trainer_scale_full")
+    args = parser.parse_args()
+    for name, render in SECTIONS:
+        if args.only and name != args.only:
+            continue
+        result = _load(args.results, name)
+        if result is not None:
+            print(f"### {name}\n\n{render(result)}\n")
+
+
+if __name__ == "__main__":
+    main()
