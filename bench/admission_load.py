@@ -15,7 +15,9 @@
   coordinated omission), at 45/s (the research prototype's maximum) and 100/s.
 * Server CPU per request (from /proc), peak RSS, cache hits and prediction basis (/metrics).
 * What-if rows (not the shipped code): the webhook with the changes bench/README.md suggests
-  patched in (`bench.what_if_server`), and with a kd_tree artifact.
+  patched in (`bench.what_if_server`), and with a kd_tree artifact. The matvec row runs with one
+  BLAS/OpenMP thread (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1): with the defaults, eight review
+  threads each starting a 2-thread BLAS call on 2 cores run at a third of the speed.
 * Profile: py-spy over the loaded webhook (`bench.profile_webhook`) and the in-process cost of
   each step of mutate() (`bench.mutate_stages`).
 """
@@ -48,6 +50,9 @@ CONNECTIONS = 16
 FIXED_RATES_PER_SECOND = (45.0, 100.0)
 TARGET_SHARE_OF_ECHO = 0.30
 TARGET_P99_MS = 5.0
+# Eight review threads each starting a multi-threaded BLAS call on 2 cores oversubscribe them:
+# the matvec what-if runs with one BLAS/OpenMP thread per call, as the README suggests deploying.
+ONE_BLAS_THREAD = (("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"))
 PROTOTYPE = {"requests_per_second": 45.0, "p50_ms": 21.8, "endpoint": "/predict"}
 
 
@@ -73,6 +78,7 @@ class ServerCase:
     is_webhook: bool = True
     what_if: bool = False
     profile: bool = False
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -102,9 +108,10 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
         patched = servers.what_if("direct-json-patch", "inline-reviews")
         listed.append(ServerCase("what-if-cached", "what-if: annotations-only patch + cache hit on the loop, cache hit",
                                  patched, webhook_args, prime_cache=True, what_if=True))
-        listed.append(ServerCase("what-if-uncached-matvec", "what-if: annotations-only patch + matvec KNN, cache miss",
+        listed.append(ServerCase("what-if-uncached-matvec",
+                                 "what-if: annotations-only patch + matvec KNN + 1 BLAS thread, cache miss",
                                  servers.what_if("direct-json-patch", "matvec-knn"), webhook_args + ("--cache-entries", "0"),
-                                 what_if=True))
+                                 what_if=True, env=ONE_BLAS_THREAD))
         if kd_tree_model is not None:
             listed.append(ServerCase("what-if-uncached-kd-tree", "what-if: annotations-only patch + kd_tree artifact, cache miss",
                                      servers.what_if("direct-json-patch"),
@@ -141,7 +148,8 @@ def _webhook_metrics(server: servers.ServerProcess) -> tuple[dict[str, float], d
 
 def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], bodies_file: Path,
              durations: Durations, profile: bool) -> CaseResult:
-    with servers.ServerProcess(case.module, certs, workdir / f"{case.key}.log", *case.extra_args) as server:
+    with servers.ServerProcess(case.module, certs, workdir / f"{case.key}.log", *case.extra_args,
+                               env=dict(case.env)) as server:
         assert server.process is not None
         pid = server.process.pid
         _check_and_prime(server, bodies, case)
