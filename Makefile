@@ -39,8 +39,9 @@ prometheus:
 test: install controlplane prometheus
 	$(BIN)/python -m pytest
 
-bench: install
-	$(BIN)/python -m bench.mutate_latency --json bench/results/mutate_latency.json
+# All benchmarks, tables printed and JSON written to bench/results/ (see bench/README.md).
+bench: install prometheus
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(DEV_CERTS) .pytest_cache .hypothesis
