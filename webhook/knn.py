@@ -18,6 +18,9 @@ from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 
 
+TRUST_SAMPLE_ROWS = 2000
+
+
 @dataclass(frozen=True)
 class NeighbourPrediction:
     power_watts: np.ndarray
@@ -73,7 +76,14 @@ class LogPowerKNN(RegressorMixin, BaseEstimator):
         # counting those twins would shrink the radius to 0 and send every query to the prior.
         distinct = np.unique(X, axis=0)
         if distinct.shape[0] >= 2:
-            distances, _ = NearestNeighbors(n_neighbors=2, algorithm=self.algorithm).fit(distinct).kneighbors(distinct)
+            index = NearestNeighbors(n_neighbors=2, algorithm=self.algorithm).fit(distinct)
+            # A seeded sample estimates the quantile well and keeps fitting linear in the rows:
+            # querying every row of a 1M-row set took about an hour (bench/README.md).
+            queries = distinct
+            if distinct.shape[0] > TRUST_SAMPLE_ROWS:
+                chosen = np.random.default_rng(0).choice(distinct.shape[0], TRUST_SAMPLE_ROWS, replace=False)
+                queries = distinct[chosen]
+            distances, _ = index.kneighbors(queries)
             # Column 0 is the spec itself: column 1 is its nearest other spec.
             self.trust_radius_ = float(np.quantile(distances[:, 1], self.trust_quantile) * self.trust_factor)
         else:
