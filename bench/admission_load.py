@@ -105,16 +105,13 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
                    webhook_args + ("--cache-entries", "0"), profile=True),
     ]
     if what_if:
-        patched = servers.what_if("direct-json-patch", "inline-reviews")
-        listed.append(ServerCase("what-if-cached", "what-if: annotations-only patch + cache hit on the loop, cache hit",
-                                 patched, webhook_args, prime_cache=True, what_if=True))
-        listed.append(ServerCase("what-if-uncached-matvec",
-                                 "what-if: annotations-only patch + matvec KNN + 1 BLAS thread, cache miss",
-                                 servers.what_if("direct-json-patch", "matvec-knn"), webhook_args + ("--cache-entries", "0"),
+        listed.append(ServerCase("what-if-cached", "what-if: cache hits answered on the event loop, cache hit",
+                                 servers.what_if("inline-reviews"), webhook_args, prime_cache=True, what_if=True))
+        listed.append(ServerCase("what-if-uncached-matvec", "what-if: matvec KNN + 1 BLAS thread, cache miss",
+                                 servers.what_if("matvec-knn"), webhook_args + ("--cache-entries", "0"),
                                  what_if=True, env=ONE_BLAS_THREAD))
         if kd_tree_model is not None:
-            listed.append(ServerCase("what-if-uncached-kd-tree", "what-if: annotations-only patch + kd_tree artifact, cache miss",
-                                     servers.what_if("direct-json-patch"),
+            listed.append(ServerCase("what-if-uncached-kd-tree", "what-if: kd_tree artifact, cache miss", servers.WEBHOOK,
                                      ("--model", str(kd_tree_model), "--kube-access", "off", "--cache-entries", "0"),
                                      what_if=True))
     return listed

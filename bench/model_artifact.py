@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 
 from bench.workloads import WorkloadDraw, draw_workloads, measured_training_rows
@@ -67,36 +66,11 @@ def fit_encoder(requests: list[InferenceRequest]) -> tuple[PodFeatureEncoder, np
     return encoder, features, time.perf_counter() - started
 
 
-def knn_with_sampled_trust_radius(features: np.ndarray, power_watts: np.ndarray, algorithm: str,
-                                  sample_rows: int, seed: int = TRAINING_SEED) -> LogPowerKNN:
-    """LogPowerKNN as its fit() leaves it, except that the trust radius comes from the nearest
-    neighbours of `sample_rows` random training rows instead of all N (N queries against N rows
-    is what makes fit quadratic). A bench-side shortcut for sizes whose full fit would not end
-    in time, and the change bench/README.md suggests for webhook/knn.py; it mirrors fit()'s
-    attributes, so it must follow any change there."""
-    knn = LogPowerKNN(algorithm=algorithm)
-    features = np.asarray(features, dtype=np.float32)
-    log_power = np.log(np.asarray(power_watts, dtype=np.float64))
-    knn.n_neighbors_ = min(knn.n_neighbors, features.shape[0])
-    knn.neighbors_ = KNeighborsRegressor(n_neighbors=knn.n_neighbors_, weights="distance", algorithm=algorithm).fit(
-        features, log_power)
-    knn.log_power_ = log_power
-    sample = np.random.default_rng(seed).choice(features.shape[0], min(sample_rows, features.shape[0]), replace=False)
-    distances, _ = knn.neighbors_.kneighbors(features[sample], n_neighbors=2)
-    knn.trust_radius_ = float(np.quantile(distances[:, 1], knn.trust_quantile) * knn.trust_factor)
-    knn.interval_log_offsets_ = None
-    knn.n_features_in_ = features.shape[1]
-    return knn
-
-
 def calibrated_knn(encoder: PodFeatureEncoder, features: np.ndarray, power_watts: np.ndarray, algorithm: str,
-                   calibration: list[WorkloadDraw], trust_sample_rows: int | None = None) -> tuple[LogPowerKNN, float]:
-    """Fit (fully, or with a sampled trust radius) and calibrate; returns the fit's seconds."""
+                   calibration: list[WorkloadDraw]) -> tuple[LogPowerKNN, float]:
+    """Fit and calibrate; returns the fit's seconds (index build and trust radius)."""
     started = time.perf_counter()
-    if trust_sample_rows is None:
-        knn = LogPowerKNN(algorithm=algorithm).fit(features, power_watts)
-    else:
-        knn = knn_with_sampled_trust_radius(features, power_watts, algorithm, trust_sample_rows)
+    knn = LogPowerKNN(algorithm=algorithm).fit(features, power_watts)
     fit_seconds = time.perf_counter() - started
     measured = measured_training_rows(calibration, CALIBRATION_SEED + 1)
     predicted = knn.predict(encoder.transform([d.request for d in calibration]))

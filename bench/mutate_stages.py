@@ -17,7 +17,6 @@ from typing import Any
 import jsonpatch
 from starlette.responses import JSONResponse
 
-from bench.what_if_server import _DirectJsonPatch
 from webhook import annotations
 from webhook.admission import MutationSettings, mutate
 from webhook.extract import to_inference_request
@@ -39,11 +38,39 @@ def _mean_microseconds(action: Callable[[int], Any], count: int) -> float:
     return round((time.perf_counter() - started) / count * 1e6, 1)
 
 
-def _patch_input(obj: dict[str, Any], wanted: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _whole_object_diff(obj: dict[str, Any], wanted: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What mutate() diffed before commit a95ed0a: the whole object against its mutated copy."""
     metadata = obj["metadata"]
     mutated = dict(obj)
     mutated["metadata"] = {**metadata, "annotations": {**(metadata.get("annotations") or {}), **wanted}}
     return dict(obj), mutated
+
+
+def _annotations_diff(obj: dict[str, Any], wanted: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What mutate() diffs since a95ed0a: the annotations alone, in their place."""
+    metadata = obj["metadata"]
+    current = metadata.get("annotations")
+    before = {"metadata": {"annotations": current}} if "annotations" in metadata else {"metadata": {}}
+    return before, {"metadata": {"annotations": {**(current or {}), **wanted}}}
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def direct_annotation_patch(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ops jsonpatch finds for mutate()'s change, built without diffing: add the annotations
+    when there are none, else add or replace each key whose value differs (mutate() never
+    removes one). Applied, they give the same object (checked in bench/README.md's suggestion)."""
+    current = before["metadata"].get("annotations")
+    wanted = after["metadata"]["annotations"]
+    if current is None:
+        return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
+    return [{"op": "add" if key not in current else "replace", "path": f"/metadata/annotations/{_pointer_token(key)}",
+             "value": value} for key, value in wanted.items() if current.get(key, _MISSING) != value]
+
+
+_MISSING = object()
 
 
 def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -> list[StageCost]:
@@ -56,7 +83,8 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
         if not service.load():
             raise RuntimeError(f"model not loaded: {service.status().error}")
     wanted = [annotations.render(cached.predict(r)) for r in requests]
-    patch_inputs = [_patch_input(obj, w) for obj, w in zip(objects, wanted)]
+    whole = [_whole_object_diff(obj, w) for obj, w in zip(objects, wanted)]
+    shipped = [_annotations_diff(obj, w) for obj, w in zip(objects, wanted)]
     settings = MutationSettings()
     results = [mutate(review["request"], cached, settings) for review in reviews]
     n = len(bodies)
@@ -67,12 +95,14 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
         StageCost("spec hash", _mean_microseconds(lambda i: spec_hash(requests[i]), n)),
         StageCost("prediction, cache miss (encode + KNN + interval)",
                   _mean_microseconds(lambda i: model.predict([requests[i % n]]), predictions)),
-        StageCost("JSON patch: jsonpatch.make_patch (whole object)",
-                  _mean_microseconds(lambda i: jsonpatch.make_patch(*patch_inputs[i]), n)),
-        StageCost("JSON patch: annotations only (what-if)",
-                  _mean_microseconds(lambda i: _DirectJsonPatch.make_patch(*patch_inputs[i]), n)),
+        StageCost("JSON patch, annotations only (shipped since a95ed0a)",
+                  _mean_microseconds(lambda i: jsonpatch.make_patch(*shipped[i]), n)),
+        StageCost("JSON patch, annotations only, built directly (suggestion)",
+                  _mean_microseconds(lambda i: direct_annotation_patch(*shipped[i]), n)),
+        StageCost("JSON patch, whole object (before a95ed0a)",
+                  _mean_microseconds(lambda i: jsonpatch.make_patch(*whole[i]), n)),
         StageCost("response JSON encode", _mean_microseconds(lambda i: JSONResponse(results[i].review), n)),
-        StageCost("mutate(), cache hit (all of the above but the prediction)",
+        StageCost("mutate(), cache hit (the above but the prediction and the old patch)",
                   _mean_microseconds(lambda i: mutate(reviews[i]["request"], cached, settings), n)),
         StageCost("mutate(), cache miss", _mean_microseconds(lambda i: mutate(reviews[i % n]["request"], uncached, settings),
                                                              predictions)),

@@ -13,17 +13,17 @@ process (`bench.predictor_probe`) that predicts 200 single held-out requests and
 memory. A `brute + matvec (what-if)` row probes the brute artifact with the KNN query the
 README suggests (`bench.what_if_server`).
 
-Fit time is dominated by the trust radius (each training row's nearest neighbour: N queries
-against N rows). An algorithm whose full fit is predicted, from the smaller sizes, to exceed
-`--max-fit-seconds` is fitted with the trust radius estimated from TRUST_SAMPLE_ROWS random rows
-instead (`bench.model_artifact.knn_with_sampled_trust_radius`, the change the README suggests);
-its row says so, and the predicted full fit time is recorded.
+Fit time is the index build plus the trust radius (LogPowerKNN queries a seeded sample of 2,000
+distinct specs since commit 6e8c805; before, every row, which made 1M rows take about an hour).
+An algorithm whose fit is predicted, from the smaller sizes, to exceed `--max-fit-seconds` is
+skipped and the prediction recorded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -45,18 +45,21 @@ QUERY_COUNT = 200
 QUERY_SEED = 20251104
 DEFAULT_MAX_FIT_SECONDS = 150.0
 FULL_MAX_FIT_SECONDS = 1800.0
-TRUST_SAMPLE_ROWS = 10_000
 MATVEC_ROW = "brute + matvec (what-if)"
 
 
 def _predicted_fit_seconds(history: list[tuple[int, float]], rows: int) -> float | None:
-    """Extrapolate the full fit's time to `rows` from the largest earlier size, as N^2 (N
-    queries against N rows: what brute force does, and what trees in ~150 dimensions approach;
-    at small sizes they look better than that, which would under-predict)."""
+    """Extrapolate the fit time to `rows` from the two largest earlier sizes (their exponent, at
+    least 1; 1.5 with a single earlier size)."""
     if not history:
         return None
     n1, t1 = history[-1]
-    return t1 * (rows / n1) ** 2
+    exponent = 1.5
+    if len(history) >= 2:
+        n0, t0 = history[-2]
+        if t0 > 0.05 and t1 > 0:
+            exponent = max(1.0, math.log(t1 / t0) / math.log(n1 / n0))
+    return t1 * (rows / n1) ** exponent
 
 
 def run_one_size(rows: int, workdir: Path, algorithms: list[str], max_fit_seconds: float,
@@ -68,13 +71,13 @@ def run_one_size(rows: int, workdir: Path, algorithms: list[str], max_fit_second
     fitted: dict[str, Any] = {}
     for algorithm in algorithms:
         predicted = _predicted_fit_seconds(history.get(algorithm, []), rows)
-        sampled = predicted is not None and predicted > max_fit_seconds
-        knn, knn_fit_seconds = calibrated_knn(encoder, features, data.power_watts, algorithm, calibration,
-                                              TRUST_SAMPLE_ROWS if sampled else None)
+        if predicted is not None and predicted > max_fit_seconds:
+            fitted[algorithm] = {"skipped": f"fit predicted to take {predicted:,.0f} s (> {max_fit_seconds:,.0f} s)"}
+            continue
+        knn, knn_fit_seconds = calibrated_knn(encoder, features, data.power_watts, algorithm, calibration)
         info = write_artifact(workdir / f"model-{rows}-{algorithm}.joblib", encoder, knn, rows, algorithm, encode_seconds,
                               knn_fit_seconds)
-        fitted[algorithm] = {**asdict(info), "trust_radius_from": f"{TRUST_SAMPLE_ROWS:,} sampled rows" if sampled else "all rows",
-                             "predicted_full_fit_seconds": round(predicted, 1) if sampled and predicted else None}
+        fitted[algorithm] = asdict(info)
         del knn
     return {"rows": rows, "draw_seconds": round(data.draw_seconds, 3), "encode_seconds": round(encode_seconds, 3),
             "features": int(features.shape[1]), "feature_matrix_mib": round(features.nbytes / 2**20, 1),
@@ -112,11 +115,12 @@ def measure(sizes: list[int], algorithms: list[str], max_fit_seconds: float, wor
             fitted = size["fitted"][algorithm]
             row: dict[str, Any] = {"rows": rows, "algorithm": algorithm, "draw_seconds": size["draw_seconds"],
                                    "encode_seconds": size["encode_seconds"], "fit_process_peak_rss_mib": round(run.peak_rss_mib, 1)}
-            if fitted["trust_radius_from"] == "all rows":
-                history.setdefault(algorithm, []).append((rows, fitted["knn_fit_seconds"]))
+            if "skipped" in fitted:
+                rows_out.append({**row, "skipped": fitted["skipped"]})
+                continue
+            history.setdefault(algorithm, []).append((rows, fitted["knn_fit_seconds"]))
             model = Path(fitted["path"])
-            row.update({k: fitted[k] for k in ("knn_fit_seconds", "save_seconds", "artifact_bytes", "trust_radius",
-                                               "trust_radius_from", "predicted_full_fit_seconds")})
+            row.update({k: fitted[k] for k in ("knn_fit_seconds", "save_seconds", "artifact_bytes", "trust_radius")})
             row.update(_probe(model, queries, workdir, []))
             rows_out.append(row)
             if algorithm == "brute":
@@ -130,10 +134,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               "serving peak RSS MiB", "fit peak RSS MiB"]
     table = []
     for r in rows:
-        fit = cell(r.get("knn_fit_seconds"), 1)
-        if r.get("predicted_full_fit_seconds"):
-            fit += f" (trust radius from {TRUST_SAMPLE_ROWS:,} rows; full fit ~{r['predicted_full_fit_seconds']:,.0f} s)"
-        table.append([cell(r["rows"]), r["algorithm"], fit,
+        if "skipped" in r:
+            table.append([cell(r["rows"]), r["algorithm"], f"skipped: {r['skipped']}", *[""] * 7])
+            continue
+        table.append([cell(r["rows"]), r["algorithm"], cell(r.get("knn_fit_seconds"), 1),
                       cell(r["artifact_bytes"] / 2**20, 1) if "artifact_bytes" in r else "-", cell(r["load_seconds"], 2),
                       cell(r["single_p50_ms"], 2), cell(r["single_p99_ms"], 2), cell(r["batch_median_ms"], 1),
                       cell(r["peak_rss_mib"], 0), cell(r.get("fit_process_peak_rss_mib"), 0)])

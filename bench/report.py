@@ -60,10 +60,10 @@ def predictor(result: dict[str, Any]) -> str:
               "batch of 100 ms", "serving peak RSS MiB", "fit process peak RSS MiB"]
     rows = []
     for r in result["results"]:
-        fit = cell(r.get("knn_fit_seconds"), 1)
-        if r.get("predicted_full_fit_seconds"):
-            fit += f" (trust radius from a sample; full fit ~{r['predicted_full_fit_seconds']:,.0f} s)"
-        rows.append([cell(r["rows"]), r["algorithm"], fit,
+        if "skipped" in r:
+            rows.append([cell(r["rows"]), r["algorithm"], f"skipped: {r['skipped']}", *[""] * 7])
+            continue
+        rows.append([cell(r["rows"]), r["algorithm"], cell(r.get("knn_fit_seconds"), 1),
                      cell(r["artifact_bytes"] / 2**20, 1) if "artifact_bytes" in r else "-", cell(r["load_seconds"], 2),
                      cell(r["single_p50_ms"], 2), cell(r["single_p99_ms"], 2), cell(r["batch_median_ms"], 1),
                      cell(r["peak_rss_mib"], 0), cell(r.get("fit_process_peak_rss_mib"), 0)])

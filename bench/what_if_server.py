@@ -1,12 +1,11 @@
 """`energetiscope serve` with candidate optimisations patched in, to measure them before anyone
 changes webhook/. Nothing here is used in production; each patch mimics a suggested change.
 
-    python -m bench.what_if_server --patch direct-json-patch --patch inline-reviews serve ARGS...
+    python -m bench.what_if_server --patch inline-reviews --patch matvec-knn serve ARGS...
 
-* `direct-json-patch`: the JSON patch is built from the annotations alone (add
-  /metadata/annotations, or add/replace one key each), instead of `jsonpatch.make_patch`
-  diffing the whole object. Same resulting object; the ops are those jsonpatch emits for
-  this change.
+(The first what-if measured here, a JSON patch from the annotations only instead of a diff of the
+whole object, shipped in commit a95ed0a.)
+
 * `inline-reviews`: reviews are computed on the event loop instead of an anyio worker thread,
   removing the thread hand-off and GIL ping-pong. Safe in production only for work that cannot
   block, i.e. a cache hit: the real change would check the cache on the loop and go to a thread
@@ -21,48 +20,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import anyio
 import numpy as np
 from sklearn.neighbors import KNeighborsRegressor
 
-import webhook.admission
 import webhook.app
 from webhook.cli import main as webhook_main
 
-PATCHES = ("direct-json-patch", "inline-reviews", "matvec-knn")
+PATCHES = ("inline-reviews", "matvec-knn")
 MATVEC_MAX_QUERY_ROWS = 8
 MATVEC_CANDIDATES_PER_NEIGHBOUR = 4
-
-
-def _pointer_token(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-@dataclass(frozen=True)
-class _AnnotationPatch:
-    patch: list[dict[str, Any]]
-
-
-class _DirectJsonPatch:
-    """Stands in for the jsonpatch module inside webhook.admission: mutate() only ever changes
-    metadata.annotations (adds or overwrites keys), so the diff is computed there only."""
-
-    @staticmethod
-    def make_patch(source: Mapping[str, Any], target: Mapping[str, Any]) -> _AnnotationPatch:
-        before = source.get("metadata", {}).get("annotations")
-        after = target["metadata"]["annotations"]
-        if before is None:
-            return _AnnotationPatch([{"op": "add", "path": "/metadata/annotations", "value": after}])
-        ops = []
-        for key, value in after.items():
-            if key not in before:
-                ops.append({"op": "add", "path": f"/metadata/annotations/{_pointer_token(key)}", "value": value})
-            elif before[key] != value:
-                ops.append({"op": "replace", "path": f"/metadata/annotations/{_pointer_token(key)}", "value": value})
-        return _AnnotationPatch(ops)
 
 
 class _InlineToThread:
@@ -109,8 +78,6 @@ def _matvec_kneighbors(self: KNeighborsRegressor, X: Any = None, n_neighbors: in
 
 
 def apply(patches: list[str]) -> None:
-    if "direct-json-patch" in patches:
-        webhook.admission.jsonpatch = _DirectJsonPatch()  # type: ignore[assignment]
     if "inline-reviews" in patches:
         webhook.app.anyio = _InlineAnyio()  # type: ignore[assignment]
     if "matvec-knn" in patches:
