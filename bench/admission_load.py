@@ -105,8 +105,6 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
                    webhook_args + ("--cache-entries", "0"), profile=True),
     ]
     if what_if:
-        listed.append(ServerCase("what-if-cached", "what-if: cache hits answered on the event loop, cache hit",
-                                 servers.what_if("inline-reviews"), webhook_args, prime_cache=True, what_if=True))
         listed.append(ServerCase("what-if-uncached-matvec", "what-if: matvec KNN + 1 BLAS thread, cache miss",
                                  servers.what_if("matvec-knn"), webhook_args + ("--cache-entries", "0"),
                                  what_if=True, env=ONE_BLAS_THREAD))

@@ -1,15 +1,11 @@
 """`energetiscope serve` with candidate optimisations patched in, to measure them before anyone
 changes webhook/. Nothing here is used in production; each patch mimics a suggested change.
 
-    python -m bench.what_if_server --patch inline-reviews --patch matvec-knn serve ARGS...
+    python -m bench.what_if_server --patch matvec-knn serve ARGS...
 
-(The first what-if measured here, a JSON patch from the annotations only instead of a diff of the
-whole object, shipped in commit a95ed0a.)
+(Shipped after being measured here: a JSON patch from the annotations only instead of a diff of
+the whole object, a95ed0a; cache hits answered on the event loop without a worker thread.)
 
-* `inline-reviews`: reviews are computed on the event loop instead of an anyio worker thread,
-  removing the thread hand-off and GIL ping-pong. Safe in production only for work that cannot
-  block, i.e. a cache hit: the real change would check the cache on the loop and go to a thread
-  on a miss only. Here every review runs inline, so use it with a warm cache.
 * `matvec-knn`: a brute-force index answers small query batches with one matrix-vector product
   against the training matrix and precomputed squared norms (float32), then re-ranks the 4k best
   candidates with exact float64 distances, instead of scikit-learn's ArgKmin dispatch (whose
@@ -20,33 +16,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from typing import Any
 
-import anyio
 import numpy as np
 from sklearn.neighbors import KNeighborsRegressor
 
-import webhook.app
 from webhook.cli import main as webhook_main
 
-PATCHES = ("inline-reviews", "matvec-knn")
+PATCHES = ("matvec-knn",)
 MATVEC_MAX_QUERY_ROWS = 8
 MATVEC_CANDIDATES_PER_NEIGHBOUR = 4
-
-
-class _InlineToThread:
-    @staticmethod
-    async def run_sync(handler: Callable[..., Any], *args: Any, limiter: Any = None, abandon_on_cancel: bool = False) -> Any:
-        return handler(*args)
-
-
-class _InlineAnyio:
-    """Stands in for anyio inside webhook.app: the same API, with to_thread running inline."""
-
-    to_thread = _InlineToThread()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(anyio, name)
 
 
 _sklearn_kneighbors = KNeighborsRegressor.kneighbors
@@ -78,8 +57,6 @@ def _matvec_kneighbors(self: KNeighborsRegressor, X: Any = None, n_neighbors: in
 
 
 def apply(patches: list[str]) -> None:
-    if "inline-reviews" in patches:
-        webhook.app.anyio = _InlineAnyio()  # type: ignore[assignment]
     if "matvec-knn" in patches:
         KNeighborsRegressor.kneighbors = _matvec_kneighbors  # type: ignore[method-assign]
 

@@ -15,14 +15,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .admission import AdmissionResult, MutationSettings, NotAnAdmissionReview, mutate, parse_review, review_response
+from .admission import (
+    AdmissionResult,
+    MutationSettings,
+    NotAnAdmissionReview,
+    Plan,
+    parse_review,
+    plan_mutation,
+    review_response,
+)
 from .manifests import ManifestError, read_manifests
 from .metrics import CONTENT_TYPE, WebhookMetrics
 from .openapi import openapi_document
 from .policy import PolicyStore
 from .schema import InferenceRequest, PredictOut
 from .service import PredictionService, WorkloadPrediction
-from .validation import Budgets, validate
+from .validation import Budgets, plan_validation
 
 log = logging.getLogger(__name__)
 
@@ -142,25 +150,35 @@ def create_app(
 
     limiter = anyio.CapacityLimiter(settings.max_concurrent_reviews)
 
-    async def within_budget(
-        handler: Callable[..., AdmissionResult], review: Mapping[str, Any], *args: Any, what: str
-    ) -> AdmissionResult:
+    async def answer(plan: Plan, review: Mapping[str, Any], what: str) -> AdmissionResult:
+        if isinstance(plan, AdmissionResult):
+            return plan
+        try:
+            cached = service.cached(plan.request)
+        except Exception as exc:
+            return plan.fail(exc)
+        if cached is not None:
+            return plan.complete(cached)
+        # Running the model is the one step whose cost is not bounded by the body: it goes to a
+        # worker thread, and the apiserver gets a fail-open answer if it takes too long.
         with anyio.move_on_after(settings.review_timeout_seconds):
-            return await anyio.to_thread.run_sync(handler, review, *args, limiter=limiter, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(
+                plan.predict_and_complete, service, limiter=limiter, abandon_on_cancel=True
+            )
         warning = f"energetiscope: {what}: no answer within {settings.review_timeout_seconds:g} s"
         log.warning("%s for request %s", warning, review.get("uid"))
         return AdmissionResult(review_response(review["uid"], warnings=[warning]), "timed_out", [warning])
 
     async def admit(request: Request) -> tuple[Response, str]:
         review = await review_request(request)
-        result = await within_budget(mutate, review, service, settings.mutation, what="not annotated")
+        result = await answer(plan_mutation(review, settings.mutation), review, "not annotated")
         if result.basis is not None:
             metrics.predictions.labels(result.basis).inc()
         return JSONResponse(result.review), result.outcome
 
     async def check_budget(request: Request) -> tuple[Response, str]:
         review = await review_request(request)
-        result = await within_budget(validate, review, service, budgets, what="budget not checked")
+        result = await answer(plan_validation(review, budgets), review, "budget not checked")
         return JSONResponse(result.review), result.outcome
 
     async def predict(request: Request) -> tuple[Response, str]:

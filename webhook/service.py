@@ -60,11 +60,13 @@ class PredictionCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, str]) -> PodPrediction | None:
+    def get(self, key: tuple[str, str], count_miss: bool = True) -> PodPrediction | None:
         with self._lock:
             value = self._entries.get(key)
             if value is None:
-                self.misses += 1
+                # A caller that looks first and predicts after (see PredictionService.cached)
+                # counts its miss once, at the prediction.
+                self.misses += count_miss
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
@@ -162,4 +164,13 @@ class PredictionService:
 
     def predict(self, request: InferenceRequest) -> WorkloadPrediction:
         pod, hash_ = self.predict_pod(request)
+        return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=workload_pods(request))
+
+    def cached(self, request: InferenceRequest) -> WorkloadPrediction | None:
+        """The prediction when the cache holds it, else None: never runs the model, so it is
+        cheap enough for the event loop."""
+        hash_ = spec_hash(request)
+        pod = self.cache.get((self._predictor.model_id, hash_), count_miss=False)
+        if pod is None:
+            return None
         return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=workload_pods(request))

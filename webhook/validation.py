@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .admission import AdmissionResult, api_version_and_kind, review_response
+from .admission import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
 from .extract import ExtractionError, has_controller, is_workload, to_inference_request
 from .inventory import WorkloadInventory
-from .policy import Limit, NamespaceBudget, PolicyStore, namespace_budget
-from .service import PredictionService
+from .policy import BudgetPolicy, Limit, NamespaceBudget, PolicyStore, namespace_budget
+from .schema import InferenceRequest
+from .service import PredictionService, WorkloadPrediction
 
 # The scale subresource names its parent by resource; these are the scalable workloads.
 _SCALABLE = {
@@ -91,9 +92,19 @@ def _allow(uid: str, outcome: str = "allowed", warnings: list[str] | None = None
     return AdmissionResult(review_response(uid, warnings=warnings), outcome, warnings or [])  # type: ignore[arg-type]
 
 
-def _demand(request: Mapping[str, Any], service: PredictionService, budgets: Budgets, checked: str,
-            namespace: str) -> Demand | None | str:
-    """The demand, None when nothing is to be checked, or a warning when it cannot be known."""
+@dataclass(frozen=True)
+class _Workload:
+    """A workload object whose demand needs its prediction."""
+
+    kind: str
+    name: str
+    request: InferenceRequest
+
+
+def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: str,
+                        namespace: str) -> Demand | _Workload | None | str:
+    """The demand (scale), the workload to predict, None when nothing is to be checked, or a
+    warning when it cannot be known."""
     subresource = request.get("subResource")
     if subresource == "scale":
         resource = request.get("resource") if isinstance(request.get("resource"), Mapping) else {}
@@ -123,22 +134,44 @@ def _demand(request: Mapping[str, Any], service: PredictionService, budgets: Bud
         return None  # its owner was checked when it was admitted
     typed = {"apiVersion": api_version, "kind": kind, **obj}
     try:
-        prediction = service.predict(to_inference_request(typed))
+        inference_request = to_inference_request(typed)
     except ExtractionError:
         return None  # the mutating webhook has already warned about the unreadable field
-    pod = prediction.pod
-    return Demand(
-        kind=str(kind),
-        namespace=namespace,
-        name=str(metadata.get("name") or request.get("name") or ""),
-        pods=prediction.pods,
-        pod_watts=pod.power_watts_p90 if checked == "p90" else pod.power_watts,
-        pod_watts_p10=pod.power_watts_p10,
-        pod_watts_p90=pod.power_watts_p90,
-    )
+    return _Workload(str(kind), str(metadata.get("name") or request.get("name") or ""), inference_request)
 
 
-def validate(request: Mapping[str, Any], service: PredictionService, budgets: Budgets) -> AdmissionResult:
+@dataclass(frozen=True)
+class PendingValidation(PendingReview):
+    uid: str
+    request: InferenceRequest
+    workload: _Workload
+    namespace: str
+    policy: BudgetPolicy
+    budgets: Budgets
+
+    def fail(self, error: Exception) -> AdmissionResult:
+        return _budget_not_checked(self.uid, error)
+
+    def complete(self, prediction: WorkloadPrediction) -> AdmissionResult:
+        pod = prediction.pod
+        demand = Demand(
+            kind=self.workload.kind,
+            namespace=self.namespace,
+            name=self.workload.name,
+            pods=prediction.pods,
+            pod_watts=pod.power_watts_p90 if self.policy.checked_value == "p90" else pod.power_watts,
+            pod_watts_p10=pod.power_watts_p10,
+            pod_watts_p90=pod.power_watts_p90,
+        )
+        return _judge(self.uid, demand, self.namespace, self.policy, self.budgets)
+
+
+def _budget_not_checked(uid: str, error: Exception) -> AdmissionResult:
+    # Never block the cluster on our own failure.
+    return _allow(uid, "failed_open", [f"energetiscope: budget not checked ({type(error).__name__})"])
+
+
+def plan_validation(request: Mapping[str, Any], budgets: Budgets) -> Plan:
     uid: str = request["uid"]
     if request.get("operation") not in ("CREATE", "UPDATE"):
         return _allow(uid, "skipped")
@@ -147,14 +180,23 @@ def validate(request: Mapping[str, Any], service: PredictionService, budgets: Bu
     if namespace in policy.exempt_namespaces:
         return _allow(uid, "skipped")
     try:
-        demand = _demand(request, service, budgets, policy.checked_value, namespace)
-    except Exception as exc:  # never block the cluster on our own failure
-        return _allow(uid, "failed_open", [f"energetiscope: budget not checked ({type(exc).__name__})"])
-    if demand is None:
+        needed = _demand_or_workload(request, budgets, policy.checked_value, namespace)
+    except Exception as exc:
+        return _budget_not_checked(uid, exc)
+    if needed is None:
         return _allow(uid, "skipped")
-    if isinstance(demand, str):
-        return _allow(uid, "failed_open", [_fit(demand)])
+    if isinstance(needed, str):
+        return _allow(uid, "failed_open", [_fit(needed)])
+    if isinstance(needed, _Workload):
+        return PendingValidation(uid, needed.request, needed, namespace, policy, budgets)
+    return _judge(uid, needed, namespace, policy, budgets)
 
+
+def validate(request: Mapping[str, Any], service: PredictionService, budgets: Budgets) -> AdmissionResult:
+    return resolve(plan_validation(request, budgets), service)
+
+
+def _judge(uid: str, demand: Demand, namespace: str, policy: BudgetPolicy, budgets: Budgets) -> AdmissionResult:
     inventory = budgets.inventory
     annotations = inventory.namespace_annotations(namespace) if inventory else {}
     budget: NamespaceBudget = namespace_budget(policy, namespace, annotations)

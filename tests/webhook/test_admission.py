@@ -5,10 +5,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonpatch
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from webhook import annotations as keys
-from webhook.admission import MutationSettings, NotAnAdmissionReview, mutate, parse_review
+from webhook.admission import MutationSettings, NotAnAdmissionReview, annotations_patch, mutate, parse_review
 from webhook.prior import PriorPredictor
 from webhook.service import PredictionService
 
@@ -186,3 +190,28 @@ def test_prediction_failure_fails_open(service: PredictionService) -> None:
 def test_not_an_admission_review(body: Any, message: str) -> None:
     with pytest.raises(NotAnAdmissionReview, match=message):
         parse_review(body)
+
+
+_VALUES = st.one_of(st.text(max_size=6), st.integers(), st.none(), st.lists(st.integers(), max_size=2),
+                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+_OUR_KEYS = st.sampled_from(keys.ALL_KEYS)
+_ANNOTATIONS = st.one_of(
+    st.just("absent"),
+    st.none(),
+    st.dictionaries(st.one_of(_OUR_KEYS, st.text(max_size=8)), _VALUES, max_size=12),
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(current=_ANNOTATIONS, wanted=st.dictionaries(_OUR_KEYS, st.text(max_size=6), min_size=1))
+def test_the_memoised_patch_is_the_whole_object_diff(current: Any, wanted: dict[str, str]) -> None:
+    obj = _deployment()
+    if current != "absent":
+        obj["metadata"]["annotations"] = current
+    mutated = copy.deepcopy(obj)
+    mutated["metadata"]["annotations"] = {**(current if isinstance(current, dict) else {}), **wanted}
+    expected = jsonpatch.make_patch(obj, mutated).patch
+    for _ in range(2):  # computed, then from the memo
+        patch = list(annotations_patch(obj["metadata"], wanted))
+        assert sorted(map(repr, patch)) == sorted(map(repr, expected))
+        assert jsonpatch.apply_patch(obj, patch) == mutated

@@ -107,10 +107,11 @@ def test_tls_floor_is_1_2_with_forward_secret_ciphers(tmp_path: Path) -> None:
                 assert version == "TLSv1.2" and name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
 
 
-def _slow_model(path: Path) -> None:
+def _slow_model(path: Path, slow_cpu_millicores: int | None = None) -> None:
     requests = [InferenceRequest(workload_kind="Deployment", containers=[ContainerSpec(name="c", image="nginx", req_cpu_mcpu=m)])
                 for m in (100, 250, 500)]
-    pipeline = Pipeline([("features", SlowEncoder(delay_seconds=5.0)), ("knn", LogPowerKNN(n_neighbors=2))])
+    encoder = SlowEncoder(delay_seconds=5.0, slow_cpu_millicores=slow_cpu_millicores)
+    pipeline = Pipeline([("features", encoder), ("knn", LogPowerKNN(n_neighbors=2))])
     pipeline.fit(requests, [1.0, 2.0, 3.0])
     pipeline[0].armed_ = True
     save_model(path, pipeline, "slow-model")
@@ -134,6 +135,40 @@ def test_a_stuck_prediction_fails_open_within_the_time_budget(tmp_path: Path) ->
             assert client.post("/validate", json=review(DEPLOYMENT)).json()["response"]["allowed"] is True
             assert time.monotonic() - started < 2.0
         assert 'energetiscope_requests_total{endpoint="mutate",result="timed_out"} 1.0' in client.get("/metrics").text
+
+
+def test_cached_predictions_answer_while_every_model_slot_is_stuck(tmp_path: Path) -> None:
+    """A cache hit needs no model run, so it does not queue behind stuck predictions."""
+    certs = create_certs(tmp_path / "certs")
+    _slow_model(tmp_path / "slow.joblib", slow_cpu_millicores=777)
+    stuck = json.loads(json.dumps(DEPLOYMENT))
+    stuck["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "777m"
+    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.joblib"), "--review-timeout", "2",
+                        "--max-concurrent-reviews", "2") as server, server.client() as client:
+        assert patch_of(client.post("/mutate", json=review(DEPLOYMENT)).json()), "the fast spec is predicted"
+
+        def post_stuck() -> None:
+            with server.client() as other:
+                other.post("/mutate", json=review(stuck))
+
+        blockers = [threading.Thread(target=post_stuck) for _ in range(2)]
+        for thread in blockers:
+            thread.start()
+        time.sleep(0.3)  # both slots are now taken by predictions sleeping in the encoder
+        for endpoint in ("/mutate", "/validate", "/mutate"):
+            started = time.monotonic()
+            answer = client.post(endpoint, json=review(DEPLOYMENT)).json()
+            # Queued behind the slots, it would answer only when they free, at the 2 s budget.
+            assert time.monotonic() - started < 1.0
+            assert answer["response"]["allowed"] is True and not answer["response"].get("warnings"), answer
+        assert patch_of(answer)
+        # An uncached slow spec still runs the model, and fails open.
+        other = json.loads(json.dumps(stuck))
+        other["spec"]["template"]["spec"]["containers"][0]["image"] = "httpd"
+        answer = client.post("/mutate", json=review(other)).json()["response"]
+        assert answer["warnings"] == ["energetiscope: not annotated: no answer within 2 s"]
+        for thread in blockers:
+            thread.join()
 
 
 def test_sigterm_drains_reviews_in_flight(tmp_path: Path) -> None:
