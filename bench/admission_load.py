@@ -42,7 +42,7 @@ from bench.proc_stats import cpu_seconds, peak_rss_mib
 from bench.profile_webhook import Profile, start_recording, summarise
 from bench.results import RunRecord, cell, markdown_table
 from bench.wrk_runner import WrkResult, ensure_wrk, run_wrk
-from tests.webhook_process import create_certs
+from tests.webhook_process import WebhookProcess, create_certs
 
 TRAINING_ROWS = 50_000
 VARIANTS = 512
@@ -115,7 +115,7 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
     return listed
 
 
-def _check_and_prime(server: servers.ServerProcess, bodies: list[bytes], case: ServerCase) -> None:
+def _check_and_prime(server: WebhookProcess, bodies: list[bytes], case: ServerCase) -> None:
     """Post every variant once: answers must be 200 with the request's uid (and a patch from the
     webhook). For cached cases this also fills the cache, so the run measures hits only."""
     with server.client() as client:
@@ -128,7 +128,7 @@ def _check_and_prime(server: servers.ServerProcess, bodies: list[bytes], case: S
                 raise RuntimeError(f"{case.key}: bad answer {answer.status_code} {answer.text[:300]}")
 
 
-def _webhook_metrics(server: servers.ServerProcess) -> tuple[dict[str, float], dict[str, float]]:
+def _webhook_metrics(server: WebhookProcess) -> tuple[dict[str, float], dict[str, float]]:
     with server.client() as client:
         text = client.get("/metrics").text
     cache: dict[str, float] = {}
@@ -143,7 +143,7 @@ def _webhook_metrics(server: servers.ServerProcess) -> tuple[dict[str, float], d
 
 def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], bodies_file: Path,
              durations: Durations, profile: bool) -> CaseResult:
-    with servers.ServerProcess(case.module, certs, workdir / f"{case.key}.log", *case.extra_args,
+    with servers.server_process(case.module, certs, workdir / f"{case.key}.log", *case.extra_args,
                                env=dict(case.env)) as server:
         assert server.process is not None
         pid = server.process.pid

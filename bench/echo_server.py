@@ -4,7 +4,7 @@
 
 Same stack as `energetiscope serve` (Starlette on one uvicorn worker), same TLS context
 (`webhook.tls.ServingCertificates`, so the same TLS floor and cipher suites), the same
-certificate files and the same uvicorn settings (`webhook.server.serve`'s). It parses the JSON
+certificate files and the same uvicorn settings (`webhook.server.tls_server_config`). It parses the JSON
 body, because no webhook can answer without reading the uid, and does nothing else: the
 webhook's throughput as a share of this one's is the cost of predicting and patching.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from webhook.server import tls_server_config
 from webhook.tls import ServingCertificates
 
 
@@ -38,26 +38,10 @@ def create_echo_app() -> Starlette:
     return Starlette(routes=[Route("/mutate", mutate, methods=["POST"]), Route("/readyz", readyz, methods=["GET"])])
 
 
-class _TLSConfig(uvicorn.Config):
-    """uvicorn's config listening with the webhook's TLS context (as webhook.server does)."""
-
-    def __init__(self, *args: Any, certificates: ServingCertificates, **kwargs: Any) -> None:
-        self.certificates = certificates
-        super().__init__(*args, **kwargs)
-
-    def load(self) -> None:
-        super().load()
-        self.ssl = self.certificates.listening_context()
-
-
 def serve(cert_dir: Path, host: str, port: int) -> None:
-    cert_file, key_file = cert_dir / "tls.crt", cert_dir / "tls.key"
-    config = _TLSConfig(
-        create_echo_app(), certificates=ServingCertificates(cert_file, key_file), host=host, port=port,
-        ssl_certfile=str(cert_file), ssl_keyfile=str(key_file), log_level="info", access_log=False, lifespan="on",
-        server_header=False, limit_concurrency=1000, timeout_graceful_shutdown=20,
-    )
-    uvicorn.Server(config).run()
+    certificates = ServingCertificates(cert_dir / "tls.crt", cert_dir / "tls.key")
+    # The webhook's own listening config: same TLS context, HTTP and event-loop implementation.
+    uvicorn.Server(tls_server_config(create_echo_app(), certificates, host=host, port=port, max_connections=1000)).run()
 
 
 def main() -> None:

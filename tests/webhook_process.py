@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 CLI = [sys.executable, "-m", "webhook.cli"]
+SERVE = ("webhook.cli", "serve")
 
 
 def free_port() -> int:
@@ -34,10 +35,17 @@ def create_certs(out_dir: Path, *dns: str, ips: tuple[str, ...] = ("127.0.0.1",)
 
 
 class WebhookProcess:
-    """Start with ``start()``; talk to it with ``client()``; always ``stop()`` (or use ``with``)."""
+    """Start with ``start()``; talk to it with ``client()``; always ``stop()`` (or use ``with``).
+
+    ``module`` is what ``python -m`` runs: the webhook's ``serve`` by default; the benchmarks run
+    their reference servers the same way (same flags, same readiness check).
+    """
 
     def __init__(self, cert_dir: Path, log_path: Path, *extra_args: str, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, module: tuple[str, ...] = SERVE,
+                 start_timeout: float = 30.0) -> None:
+        self.module = module
+        self.start_timeout = start_timeout
         self.cert_dir = cert_dir
         self.log_path = log_path
         self.port = free_port()
@@ -57,8 +65,10 @@ class WebhookProcess:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=10.0, **kwargs)
 
-    def start(self, timeout: float = 30.0) -> "WebhookProcess":
-        args = CLI + ["serve", "--host", self.host, "--port", str(self.port), "--cert-dir", str(self.cert_dir)]
+    def start(self, timeout: float | None = None) -> "WebhookProcess":
+        timeout = self.start_timeout if timeout is None else timeout
+        args = [sys.executable, "-m", *self.module, "--host", self.host, "--port", str(self.port),
+                "--cert-dir", str(self.cert_dir)]
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             args + self.extra_args, stdout=self.log_file, stderr=subprocess.STDOUT,
@@ -68,7 +78,7 @@ class WebhookProcess:
         with self.client() as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"webhook exited with {self.process.returncode}:\n{self.log()}")
+                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
                 try:
                     if client.get("/readyz").status_code == 200:
                         return self
@@ -76,7 +86,11 @@ class WebhookProcess:
                     pass
                 time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"webhook not ready within {timeout} s:\n{self.log()}")
+        raise TimeoutError(f"{self.name} not ready within {timeout} s:\n{self.log()}")
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.module)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

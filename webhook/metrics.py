@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 from .service import PredictionService
@@ -66,6 +74,9 @@ class WebhookMetrics:
         )
         self.ready = Gauge("energetiscope_ready", "1 when certificates and model are loaded.", registry=self.registry)
         self.registry.register(_ModelCollector(service))
+        # Garbage-collector pauses and the process's CPU and memory: what explains a latency tail.
+        GCCollector(registry=self.registry)
+        ProcessCollector(registry=self.registry)
 
     def observe(self, endpoint: str, result: str, seconds: float) -> None:
         self.requests.labels(endpoint, result).inc()

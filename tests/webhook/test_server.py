@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import signal
 import ssl
@@ -189,6 +190,24 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert 'energetiscope_request_duration_seconds_bucket{endpoint="mutate"' in text
     assert 'energetiscope_predictions_total{basis="prior"}' in text
     assert 'energetiscope_model_info{basis="prior",error="",model="ccf-prior-v1",sha256=""} 1.0' in text
+    assert 'python_gc_collections_total{generation="2"}' in text and "process_resident_memory_bytes" in text
+
+
+def test_objects_alive_after_start_are_frozen_out_of_the_garbage_collector(tmp_path: Path) -> None:
+    """A full collection over the loaded model would pause reviews for tens of ms."""
+    from starlette.testclient import TestClient
+
+    from webhook.server import ServeSettings, build_app
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    app = build_app(ServeSettings(cert_dir=tmp_path, kube_access="off"))
+    try:
+        with TestClient(app) as client:
+            assert client.get("/readyz").json()["model"]["loaded"] is True
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 def test_tls_is_verified_against_the_generated_ca(server: WebhookProcess, tmp_path: Path) -> None:
