@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .schema import ANNOTATION_PREFIX
 from .service import WorkloadPrediction

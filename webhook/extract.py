@@ -8,7 +8,8 @@ field in the manifest (``spec.template.spec.containers[1].resources.requests.cpu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, Callable, TypeVar
 
 from pydantic import ValidationError
 

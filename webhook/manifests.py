@@ -6,7 +6,8 @@ Used by ``/infer/from-yaml``, ``/predict/from-yaml`` and ``energetiscope predict
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 

@@ -9,7 +9,8 @@ replaces it rather than adding to it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .admission import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
 from .extract import ExtractionError, has_controller, is_workload, to_inference_request
