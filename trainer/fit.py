@@ -75,7 +75,8 @@ def compare(table: TrainingTable, settings: FitSettings, prior: PriorPredictor |
 
 def _data_section(table: TrainingTable, dataset: pd.DataFrame) -> dict[str, Any]:
     starts = pd.to_datetime(dataset["window_start"], utc=True)
-    join_rules = dataset[["namespace", "pod", "join_rule"]].drop_duplicates()["join_rule"].value_counts()
+    # As text: a categorical's value_counts would also list categories without rows, and order ties apart.
+    join_rules = dataset[["namespace", "pod", "join_rule"]].drop_duplicates()["join_rule"].astype("str").value_counts()
     return {
         "first_window_start": starts.min().isoformat() if len(starts) else None,
         "last_window_start": starts.max().isoformat() if len(starts) else None,
@@ -166,7 +167,7 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFr
 def run_fit(dataset_path: str | os.PathLike[str], out: str | os.PathLike[str], settings: FitSettings = FitSettings(),
             *, model_id: str | None = None, created: datetime | None = None) -> FitOutcome:
     """`energetiscope train fit`: dataset -> artifact (atomic, via save_model) + model card."""
-    dataset = read_dataset(dataset_path)
+    dataset = read_dataset(dataset_path, text_as_categories=True)  # millions of windows name a few thousand pods
     table = build_targets(dataset, settings.target_unit, settings.min_active_windows)
     pipeline, card, comparison = fit_table(table, settings, dataset=dataset, model_id=model_id, created=created)
     out_path = Path(out)

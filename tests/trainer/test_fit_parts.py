@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
@@ -88,3 +89,25 @@ def test_the_knn_beats_the_spec_blind_baselines_when_power_follows_the_spec() ->
     assert knn.coverage_p10_p90 is not None and comparison.metrics[2].coverage_p10_p90 is None
     assert comparison.scheme == "GroupKFold by workload (5 folds, 14 workloads)"
     assert len(comparison.grid) == 3 and len(comparison.log_residuals) == 14
+
+
+def test_targets_from_categorical_text_columns_equal_those_from_text() -> None:
+    """fit reads the dataset's text columns as categoricals, in the Parquet dictionary's order."""
+    text = dataset(scaling_pods(6, pods_per_workload=2))  # windows from 23:58 UTC: two days
+    categorical = text.astype({c: "category" for c in ["namespace", "workload_kind", "workload_name", "pod", "spec_hash",
+                                                       "request_json", "join_rule"]})
+    for column in ["pod", "request_json"]:
+        categorical[column] = categorical[column].cat.reorder_categories(categorical[column].cat.categories[::-1])
+    for unit in ("workload", "pod", "pod-day"):
+        expected, table = build_targets(text, unit, 1), build_targets(categorical, unit, 1)
+        pd.testing.assert_frame_equal(table.frame, expected.frame, check_exact=True)
+        assert table.requests == expected.requests and table.data_sha256() == expected.data_sha256()
+    assert build_targets(categorical, "pod-day", 1).frame["period"].unique().tolist() == ["2025-10-30", "2025-10-31"]
+
+
+def test_specs_with_one_hash_but_different_json_stay_apart() -> None:
+    web = request("web", 500)
+    annotated = web.model_copy(update={"annotations": {"team": "shop"}})  # annotations are outside the spec hash
+    table = build_targets(dataset([(web, "web-1", [60] * 5), (annotated, "web-2", [180] * 5)]))
+    assert len(set(table.frame["spec_hash"])) == 1
+    assert dict(zip((r.annotations.get("team", "") for r in table.requests), table.power_watts)) == {"": 1.0, "shop": 3.0}
