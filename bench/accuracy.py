@@ -29,7 +29,6 @@ import json
 import resource
 import tempfile
 import time
-from unittest.mock import patch
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,38 +38,25 @@ import numpy as np
 from bench import power_model
 from bench.results import RunRecord, cell, markdown_table
 from bench.trainer_scale import run_size
-from bench.what_if_trainer import per_pod_by_spec_hash
 from trainer.crossval import compare_methods
 from trainer.dataset import read_dataset
 from trainer.metrics import MethodMetrics, score
-import trainer.targets
 from trainer.targets import build_targets
 
 DEFAULT_WORKLOADS, DEFAULT_DAYS = 200, 7.0
 QUICK_WORKLOADS, QUICK_DAYS = 50, 2.0
 
 
-DATASET_FILES = ("dataset.parquet", "dataset-what-if.parquet")  # the shipped step's, else the what-if's
+DATASET_FILE = "dataset.parquet"
 # In-process like `train fit`; the same limit as bench.trainer_scale's steps, so that a dataset
 # too large for the machine fails here with MemoryError instead of waking the OOM killer.
 ADDRESS_SPACE_LIMIT_GIB = 16
 
 
-def dataset_file(directory: Path) -> Path | None:
-    return next((directory / name for name in DATASET_FILES if (directory / name).exists()), None)
-
-
 def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
-    source = dataset_file(directory)
-    assert source is not None
-    dataset = read_dataset(source)
-    if source.name == "dataset-what-if.parquet":
-        # Where only the what-if dataset exists, the shipped per-pod step does not fit either
-        # (bench/README.md, section 3): use the what-if's, which gives the same targets.
-        with patch.object(trainer.targets, "_per_pod", per_pod_by_spec_hash):
-            table = build_targets(dataset)
-    else:
-        table = build_targets(dataset)
+    source = directory / DATASET_FILE
+    dataset = read_dataset(source, text_as_categories=True)  # as `train fit` reads it
+    table = build_targets(dataset)
     started = time.perf_counter()
     comparison = compare_methods(table, text_embedding=text_embedding)
     compare_seconds = time.perf_counter() - started
@@ -126,7 +112,7 @@ def main() -> None:
     evaluations = []
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
         if args.source is not None:
-            directories = sorted(d for d in args.source.iterdir() if dataset_file(d) is not None)
+            directories = sorted(d for d in args.source.iterdir() if (d / DATASET_FILE).exists())
             if not directories:
                 raise SystemExit(f"no dataset.parquet under {args.source}: run bench.trainer_scale --keep {args.source}")
         else:

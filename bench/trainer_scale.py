@@ -36,7 +36,6 @@ from bench.openmetrics_blocks import KEPLER_LINES, BackfillStats, backfill
 from bench.proc_stats import peak_rss_mib, run_measured
 from bench.results import RESULTS_DIR, RunRecord, cell, markdown_table
 from tests.trainer.prom_harness import PrometheusHarness
-from trainer.dataset import read_dataset
 
 SIMULATION_SEED = 20251105
 # (workloads, days, Kepler line)
@@ -48,7 +47,6 @@ FULL_SIZES = DEFAULT_SIZES + ((2000, 1.0, "kepler-0.10"), (2000, 7.0, "kepler-0.
 # machine shared with others.
 STEP_ADDRESS_SPACE_LIMIT_GIB = 16
 TRAINER = [sys.executable, "-m", "trainer.cli"]
-WHAT_IF = [sys.executable, "-m", "bench.what_if_trainer"]
 
 
 @dataclass(frozen=True)
@@ -77,21 +75,19 @@ class SizeResult:
     label_rows: int
     simulated_energy_joules: float
     recovered_energy_joules: float
-    what_if_dataset_equals_stock: bool | None = None
     workdir: str | None = None
 
 
-def _run_step(name: str, arguments: list[str], output: Path, what_if: bool = False) -> StepResult:
-    label = f"{name} (what-if)" if what_if else name
-    run = run_measured((WHAT_IF if what_if else TRAINER) + [name, *arguments], output.with_suffix(".log"),
+def _run_step(name: str, arguments: list[str], output: Path) -> StepResult:
+    run = run_measured(TRAINER + [name, *arguments], output.with_suffix(".log"),
                        address_space_limit_bytes=STEP_ADDRESS_SPACE_LIMIT_GIB * 2**30)
     # Paths in the output name this machine's temporary directory: keep file names only.
     lines = [line.replace(str(output.parent) + "/", "") for line in run.output.strip().splitlines() if line.strip()]
     failed = None
     if run.exit_code != 0:
         failed = f"exit {run.exit_code}: {lines[-1][:300] if lines else ''}"
-        print(f"  {label} failed: {failed}", flush=True)
-    return StepResult(step=label, wall_seconds=round(run.wall_seconds, 1), cpu_seconds=round(run.cpu_seconds, 1),
+        print(f"  {name} failed: {failed}", flush=True)
+    return StepResult(step=name, wall_seconds=round(run.wall_seconds, 1), cpu_seconds=round(run.cpu_seconds, 1),
                       peak_rss_mib=round(run.peak_rss_mib, 1),
                       output_bytes=output.stat().st_size if output.exists() and not failed else None,
                       summary=" / ".join(lines[-2:])[:400], failed=failed)
@@ -102,23 +98,7 @@ def _simulated_energy(cluster: SimulatedCluster) -> float:
     return float(sum(pod.step_joules[1:].sum() for pod in cluster.pods))
 
 
-def _what_if_steps(workdir: Path, requests: Path, stock: list[StepResult]) -> tuple[list[StepResult], bool | None]:
-    """The dataset and fit steps with the suggested memory changes (bench.what_if_trainer), and
-    whether their dataset equals the shipped step's (None when the shipped one did not finish)."""
-    dataset_path, model_path = workdir / "dataset-what-if.parquet", workdir / "model-what-if.joblib"
-    print("  dataset, fit (what-if) ...", flush=True)
-    steps = [_run_step("dataset", ["--labels", str(workdir / "labels.parquet"), "--requests", str(requests),
-                                   "--out", str(dataset_path)], dataset_path, what_if=True)]
-    if not steps[-1].failed:
-        steps.append(_run_step("fit", ["--dataset", str(dataset_path), "--out", str(model_path), "--text-embedding",
-                                       "tfidf", "--no-progress"], model_path, what_if=True))
-    same = None
-    if (workdir / "dataset.parquet").exists() and dataset_path.exists():
-        same = bool(read_dataset(workdir / "dataset.parquet").equals(read_dataset(dataset_path)))
-    return steps, same
-
-
-def run_size(workloads: int, days: float, line: str, workdir: Path, what_if: bool = False) -> SizeResult:
+def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResult:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cluster = simulate(workloads, days, SIMULATION_SEED, time.time())
@@ -147,16 +127,12 @@ def run_size(workloads: int, days: float, line: str, workdir: Path, what_if: boo
         print("  fit ...", flush=True)
         steps.append(_run_step("fit", ["--dataset", str(dataset_path), "--out", str(model_path),
                                        "--text-embedding", "tfidf", "--no-progress"], model_path))
-    what_if_same = None
-    if what_if and not steps[0].failed:
-        more, what_if_same = _what_if_steps(workdir, requests, steps)
-        steps += more
     recovered = pd.read_parquet(labels_path, columns=["energy_joules"])["energy_joules"] if labels_path.exists() else pd.Series([], dtype="float64")
     return SizeResult(
         workloads=workloads, days=days, kepler_line=line, pods=len(cluster.pods), nodes=len(cluster.nodes),
         simulate_seconds=round(simulate_seconds, 1), backfill=stats, prometheus_start_seconds=round(start_seconds, 1),
         prometheus_peak_rss_mib=round(prometheus_rss, 1), steps=steps, label_rows=len(recovered),
-        simulated_energy_joules=round(_simulated_energy(cluster), 1), what_if_dataset_equals_stock=what_if_same,
+        simulated_energy_joules=round(_simulated_energy(cluster), 1),
         recovered_energy_joules=round(float(np.sum(recovered.to_numpy())), 1),
     )
 
@@ -165,8 +141,6 @@ def print_table(results: list[SizeResult]) -> None:
     header = ["workloads x days", "Kepler", "pods", "samples", "OpenMetrics GiB", "backfill s (promtool s)", "TSDB MiB",
               "Prometheus start s", "labels s / MiB", "Prometheus peak MiB", "dataset s / MiB", "fit s / MiB",
               "label rows", "energy recovered"]
-    if any(s.step.endswith("(what-if)") for r in results for s in r.steps):
-        header += ["what-if dataset s / MiB", "what-if fit s / MiB", "what-if dataset = shipped"]
     rows = []
     for r in results:
         steps = {s.step: s for s in r.steps}
@@ -182,9 +156,7 @@ def print_table(results: list[SizeResult]) -> None:
                      f"{cell(r.backfill.wall_seconds)} ({cell(r.backfill.promtool_seconds)})",
                      cell(r.backfill.tsdb_bytes / 2**20, 0), cell(r.prometheus_start_seconds), step("labels"),
                      cell(r.prometheus_peak_rss_mib, 0), step("dataset"), step("fit"), cell(r.label_rows),
-                     f"{r.recovered_energy_joules / r.simulated_energy_joules:.4%}"]
-                    + ([step("dataset (what-if)"), step("fit (what-if)"), cell(r.what_if_dataset_equals_stock)]
-                       if len(header) > 14 else []))
+                     f"{r.recovered_energy_joules / r.simulated_energy_joules:.4%}"])
     print(markdown_table(header, rows))
 
 
@@ -196,8 +168,6 @@ def main() -> None:
     parser.add_argument("--workloads", type=int, default=None, help="one size instead of the mode's")
     parser.add_argument("--days", type=float, default=7.0, help="with --workloads")
     parser.add_argument("--kepler-line", choices=KEPLER_LINES, default="kepler-0.10", help="with --workloads")
-    parser.add_argument("--what-if", action="store_true",
-                        help="also run dataset and fit with the suggested memory changes (always with --full)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each size's files (requests, truth, labels, dataset, model) under this directory")
     parser.add_argument("--json", type=Path, default=None)
@@ -211,7 +181,7 @@ def main() -> None:
             print(f"trainer scale: {workloads} workloads x {days:g} days, {line}", flush=True)
             name = f"{workloads}x{days:g}d-{line}"
             workdir = (args.keep / name) if args.keep else Path(tmp) / name
-            result = run_size(workloads, days, line, workdir, what_if=args.full or args.what_if)
+            result = run_size(workloads, days, line, workdir)
             # The TSDB of the largest size is GBs: drop it before the next size, even when keeping the rest.
             shutil.rmtree(workdir / "prometheus", ignore_errors=True)
             if args.keep:
