@@ -5,14 +5,13 @@
 Same stack as `energetiscope serve` (Starlette on one uvicorn worker), same TLS context
 (`webhook.tls.ServingCertificates`, so the same TLS floor and cipher suites), the same
 certificate files and the same uvicorn settings (`webhook.server.tls_server_config`). It parses the JSON
-body, because no webhook can answer without reading the uid, and does nothing else: the
+body (with the webhook's parser), because no webhook can answer without reading the uid, and does nothing else: the
 webhook's throughput as a share of this one's is the cost of predicting and patching.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import uvicorn
@@ -21,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from webhook.app import parse_json
 from webhook.server import tls_server_config
 from webhook.tls import ServingCertificates
 
 
 def create_echo_app() -> Starlette:
     async def mutate(request: Request) -> JSONResponse:
-        review = json.loads(await request.body())
+        review = parse_json(await request.body())
         uid = review["request"]["uid"]
         return JSONResponse({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                              "response": {"uid": uid, "allowed": True}})

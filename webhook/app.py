@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
+import msgspec
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -78,14 +79,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _json(body: bytes) -> Any:
+_FAST_JSON = msgspec.json.Decoder()
+_TOO_DEEP = "body is not valid JSON: nested too deeply"
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        # A third of the standard library's time per review, as strict (no NaN), integers exact.
+        return _FAST_JSON.decode(body)
+    except msgspec.DecodeError:
+        pass
+    except RecursionError:
+        raise HTTPProblem(400, _TOO_DEEP) from None
+    # The standard library names the problem better, and reads what msgspec refuses but JSON
+    # allows (escaped lone surrogates, numbers beyond a double's range, UTF-16 and UTF-32).
     try:
         # Strict JSON: Python would accept NaN and Infinity, which no Kubernetes client sends.
         return json.loads(body, parse_constant=_reject_constant)
     except ValueError as exc:
         raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise HTTPProblem(400, "body is not valid JSON: nested too deeply") from None
+        raise HTTPProblem(400, _TOO_DEEP) from None
 
 
 def _text(body: bytes) -> str:
@@ -142,7 +156,7 @@ def create_app(
         return run
 
     async def review_request(request: Request) -> Mapping[str, Any]:
-        body = _json(await _read_body(request, settings.max_body_bytes))
+        body = parse_json(await _read_body(request, settings.max_body_bytes))
         try:
             return parse_review(body)
         except NotAnAdmissionReview as exc:
@@ -182,7 +196,7 @@ def create_app(
         return JSONResponse(result.review), result.outcome
 
     async def predict(request: Request) -> tuple[Response, str]:
-        body = _json(await _read_body(request, settings.max_body_bytes))
+        body = parse_json(await _read_body(request, settings.max_body_bytes))
         try:
             inference_request = InferenceRequest.model_validate(body)
         except ValidationError as exc:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import jsonpatch
+import msgspec
 import pytest
 import schemathesis
 import yaml
@@ -193,3 +194,19 @@ def test_openapi_contract(case: schemathesis.Case) -> None:
     # refusing the ones that are not YAML (400, saying where) is the documented contract.
     excluded = [schemathesis.checks.positive_data_acceptance] if case.path.endswith("/from-yaml") else []
     case.validate_response(response, excluded_checks=excluded)
+
+
+@pytest.mark.parametrize("oddity", ["huge-number", "lone-surrogate", "utf-16"])
+def test_json_the_fast_parser_refuses_is_still_read(oddity: str) -> None:
+    """Valid JSON that msgspec will not read goes through the standard library's parser."""
+    body = json.dumps(review(_deployment()))
+    if oddity == "huge-number":
+        body = body.replace('"name": "web"', '"name": "web", "generation": 1e400', 1)
+    if oddity == "lone-surrogate":
+        body = body.replace('"name": "web"', '"name": "web", "x-note": "\\ud800"', 1)
+    raw = body.encode("utf-16") if oddity == "utf-16" else body.encode()
+    with pytest.raises(msgspec.DecodeError):
+        msgspec.json.decode(raw)
+    response = CLIENT.post("/mutate", content=raw)
+    assert response.status_code == 200 and response.json()["response"]["allowed"] is True
+    assert "patch" in response.json()["response"]
