@@ -16,7 +16,9 @@ Values are kept exact (``Decimal``): ``500m`` memory really is half a byte, ``12
 from __future__ import annotations
 
 import decimal
+import functools
 import math
+from dataclasses import dataclass
 from decimal import Decimal
 
 _DECIMAL_SI_EXPONENTS = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -51,12 +53,27 @@ def parse_quantity(value: object, field: str = "quantity") -> Decimal:
     raise QuantityError(f"{field}: expected a quantity string or number, got {type(value).__name__}")
 
 
-def _parse_string(text: str, field: str) -> Decimal:
-    def bad(reason: str) -> QuantityError:
-        return QuantityError(f"{field}: {text!r} is not a valid quantity ({reason})")
+_MEMO_MAX_CHARS = 32  # only short texts are remembered: a long one could pin megabytes per entry
 
+
+def _parse_string(text: str, field: str) -> Decimal:
+    parsed = _parse_text(text) if len(text) <= _MEMO_MAX_CHARS else _parse_text.__wrapped__(text)
+    if isinstance(parsed, _Invalid):
+        raise QuantityError(f"{field}: {text!r} is not a valid quantity ({parsed.reason})")
+    return parsed
+
+
+@dataclass(frozen=True)
+class _Invalid:
+    reason: str
+
+
+# Manifests repeat a few quantities ("100m", "128Mi") endlessly; Decimals are immutable.
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> Decimal | _Invalid:
+    """The exact value of a quantity string, or why it is not one."""
     if not text:
-        raise bad("empty")
+        return _Invalid("empty")
     pos, end = 0, len(text)
     if text[pos] in "+-":
         pos += 1
@@ -72,7 +89,7 @@ def _parse_string(text: str, field: str) -> Decimal:
             pos += 1
         fraction_digits = text[fraction_start:pos]
     if not integer_digits and not fraction_digits:
-        raise bad("no digits")
+        return _Invalid("no digits")
     number = Decimal(f"{text[:integer_start]}{integer_digits or '0'}.{fraction_digits or '0'}")
     suffix = text[pos:]
 
@@ -84,13 +101,13 @@ def _parse_string(text: str, field: str) -> Decimal:
         exponent_text = suffix[1:]
         digits = exponent_text[1:] if exponent_text[0] in "+-" else exponent_text
         if not digits or not set(digits) <= _DIGITS:
-            raise bad(f"exponent {suffix!r} is not an integer")
+            return _Invalid(f"exponent {suffix!r} is not an integer")
         exponent = int(exponent_text)
         # apimachinery parses the exponent as an int32.
         if not -(2**31) <= exponent < 2**31:
-            raise bad("exponent out of range")
+            return _Invalid("exponent out of range")
         return _CONTEXT.scaleb(number, exponent)
-    raise bad(f"unknown suffix {suffix!r}; expected one of n u m k M G T P E Ki Mi Gi Ti Pi Ei or an exponent like e3")
+    return _Invalid(f"unknown suffix {suffix!r}; expected one of n u m k M G T P E Ki Mi Gi Ti Pi Ei or an exponent like e3")
 
 
 def _ceil(value: Decimal) -> int:
