@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "joblib", "pydantic", "starlette", "uvicorn",
-             "h11", "httptools", "uvloop", "jsonpatch", "anyio", "prometheus-client")
+             "h11", "httptools", "uvloop", "msgspec", "jsonpatch", "anyio", "prometheus-client", "threadpoolctl")
 
 
 def _cpu_model() -> str:
@@ -45,7 +45,7 @@ def library_versions() -> dict[str, str | None]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = None  # not installed (httptools, uvloop: uvicorn then uses h11 and asyncio)
+            versions[name] = None  # not installed
     return versions
 
 
