@@ -1,10 +1,11 @@
 """One process that loads a model artifact and predicts, as the webhook does; run by
 `bench.predictor_scale`, which reads its peak RSS from the kernel when it exits.
 
-    python -m bench.predictor_probe --model model.joblib --queries queries.ndjson [--what-if matvec-knn]
+    python -m bench.predictor_probe --model model.joblib --queries queries.ndjson
 
 Prints one JSON line: load time, single-prediction latency percentiles (`TrainedModel.predict`
-on one request, the webhook's call on a cache miss) and batch latency.
+on one request, the webhook's call on a cache miss), batch latency, and the BLAS thread counts
+the predictions ran with (the brute-force search sets one unless the environment chose).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
+from threadpoolctl import threadpool_info
+
 from bench.stats import percentile
-from bench.what_if_server import apply as apply_what_if
 from webhook.model import load_model
 from webhook.schema import InferenceRequest
 
@@ -30,9 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--queries", type=Path, required=True)
-    parser.add_argument("--what-if", action="append", default=[])
     args = parser.parse_args()
-    apply_what_if(args.what_if)
     queries = [InferenceRequest.model_validate_json(line) for line in args.queries.read_text().splitlines() if line]
     started = time.perf_counter()
     model = load_model(args.model)
@@ -62,6 +62,7 @@ def main() -> None:
         "batch_size": len(batch),
         "batch_median_ms": round(statistics.median(batch_ms), 3),
         "model_basis_share": round(basis_model / SINGLE_REPEATS, 3),
+        "blas_threads": sorted({int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"}),
     }))
 
 

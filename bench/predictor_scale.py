@@ -10,8 +10,9 @@ makes them), fits the encoder once, then per algorithm fits and calibrates LogPo
 writes the artifact (`bench.model_artifact`). Each artifact is then loaded by a fresh probe
 process (`bench.predictor_probe`) that predicts 200 single held-out requests and a batch of 100
 (`TrainedModel.predict`, the webhook's call on a cache miss); its peak RSS is the serving
-memory. A `brute + matvec (what-if)` row probes the brute artifact with the KNN query the
-README suggests (`bench.what_if_server`).
+memory. `brute` is LogPowerKNN's own search (`webhook.knn.BruteForceIndex`: one BLAS
+matrix-vector product per query, one BLAS thread), also what "auto" means; the trees are
+scikit-learn's.
 
 Fit time is the index build plus the trust radius (LogPowerKNN queries a seeded sample of 2,000
 distinct specs since commit 6e8c805; before, every row, which made 1M rows take about an hour).
@@ -45,7 +46,6 @@ QUERY_COUNT = 200
 QUERY_SEED = 20251104
 DEFAULT_MAX_FIT_SECONDS = 150.0
 FULL_MAX_FIT_SECONDS = 1800.0
-MATVEC_ROW = "brute + matvec (what-if)"
 
 
 def _predicted_fit_seconds(history: list[tuple[int, float]], rows: int) -> float | None:
@@ -84,10 +84,8 @@ def run_one_size(rows: int, workdir: Path, algorithms: list[str], max_fit_second
             "fitted": fitted}
 
 
-def _probe(model: Path, queries: Path, workdir: Path, what_if: list[str]) -> dict[str, Any]:
+def _probe(model: Path, queries: Path, workdir: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.predictor_probe", "--model", str(model), "--queries", str(queries)]
-    for patch in what_if:
-        command += ["--what-if", patch]
     run = run_measured(command, workdir / "probe.log")
     if run.exit_code != 0:
         raise RuntimeError(f"probe of {model.name} failed:\n{run.output[-2000:]}")
@@ -121,10 +119,8 @@ def measure(sizes: list[int], algorithms: list[str], max_fit_seconds: float, wor
             history.setdefault(algorithm, []).append((rows, fitted["knn_fit_seconds"]))
             model = Path(fitted["path"])
             row.update({k: fitted[k] for k in ("knn_fit_seconds", "save_seconds", "artifact_bytes", "trust_radius")})
-            row.update(_probe(model, queries, workdir, []))
+            row.update(_probe(model, queries, workdir))
             rows_out.append(row)
-            if algorithm == "brute":
-                rows_out.append({"rows": rows, "algorithm": MATVEC_ROW, **_probe(model, queries, workdir, ["matvec-knn"])})
             model.unlink()
     return rows_out
 

@@ -5,10 +5,16 @@ Log scale because pod power spans orders of magnitude (a sidecar at 0.1 W, a GPU
 The trust radius is learned from the training set itself: a query farther from every
 training pod than almost any training pod is from its own nearest neighbour is outside
 what the data covers, and the caller falls back to the prior.
+
+Brute force is searched here (`BruteForceIndex`), not by scikit-learn: the webhook asks one
+spec at a time, and one BLAS matrix-vector product over the training matrix answers that 5x
+faster than scikit-learn's brute force (bench/README.md). kd and ball trees stay scikit-learn's.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +22,184 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 
 TRUST_SAMPLE_ROWS = 2000
+ALGORITHMS = ("auto", "brute", "kd_tree", "ball_tree")
+# The float32 scores of one block of queries against every training row stay within this.
+QUERY_BLOCK_BYTES = 64 * 2**20
+# Candidates re-ranked with exact distances; more than k, so that the bound below rarely fails.
+CANDIDATES_PER_NEIGHBOUR = 4
+FLOAT32_UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+# Set by the operator, a BLAS thread count is theirs to choose; otherwise the search uses one.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+SEARCH_BLAS_THREADS = 1
+
+_blas_threads_lock = threading.Lock()
+_blas_threads_set = False
+
+
+def limit_blas_threads_once() -> None:
+    """One BLAS thread per process, from the first brute-force search on.
+
+    The webhook predicts in a pool of worker threads: concurrent reviews are its parallelism.
+    On its 2 cores a 2-thread GEMV started by each of several reviews at once oversubscribes
+    them (bench/admission_load.py: a third of the throughput), and waiting for OpenBLAS's helper
+    thread made even a lone query slower on this shared machine (a 100k x 157 float32 GEMV:
+    2.6 ms on one thread, 7.5 ms on two; a product with 100 queries, 36 against 54 ms). The limit
+    is process-wide (BLAS has no per-call setting), so it is set once, before any search runs,
+    and never changed under a running product.
+    """
+    global _blas_threads_set
+    with _blas_threads_lock:
+        if _blas_threads_set:
+            return
+        if not any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+            threadpool_limits(limits=SEARCH_BLAS_THREADS, user_api="blas")
+        _blas_threads_set = True
+
+
+class BruteForceIndex:
+    """Exact k nearest neighbours (Euclidean) by one matrix product per block of queries.
+
+    ||q - x||² = ||q||² + ||x||² - 2 q·x, with ||x||² precomputed: ranking needs only
+    ||x||² - 2 q·x, one GEMV for a query (GEMM for a block). In float32 that expansion cancels
+    catastrophically for near and exact matches, so it only picks candidates; their distances
+    are recomputed exactly as ||q - x|| in float64. A bound on the expansion's rounding error
+    proves that no row left out could be as near as the k-th candidate; where it cannot (ties,
+    duplicated rows), every row within the bound is re-ranked. Neighbours come ordered by
+    (distance, row), so ties always go to the lowest rows, whatever BLAS rounded.
+    """
+
+    def __init__(self, training: np.ndarray) -> None:
+        # No copy when the matrix is already float32 and C-ordered (scikit-learn's `_fit_X` is).
+        self.training = np.ascontiguousarray(training, dtype=np.float32)
+        if self.training.ndim != 2 or self.training.shape[0] == 0:
+            raise ValueError("BruteForceIndex needs a 2-d training matrix with at least one row")
+        self.squared_norms = np.einsum("ij,ij->i", self.training, self.training)
+        self.max_norm = float(np.sqrt(self.squared_norms.max()))
+        # Each float32 score is off by at most (d + 2) unit roundoffs times (||x|| + ||q||)²
+        # (Higham's dot-product bound for q·x and for ||x||², and the subtraction); doubled
+        # for a margin over BLAS kernels that accumulate in another order.
+        self.score_error_factor = 2.0 * (self.training.shape[1] + 2) * FLOAT32_UNIT_ROUNDOFF
+
+    @property
+    def rows(self) -> int:
+        return int(self.training.shape[0])
+
+    def kneighbors(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances float64, row indices), each queries x k, nearest first."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.training.shape[1]:
+            raise ValueError(f"queries must be n x {self.training.shape[1]}, got shape {queries.shape}")
+        if not np.isfinite(queries).all():
+            raise ValueError("queries must be finite (no NaN or infinity)")
+        if not 1 <= k <= self.rows:
+            raise ValueError(f"k must be between 1 and the {self.rows} training rows, got {k}")
+        limit_blas_threads_once()
+        distances = np.empty((queries.shape[0], k), dtype=np.float64)
+        indices = np.empty((queries.shape[0], k), dtype=np.intp)
+        block_rows = max(1, QUERY_BLOCK_BYTES // (np.dtype(np.float32).itemsize * self.rows))
+        for start in range(0, queries.shape[0], block_rows):
+            stop = start + block_rows
+            distances[start:stop], indices[start:stop] = self._search_block(queries[start:stop], k)
+        return distances, indices
+
+    def _scores(self, block: np.ndarray) -> np.ndarray:
+        """||x||² - 2 q·x per (query, row): ||q - x||² less the query's own ||q||²."""
+        # Scaling the query by -2 is exact in binary and saves a pass over the scores.
+        scores = (-2.0 * block) @ self.training.T  # a single query makes this a GEMV
+        scores += self.squared_norms
+        return scores
+
+    def _score_thresholds(self, block: np.ndarray, kth_distances: np.ndarray) -> np.ndarray:
+        """Per query, the highest score a row could have and still be as near as the k-th neighbour."""
+        query_squared_norms = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        error = self.score_error_factor * (self.max_norm + np.sqrt(query_squared_norms)) ** 2
+        return kth_distances**2 - query_squared_norms + error
+
+    def _search_block(self, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = self._scores(block)
+        width = CANDIDATES_PER_NEIGHBOUR * k
+        if width >= self.rows:
+            every_row = np.broadcast_to(np.arange(self.rows), scores.shape)
+            return self._nearest_exact(block, every_row, k)
+        candidates, least_excluded = _lowest_scores(scores, width)
+        distances, indices = self._nearest_exact(block, candidates, k)
+        thresholds = self._score_thresholds(block, distances[:, -1])
+        for row in np.flatnonzero(least_excluded <= thresholds):
+            # The union only guards against a bound that failed: every candidate is within it.
+            within = np.union1d(np.flatnonzero(scores[row] <= thresholds[row]), indices[row])
+            row_distances, row_indices = self._nearest_exact(block[row:row + 1], within[None, :], k)
+            distances[row], indices[row] = row_distances[0], row_indices[0]
+        return distances, indices
+
+    def _nearest_exact(self, block: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k candidates nearest each query by exact distance, ties to the lowest row."""
+        # Cast as the ufunc goes: float64 copies of both sides would page-fault in fresh memory.
+        differences = np.subtract(self.training[candidates], block[:, None, :], dtype=np.float64)
+        exact = np.sqrt(np.einsum("qcd,qcd->qc", differences, differences))
+        order = np.lexsort((candidates, exact), axis=-1)[:, :k]
+        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(candidates, order, axis=1)
+
+
+def _lowest_scores(scores: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the rows of the `width` lowest scores (in no order) and the lowest score left
+    out, which every row left out reaches or exceeds. A row at a time, so that argpartition's
+    int64 indices add one row's worth to the block's scores, not a block's."""
+    candidates = np.empty((scores.shape[0], width), dtype=np.intp)
+    least_excluded = np.empty(scores.shape[0], dtype=scores.dtype)
+    for row, row_scores in enumerate(scores):
+        partitioned = np.argpartition(row_scores, width)
+        candidates[row] = partitioned[:width]
+        least_excluded[row] = row_scores[partitioned[width]]
+    return candidates, least_excluded
+
+
+def resolve_algorithm(algorithm: str) -> str:
+    """"auto" is brute force, whatever the size.
+
+    Measured on the served features (157 dimensions; bench/results/predictor_scale*.json, one
+    BLAS thread): at 100k rows this search answers one query about as fast as the kd-tree
+    (2.6-3.1 against 2.2-2.6 ms) and a batch of 100 four times faster, from an artifact and a
+    serving process a third and a quarter smaller. At 1M rows the kd-tree answers one query
+    faster (10 against 25 ms, from 86 ms for scikit-learn's brute force), but its artifact is
+    2 GiB against 0.6, its process 2.2 GiB against 0.9, it loads in 8 s against 1 and fits in
+    2.5 times as long. Under concurrent load the two served about the same throughput
+    (bench/README.md, admission what-ifs at 50k rows). scikit-learn's own "auto" would pick a
+    tree only below 16 features, which the encoder's hashed text block alone exceeds.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    return "brute" if algorithm == "auto" else algorithm
+
+
+def _brute_force_index_of(neighbors: KNeighborsRegressor) -> BruteForceIndex | None:
+    """The matrix-vector search over a fitted scikit-learn brute-force estimator's own training
+    matrix (shared, not copied), or None for a tree. Artifacts hold the scikit-learn estimator,
+    so they load, and load in servers from before this search, unchanged."""
+    if neighbors._fit_method != "brute":
+        return None
+    return BruteForceIndex(neighbors._fit_X)
+
+
+def _nearest_other_spec_distances(distinct: np.ndarray, algorithm: str) -> np.ndarray:
+    """Distance from each of a seeded sample of distinct specs to its nearest other spec.
+
+    A sample estimates the quantile well and keeps fitting linear in the rows: querying every
+    row of a 1M-row set took about an hour (bench/README.md).
+    """
+    queries = distinct
+    if distinct.shape[0] > TRUST_SAMPLE_ROWS:
+        chosen = np.random.default_rng(0).choice(distinct.shape[0], TRUST_SAMPLE_ROWS, replace=False)
+        queries = distinct[chosen]
+    if algorithm == "brute":
+        distances, _ = BruteForceIndex(distinct).kneighbors(queries, 2)
+    else:
+        distances, _ = NearestNeighbors(n_neighbors=2, algorithm=algorithm).fit(distinct).kneighbors(queries)
+    # Column 0 is the spec itself: column 1 is its nearest other spec.
+    return distances[:, 1]
 
 
 @dataclass(frozen=True)
@@ -44,6 +225,9 @@ class LogPowerKNN(RegressorMixin, BaseEstimator):
     ``interval_log_offsets_`` (set by :meth:`calibrate`, e.g. split-conformal residual
     quantiles) turn the point prediction into p10/p90; uncalibrated, the interval is the
     weighted 10th/90th percentile of the neighbours' powers.
+
+    ``algorithm`` is "brute" (the default "auto" means it, see :func:`resolve_algorithm`),
+    "kd_tree" or "ball_tree".
     """
 
     def __init__(
@@ -67,30 +251,35 @@ class LogPowerKNN(RegressorMixin, BaseEstimator):
             raise ValueError("LogPowerKNN.fit needs at least one training row")
         if not np.all(np.isfinite(power)) or np.any(power <= 0):
             raise ValueError("power_watts targets must be finite and > 0 W")
+        algorithm = resolve_algorithm(self.algorithm)
         self.n_neighbors_ = min(self.n_neighbors, X.shape[0])
         self.neighbors_ = KNeighborsRegressor(
-            n_neighbors=self.n_neighbors_, weights="distance", algorithm=self.algorithm
+            n_neighbors=self.n_neighbors_, weights="distance", algorithm=algorithm
         ).fit(X, np.log(power))
+        self._brute_force_index = _brute_force_index_of(self.neighbors_)
         self.log_power_ = np.log(power)
         # Distances between distinct specs: pods of one workload share a feature vector, and
         # counting those twins would shrink the radius to 0 and send every query to the prior.
         distinct = np.unique(X, axis=0)
         if distinct.shape[0] >= 2:
-            index = NearestNeighbors(n_neighbors=2, algorithm=self.algorithm).fit(distinct)
-            # A seeded sample estimates the quantile well and keeps fitting linear in the rows:
-            # querying every row of a 1M-row set took about an hour (bench/README.md).
-            queries = distinct
-            if distinct.shape[0] > TRUST_SAMPLE_ROWS:
-                chosen = np.random.default_rng(0).choice(distinct.shape[0], TRUST_SAMPLE_ROWS, replace=False)
-                queries = distinct[chosen]
-            distances, _ = index.kneighbors(queries)
-            # Column 0 is the spec itself: column 1 is its nearest other spec.
-            self.trust_radius_ = float(np.quantile(distances[:, 1], self.trust_quantile) * self.trust_factor)
+            nearest_other = _nearest_other_spec_distances(distinct, algorithm)
+            self.trust_radius_ = float(np.quantile(nearest_other, self.trust_quantile) * self.trust_factor)
         else:
             self.trust_radius_ = float("inf")
         self.interval_log_offsets_: tuple[float, float] | None = None
         self.n_features_in_ = X.shape[1]
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The index's norms are derived: rebuilt on load, so the artifact holds X once.
+        state = dict(super().__getstate__())
+        state.pop("_brute_force_index", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        fitted = getattr(self, "neighbors_", None)
+        self._brute_force_index = _brute_force_index_of(fitted) if fitted is not None else None
 
     def calibrate(self, log_offset_p10: float, log_offset_p90: float) -> "LogPowerKNN":
         if not log_offset_p10 <= 0 <= log_offset_p90:
@@ -98,10 +287,16 @@ class LogPowerKNN(RegressorMixin, BaseEstimator):
         self.interval_log_offsets_ = (float(log_offset_p10), float(log_offset_p90))
         return self
 
-    def predict_detail(self, X: Any) -> NeighbourPrediction:
+    def kneighbors(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, training row indices) of each row's n_neighbors_ nearest, nearest first."""
         check_is_fitted(self, "neighbors_")
         X = np.asarray(X, dtype=np.float32)
-        distances, indices = self.neighbors_.kneighbors(X)
+        if self._brute_force_index is not None:
+            return self._brute_force_index.kneighbors(X, self.n_neighbors_)
+        return self.neighbors_.kneighbors(X)
+
+    def predict_detail(self, X: Any) -> NeighbourPrediction:
+        distances, indices = self.kneighbors(X)
         neighbour_log_power = self.log_power_[indices]
         exact = distances <= 1e-12
         # Same rule as scikit-learn's distance weighting: exact matches take all the weight.
