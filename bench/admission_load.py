@@ -14,10 +14,8 @@
 * Fixed rate: `bench.fixed_rate`, 16 connections, latency from the scheduled send time (no
   coordinated omission), at 45/s (the research prototype's maximum) and 100/s.
 * Server CPU per request (from /proc), peak RSS, cache hits and prediction basis (/metrics).
-* What-if rows (not the shipped code): the webhook with the changes bench/README.md suggests
-  patched in (`bench.what_if_server`), and with a kd_tree artifact. The matvec row runs with one
-  BLAS/OpenMP thread (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1): with the defaults, eight review
-  threads each starting a 2-thread BLAS call on 2 cores run at a third of the speed.
+* What-if row (not the shipped configuration): the webhook serving a kd_tree artifact, the
+  alternative to the shipped brute-force search for cache misses.
 * Profile: py-spy over the loaded webhook (`bench.profile_webhook`) and the in-process cost of
   each step of mutate() (`bench.mutate_stages`).
 """
@@ -50,9 +48,6 @@ CONNECTIONS = 16
 FIXED_RATES_PER_SECOND = (45.0, 100.0)
 TARGET_SHARE_OF_ECHO = 0.30
 TARGET_P99_MS = 5.0
-# Eight review threads each starting a multi-threaded BLAS call on 2 cores oversubscribe them:
-# the matvec what-if runs with one BLAS/OpenMP thread per call, as the README suggests deploying.
-ONE_BLAS_THREAD = (("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"))
 PROTOTYPE = {"requests_per_second": 45.0, "p50_ms": 21.8, "endpoint": "/predict"}
 
 
@@ -105,9 +100,6 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
                    webhook_args + ("--cache-entries", "0"), profile=True),
     ]
     if what_if:
-        listed.append(ServerCase("what-if-uncached-matvec", "what-if: matvec KNN + 1 BLAS thread, cache miss",
-                                 servers.what_if("matvec-knn"), webhook_args + ("--cache-entries", "0"),
-                                 what_if=True, env=ONE_BLAS_THREAD))
         if kd_tree_model is not None:
             listed.append(ServerCase("what-if-uncached-kd-tree", "what-if: kd_tree artifact, cache miss", servers.WEBHOOK,
                                      ("--model", str(kd_tree_model), "--kube-access", "off", "--cache-entries", "0"),
@@ -199,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not for the README)")
     parser.add_argument("--rows", type=int, default=TRAINING_ROWS, help="training rows of the served model")
-    parser.add_argument("--no-what-if", action="store_true", help="skip the what-if rows")
+    parser.add_argument("--no-what-if", action="store_true", help="skip the what-if (kd_tree) row")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy and the per-step costs")
     parser.add_argument("--json", type=Path, default=None, help="result file (default bench/results/admission_load.json)")
     args = parser.parse_args()

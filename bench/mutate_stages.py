@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from webhook import annotations
 from webhook.admission import MutationSettings, _projected_patch, annotations_patch, mutate
+from webhook.app import parse_json
 from webhook.extract import to_inference_request
 from webhook.prior import PriorPredictor
 from webhook.schema import spec_hash
@@ -61,7 +62,7 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
     n = len(bodies)
     model = uncached.predictor
     return [
-        StageCost("request JSON parse (json.loads)", _mean_microseconds(lambda i: json.loads(bodies[i]), n)),
+        StageCost("request JSON parse (msgspec)", _mean_microseconds(lambda i: parse_json(bodies[i]), n)),
         StageCost("object -> InferenceRequest (extract)", _mean_microseconds(lambda i: to_inference_request(objects[i]), n)),
         StageCost("spec hash", _mean_microseconds(lambda i: spec_hash(requests[i]), n)),
         StageCost("prediction, cache miss (encode + KNN + interval)",

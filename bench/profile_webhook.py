@@ -19,23 +19,24 @@ from pathlib import Path
 
 # (component, substrings of a frame "function (file:line)"); checked in this order for each frame.
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("KNN neighbour search (sklearn kneighbors)", ("kneighbors", "ArgKmin")),
+    ("KNN neighbour search (BruteForceIndex / sklearn kneighbors)", ("kneighbors", "ArgKmin", "BruteForceIndex")),
     ("feature encoding (PodFeatureEncoder)", ("PodFeatureEncoder",)),
     ("rest of the prediction (TrainedModel.predict)", ("TrainedModel.predict", "predict_detail")),
     ("JSON patch diff (jsonpatch.make_patch)", ("jsonpatch.py",)),
     ("spec hash (model_dump + json + sha256)", ("spec_hash",)),
     ("object -> InferenceRequest (extract, pydantic)", ("to_inference_request",)),
     ("annotations.render", ("annotations.py",)),
-    ("request JSON parse (json.loads)", ("_json (webhook/app.py",)),
+    ("request JSON parse (msgspec)", ("parse_json (webhook/app.py",)),
     ("response JSON encode (JSONResponse)", ("JSONResponse.render", "JSONResponse.__init__")),
     ("thread hand-off (anyio.to_thread, loop wake-ups)", ("_write_to_self", "_read_from_self", "call_soon_threadsafe",
                                                           "queue.py", "Condition.notify", "run_sync_in_worker_thread",
                                                           "to_thread.py", "CapacityLimiter")),
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("TLS and socket I/O", ("ssl.py", "sslproto.py", "selector_events.py")),
-    ("HTTP parsing and framing (h11, uvicorn)", ("h11/", "uvicorn/protocols")),
+    ("HTTP parsing and framing (httptools, uvicorn)", ("h11/", "httptools", "uvicorn/protocols")),
     ("Starlette routing and middleware", ("starlette/",)),
-    ("asyncio event loop", ("asyncio/", "anyio/")),
+    # uvloop runs the loop, TLS and sockets in C: py-spy sees their time in the loop's frames.
+    ("event loop, TLS and sockets in uvloop (C)", ("uvloop", "asyncio/", "anyio/")),
 )
 IDLE_LEAVES = ("Condition.wait", "EpollSelector.select", "Event.wait (threading.py", "Thread.join", "sleep")
 _LINE_NUMBER = re.compile(r":\d+\)$")

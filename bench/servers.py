@@ -1,4 +1,4 @@
-"""Servers under test as processes: the webhook, the echo reference, the what-if webhook.
+"""Servers under test as processes: the webhook and the echo reference.
 
 All are started by `tests.webhook_process.WebhookProcess` (a free loopback port, the
 certificate directory, ready when /readyz answers 200, stopped with SIGTERM); only the module
@@ -14,10 +14,6 @@ from tests.webhook_process import SERVE, WebhookProcess
 WEBHOOK = SERVE
 ECHO = ("bench.echo_server",)
 START_TIMEOUT_SECONDS = 60.0  # a 50,000-row model loads in a few seconds on a busy machine
-
-
-def what_if(*patches: str) -> tuple[str, ...]:
-    return ("bench.what_if_server", *[arg for patch in patches for arg in ("--patch", patch)], "serve")
 
 
 def server_process(module: tuple[str, ...], cert_dir: Path, log_path: Path, *extra_args: str,
