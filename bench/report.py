@@ -74,9 +74,6 @@ def trainer(result: dict[str, Any]) -> str:
     header = ["workloads x days", "Kepler", "pods", "samples", "OpenMetrics GiB", "backfill s (promtool s)", "TSDB MiB",
               "labels s / peak MiB", "Prometheus peak MiB", "dataset s / peak MiB", "fit s / peak MiB", "label rows",
               "energy recovered"]
-    what_if = any(s["step"].endswith("(what-if)") for r in result["results"] for s in r["steps"])
-    if what_if:
-        header += ["what-if dataset s / MiB", "what-if fit s / MiB", "same dataset"]
     rows = []
     for r in result["results"]:
         steps = {s["step"]: s for s in r["steps"]}
@@ -95,8 +92,6 @@ def trainer(result: dict[str, Any]) -> str:
                cell(backfill["tsdb_bytes"] / 2**20, 0), step("labels"), cell(r["prometheus_peak_rss_mib"], 0),
                step("dataset"), step("fit"), cell(r["label_rows"]),
                f"{r['recovered_energy_joules'] / r['simulated_energy_joules']:.4%}"]
-        if what_if:
-            row += [step("dataset (what-if)"), step("fit (what-if)"), cell(r["what_if_dataset_equals_stock"])]
         rows.append(row)
     return markdown_table(header, rows) + f"\n\n{_context(result)}"
 
