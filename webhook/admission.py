@@ -19,7 +19,8 @@ from typing import Any, Literal, Union
 import jsonpatch
 
 from . import annotations
-from .extract import ExtractionError, has_controller, is_workload, to_inference_request
+from .extract import ExtractionError, has_controller, is_workload
+from .reading import ObjectReader, read_object
 from .schema import InferenceRequest
 from .service import PredictionService, WorkloadPrediction
 
@@ -108,6 +109,7 @@ class PendingReview(ABC):
 
     uid: str
     request: InferenceRequest
+    spec_hash: str
 
     @abstractmethod
     def complete(self, prediction: WorkloadPrediction) -> AdmissionResult: ...
@@ -118,7 +120,7 @@ class PendingReview(ABC):
 
     def predict_and_complete(self, service: PredictionService) -> AdmissionResult:
         try:
-            prediction = service.predict(self.request)
+            prediction = service.predict(self.request, self.spec_hash)
         except Exception as exc:  # the cluster must not stop deploying because a prediction broke
             return self.fail(exc)
         return self.complete(prediction)
@@ -143,6 +145,7 @@ class PendingMutation(PendingReview):
     kind: str
     metadata: Mapping[str, Any]
     request: InferenceRequest
+    spec_hash: str
 
     def fail(self, error: Exception) -> AdmissionResult:
         log.error("prediction failed for %s %s/%s", self.kind, self.metadata.get("namespace"),
@@ -200,7 +203,7 @@ def _projected_patch(
     return tuple(jsonpatch.make_patch(before, after).patch)
 
 
-def plan_mutation(request: Mapping[str, Any], settings: MutationSettings) -> Plan:
+def plan_mutation(request: Mapping[str, Any], settings: MutationSettings, reader: ObjectReader | None = None) -> Plan:
     uid: str = request["uid"]
     # DELETE and CONNECT carry no object to annotate (a patch on DELETE fails the request);
     # subresources (status, scale) are not the workload object itself.
@@ -226,7 +229,7 @@ def plan_mutation(request: Mapping[str, Any], settings: MutationSettings) -> Pla
 
     typed = {"apiVersion": api_version, "kind": kind, **obj} if "kind" not in obj else obj
     try:
-        inference_request = to_inference_request(typed)
+        inference_request, hash_ = reader.read(typed) if reader is not None else read_object(typed)
     except ExtractionError as exc:
         return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: {exc}")
     except Exception as exc:
@@ -235,7 +238,7 @@ def plan_mutation(request: Mapping[str, Any], settings: MutationSettings) -> Pla
     current = metadata.get("annotations")
     if current is not None and not isinstance(current, Mapping):
         return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: metadata.annotations: expected an object")
-    return PendingMutation(uid, str(kind), metadata, inference_request)
+    return PendingMutation(uid, str(kind), metadata, inference_request, hash_)
 
 
 def mutate(request: Mapping[str, Any], service: PredictionService, settings: MutationSettings) -> AdmissionResult:

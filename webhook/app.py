@@ -29,6 +29,7 @@ from .manifests import ManifestError, read_manifests
 from .metrics import CONTENT_TYPE, WebhookMetrics
 from .openapi import openapi_document
 from .policy import PolicyStore
+from .reading import ObjectReader
 from .schema import InferenceRequest, PredictOut
 from .service import PredictionService, WorkloadPrediction
 from .validation import Budgets, plan_validation
@@ -137,7 +138,9 @@ def create_app(
 ) -> Starlette:
     settings = settings or AppSettings()
     budgets = budgets or Budgets(policy=PolicyStore(None), inventory=None)
-    metrics = WebhookMetrics(service)
+    # As many objects remembered as predictions: --cache-entries 0 turns both off.
+    reader = ObjectReader(service.cache.max_entries)
+    metrics = WebhookMetrics(service, reader)
     state = {"tls_ready": False}
 
     def endpoint(name: str, handler: Callable[[Request], Awaitable[tuple[Response, str]]]):
@@ -168,7 +171,7 @@ def create_app(
         if isinstance(plan, AdmissionResult):
             return plan
         try:
-            cached = service.cached(plan.request)
+            cached = service.cached(plan.request, plan.spec_hash)
         except Exception as exc:
             return plan.fail(exc)
         if cached is not None:
@@ -185,14 +188,14 @@ def create_app(
 
     async def admit(request: Request) -> tuple[Response, str]:
         review = await review_request(request)
-        result = await answer(plan_mutation(review, settings.mutation), review, "not annotated")
+        result = await answer(plan_mutation(review, settings.mutation, reader), review, "not annotated")
         if result.basis is not None:
             metrics.predictions.labels(result.basis).inc()
         return JSONResponse(result.review), result.outcome
 
     async def check_budget(request: Request) -> tuple[Response, str]:
         review = await review_request(request)
-        result = await answer(plan_validation(review, budgets), review, "budget not checked")
+        result = await answer(plan_validation(review, budgets, reader), review, "budget not checked")
         return JSONResponse(result.review), result.outcome
 
     async def predict(request: Request) -> tuple[Response, str]:

@@ -68,7 +68,8 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
               help="Also annotate Pods that have a controller (their owner is annotated already).")
 @click.option("--watch-interval", type=click.FloatRange(min=0.1), default=5.0,
               envvar="ENERGETISCOPE_WATCH_INTERVAL_SECONDS", help="Seconds between checks of the model file.")
-@click.option("--cache-entries", type=click.IntRange(min=0), default=4096, envvar="ENERGETISCOPE_CACHE_ENTRIES")
+@click.option("--cache-entries", type=click.IntRange(min=0), default=4096, envvar="ENERGETISCOPE_CACHE_ENTRIES",
+              help="pod predictions, and workload objects already read, kept in memory (each); 0 keeps none")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=3 * 2**20,
               envvar="ENERGETISCOPE_MAX_BODY_BYTES")
 @click.option("--policy-file", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -7,8 +7,8 @@ field in the manifest (``spec.template.spec.containers[1].resources.requests.cpu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from pydantic import ValidationError
@@ -228,6 +228,43 @@ def _dig(obj: Mapping[str, Any], path: tuple[str, ...]) -> tuple[Mapping[str, An
     return node, ".".join(walked)
 
 
+# The metadata an InferenceRequest is built from; everything else in metadata is bookkeeping.
+_READ_METADATA = ("name", "generateName", "namespace", "labels", "annotations")
+
+
+def _without_ignored(value: Any, ignored: Callable[[str], bool]) -> Any:
+    # Only entries that extraction would accept and then drop: a malformed one stays, so that
+    # the error it raises is the same with or without this step.
+    if not isinstance(value, Mapping):
+        return value
+    return {k: v for k, v in value.items() if not (isinstance(k, str) and isinstance(v, str) and ignored(k))}
+
+
+def _is_ours(key: str) -> bool:
+    return key.startswith(ANNOTATION_PREFIX)
+
+
+def _is_ours_or_last_applied(key: str) -> bool:
+    return key.startswith(ANNOTATION_PREFIX) or key == _LAST_APPLIED
+
+
+def read_part(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a workload object its InferenceRequest depends on, and all extraction reads.
+
+    Leaves out status, managedFields, resourceVersion and the like, our own labels and
+    annotations and kubectl's last-applied-configuration: the same workload re-applied, or seen
+    by /mutate and then by /validate with our annotations added, has the same part.
+    """
+    metadata = obj.get("metadata")
+    if isinstance(metadata, Mapping):
+        metadata = {key: metadata[key] for key in _READ_METADATA if key in metadata}
+        for key, ignored in (("labels", _is_ours), ("annotations", _is_ours_or_last_applied)):
+            kept = _without_ignored(metadata.pop(key, None), ignored)
+            if not (kept is None or (isinstance(kept, Mapping) and not kept)):  # absent, null and {} read the same
+                metadata[key] = kept
+    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": metadata, "spec": obj.get("spec")}
+
+
 def to_inference_request(obj: Mapping[str, Any]) -> InferenceRequest:
     """Build the InferenceRequest of a workload object (a dict as the API serves it).
 
@@ -235,6 +272,11 @@ def to_inference_request(obj: Mapping[str, Any]) -> InferenceRequest:
     """
     if not isinstance(obj, Mapping):
         raise ExtractionError("object", f"expected an object, got {type(obj).__name__}")
+    return from_read_part(read_part(obj))
+
+
+def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
+    """:func:`to_inference_request` of an object reduced by :func:`read_part`."""
     kind = obj.get("kind")
     api_version = obj.get("apiVersion")
     if not is_workload(kind, api_version):

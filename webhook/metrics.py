@@ -13,6 +13,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from .reading import ObjectReader
 from .service import PredictionService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -23,8 +24,9 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class _ModelCollector:
     """Reads the service at scrape time, so the numbers are never stale after a reload."""
 
-    def __init__(self, service: PredictionService) -> None:
+    def __init__(self, service: PredictionService, reader: ObjectReader | None) -> None:
         self.service = service
+        self.reader = reader
 
     def collect(self):  # type: ignore[no-untyped-def]
         status = self.service.status()
@@ -45,10 +47,20 @@ class _ModelCollector:
         lookups.add_metric(["hit"], float(cache.hits))
         lookups.add_metric(["miss"], float(cache.misses))
         yield lookups
+        if self.reader is not None:
+            memo = self.reader.memo
+            reads = GaugeMetricFamily(
+                "energetiscope_object_read_memo_lookups",
+                "Workload objects looked up among those already read, since start, by result.",
+                labels=["result"],
+            )
+            reads.add_metric(["hit"], float(memo.hits))
+            reads.add_metric(["miss"], float(memo.misses))
+            yield reads
 
 
 class WebhookMetrics:
-    def __init__(self, service: PredictionService) -> None:
+    def __init__(self, service: PredictionService, reader: ObjectReader | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "energetiscope_requests",
@@ -73,7 +85,7 @@ class WebhookMetrics:
             registry=self.registry,
         )
         self.ready = Gauge("energetiscope_ready", "1 when certificates and model are loaded.", registry=self.registry)
-        self.registry.register(_ModelCollector(service))
+        self.registry.register(_ModelCollector(service, reader))
         # Garbage-collector pauses and the process's CPU and memory: what explains a latency tail.
         GCCollector(registry=self.registry)
         ProcessCollector(registry=self.registry)

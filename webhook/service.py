@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from .filewatch import WatchedFile
+from .lru import LRUCache
 from .model import ArtifactError, TrainedModel, load_model
 from .prediction import PodPrediction, Predictor
 from .prior import PriorPredictor
@@ -50,39 +50,8 @@ class WorkloadPrediction:
         return self.pod.power_watts * STEP_SECONDS
 
 
-class PredictionCache:
-    """Bounded LRU of pod predictions keyed by (model id, spec hash)."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], PodPrediction] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[str, str], count_miss: bool = True) -> PodPrediction | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is None:
-                # A caller that looks first and predicts after (see PredictionService.cached)
-                # counts its miss once, at the prediction.
-                self.misses += count_miss
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: tuple[str, str], value: PodPrediction) -> None:
-        if self.max_entries <= 0:
-            return
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+class PredictionCache(LRUCache[tuple[str, str], PodPrediction]):
+    """Pod predictions keyed by (model id, spec hash)."""
 
 
 @dataclass(frozen=True)
@@ -162,14 +131,14 @@ class PredictionService:
         self.cache.put(key, prediction)
         return prediction, hash_
 
-    def predict(self, request: InferenceRequest) -> WorkloadPrediction:
-        pod, hash_ = self.predict_pod(request)
+    def predict(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction:
+        pod, hash_ = self.predict_pod(request, hash_)
         return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=workload_pods(request))
 
-    def cached(self, request: InferenceRequest) -> WorkloadPrediction | None:
+    def cached(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction | None:
         """The prediction when the cache holds it, else None: never runs the model, so it is
         cheap enough for the event loop."""
-        hash_ = spec_hash(request)
+        hash_ = hash_ or spec_hash(request)
         pod = self.cache.get((self._predictor.model_id, hash_), count_miss=False)
         if pod is None:
             return None

@@ -8,14 +8,15 @@ replaces it rather than adding to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .admission import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
-from .extract import ExtractionError, has_controller, is_workload, to_inference_request
+from .extract import ExtractionError, has_controller, is_workload
 from .inventory import WorkloadInventory
 from .policy import BudgetPolicy, Limit, NamespaceBudget, PolicyStore, namespace_budget
+from .reading import ObjectReader, read_object
 from .schema import InferenceRequest
 from .service import PredictionService, WorkloadPrediction
 
@@ -100,10 +101,11 @@ class _Workload:
     kind: str
     name: str
     request: InferenceRequest
+    spec_hash: str
 
 
 def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: str,
-                        namespace: str) -> Demand | _Workload | None | str:
+                        namespace: str, reader: ObjectReader | None) -> Demand | _Workload | None | str:
     """The demand (scale), the workload to predict, None when nothing is to be checked, or a
     warning when it cannot be known."""
     subresource = request.get("subResource")
@@ -135,16 +137,17 @@ def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: s
         return None  # its owner was checked when it was admitted
     typed = {"apiVersion": api_version, "kind": kind, **obj}
     try:
-        inference_request = to_inference_request(typed)
+        inference_request, hash_ = reader.read(typed) if reader is not None else read_object(typed)
     except ExtractionError:
         return None  # the mutating webhook has already warned about the unreadable field
-    return _Workload(str(kind), str(metadata.get("name") or request.get("name") or ""), inference_request)
+    return _Workload(str(kind), str(metadata.get("name") or request.get("name") or ""), inference_request, hash_)
 
 
 @dataclass(frozen=True)
 class PendingValidation(PendingReview):
     uid: str
     request: InferenceRequest
+    spec_hash: str
     workload: _Workload
     namespace: str
     policy: BudgetPolicy
@@ -172,7 +175,7 @@ def _budget_not_checked(uid: str, error: Exception) -> AdmissionResult:
     return _allow(uid, "failed_open", [f"energetiscope: budget not checked ({type(error).__name__})"])
 
 
-def plan_validation(request: Mapping[str, Any], budgets: Budgets) -> Plan:
+def plan_validation(request: Mapping[str, Any], budgets: Budgets, reader: ObjectReader | None = None) -> Plan:
     uid: str = request["uid"]
     if request.get("operation") not in ("CREATE", "UPDATE"):
         return _allow(uid, "skipped")
@@ -181,7 +184,7 @@ def plan_validation(request: Mapping[str, Any], budgets: Budgets) -> Plan:
     if namespace in policy.exempt_namespaces:
         return _allow(uid, "skipped")
     try:
-        needed = _demand_or_workload(request, budgets, policy.checked_value, namespace)
+        needed = _demand_or_workload(request, budgets, policy.checked_value, namespace, reader)
     except Exception as exc:
         return _budget_not_checked(uid, exc)
     if needed is None:
@@ -189,7 +192,7 @@ def plan_validation(request: Mapping[str, Any], budgets: Budgets) -> Plan:
     if isinstance(needed, str):
         return _allow(uid, "failed_open", [_fit(needed)])
     if isinstance(needed, _Workload):
-        return PendingValidation(uid, needed.request, needed, namespace, policy, budgets)
+        return PendingValidation(uid, needed.request, needed.spec_hash, needed, namespace, policy, budgets)
     return _judge(uid, needed, namespace, policy, budgets)
 
 
