@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import jsonpatch
+import msgspec
 
 from . import annotations
 from .extract import ExtractionError, has_controller, is_workload
@@ -80,7 +80,7 @@ def review_response(
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = base64.b64encode(msgspec.json.encode(patch)).decode()
     if denial is not None:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if warnings:

@@ -86,13 +86,21 @@ class WebhookMetrics:
         )
         self.ready = Gauge("energetiscope_ready", "1 when certificates and model are loaded.", registry=self.registry)
         self.registry.register(_ModelCollector(service, reader))
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Garbage-collector pauses and the process's CPU and memory: what explains a latency tail.
         GCCollector(registry=self.registry)
         ProcessCollector(registry=self.registry)
 
     def observe(self, endpoint: str, result: str, seconds: float) -> None:
-        self.requests.labels(endpoint, result).inc()
-        self.latency.labels(endpoint, result).observe(seconds)
+        # labels() takes a lock and builds its key on every call; there are a few dozen
+        # (endpoint, result) pairs, so their children are looked up once.
+        children = self._children.get((endpoint, result))
+        if children is None:
+            children = self._children[(endpoint, result)] = (
+                self.requests.labels(endpoint, result), self.latency.labels(endpoint, result)
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
