@@ -62,8 +62,8 @@ class WebhookProcess:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=10.0, **kwargs)
+    def client(self, timeout: float = 10.0, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=timeout, **kwargs)
 
     def start(self, timeout: float | None = None) -> "WebhookProcess":
         timeout = self.start_timeout if timeout is None else timeout

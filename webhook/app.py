@@ -218,7 +218,8 @@ def create_app(
                 {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]} for e in exc.errors()
             ]
             raise HTTPProblem(422, "invalid InferenceRequest", problems=problems) from None
-        prediction = service.predict(inference_request)
+        # In a worker thread like the reviews' model runs, so debugging never stalls admission.
+        prediction = await anyio.to_thread.run_sync(service.predict, inference_request, limiter=limiter)
         metrics.predictions.labels(prediction.pod.basis).inc()
         return JSONResponse(predict_out(prediction)), "ok"
 
@@ -242,7 +243,7 @@ def create_app(
         report = _manifests(_text(await _read_body(request, settings.max_body_bytes)))
         predictions = []
         for where, inference_request in report.requests:
-            prediction = service.predict(inference_request)
+            prediction = await anyio.to_thread.run_sync(service.predict, inference_request, limiter=limiter)
             metrics.predictions.labels(prediction.pod.basis).inc()
             predictions.append({**where.as_dict(), **predict_out(prediction)})
         return JSONResponse({"predictions": predictions, "skipped": report.skipped}), "ok"

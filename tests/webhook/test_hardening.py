@@ -151,7 +151,12 @@ def test_cached_predictions_answer_while_every_model_slot_is_stuck(tmp_path: Pat
             with server.client() as other:
                 other.post("/mutate", json=review(stuck))
 
-        blockers = [threading.Thread(target=post_stuck) for _ in range(2)]
+        def predict_stuck() -> None:  # the debugging endpoint runs the model too
+            request = {"workload_kind": "Deployment", "containers": [{"name": "c", "image": "nginx", "req_cpu_mcpu": 777}]}
+            with server.client(timeout=30.0) as other:
+                assert other.post("/predict", json=request).status_code == 200
+
+        blockers = [threading.Thread(target=post_stuck) for _ in range(2)] + [threading.Thread(target=predict_stuck)]
         for thread in blockers:
             thread.start()
         time.sleep(0.3)  # both slots are now taken by predictions sleeping in the encoder
