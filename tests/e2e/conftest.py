@@ -55,7 +55,8 @@ def control_plane_binaries() -> Binaries:
 def control_plane(control_plane_binaries: Binaries) -> Iterator[ControlPlane]:
     # The apiserver's log says why a webhook call failed; set the variable to keep it.
     log_dir = os.environ.get(LOG_DIR_VARIABLE)
-    with ControlPlane(binaries=control_plane_binaries, keep_logs_in=Path(log_dir) if log_dir else None) as plane:
+    with ControlPlane(binaries=control_plane_binaries, keep_logs_in=Path(log_dir) if log_dir else None,
+                      audit_workloads=True) as plane:
         yield plane
 
 

@@ -70,6 +70,24 @@ class PortTaken(ControlPlaneError):
     """A port chosen as free was taken by someone else before our process bound it."""
 
 
+# Metadata level carries the admission webhooks' audit annotations; everything else is not logged.
+_AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: ["pods", "replicationcontrollers"]
+      - group: apps
+        resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
+      - group: batch
+        resources: ["jobs", "cronjobs"]
+  - level: None
+"""
+
+
 def cache_dir() -> Path:
     """Where build.sh puts its binaries; the same default as the Makefile's."""
     configured = os.environ.get("ENERGETISCOPE_CACHE")
@@ -240,8 +258,13 @@ class ControlPlane:
         stop_timeout: float = 15.0,
         extra_apiserver_args: Sequence[str] = (),
         keep_logs_in: Path | None = None,
+        audit_workloads: bool = False,
     ) -> None:
         """``extra_apiserver_args`` come last, so they override the defaults below.
+
+        ``audit_workloads``: the apiserver writes an audit log (``audit_log_path``) with a
+        Metadata-level event, webhooks' audit annotations included, for every request on a
+        workload kind.
 
         ``keep_logs_in``: a directory that ``stop()`` copies the etcd and kube-apiserver
         logs into before it removes everything else (the logs are otherwise lost).
@@ -251,6 +274,7 @@ class ControlPlane:
         self.stop_timeout = stop_timeout
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.keep_logs_in = keep_logs_in
+        self.audit_workloads = audit_workloads
         self._directory: Path | None = None
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
@@ -352,6 +376,10 @@ class ControlPlane:
     @property
     def apiserver_log_path(self) -> Path:
         return self.directory / "kube-apiserver.log"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.directory / "audit.log"
 
     @property
     def etcd_log_path(self) -> Path:
@@ -518,8 +546,17 @@ class ControlPlane:
             # kube-controller-manager, not run here) has created the namespace's
             # "default" ServiceAccount.
             "--disable-admission-plugins=ServiceAccount",
+            *self._audit_args(),
             *self.extra_apiserver_args,
         ]
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit_workloads:
+            return []
+        policy = self.directory / "audit-policy.yaml"
+        policy.write_text(_AUDIT_POLICY)
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log_path}",
+                "--audit-log-format=json", "--audit-log-mode=blocking"]
 
     def _start_apiserver(self) -> None:
         (self._secure_port,) = free_loopback_ports(1)

@@ -17,9 +17,11 @@ import kubernetes.client
 import pytest
 from kubernetes.client.rest import ApiException
 
+from tests.e2e.controlplane import ControlPlane
 from tests.e2e.kube_rest import KubeRest, Reply
 from tests.e2e.webhook_fixtures import BUDGET_WEBHOOK, WiredWebhook, create_namespace, eventually
 from tests.e2e.workloads import WORKLOADS, energetiscope_annotations, workload
+from webhook.validation import AUDIT_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +96,49 @@ def test_warn_admits_with_the_webhooks_warnings_in_the_response_headers(wired_we
     assert all(len(text) <= 120 for text in admitted.warnings)
     stored = kube.get(DEPLOYMENTS.item(namespace, "over")).expect_ok()
     assert stored["metadata"]["annotations"]["energetiscope.io/workload-power-watts"] == f"{3 * POD_WATTS:.3f}"
+
+
+def _audit_events(control_plane: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The apiserver's audit events of creates of Deployment ``namespace/name``, in order."""
+    events = []
+    for line in control_plane.audit_log_path.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (event.get("verb") == "create" and event.get("stage") == "ResponseComplete"
+                and ref.get("resource") == "deployments" and ref.get("namespace") == namespace
+                and ref.get("name") == name):
+            events.append(event)
+    return events
+
+
+def test_audit_admits_silently_and_records_the_excess_in_the_audit_log(
+    wired_webhook: WiredWebhook, control_plane: ControlPlane
+) -> None:
+    kube = wired_webhook.kube
+    namespace = create_namespace(kube, "e2e-audit", annotations={MODE: "audit", MAX_WORKLOAD: "5"})
+    over = deployment("over", replicas=3)  # 6.5 W
+    audit_key = f"{BUDGET_WEBHOOK}/{AUDIT_KEY}"
+
+    def audited_dry_run() -> Reply | None:
+        # Audit mode answers nothing the client sees: the audit log says when the inventory
+        # has the namespace's budget.
+        reply = create(kube, namespace, over, dry_run=True)
+        events = _audit_events(control_plane, namespace, "over")
+        return reply if events and audit_key in (events[-1].get("annotations") or {}) else None
+
+    eventually(audited_dry_run, "the inventory seeing the namespace's budget (audit event of a dry run)")
+
+    admitted = create(kube, namespace, over)
+    assert admitted.status == 201 and admitted.warnings == []
+    real = [e for e in _audit_events(control_plane, namespace, "over") if "dryRun" not in e["requestURI"]]
+    assert len(real) == 1 and real[0]["responseStatus"]["code"] == 201
+    record = real[0]["annotations"][audit_key]
+    assert record.startswith(f"energetiscope: Deployment {namespace}/over is predicted at {3 * POD_WATTS:.1f} W"), record
+    assert f"above max-workload-watts 5 W set by namespace {namespace}" in record
+    # Within the budget: no audit annotation.
+    assert create(kube, namespace, deployment("fits", replicas=2)).status == 201
+    fits = eventually(lambda: _audit_events(control_plane, namespace, "fits") or None, "the audit event of 'fits'")
+    assert audit_key not in (fits[-1].get("annotations") or {})
 
 
 def _scale(apps: kubernetes.client.AppsV1Api, namespace: str, name: str, replicas: int,
