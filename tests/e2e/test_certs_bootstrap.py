@@ -7,10 +7,12 @@ import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
-from kubernetes import client
+from kubernetes import client, utils
 
 from certs.bootstrap import bootstrap, service_dns_names
 
@@ -22,7 +24,7 @@ CONFIGURATION = "es-bootstrap-test"
 RULES = [{"apiGroups": ["example.com"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["widgets"]}]
 
 
-def _configurations(api_client: client.ApiClient) -> None:
+def _configurations(api_client: client.ApiClient, name: str = CONFIGURATION) -> None:
     api = client.AdmissionregistrationV1Api(api_client)
     hook = {
         "name": "bootstrap.energetiscope.io",
@@ -34,10 +36,10 @@ def _configurations(api_client: client.ApiClient) -> None:
     }
     api.create_mutating_webhook_configuration(
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-         "metadata": {"name": CONFIGURATION}, "webhooks": [hook]})
+         "metadata": {"name": name}, "webhooks": [hook]})
     api.create_validating_webhook_configuration(
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-         "metadata": {"name": CONFIGURATION}, "webhooks": [{**hook, "clientConfig": {"url": "https://127.0.0.1:9/validate"}}]})
+         "metadata": {"name": name}, "webhooks": [{**hook, "clientConfig": {"url": "https://127.0.0.1:9/validate"}}]})
 
 
 def _secret(api_client: client.ApiClient) -> dict[str, bytes]:
@@ -46,10 +48,10 @@ def _secret(api_client: client.ApiClient) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in secret.data.items()}
 
 
-def _ca_bundles(api_client: client.ApiClient) -> set[bytes]:
+def _ca_bundles(api_client: client.ApiClient, name: str = CONFIGURATION) -> set[bytes]:
     api = client.AdmissionregistrationV1Api(api_client)
-    hooks = api.read_mutating_webhook_configuration(CONFIGURATION).webhooks
-    hooks += api.read_validating_webhook_configuration(CONFIGURATION).webhooks
+    hooks = api.read_mutating_webhook_configuration(name).webhooks
+    hooks += api.read_validating_webhook_configuration(name).webhooks
     return {base64.b64decode(h.client_config.ca_bundle) for h in hooks}
 
 
@@ -83,3 +85,68 @@ def test_bootstrap_creates_keeps_and_renews(control_plane, kube_api: client.ApiC
     assert renewed["ca.crt"] == created["ca.crt"] and renewed["tls.crt"] != created["tls.crt"]
     x509.load_pem_x509_certificate(renewed["tls.crt"]).verify_directly_issued_by(ca)
     assert not any(item.changed for item in result.injected)  # same CA: the bundle stays
+
+
+SELF_MANAGED_RBAC = Path(__file__).resolve().parents[2] / "deploy" / "overlays" / "self-managed" / "rbac.yaml"
+OWN_NAMESPACE = "es-self-managed"
+OWN_CONFIGURATION = "es-self-managed-test"
+
+
+def _overlay_rbac_for_this_test() -> list[dict[str, Any]]:
+    """The overlay's RBAC objects, rules untouched; only its namespace and the configurations'
+    name are this test's own (deploy/'s names belong to the other e2e tests)."""
+    objects = [doc for doc in yaml.safe_load_all(SELF_MANAGED_RBAC.read_text()) if doc]
+    for obj in objects:
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            obj["metadata"]["namespace"] = OWN_NAMESPACE
+        for subject in obj.get("subjects", []):
+            subject["namespace"] = OWN_NAMESPACE
+        for rule in obj.get("rules", []):
+            if rule.get("resourceNames") == ["energetiscope"]:
+                rule["resourceNames"] = [OWN_CONFIGURATION]
+    return objects
+
+
+def _kubeconfig_with_token(control_plane, token: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "e2e", "cluster": {"server": control_plane.url, "certificate-authority": str(control_plane.ca_path)}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "sa"}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_bootstrap_needs_no_more_than_the_self_managed_overlays_rbac(  # type: ignore[no-untyped-def]
+    control_plane, kube_api: client.ApiClient, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace({"metadata": {"name": OWN_NAMESPACE}})
+    _configurations(kube_api, OWN_CONFIGURATION)
+    utils.create_from_yaml(kube_api, yaml_objects=_overlay_rbac_for_this_test(), namespace=OWN_NAMESPACE)
+    core.create_namespaced_secret(OWN_NAMESPACE, {"metadata": {"name": "someone-elses"}, "stringData": {"k": "v"}})
+    token = core.create_namespaced_service_account_token(
+        "energetiscope-certs", OWN_NAMESPACE,
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
+    ).status.token
+    kubeconfig = _kubeconfig_with_token(control_plane, token, tmp_path / "sa.kubeconfig")
+
+    run = subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "certs", "bootstrap", "--namespace", OWN_NAMESPACE,
+         "--kubeconfig", str(kubeconfig), "--mutating", OWN_CONFIGURATION, "--validating", OWN_CONFIGURATION],
+        capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "created (no Secret yet)" in run.stdout
+    secret = core.read_namespaced_secret("energetiscope-webhook-tls", OWN_NAMESPACE)
+    assert _ca_bundles(kube_api, OWN_CONFIGURATION) == {base64.b64decode(secret.data["ca.crt"])}
+    # ...and nothing more: other Secrets and other configurations stay out of its reach.
+    with control_plane.bearer_token_client(token) as robot:
+        for attempt in (
+            lambda: client.CoreV1Api(robot).read_namespaced_secret("someone-elses", OWN_NAMESPACE),
+            lambda: client.CoreV1Api(robot).list_namespaced_secret(OWN_NAMESPACE),
+            lambda: client.AdmissionregistrationV1Api(robot).read_mutating_webhook_configuration(CONFIGURATION),
+        ):
+            with pytest.raises(client.ApiException) as refused:
+                attempt()
+            assert refused.value.status == 403
