@@ -90,15 +90,21 @@ def test_bootstrap_creates_keeps_and_renews(control_plane, kube_api: client.ApiC
 SELF_MANAGED_RBAC = Path(__file__).resolve().parents[2] / "deploy" / "overlays" / "self-managed" / "rbac.yaml"
 OWN_NAMESPACE = "es-self-managed"
 OWN_CONFIGURATION = "es-self-managed-test"
+OWN_CLUSTER_ROLE = "es-self-managed-certs"
 
 
 def _overlay_rbac_for_this_test() -> list[dict[str, Any]]:
-    """The overlay's RBAC objects, rules untouched; only its namespace and the configurations'
-    name are this test's own (deploy/'s names belong to the other e2e tests)."""
+    """The overlay's RBAC objects, rules untouched; only the namespace, the cluster-scoped names
+    and the configurations' name are this test's own (deploy/'s names belong to the server-side
+    dry runs of test_deploy_manifests.py)."""
     objects = [doc for doc in yaml.safe_load_all(SELF_MANAGED_RBAC.read_text()) if doc]
     for obj in objects:
         if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
             obj["metadata"]["namespace"] = OWN_NAMESPACE
+        if obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            obj["metadata"]["name"] = OWN_CLUSTER_ROLE
+        if obj["kind"] == "ClusterRoleBinding":
+            obj["roleRef"]["name"] = OWN_CLUSTER_ROLE
         for subject in obj.get("subjects", []):
             subject["namespace"] = OWN_NAMESPACE
         for rule in obj.get("rules", []):
