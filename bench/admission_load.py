@@ -73,7 +73,6 @@ class ServerCase:
     is_webhook: bool = True
     what_if: bool = False
     profile: bool = False
-    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -135,8 +134,7 @@ def _webhook_metrics(server: WebhookProcess) -> tuple[dict[str, float], dict[str
 
 def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], bodies_file: Path,
              durations: Durations, profile: bool) -> CaseResult:
-    with servers.server_process(case.module, certs, workdir / f"{case.key}.log", *case.extra_args,
-                               env=dict(case.env)) as server:
+    with servers.server_process(case.module, certs, workdir / f"{case.key}.log", *case.extra_args) as server:
         assert server.process is not None
         pid = server.process.pid
         _check_and_prime(server, bodies, case)

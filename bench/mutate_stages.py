@@ -17,7 +17,14 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from webhook import annotations
-from webhook.admission import MutationSettings, _projected_patch, annotations_patch, mutate, plan_mutation
+from webhook.admission import (
+    MutationSettings,
+    _projected_patch,
+    annotations_patch,
+    mutate,
+    patch_key,
+    plan_mutation,
+)
 from webhook.app import parse_json
 from webhook.extract import to_inference_request
 from webhook.prior import PriorPredictor
@@ -40,11 +47,8 @@ def _mean_microseconds(action: Callable[[int], Any], count: int) -> float:
 
 
 def _diff_unmemoised(metadata: dict[str, Any], wanted: dict[str, str]) -> Any:
-    # The memo's key is built the same way; only the diff itself is forced.
-    current = metadata.get("annotations") or {}
-    ours = tuple((key, current[key]) for key in wanted if key in current)
-    state = "absent" if "annotations" not in metadata else ("null" if metadata["annotations"] is None else "object")
-    return _projected_patch.__wrapped__(state, ours, tuple(wanted.items()))
+    # The memo's own key, with the diff itself forced.
+    return _projected_patch.__wrapped__(*patch_key(metadata, wanted))
 
 
 def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -> list[StageCost]:

@@ -173,6 +173,19 @@ def annotations_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str]) ->
     the object's values at those keys gives the same patch. That makes the patch a function of
     a few strings, memoised because a spec's reviews repeat (the diff takes ~100 us).
     """
+    key = patch_key(metadata, wanted)
+    try:
+        return _projected_patch(*key)
+    except TypeError:  # a malformed, unhashable value at one of our keys: diff it unmemoised
+        return _projected_patch.__wrapped__(*key)
+
+
+AnnotationsState = Literal["absent", "null", "object"]
+PatchKey = tuple[AnnotationsState, tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]]
+
+
+def patch_key(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> PatchKey:
+    """All the patch depends on: whether annotations exist, our keys' old values, the new ones."""
     if "annotations" not in metadata:
         state: AnnotationsState = "absent"
     elif metadata["annotations"] is None:
@@ -180,15 +193,7 @@ def annotations_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str]) ->
     else:
         state = "object"
     current = metadata.get("annotations") or {}
-    ours = tuple((key, current[key]) for key in wanted if key in current)
-    wanted_items = tuple(wanted.items())
-    try:
-        return _projected_patch(state, ours, wanted_items)
-    except TypeError:  # a malformed, unhashable value at one of our keys: diff it unmemoised
-        return _projected_patch.__wrapped__(state, ours, wanted_items)
-
-
-AnnotationsState = Literal["absent", "null", "object"]
+    return state, tuple((key, current[key]) for key in wanted if key in current), tuple(wanted.items())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -229,7 +234,7 @@ def plan_mutation(request: Mapping[str, Any], settings: MutationSettings, reader
 
     typed = {"apiVersion": api_version, "kind": kind, **obj} if "kind" not in obj else obj
     try:
-        inference_request, hash_ = reader.read(typed) if reader is not None else read_object(typed)
+        inference_request, hash_ = read_object(typed, reader)
     except ExtractionError as exc:
         return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: {exc}")
     except Exception as exc:

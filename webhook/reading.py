@@ -29,19 +29,22 @@ def _request_and_hash(part: Mapping[str, Any]) -> ReadObject:
     return request, spec_hash(request)
 
 
-def read_object(obj: Mapping[str, Any]) -> ReadObject:
-    """The object's InferenceRequest and spec hash; ExtractionError names a field it cannot read."""
-    return _request_and_hash(read_part(obj))
+def read_object(obj: Mapping[str, Any], reader: ObjectReader | None = None) -> ReadObject:
+    """The object's InferenceRequest and spec hash, through ``reader``'s memo when one is given;
+    ExtractionError names a field it cannot read."""
+    return reader.read(obj) if reader is not None else _request_and_hash(read_part(obj))
 
 
 class ObjectReader:
-    """:func:`read_object`, remembering its results (failed reads are not kept)."""
+    """Reads objects as :func:`read_object` does alone, remembering the results (failed reads are not kept)."""
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.memo: LRUCache[bytes, ReadObject] = LRUCache(max_entries)
 
     def read(self, obj: Mapping[str, Any]) -> ReadObject:
         part = read_part(obj)
+        if self.memo.max_entries <= 0:  # remembers nothing: no digest to compute
+            return _request_and_hash(part)
         try:
             key = hashlib.blake2b(_ENCODER.encode(part), digest_size=16).digest()
         except (OverflowError, UnicodeEncodeError, TypeError):

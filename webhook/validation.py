@@ -137,7 +137,7 @@ def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: s
         return None  # its owner was checked when it was admitted
     typed = {"apiVersion": api_version, "kind": kind, **obj}
     try:
-        inference_request, hash_ = reader.read(typed) if reader is not None else read_object(typed)
+        inference_request, hash_ = read_object(typed, reader)
     except ExtractionError:
         return None  # the mutating webhook has already warned about the unreadable field
     return _Workload(str(kind), str(metadata.get("name") or request.get("name") or ""), inference_request, hash_)
@@ -146,12 +146,18 @@ def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: s
 @dataclass(frozen=True)
 class PendingValidation(PendingReview):
     uid: str
-    request: InferenceRequest
-    spec_hash: str
     workload: _Workload
     namespace: str
     policy: BudgetPolicy
     budgets: Budgets
+
+    @property
+    def request(self) -> InferenceRequest:  # type: ignore[override]
+        return self.workload.request
+
+    @property
+    def spec_hash(self) -> str:  # type: ignore[override]
+        return self.workload.spec_hash
 
     def fail(self, error: Exception) -> AdmissionResult:
         return _budget_not_checked(self.uid, error)
@@ -192,7 +198,7 @@ def plan_validation(request: Mapping[str, Any], budgets: Budgets, reader: Object
     if isinstance(needed, str):
         return _allow(uid, "failed_open", [_fit(needed)])
     if isinstance(needed, _Workload):
-        return PendingValidation(uid, needed.request, needed.spec_hash, needed, namespace, policy, budgets)
+        return PendingValidation(uid, needed, namespace, policy, budgets)
     return _judge(uid, needed, namespace, policy, budgets)
 
 

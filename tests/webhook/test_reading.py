@@ -15,7 +15,7 @@ from webhook.reading import ObjectReader
 from webhook.schema import spec_hash
 
 from .test_fuzz import FUZZ, PATHS, _deployment, _put, json_values
-from .reviews import review
+from .reviews import apply, review
 
 # Where the apiserver and kubectl put bookkeeping that extraction never reads.
 IGNORED_PATHS = [
@@ -93,8 +93,6 @@ def test_mutate_then_validate_reads_the_object_once() -> None:
         obj = _deployment()
         answer = client.post("/mutate", json=review(obj)).json()
         assert "patch" in answer["response"]
-        from .reviews import apply
-
         mutated = apply(obj, answer)
         assert client.post("/validate", json=review(mutated)).json()["response"]["allowed"] is True
         text = client.get("/metrics").text
