@@ -34,7 +34,7 @@ import numpy as np
 
 from bench import power_model
 from bench.workloads import WorkloadDraw, draw_workload
-from webhook.extract import to_inference_request
+from webhook.model.extract import to_inference_request
 
 WINDOW_SECONDS = 60
 NODES_PER_WORKLOADS = 20  # one node per 20 workloads, at least MIN_NODES

@@ -3,8 +3,8 @@
     python -m bench.echo_server --cert-dir DIR --port 8444
 
 Same stack as `energetiscope serve` (Starlette on one uvicorn worker), same TLS context
-(`webhook.tls.ServingCertificates`, so the same TLS floor and cipher suites), the same
-certificate files and the same uvicorn settings (`webhook.server.tls_server_config`). It parses the JSON
+(`webhook.http.tls.ServingCertificates`, so the same TLS floor and cipher suites), the same
+certificate files and the same uvicorn settings (`webhook.http.server.tls_server_config`). It parses the JSON
 body (with the webhook's parser), because no webhook can answer without reading the uid, and does nothing else: the
 webhook's throughput as a share of this one's is the cost of predicting and patching.
 """
@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from webhook.app import parse_json
-from webhook.server import tls_server_config
-from webhook.tls import ServingCertificates
+from webhook.http.app import parse_json
+from webhook.http.server import tls_server_config
+from webhook.http.tls import ServingCertificates
 
 
 def create_echo_app() -> Starlette:

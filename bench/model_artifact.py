@@ -2,9 +2,9 @@
 
 The training set is `rows` synthetic workloads (`bench.workloads`), one row per workload spec as
 the trainer's default target unit makes it, labelled with the week-mean power the truth
-(`bench.power_model`) gives. The Pipeline is `webhook.model.build_pipeline`'s (PodFeatureEncoder
+(`bench.power_model`) gives. The Pipeline is `webhook.model.artifact.build_pipeline`'s (PodFeatureEncoder
 -> LogPowerKNN), calibrated with split-conformal offsets from a separate draw of held-out
-workloads (`trainer.crossval.conformal_offsets`), and written with `webhook.model.save_model`.
+workloads (`trainer.crossval.conformal_offsets`), and written with `webhook.model.artifact.save_model`.
 
     python -m bench.model_artifact --rows 50000 --out model.joblib
 """
@@ -21,10 +21,10 @@ from sklearn.pipeline import Pipeline
 
 from bench.workloads import WorkloadDraw, draw_workloads, measured_training_rows
 from trainer.crossval import conformal_offsets
-from webhook.features import PodFeatureEncoder
-from webhook.knn import LogPowerKNN
-from webhook.model import build_pipeline, save_model
-from webhook.schema import InferenceRequest
+from webhook.model.features import PodFeatureEncoder
+from webhook.model.knn import LogPowerKNN
+from webhook.model.artifact import build_pipeline, save_model
+from webhook.model.schema import InferenceRequest
 
 CALIBRATION_ROWS = 2000
 TRAINING_SEED = 20251101

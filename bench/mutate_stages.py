@@ -1,7 +1,7 @@
 """What one /mutate costs stage by stage, in-process and single-threaded (no HTTP, TLS or threads).
 
 The profile of the loaded server (`bench.profile_webhook`) says where its CPU goes; this says
-how long each step of `webhook.admission.mutate` takes on the benchmark's bodies, so the
+how long each step of `webhook.admission.review.mutate` takes on the benchmark's bodies, so the
 suggestions in bench/README.md come with the microseconds they would save.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from webhook import annotations
-from webhook.admission import (
+from webhook.admission import annotations
+from webhook.admission.review import (
     MutationSettings,
     _projected_patch,
     annotations_patch,
@@ -25,12 +25,12 @@ from webhook.admission import (
     patch_key,
     plan_mutation,
 )
-from webhook.app import parse_json
-from webhook.extract import to_inference_request
-from webhook.prior import PriorPredictor
-from webhook.reading import ObjectReader
-from webhook.schema import spec_hash
-from webhook.service import PredictionService
+from webhook.http.app import parse_json
+from webhook.model.extract import to_inference_request
+from webhook.model.prior import PriorPredictor
+from webhook.admission.reading import ObjectReader
+from webhook.model.schema import spec_hash
+from webhook.model.service import PredictionService
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 from threadpoolctl import threadpool_info
 
 from bench.stats import percentile
-from webhook.model import load_model
-from webhook.schema import InferenceRequest
+from webhook.model.artifact import load_model
+from webhook.model.schema import InferenceRequest
 
 SINGLE_REPEATS = 200
 BATCH_SIZE = 100

@@ -10,7 +10,7 @@ makes them), fits the encoder once, then per algorithm fits and calibrates LogPo
 writes the artifact (`bench.model_artifact`). Each artifact is then loaded by a fresh probe
 process (`bench.predictor_probe`) that predicts 200 single held-out requests and a batch of 100
 (`TrainedModel.predict`, the webhook's call on a cache miss); its peak RSS is the serving
-memory. `brute` is LogPowerKNN's own search (`webhook.knn.BruteForceIndex`: one BLAS
+memory. `brute` is LogPowerKNN's own search (`webhook.model.knn.BruteForceIndex`: one BLAS
 matrix-vector product per query, one BLAS thread), also what "auto" means; the trees are
 scikit-learn's.
 

@@ -2,7 +2,7 @@
 
 One draw (`WorkloadDraw`) is a Kubernetes workload object (Deployment, StatefulSet, DaemonSet,
 Job, CronJob or bare Pod) with its profile. The object becomes an InferenceRequest through
-`webhook.extract.to_inference_request`, the path the webhook and `train collect` use, so the
+`webhook.model.extract.to_inference_request`, the path the webhook and `train collect` use, so the
 benchmarks see exactly what serving sees. The true power of its pods comes from
 `bench.power_model`, which reads the profile's utilisations: the model can only infer those
 from the words in images, commands and app labels.
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from bench import power_model
-from webhook.extract import to_inference_request
-from webhook.schema import InferenceRequest
+from webhook.model.extract import to_inference_request
+from webhook.model.schema import InferenceRequest
 
 TEAMS = (
     "shop", "payments", "search", "platform", "data", "ml", "identity", "media", "logistics", "growth",

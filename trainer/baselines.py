@@ -3,7 +3,7 @@
 * `mean`: the geometric mean of the training pods' power (the mean of log power), with the
   training pods' 10th and 90th percentiles as its interval: what a model that ignores the spec
   could do.
-* `prior`: the embedded Cloud Carbon Footprint prior (`webhook.prior.PriorPredictor`), which
+* `prior`: the embedded Cloud Carbon Footprint prior (`webhook.model.prior.PriorPredictor`), which
   learns nothing.
 * `prototype`: the research prototype's approach: cosine 5-NN on a text embedding of the whole
   spec, uniform weights, averaging raw power (not log). SBERT when installed, as the prototype;
@@ -20,8 +20,8 @@ from sklearn.neighbors import KNeighborsRegressor
 
 from trainer.targets import TrainingTable
 from trainer.text_embedding import SpecTextEmbedding
-from webhook.prior import PriorPredictor
-from webhook.prediction import PodPrediction
+from webhook.model.prior import PriorPredictor
+from webhook.model.prediction import PodPrediction
 
 
 @dataclass(frozen=True)

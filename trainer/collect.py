@@ -2,7 +2,7 @@
 
 Every Pod, ReplicationController, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and
 CronJob is listed (and optionally watched for a while, to catch short-lived Jobs and Pods) and
-turned into an InferenceRequest by `webhook.extract.to_inference_request`, the function the
+turned into an InferenceRequest by `webhook.model.extract.to_inference_request`, the function the
 webhook itself uses, so training sees exactly what serving sees. The output is NDJSON, one
 `InferenceRequest.model_dump(mode="json")` per line.
 
@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from trainer.atomic import write_text_atomically
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client, controller_reference
-from webhook.extract import ExtractionError, to_inference_request
-from webhook.schema import ANNOTATION_PREFIX, InferenceRequest, spec_hash
+from webhook.model.extract import ExtractionError, to_inference_request
+from webhook.model.schema import ANNOTATION_PREFIX, InferenceRequest, spec_hash
 
 CONTROLLER_ANNOTATION = f"{ANNOTATION_PREFIX}controller"
 

@@ -44,8 +44,8 @@ from trainer.baselines import (
 )
 from trainer.metrics import MethodMetrics, score
 from trainer.targets import TrainingTable
-from webhook.model import TrainedModel, build_pipeline
-from webhook.prior import PriorPredictor
+from webhook.model.artifact import TrainedModel, build_pipeline
+from webhook.model.prior import PriorPredictor
 
 DEFAULT_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
 DEFAULT_LOGO_MAX_GROUPS = 10

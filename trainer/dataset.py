@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from trainer.atomic import write_atomically, write_text_atomically
 from trainer.collect import controller_of, read_requests
 from trainer.labels import LABEL_COLUMNS
-from webhook.schema import WORKLOAD_KINDS, InferenceRequest, spec_hash
+from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest, spec_hash
 
 DATASET_COLUMNS: tuple[str, ...] = (
     "window_start",

@@ -26,8 +26,8 @@ from trainer.dataset import read_dataset
 from trainer.metrics import MethodMetrics, metrics_table, score
 from trainer.plots import predicted_vs_measured, residuals
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
-from webhook.model import TrainedModel, load_model
-from webhook.prior import PriorPredictor
+from webhook.model.artifact import TrainedModel, load_model
+from webhook.model.prior import PriorPredictor
 
 
 @dataclass

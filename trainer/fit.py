@@ -1,10 +1,10 @@
 """The trainer's `fit` step: the Pipeline the webhook loads, chosen and checked by grouped CV.
 
-`webhook.model.build_pipeline` (PodFeatureEncoder -> LogPowerKNN: KNN on log power, distance
+`webhook.model.artifact.build_pipeline` (PodFeatureEncoder -> LogPowerKNN: KNN on log power, distance
 weighted) is fitted on per-pod targets (`trainer.targets`: why not raw windows), with k and
 optionally the encoder's block weights chosen by grouped cross-validation (`trainer.crossval`),
 then calibrated with split-conformal offsets from the out-of-fold residuals, and written as one
-artifact with `webhook.model.save_model`, plus a model card (JSON and Markdown) beside it.
+artifact with `webhook.model.artifact.save_model`, plus a model card (JSON and Markdown) beside it.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from trainer.dataset import read_dataset
 from trainer.model_card import library_versions, write_card
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
 from trainer.text_embedding import default_text_embedding
-from webhook.features import CATEGORICAL_FEATURES, FEATURE_VERSION, NUMERIC_FEATURES
-from webhook.model import save_model
-from webhook.prior import PriorPredictor
+from webhook.model.features import CATEGORICAL_FEATURES, FEATURE_VERSION, NUMERIC_FEATURES
+from webhook.model.artifact import save_model
+from webhook.model.prior import PriorPredictor
 
 DEFAULT_K_WITHOUT_CV = 5
 

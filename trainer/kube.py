@@ -1,7 +1,7 @@
 """Reading workload objects from the Kubernetes API, as the plain camelCase dicts the API serves.
 
 The trainer asks the `kubernetes` client for raw JSON (`_preload_content=False`) rather than its
-typed models: an object then reaches `webhook.extract.to_inference_request` exactly as an
+typed models: an object then reaches `webhook.model.extract.to_inference_request` exactly as an
 AdmissionReview brings it to the webhook, including fields this client version does not model
 (a typed round trip through `sanitize_for_serialization` would drop them, and one object the
 typed model rejects would fail the whole list). Typed objects are still accepted where a caller
@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 
 # One table of where the API serves each workload kind, shared with the webhook's inventory.
-from webhook.kube_api import COLLECTED_KINDS, ENDPOINTS_BY_KIND, WORKLOAD_ENDPOINTS, WorkloadEndpoint  # noqa: F401
+from webhook.kube import COLLECTED_KINDS, ENDPOINTS_BY_KIND, WORKLOAD_ENDPOINTS, WorkloadEndpoint  # noqa: F401
 
 DEFAULT_PAGE_SIZE = 500
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60.0

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from webhook.schema import InferenceRequest
+from webhook.model.schema import InferenceRequest
 
 TARGET_UNITS: tuple[str, ...] = ("workload", "pod", "pod-day")
 DEFAULT_TARGET_UNIT = "workload"

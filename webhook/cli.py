@@ -11,7 +11,7 @@ import click
 
 # Only light modules here: scikit-learn and pandas load in the commands that need them,
 # so `energetiscope --help` and `certs` answer at once.
-from .prior import PriorCoefficients, PriorPredictor
+from webhook.model.prior import PriorCoefficients, PriorPredictor
 
 _DEFAULTS = PriorCoefficients()
 
@@ -93,8 +93,8 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
           max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
     """Run the admission webhook over TLS."""
-    from .admission import MutationSettings
-    from .server import ServeSettings, serve as run
+    from webhook.admission.review import MutationSettings
+    from webhook.http.server import ServeSettings, serve as run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(
@@ -217,9 +217,9 @@ def certs_bootstrap(namespace: str, service: str, secret_name: str, kubeconfig: 
 def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts: float,  # type: ignore[no-untyped-def]
             prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
     """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
-    from .app import predict_out
-    from .manifests import ManifestError, read_manifests
-    from .service import PredictionService
+    from webhook.http.app import predict_out
+    from webhook.model.manifests import ManifestError, read_manifests
+    from webhook.model.service import PredictionService
 
     prior = PriorPredictor(_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue))
     service = PredictionService(prior, model_path=model_path)

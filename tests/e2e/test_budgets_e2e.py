@@ -21,7 +21,7 @@ from tests.e2e.controlplane import ControlPlane
 from tests.e2e.kube_rest import KubeRest, Reply
 from tests.e2e.webhook_fixtures import BUDGET_WEBHOOK, WiredWebhook, create_namespace, eventually
 from tests.e2e.workloads import WORKLOADS, energetiscope_annotations, workload
-from webhook.validation import AUDIT_KEY
+from webhook.admission.validate import AUDIT_KEY
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ import pytest
 from tests.e2e.webhook_fixtures import WiredWebhook, create_namespace, run_cli
 from tests.e2e.workloads import WORKLOADS, workload
 from trainer.collect import CONTROLLER_ANNOTATION, read_requests
-from webhook.extract import to_inference_request
-from webhook.schema import spec_hash
+from webhook.model.extract import to_inference_request
+from webhook.model.schema import spec_hash
 
 pytestmark = pytest.mark.e2e
 

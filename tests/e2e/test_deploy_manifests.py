@@ -27,7 +27,7 @@ from tests.e2e.webhook_fixtures import create_namespace, eventually
 from tests.e2e.workloads import WORKLOADS, workload
 from trainer.collect import collect_requests
 from trainer.kube import COLLECTED_KINDS, WorkloadReader
-from webhook.inventory import InventoryWatcher, WorkloadInventory
+from webhook.admission.inventory import InventoryWatcher, WorkloadInventory
 
 pytestmark = pytest.mark.e2e
 

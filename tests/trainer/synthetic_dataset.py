@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from trainer.dataset import request_json
-from webhook.schema import ContainerSpec, InferenceRequest, spec_hash
+from webhook.model.schema import ContainerSpec, InferenceRequest, spec_hash
 
 
 def request(name: str, cpu_millicores: int, image: str = "example/app:1") -> InferenceRequest:

@@ -25,9 +25,9 @@ from trainer.collect import (
     write_requests,
 )
 from trainer.kube import ENDPOINTS_BY_KIND, KubeSettings, WorkloadReader
-from webhook.extract import to_inference_request, workload_kind_of
-from webhook.manifests import load_documents
-from webhook.schema import InferenceRequest, spec_hash
+from webhook.model.extract import to_inference_request, workload_kind_of
+from webhook.model.manifests import load_documents
+from webhook.model.schema import InferenceRequest, spec_hash
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "manifests"
 PLURALS = {"Pod": "pods", "ReplicationController": "replicationcontrollers", "Deployment": "deployments",

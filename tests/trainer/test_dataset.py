@@ -13,7 +13,7 @@ from tests.trainer.kube_api_server import load_recorded
 from trainer.collect import CONTROLLER_ANNOTATION, extract_requests, write_requests
 from trainer.dataset import DATASET_COLUMNS, Tally, build_dataset, read_dataset, request_json, run_dataset, summary_path
 from trainer.labels import LABEL_COLUMNS
-from webhook.schema import ContainerSpec, InferenceRequest, spec_hash
+from webhook.model.schema import ContainerSpec, InferenceRequest, spec_hash
 
 
 def recorded_requests() -> list[InferenceRequest]:

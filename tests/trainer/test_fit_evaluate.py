@@ -12,7 +12,7 @@ from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
 from trainer.dataset import write_dataset
 from trainer.evaluate import run_evaluate
 from trainer.fit import FitSettings, run_fit
-from webhook.model import load_model
+from webhook.model.artifact import load_model
 
 
 def written(tmp_path: Path, name: str, pods: list) -> Path:  # type: ignore[type-arg]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.text_embedding import SpecTextEmbedding, default_text_embedding, sbert_missing_reason, spec_text
-from webhook.schema import ContainerSpec, InferenceRequest
+from webhook.model.schema import ContainerSpec, InferenceRequest
 
 SBERT_MISSING = sbert_missing_reason()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from webhook.features import PodFeatureEncoder
+from webhook.model.features import PodFeatureEncoder
 
 
 class SlowEncoder(PodFeatureEncoder):

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from webhook import annotations as keys
-from webhook.admission import MutationSettings, NotAnAdmissionReview, annotations_patch, mutate, parse_review
-from webhook.prior import PriorPredictor
-from webhook.service import PredictionService
+from webhook.admission import annotations as keys
+from webhook.admission.review import MutationSettings, NotAnAdmissionReview, annotations_patch, mutate, parse_review
+from webhook.model.prior import PriorPredictor
+from webhook.model.service import PredictionService
 
 from .reviews import apply, patch_of, review
 

@@ -11,13 +11,13 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from webhook import annotations as keys
-from webhook.admission import mutate, MutationSettings, parse_review
-from webhook.inventory import WorkloadInventory
-from webhook.policy import BudgetPolicy, PolicyError, PolicyStore, parse_policy
-from webhook.prior import PriorPredictor
-from webhook.service import PredictionService
-from webhook.validation import Budgets, validate
+from webhook.admission import annotations as keys
+from webhook.admission.review import mutate, MutationSettings, parse_review
+from webhook.admission.inventory import WorkloadInventory
+from webhook.admission.policy import BudgetPolicy, PolicyError, PolicyStore, parse_policy
+from webhook.model.prior import PriorPredictor
+from webhook.model.service import PredictionService
+from webhook.admission.validate import Budgets, validate
 
 from ..webhook_process import WebhookProcess, create_certs
 from .reviews import apply, review

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook.extract import ExtractionError, to_inference_request
-from webhook.manifests import ManifestError, read_manifests
-from webhook.schema import InferenceRequest, spec_hash, workload_pods
+from webhook.model.extract import ExtractionError, to_inference_request
+from webhook.model.manifests import ManifestError, read_manifests
+from webhook.model.schema import InferenceRequest, spec_hash, workload_pods
 
 
 def _one(shared_dir: Path, name: str, kind: str | None = None) -> InferenceRequest:

@@ -22,9 +22,9 @@ with warnings.catch_warnings():  # Starlette nudges towards httpx2; httpx is wha
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from webhook.app import AppSettings, create_app
-from webhook.prior import PriorPredictor
-from webhook.service import PredictionService
+from webhook.http.app import AppSettings, create_app
+from webhook.model.prior import PriorPredictor
+from webhook.model.service import PredictionService
 
 from .reviews import patch_of, review
 

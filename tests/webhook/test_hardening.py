@@ -17,9 +17,9 @@ import pytest
 from sklearn.pipeline import Pipeline
 
 from certs.authority import create_serving_bundle
-from webhook.knn import LogPowerKNN
-from webhook.model import save_model
-from webhook.schema import ContainerSpec, InferenceRequest
+from webhook.model.knn import LogPowerKNN
+from webhook.model.artifact import save_model
+from webhook.model.schema import ContainerSpec, InferenceRequest
 
 from ..webhook_process import WebhookProcess, create_certs
 from .reviews import patch_of, review
@@ -234,10 +234,10 @@ def test_pinned_digest_mismatch_serves_the_prior_and_says_why(tmp_path: Path) ->
 
 def test_no_endpoint_takes_a_path_or_loads_files() -> None:
     """Artifacts load only from the configured path: no route, parameter or field names a file."""
-    from webhook.app import create_app
-    from webhook.openapi import openapi_document
-    from webhook.prior import PriorPredictor
-    from webhook.service import PredictionService
+    from webhook.http.app import create_app
+    from webhook.http.openapi import openapi_document
+    from webhook.model.prior import PriorPredictor
+    from webhook.model.service import PredictionService
 
     app = create_app(PredictionService(PriorPredictor()))
     paths = {route.path for route in app.routes}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
 
-import webhook.knn
-from webhook.knn import BruteForceIndex, LogPowerKNN
+import webhook.model.knn
+from webhook.model.knn import BruteForceIndex, LogPowerKNN
 
 K = 5
 
@@ -81,7 +81,7 @@ def test_query_blocks_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> N
     index = BruteForceIndex(training)
     whole = index.kneighbors(queries, K)
     # One query per block: the block budget is smaller than one row of scores.
-    monkeypatch.setattr(webhook.knn, "QUERY_BLOCK_BYTES", 1)
+    monkeypatch.setattr(webhook.model.knn, "QUERY_BLOCK_BYTES", 1)
     one_by_one = index.kneighbors(queries, K)
     np.testing.assert_array_equal(whole[1], one_by_one[1])
     np.testing.assert_array_equal(whole[0], one_by_one[0])
@@ -160,11 +160,11 @@ def test_artifacts_hold_the_training_matrix_once_and_old_ones_still_predict() ->
 def _blas_threads_after_a_search(environment: dict[str, str]) -> list[int]:
     script = (
         "import json, numpy as np, threadpoolctl\n"
-        "from webhook.knn import BruteForceIndex\n"
+        "from webhook.model.knn import BruteForceIndex\n"
         "BruteForceIndex(np.eye(3, dtype=np.float32)).kneighbors(np.ones((1, 3)), 1)\n"
         "print(json.dumps([p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']))\n"
     )
-    inherited = {k: v for k, v in os.environ.items() if k not in webhook.knn.BLAS_THREAD_VARIABLES}
+    inherited = {k: v for k, v in os.environ.items() if k not in webhook.model.knn.BLAS_THREAD_VARIABLES}
     completed = subprocess.run([sys.executable, "-c", script], env={**inherited, **environment}, capture_output=True,
                                text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     return json.loads(completed.stdout)

@@ -10,10 +10,10 @@ import joblib
 import numpy as np
 import pytest
 
-from webhook.features import FEATURE_VERSION, PodFeatureEncoder
-from webhook.model import ArtifactError, build_pipeline, load_model, save_model
-from webhook.prior import PriorCoefficients, PriorPredictor
-from webhook.schema import ContainerSpec, InferenceRequest
+from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
+from webhook.model.artifact import ArtifactError, build_pipeline, load_model, save_model
+from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.model.schema import ContainerSpec, InferenceRequest
 
 
 def _request(cpu_millicores: int | None, memory_mib: float | None, image: str = "nginx:1.27", gpus: float = 0,
@@ -163,14 +163,14 @@ def test_duplicated_specs_do_not_collapse_the_trust_radius() -> None:
     tripled = [r for r in requests for _ in range(3)]
     pipeline = build_pipeline(n_neighbors=3).fit(tripled, np.repeat(power, 3))
     assert pipeline[-1].trust_radius_ > 0
-    from webhook.model import TrainedModel
+    from webhook.model.artifact import TrainedModel
 
     near = _request(300, 512, "nginx:1.27")  # between training specs, never seen exactly
     assert TrainedModel(pipeline, "m").predict([near])[0].basis == "model"
 
 
 def test_prediction_cache_is_bounded_and_keyed_by_model() -> None:
-    from webhook.service import PredictionService
+    from webhook.model.service import PredictionService
 
     service = PredictionService(PriorPredictor(), cache_entries=8)
     service.load()

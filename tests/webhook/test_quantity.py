@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, strategies as st
 
-from webhook.quantity import QuantityError, cpu_millicores, memory_bytes, memory_mebibytes, parse_quantity
+from webhook.model.quantity import QuantityError, cpu_millicores, memory_bytes, memory_mebibytes, parse_quantity
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook import annotations as keys
-from webhook.extract import ExtractionError, to_inference_request
-from webhook.reading import ObjectReader
-from webhook.schema import spec_hash
+from webhook.admission import annotations as keys
+from webhook.model.extract import ExtractionError, to_inference_request
+from webhook.admission.reading import ObjectReader
+from webhook.model.schema import spec_hash
 
 from .test_fuzz import FUZZ, PATHS, _deployment, _put, json_values
 from .reviews import apply, review
@@ -83,9 +83,9 @@ def test_values_msgpack_cannot_hold_are_read_without_the_memo(oddity: Any) -> No
 def test_mutate_then_validate_reads_the_object_once() -> None:
     from starlette.testclient import TestClient
 
-    from webhook.app import create_app
-    from webhook.prior import PriorPredictor
-    from webhook.service import PredictionService
+    from webhook.http.app import create_app
+    from webhook.model.prior import PriorPredictor
+    from webhook.model.service import PredictionService
 
     service = PredictionService(PriorPredictor())
     service.load()

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from webhook import annotations as keys
-from webhook.extract import workload_kind_of
-from webhook.model import build_pipeline, save_model
+from webhook.admission import annotations as keys
+from webhook.model.extract import workload_kind_of
+from webhook.model.artifact import build_pipeline, save_model
 
 from ..webhook_process import WebhookProcess, create_certs
 from .reviews import apply, patch_of, review, wrap_request
@@ -197,7 +197,7 @@ def test_objects_alive_after_start_are_frozen_out_of_the_garbage_collector(tmp_p
     """A full collection over the loaded model would pause reviews for tens of ms."""
     from starlette.testclient import TestClient
 
-    from webhook.server import ServeSettings, build_app
+    from webhook.http.server import ServeSettings, build_app
 
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
@@ -221,7 +221,7 @@ def test_tls_is_verified_against_the_generated_ca(server: WebhookProcess, tmp_pa
 
 
 def _tiny_model(path: Path, model_id: str, watts: float) -> None:
-    from webhook.schema import ContainerSpec, InferenceRequest
+    from webhook.model.schema import ContainerSpec, InferenceRequest
 
     requests = [InferenceRequest(workload_kind="Deployment", containers=[ContainerSpec(name="c", image="nginx", req_cpu_mcpu=m)])
                 for m in (100, 200, 400, 800)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .filewatch import WatchedFile
+from webhook.files import WatchedFile
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, TypeVar
 
 from pydantic import ValidationError
 
-from . import quantity
-from .schema import (
+from webhook.model import quantity
+from webhook.model.schema import (
     ANNOTATION_PREFIX,
     MAX_CPU_MILLICORES,
     MAX_DEVICES,

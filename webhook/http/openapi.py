@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import InferenceRequest, PredictOut
+from webhook.model.schema import InferenceRequest, PredictOut
 
 _REF = "#/components/schemas/{model}"
 

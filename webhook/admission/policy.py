@@ -25,8 +25,8 @@ from typing import Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .filewatch import WatchedFile
-from .schema import ANNOTATION_PREFIX
+from webhook.files import WatchedFile
+from webhook.model.schema import ANNOTATION_PREFIX
 
 log = logging.getLogger(__name__)
 

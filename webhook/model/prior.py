@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .prediction import PodPrediction
-from .resources import pod_totals
-from .schema import InferenceRequest
+from webhook.model.prediction import PodPrediction
+from webhook.model.resources import pod_totals
+from webhook.model.schema import InferenceRequest
 
 PRIOR_MODEL_ID = "ccf-prior-v1"
 BYTES_PER_MIB = 2**20

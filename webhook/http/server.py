@@ -16,14 +16,14 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from .admission import MutationSettings
-from .app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
-from .inventory import InventoryWatcher, WorkloadInventory
-from .policy import PolicyStore
-from .prior import PriorCoefficients, PriorPredictor
-from .service import PredictionService
-from .tls import ServingCertificates
-from .validation import Budgets
+from webhook.admission.review import MutationSettings
+from webhook.http.app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
+from webhook.admission.inventory import InventoryWatcher, WorkloadInventory
+from webhook.admission.policy import PolicyStore
+from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.model.service import PredictionService
+from webhook.http.tls import ServingCertificates
+from webhook.admission.validate import Budgets
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .schema import ANNOTATION_PREFIX
-from .service import WorkloadPrediction
+from webhook.model.schema import ANNOTATION_PREFIX
+from webhook.model.service import WorkloadPrediction
 
 POD_POWER_WATTS = ANNOTATION_PREFIX + "pod-power-watts"
 POD_POWER_WATTS_P10 = ANNOTATION_PREFIX + "pod-power-watts-p10"

@@ -13,8 +13,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from .reading import ObjectReader
-from .service import PredictionService
+from webhook.admission.reading import ObjectReader
+from webhook.model.service import PredictionService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Admission calls are sub-millisecond to a few ms; the apiserver gives up after timeoutSeconds.

@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 
-from .extract import from_read_part, read_part
-from .lru import LRUCache
-from .schema import InferenceRequest, spec_hash
+from webhook.model.extract import from_read_part, read_part
+from webhook.lru import LRUCache
+from webhook.model.schema import InferenceRequest, spec_hash
 
 ReadObject = tuple[InferenceRequest, str]  # the request and its spec hash
 # msgpack, not JSON: it keeps inf apart from null, which a JSON encoding of a float would not.

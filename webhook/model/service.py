@@ -12,12 +12,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .filewatch import WatchedFile
-from .lru import LRUCache
-from .model import ArtifactError, TrainedModel, load_model
-from .prediction import PodPrediction, Predictor
-from .prior import PriorPredictor
-from .schema import InferenceRequest, spec_hash, workload_pods
+from webhook.files import WatchedFile
+from webhook.lru import LRUCache
+from webhook.model.artifact import ArtifactError, TrainedModel, load_model
+from webhook.model.prediction import PodPrediction, Predictor
+from webhook.model.prior import PriorPredictor
+from webhook.model.schema import InferenceRequest, spec_hash, workload_pods
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any, Mapping, Sequence
 import joblib
 from sklearn.pipeline import Pipeline
 
-from .features import FEATURE_VERSION, PodFeatureEncoder
-from .knn import LogPowerKNN
-from .prediction import PodPrediction
-from .prior import PriorPredictor
-from .schema import InferenceRequest
+from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
+from webhook.model.knn import LogPowerKNN
+from webhook.model.prediction import PodPrediction
+from webhook.model.prior import PriorPredictor
+from webhook.model.schema import InferenceRequest
 
 ARTIFACT_FORMAT = "energetiscope.model"
 ARTIFACT_FORMAT_VERSION = 1

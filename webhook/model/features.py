@@ -16,9 +16,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import murmurhash3_32
 
-from .extract import is_gpu_resource
-from .resources import pod_totals
-from .schema import InferenceRequest
+from webhook.model.extract import is_gpu_resource
+from webhook.model.resources import pod_totals
+from webhook.model.schema import InferenceRequest
 
 # Bump when the meaning of the feature vector changes: artifacts record it and the server
 # refuses an artifact built for another version instead of predicting nonsense.

@@ -18,11 +18,11 @@ from typing import Any, Literal, Union
 import jsonpatch
 import msgspec
 
-from . import annotations
-from .extract import ExtractionError, has_controller, is_workload
-from .reading import ObjectReader, read_object
-from .schema import InferenceRequest
-from .service import PredictionService, WorkloadPrediction
+from webhook.admission import annotations
+from webhook.model.extract import ExtractionError, has_controller, is_workload
+from webhook.admission.reading import ObjectReader, read_object
+from webhook.model.schema import InferenceRequest
+from webhook.model.service import PredictionService, WorkloadPrediction
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
-from .schema import InferenceRequest
+from webhook.model.schema import InferenceRequest
 
 Basis = Literal["model", "prior"]
 

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from . import annotations as keys
-from .extract import has_controller
-from .schema import pods_running
+from webhook.admission import annotations as keys
+from webhook.model.extract import has_controller
+from webhook.model.schema import pods_running
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _watched_kinds() -> dict[str, tuple[type, str]]:
     """kind -> (API class, method listing it in every namespace): namespaces, then workloads."""
     from kubernetes import client
 
-    from .kube_api import WORKLOAD_ENDPOINTS
+    from webhook.kube import WORKLOAD_ENDPOINTS
 
     return {"Namespace": (client.CoreV1Api, "list_namespace")} | {
         e.kind: (e.api_class, e.list_all) for e in WORKLOAD_ENDPOINTS

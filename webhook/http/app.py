@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .admission import (
+from webhook.admission.review import (
     AdmissionResult,
     MutationSettings,
     NotAnAdmissionReview,
@@ -25,14 +25,14 @@ from .admission import (
     plan_mutation,
     review_response,
 )
-from .manifests import ManifestError, read_manifests
-from .metrics import CONTENT_TYPE, WebhookMetrics
-from .openapi import openapi_document
-from .policy import PolicyStore
-from .reading import ObjectReader
-from .schema import InferenceRequest, PredictOut
-from .service import PredictionService, WorkloadPrediction
-from .validation import Budgets, plan_validation
+from webhook.model.manifests import ManifestError, read_manifests
+from webhook.http.metrics import CONTENT_TYPE, WebhookMetrics
+from webhook.http.openapi import openapi_document
+from webhook.admission.policy import PolicyStore
+from webhook.admission.reading import ObjectReader
+from webhook.model.schema import InferenceRequest, PredictOut
+from webhook.model.service import PredictionService, WorkloadPrediction
+from webhook.admission.validate import Budgets, plan_validation
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .admission import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
-from .extract import ExtractionError, has_controller, is_workload
-from .inventory import WorkloadInventory
-from .policy import BudgetPolicy, Limit, NamespaceBudget, PolicyStore, namespace_budget
-from .reading import ObjectReader, read_object
-from .schema import InferenceRequest
-from .service import PredictionService, WorkloadPrediction
+from webhook.admission.review import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
+from webhook.model.extract import ExtractionError, has_controller, is_workload
+from webhook.admission.inventory import WorkloadInventory
+from webhook.admission.policy import BudgetPolicy, Limit, NamespaceBudget, PolicyStore, namespace_budget
+from webhook.admission.reading import ObjectReader, read_object
+from webhook.model.schema import InferenceRequest
+from webhook.model.service import PredictionService, WorkloadPrediction
 
 # The scale subresource names its parent by resource; these are the scalable workloads.
 _SCALABLE = {

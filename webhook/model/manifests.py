@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from .extract import ExtractionError, to_inference_request, workload_kind_of
-from .schema import InferenceRequest
+from webhook.model.extract import ExtractionError, to_inference_request, workload_kind_of
+from webhook.model.schema import InferenceRequest
 
 MAX_DOCUMENTS = 1000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import InferenceRequest
+from webhook.model.schema import InferenceRequest
 
 
 @dataclass(frozen=True)

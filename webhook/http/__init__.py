@@ -1,0 +1,1 @@
+"""HTTP: the Starlette application, its routes, metrics, TLS and the uvicorn server."""
