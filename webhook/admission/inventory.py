@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from webhook.admission import annotations as keys
-from webhook.model.extract import has_controller
-from webhook.model.schema import pods_running
+from webhook.model.kinds import has_controller, kind_named
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +40,15 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def pods_of(kind: str, obj: Mapping[str, Any]) -> int:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
-    if kind == "CronJob":
-        job_template = spec.get("jobTemplate") if isinstance(spec.get("jobTemplate"), Mapping) else {}
-        spec = job_template.get("spec") if isinstance(job_template.get("spec"), Mapping) else {}
-    return pods_running(
-        kind, _int_or_none(spec.get("replicas")), _int_or_none(spec.get("parallelism")), _int_or_none(spec.get("completions"))
-    )
+    """Pods running at once from an admitted object's spec; a malformed count reads as absent
+    (the apiserver validated the object, so this is only a guard)."""
+    workload = kind_named(kind)
+    if workload is None:
+        return 1
+    counts: Mapping[str, Any] = obj
+    for key in workload.count_path:
+        counts = counts.get(key) if isinstance(counts.get(key), Mapping) else {}
+    return workload.pods_running(**{name: _int_or_none(counts.get(name)) for name in workload.count_fields})
 
 
 def contribution_of(kind: str, obj: Mapping[str, Any]) -> Contribution | None:

@@ -19,7 +19,8 @@ import jsonpatch
 import msgspec
 
 from webhook.admission import annotations
-from webhook.model.extract import ExtractionError, has_controller, is_workload
+from webhook.model.extract import ExtractionError, is_workload
+from webhook.model.kinds import has_controller
 from webhook.admission.reading import ObjectReader, read_object
 from webhook.model.schema import InferenceRequest
 from webhook.model.service import PredictionService, WorkloadPrediction

@@ -13,20 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook.admission.review import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
-from webhook.model.extract import ExtractionError, has_controller, is_workload
+from webhook.model.extract import ExtractionError, is_workload
+from webhook.model.kinds import has_controller, scalable_kind
 from webhook.admission.inventory import WorkloadInventory
 from webhook.admission.policy import BudgetPolicy, Limit, NamespaceBudget, PolicyStore, namespace_budget
 from webhook.admission.reading import ObjectReader, read_object
 from webhook.model.schema import InferenceRequest
 from webhook.model.service import PredictionService, WorkloadPrediction
 
-# The scale subresource names its parent by resource; these are the scalable workloads.
-_SCALABLE = {
-    ("apps", "deployments"): "Deployment",
-    ("apps", "statefulsets"): "StatefulSet",
-    ("apps", "replicasets"): "ReplicaSet",
-    ("", "replicationcontrollers"): "ReplicationController",
-}
 AUDIT_KEY = "budget-exceeded"  # the apiserver prefixes it with the webhook's name
 _WARNING_LIMIT = 120
 
@@ -111,12 +105,14 @@ def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: s
     subresource = request.get("subResource")
     if subresource == "scale":
         resource = request.get("resource") if isinstance(request.get("resource"), Mapping) else {}
-        kind = _SCALABLE.get((resource.get("group", ""), resource.get("resource", "")))
+        # The scale subresource names its parent by resource.
+        scaled = scalable_kind(resource.get("group", ""), resource.get("resource", ""))
         scale = request.get("object") if isinstance(request.get("object"), Mapping) else {}
         spec = scale.get("spec") if isinstance(scale.get("spec"), Mapping) else {}
         replicas = spec.get("replicas")
-        if kind is None or not isinstance(replicas, int):
+        if scaled is None or not isinstance(replicas, int):
             return None
+        kind = scaled.name
         name = str(request.get("name") or "")
         inventory = budgets.inventory
         current = inventory.workload((namespace, kind, name)) if inventory else None

@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import ValidationError
 
 from webhook.model import quantity
+from webhook.model.kinds import workload_kind
 from webhook.model.schema import (
     ANNOTATION_PREFIX,
     MAX_CPU_MILLICORES,
@@ -24,28 +25,6 @@ from webhook.model.schema import (
     PodResources,
 )
 
-# kind -> path of the pod template's spec inside the object
-_POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
-    "Pod": ("spec",),
-    "Deployment": ("spec", "template", "spec"),
-    "StatefulSet": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "ReplicaSet": ("spec", "template", "spec"),
-    "ReplicationController": ("spec", "template", "spec"),
-    "Job": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-}
-# apiVersions each kind is served under (batch/v1beta1 CronJobs still arrive from old clients).
-_API_VERSIONS: dict[str, frozenset[str]] = {
-    "Pod": frozenset({"v1"}),
-    "ReplicationController": frozenset({"v1"}),
-    "Deployment": frozenset({"apps/v1"}),
-    "StatefulSet": frozenset({"apps/v1"}),
-    "DaemonSet": frozenset({"apps/v1"}),
-    "ReplicaSet": frozenset({"apps/v1"}),
-    "Job": frozenset({"batch/v1"}),
-    "CronJob": frozenset({"batch/v1", "batch/v1beta1"}),
-}
 _STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "storage", "pods"})
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Number = TypeVar("Number", int, float)
@@ -63,7 +42,7 @@ class ExtractionError(ValueError):
 
 
 def is_workload(kind: object, api_version: object) -> bool:
-    return isinstance(kind, str) and api_version in _API_VERSIONS.get(kind, ())
+    return workload_kind(kind, api_version) is not None
 
 
 def workload_kind_of(obj: Mapping[str, Any]) -> str | None:
@@ -75,12 +54,6 @@ def workload_kind_of(obj: Mapping[str, Any]) -> str | None:
 def is_gpu_resource(name: str) -> bool:
     # nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915, gpu.intel.com/xe ... MIG slices are not whole GPUs.
     return name.endswith("/gpu") or name.startswith("gpu.intel.com/")
-
-
-def has_controller(metadata: Mapping[str, Any]) -> bool:
-    """True when a controller (ReplicaSet, Job, ...) owns the object: its owner stands for it."""
-    owners = metadata.get("ownerReferences")
-    return isinstance(owners, list) and any(isinstance(o, Mapping) and o.get("controller") is True for o in owners)
 
 
 def _mapping(value: Any, field: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -279,11 +252,11 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
     """:func:`to_inference_request` of an object reduced by :func:`read_part`."""
     kind = obj.get("kind")
     api_version = obj.get("apiVersion")
-    if not is_workload(kind, api_version):
+    workload = workload_kind(kind, api_version)
+    if workload is None:
         raise ExtractionError("kind", f"{api_version}/{kind} is not a workload kind EnergetiScope predicts for")
-    assert isinstance(kind, str)
     metadata = _mapping(obj.get("metadata"), "metadata")
-    pod_spec, spec_field = _dig(obj, _POD_SPEC_PATHS[kind])
+    pod_spec, spec_field = _dig(obj, workload.pod_spec_path)
 
     containers: list[ContainerSpec] = []
     extended: dict[str, float] = {}
@@ -327,17 +300,9 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
     node_selector = _string_map(pod_spec.get("nodeSelector"), f"{spec_field}.nodeSelector")
     instance_type = next((node_selector[k] for k in INSTANCE_TYPE_LABELS if k in node_selector), None)
 
-    spec = _mapping(obj.get("spec"), "spec")
-    replicas = parallelism = completions = None
-    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
-        replicas = _count(spec.get("replicas"), "spec.replicas")
-    elif kind == "Job":
-        parallelism = _count(spec.get("parallelism"), "spec.parallelism")
-        completions = _count(spec.get("completions"), "spec.completions")
-    elif kind == "CronJob":
-        job_spec, job_field = _dig(obj, ("spec", "jobTemplate", "spec"))
-        parallelism = _count(job_spec.get("parallelism"), f"{job_field}.parallelism")
-        completions = _count(job_spec.get("completions"), f"{job_field}.completions")
+    counts_at, counts_field = _dig(obj, workload.count_path)
+    counts = {name: _count(counts_at.get(name), f"{counts_field}.{name}") for name in workload.count_fields}
+    replicas, parallelism, completions = (counts.get(n) for n in ("replicas", "parallelism", "completions"))
 
     labels = {
         k: v
@@ -353,7 +318,7 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
     try:
         return InferenceRequest(
             namespace=_optional_str(metadata.get("namespace"), "metadata.namespace") or "default",
-            workload_kind=kind,  # type: ignore[arg-type]
+            workload_kind=workload.name,  # type: ignore[arg-type]
             workload_name=_optional_str(name, "metadata.name") or "",
             labels=labels,
             annotations=annotations,

@@ -14,16 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-WORKLOAD_KINDS = (
-    "Pod",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "ReplicationController",
-    "Job",
-    "CronJob",
-)
+from webhook.model.kinds import KIND_NAMES, kind_named
+
+WORKLOAD_KINDS = KIND_NAMES  # the table in webhook.model.kinds; its order is the one-hot order
+# Spelled out for pydantic and type checkers; tests/webhook/test_kinds.py holds it to the table.
 WorkloadKind = Literal[
     "Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"
 ]
@@ -127,22 +121,10 @@ def spec_hash(request: InferenceRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def pods_running(kind: str, replicas: int | None, parallelism: int | None, completions: int | None) -> int:
-    """How many pods of one spec run at once, with the apiserver's defaults.
-
-    DaemonSet: 1, i.e. totals are per node (the node count is not in the spec).
-    Job/CronJob: parallelism (default 1), capped by completions when that is smaller.
-    """
-    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
-        return 1 if replicas is None else replicas
-    if kind in ("Job", "CronJob"):
-        parallel = 1 if parallelism is None else parallelism
-        return parallel if completions is None else min(parallel, completions)
-    return 1
-
-
 def workload_pods(request: InferenceRequest) -> int:
-    return pods_running(request.workload_kind, request.replicas, request.parallelism, request.completions)
+    """How many pods of the request's spec run at once (``Kind.pods_running``)."""
+    kind = kind_named(request.workload_kind)
+    return 1 if kind is None else kind.pods_running(request.replicas, request.parallelism, request.completions)
 
 
 class PredictOut(BaseModel):

@@ -16,6 +16,7 @@ from webhook.files import WatchedFile
 from webhook.lru import LRUCache
 from webhook.model.artifact import ArtifactError, TrainedModel, load_model
 from webhook.model.prediction import PodPrediction, Predictor
+from webhook.model.kinds import kind_named
 from webhook.model.prior import PriorPredictor
 from webhook.model.schema import InferenceRequest, spec_hash, workload_pods
 
@@ -35,7 +36,8 @@ class WorkloadPrediction:
     @property
     def scope(self) -> str:
         # A DaemonSet runs one pod per matching node; the node count is not in its spec.
-        return "per-node" if self.request.workload_kind == "DaemonSet" else "total"
+        kind = kind_named(self.request.workload_kind)
+        return "total" if kind is None else kind.scope
 
     @property
     def workload_power_watts(self) -> float:
