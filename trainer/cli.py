@@ -3,6 +3,7 @@
     energetiscope train collect  --out requests.ndjson [--watch 10m] [--namespace NS ...]
     energetiscope train labels   --prometheus URL --start T --end T [--step 60s] --out labels.parquet
     energetiscope train dataset  --labels labels.parquet --requests requests.ndjson --out dataset.parquet
+    energetiscope train dataset  --measurements m.csv --manifests m.yaml --out dataset.parquet
     energetiscope train fit      --dataset dataset.parquet --out model.joblib
     energetiscope train evaluate --model model.joblib --dataset dataset.parquet --out-dir eval/
     energetiscope train run      --prometheus URL --start T --end T --requests requests.ndjson --workdir DIR
@@ -29,6 +30,7 @@ from trainer.fit import FitSettings, run_fit
 from trainer.kepler import KeplerLine
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
 from trainer.labels import LabelsRunSummary, parse_duration_seconds, run_labels
+from trainer.measurements import run_measurement_dataset
 from trainer.metrics import metrics_table
 from trainer.model_card import card_metrics
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TARGET_UNITS
@@ -212,15 +214,37 @@ def labels(out: Path, no_progress: bool, **options: Any) -> None:
 
 
 @train.command()
-@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Kepler labels from `train labels`.")
+@click.option("--measurements", "measurements_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Instead of --labels: a measurement table, CSV or Parquet (see trainer/README.md).")
+@click.option("--manifests", "manifest_paths", type=click.Path(exists=True, allow_dash=True), multiple=True,
+              help="With --measurements: YAML/JSON manifests, a directory of them (recursive) or '-' for stdin (repeatable).")
 @click.option("--requests", "requests_paths", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              multiple=True, required=True, help="NDJSON InferenceRequests (repeatable).")
+              multiple=True, help="NDJSON InferenceRequests (repeatable).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("dataset.parquet"))
 @click.option("--pod-spec-fallback", is_flag=True,
               help="Join a pod whose workload has no spec to the pod's own spec (marked join_rule=pod-spec).")
-def dataset(labels_path: Path, requests_paths: tuple[Path, ...], out: Path, pod_spec_fallback: bool) -> None:
-    """Join labels to specs: one row per pod-window, with what did not join and why."""
-    summary = run_dataset(labels_path, requests_paths, out, pod_spec_fallback=pod_spec_fallback)
+def dataset(labels_path: Path | None, measurements_path: Path | None, manifest_paths: tuple[str, ...],
+            requests_paths: tuple[Path, ...], out: Path, pod_spec_fallback: bool) -> None:
+    """Join labels (or a measurement table) to specs: pod-windows, with what did not join and why."""
+    if (labels_path is None) == (measurements_path is None):
+        raise click.UsageError("give --labels (Kepler) or --measurements (a measurement table), one of them")
+    if labels_path is not None:
+        if manifest_paths or not requests_paths:
+            raise click.UsageError("--labels takes its specs from --requests (NDJSON from `train collect`)")
+        summary = run_dataset(labels_path, requests_paths, out, pod_spec_fallback=pod_spec_fallback)
+    else:
+        assert measurements_path is not None
+        if not manifest_paths and not requests_paths:
+            raise click.UsageError("--measurements needs specs: --manifests PATH or --requests NDJSON")
+        if pod_spec_fallback:
+            raise click.UsageError("--pod-spec-fallback is for --labels: a measurement row names its workload")
+        try:
+            summary = run_measurement_dataset(measurements_path, out, manifest_paths=manifest_paths,
+                                              requests_paths=requests_paths)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(summary.describe())
     click.echo(f"-> {out}")
 

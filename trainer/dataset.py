@@ -61,6 +61,8 @@ DATASET_COLUMNS: tuple[str, ...] = (
     "power_watts",
     "energy_joules",
 )
+# Written where present: a measurement table's dataset (trainer.measurements) has them, see trainer.targets.
+DATASET_OPTIONAL_COLUMNS: tuple[str, ...] = ("group", "source", "pod_count", "window_count")
 ROW_KEY = ["window_start", "namespace", "pod"]
 _WORKLOAD = ["namespace", "workload_kind", "workload_name"]
 _TEXT_COLUMNS = ("namespace", "pod", "workload_kind", "workload_name", "spec_hash")
@@ -175,9 +177,9 @@ class JoinSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def describe(self) -> str:
+    def describe(self, rows_name: str = "labels") -> str:
         lines = [
-            f"labels: {self.label_rows} rows, {self.label_pods} pods, {self.label_workloads} workloads",
+            f"{rows_name}: {self.label_rows} rows, {self.label_pods} pods, {self.label_workloads} workloads",
             f"joined: {self.joined.rows} rows, {self.joined.pods} pods, {self.joined.workloads} workloads "
             f"({', '.join(f'{rule}: {t.pods} pods' for rule, t in sorted(self.by_rule.items()))})",
         ]
@@ -421,8 +423,9 @@ def build_dataset(labels: pd.DataFrame, requests: Iterable[InferenceRequest], *,
 
 
 def write_dataset(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Parquet, atomically (request_json dictionary-encoded: one copy per distinct spec)."""
-    columns = list(DATASET_COLUMNS)
+    """Parquet, atomically (request_json dictionary-encoded: one copy per distinct spec), with
+    the optional columns the frame has."""
+    columns = [*DATASET_COLUMNS, *(c for c in DATASET_OPTIONAL_COLUMNS if c in frame.columns)]
     return write_atomically(path, lambda temp: frame[columns].to_parquet(temp, index=False))
 
 
@@ -442,6 +445,11 @@ def read_dataset(path: str | os.PathLike[str], *, text_as_categories: bool = Fal
 def summary_path(dataset_path: str | os.PathLike[str]) -> Path:
     path = Path(dataset_path)
     return path.with_name(path.name + ".summary.json")
+
+
+def write_summary(summary: Mapping[str, Any], dataset_path: str | os.PathLike[str]) -> Path:
+    """The dataset's summary as JSON at `summary_path(dataset_path)`, atomically."""
+    return write_text_atomically(summary_path(dataset_path), json.dumps(summary, indent=2) + "\n")
 
 
 def read_labels_for_join(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -468,5 +476,5 @@ def run_dataset(labels_path: str | os.PathLike[str], requests_paths: Sequence[st
     requests = [r for path in requests_paths for r in read_requests(path)]
     frame, summary = build_dataset(labels, requests, pod_spec_fallback=pod_spec_fallback)
     write_dataset(frame, out)
-    write_text_atomically(summary_path(out), json.dumps(summary.to_dict(), indent=2) + "\n")
+    write_summary(summary.to_dict(), out)
     return summary

@@ -17,6 +17,12 @@ other, which collapses LogPowerKNN's trust radius (twice the 99th percentile of 
 distances) to 0, so that every new spec would get the prior. One row per spec gives each workload
 one vote and keeps distances between different specs. `pod` and `pod-day` (day-to-day variation
 of long-lived pods) are there for comparison and for data with one pod per spec.
+
+Optional dataset columns, written by `trainer.measurements` (a measurement table's row is one
+dataset row standing for many pods and windows): `window_count`, the windows a row stands for
+(counted by the `min_active_windows` gate and in `windows`; 1 without the column), `pod_count`,
+the pods it stands for (summed into `pods`; 1 without it), and `group`, the cross-validation
+group of its workload (`TrainingTable.groups`; the workload itself without it).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ TARGET_UNITS: tuple[str, ...] = ("workload", "pod", "pod-day")
 DEFAULT_TARGET_UNIT = "workload"
 DEFAULT_MIN_ACTIVE_WINDOWS = 5
 GROUP_COLUMNS = ["namespace", "workload_kind", "workload_name"]
+CV_GROUP_COLUMN = "group"  # optional: cross-validation groups, e.g. a model family
+WINDOW_COUNT_COLUMN = "window_count"  # optional: windows one dataset row stands for
+POD_COUNT_COLUMN = "pod_count"  # optional: pods one dataset row stands for
 
 
 @dataclass(frozen=True)
@@ -53,19 +62,29 @@ class TrainingTable:
         return self.frame["power_watts"].to_numpy(dtype=np.float64)
 
     @property
-    def groups(self) -> np.ndarray:
-        """The workload of each target, as `namespace/Kind/name`: cross-validation's groups."""
+    def workload_keys(self) -> np.ndarray:
+        """The workload of each target, as `namespace/Kind/name`."""
         return (self.frame["namespace"] + "/" + self.frame["workload_kind"] + "/" + self.frame["workload_name"]).to_numpy()
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Cross-validation's groups: the dataset's `group` column where it has one (say, a model
+        family, so that no fold tests a model on its own family), the workload otherwise."""
+        if CV_GROUP_COLUMN in self.frame.columns:
+            return self.frame[CV_GROUP_COLUMN].astype(str).to_numpy()
+        return self.workload_keys
 
     @property
     def pods(self) -> int:
         """Distinct pods behind the targets."""
-        return int(self.frame["pods"].sum()) if self.unit == "workload" else int(
-            self.frame[["namespace", "pod"]].drop_duplicates().shape[0])
+        if self.unit == "workload":
+            return int(self.frame["pods"].sum())
+        distinct = self.frame.drop_duplicates(["namespace", "pod"])
+        return int(distinct[POD_COUNT_COLUMN].sum()) if POD_COUNT_COLUMN in distinct.columns else len(distinct)
 
     @property
     def workloads(self) -> int:
-        return int(len(np.unique(self.groups))) if len(self.frame) else 0
+        return int(len(np.unique(self.workload_keys))) if len(self.frame) else 0
 
     def per_workload(self) -> pd.DataFrame:
         """Per workload: targets, pods and mean target power (W)."""
@@ -116,44 +135,63 @@ def _sorted_categorical(texts: pd.Series) -> pd.Series:
 _TEXT_KEYS = [*GROUP_COLUMNS, "pod", "spec_hash", "request_json"]
 
 
+def _text_keys(dataset: pd.DataFrame) -> list[str]:
+    """The text columns a target is keyed by: `group` too where the dataset has it (one per workload)."""
+    return [*_TEXT_KEYS, CV_GROUP_COLUMN] if CV_GROUP_COLUMN in dataset.columns else list(_TEXT_KEYS)
+
+
+def _row_counts(dataset: pd.DataFrame, column: str) -> np.ndarray:
+    """Per dataset row, the windows or pods it stands for: the column where present, 1 otherwise."""
+    if column in dataset.columns:
+        return dataset[column].to_numpy(dtype=np.int64)
+    return np.ones(len(dataset), dtype=np.int64)
+
+
 def _per_pod(dataset: pd.DataFrame, unit: str) -> pd.DataFrame:
     """One row per pod (and UTC day for `pod-day`) and spec. Grouped on integer codes (texts as
     categoricals, the day as a timestamp), never on a string per window: the dataset has millions
     of windows and a spec's JSON is ~1 KB. The texts come back once per pod."""
     start = pd.to_datetime(dataset["window_start"], utc=True)
     active = dataset["energy_joules"].to_numpy(dtype=np.float64) > 0
+    text_keys = _text_keys(dataset)
+    window_counts = _row_counts(dataset, WINDOW_COUNT_COLUMN)
     rows = pd.DataFrame({
-        **{c: _sorted_categorical(dataset[c]) for c in _TEXT_KEYS},
-        "active": active,
+        **{c: _sorted_categorical(dataset[c]) for c in text_keys},
+        "window_count": window_counts,
+        "active_window_count": np.where(active, window_counts, 0),
+        "pod_count": _row_counts(dataset, POD_COUNT_COLUMN),
         "active_joules": np.where(active, dataset["energy_joules"], 0.0),
         "active_seconds": np.where(active, dataset["window_seconds"], 0),
         "first_window": start,
     })
-    keys = list(_TEXT_KEYS)
+    keys = list(text_keys)
     if unit == "pod-day":
         rows["day"] = start.dt.floor("D")
         keys.append("day")
     pods = (
         rows.groupby(keys, sort=True, observed=True)
-        .agg(windows=("active", "size"), active_windows=("active", "sum"), energy_joules=("active_joules", "sum"),
+        .agg(windows=("window_count", "sum"), active_windows=("active_window_count", "sum"),
+             pod_count=("pod_count", "max"), energy_joules=("active_joules", "sum"),
              active_seconds=("active_seconds", "sum"), first_window=("first_window", "min"),
              last_window=("first_window", "max"))
         .reset_index()
     )
-    for column in _TEXT_KEYS:
+    for column in text_keys:
         pods[column] = pods[column].astype("str")
     # A UTC day sorts as its "%Y-%m-%d" text does: the groups are in the order grouping on the text gives.
     period = pods.pop("day").dt.strftime("%Y-%m-%d") if unit == "pod-day" else "all"
-    pods.insert(len(_TEXT_KEYS), "period", period)
+    pods.insert(len(text_keys), "period", period)
     pods["power_watts"] = pods["energy_joules"] / pods["active_seconds"].where(pods["active_seconds"] > 0)
     return pods
 
 
 def _per_spec(pods: pd.DataFrame) -> pd.DataFrame:
     keys = [*GROUP_COLUMNS, "spec_hash", "request_json", "period"]
+    if CV_GROUP_COLUMN in pods.columns:
+        keys.append(CV_GROUP_COLUMN)
     specs = (
         pods.groupby(keys, sort=True, observed=True)
-        .agg(pods=("pod", "nunique"), pod=("pod", "first"), windows=("windows", "sum"),
+        .agg(pods=("pod_count", "sum"), pod=("pod", "first"), windows=("windows", "sum"),
              active_windows=("active_windows", "sum"), energy_joules=("energy_joules", "sum"),
              active_seconds=("active_seconds", "sum"), first_window=("first_window", "min"),
              last_window=("last_window", "max"), power_watts=("power_watts", "mean"))
