@@ -351,7 +351,7 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
 
 def _read_manifest_text(text: str, file: str, specs: SpecSources) -> None:
     try:
-        report = read_manifests(text)
+        report = read_manifests(text, max_documents=None)  # a file of any size, unlike a request
     except ManifestError as exc:
         raise ManifestReadError(f"{file}: {exc}") from None
     if report.errors:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -214,6 +215,20 @@ def test_a_directory_of_manifests_is_read_recursively_with_lists_and_json(
     assert f"joined: {len(subset)} rows" in output
     summary = json.loads(summary_path(tmp_path / "d.parquet").read_text())
     assert summary["skipped_examples"] == [f"{root / 'a.yaml'}: document {third + 1}: v1/Service is not a workload kind"]
+
+
+def test_a_manifest_stream_of_more_documents_than_a_webhook_request_may_hold(
+        mlenergy_rows: list[dict[str, str]], tmp_path: Path) -> None:
+    """The webhook caps a request at 1000 documents; a file for the trainer has no cap: the
+    897 Deployments twice over (renamed) on stdin, and the doubled table, all join."""
+    text = MANIFESTS_YAML.read_text(encoding="utf-8")
+    renamed = re.sub(r"(?m)^  name: ", "  name: again-", text)  # metadata.name, the only key at this depth
+    assert renamed.count("name: again-") == 897
+    rows = [*mlenergy_rows, *({**r, "workload_name": "again-" + r["workload_name"]} for r in mlenergy_rows)]
+    measurements = write_csv(tmp_path / "m.csv", rows)
+    output = ok(run_dataset("--measurements", str(measurements), "--manifests", "-", "--out", str(tmp_path / "d.parquet"),
+                            stdin=text + "---\n" + renamed))
+    assert "joined: 1794 rows, 1794 pods, 1794 workloads" in output
 
 
 def test_requests_ndjson_instead_of_manifests(subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]],

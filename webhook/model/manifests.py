@@ -14,7 +14,7 @@ import yaml
 from webhook.model.extract import ExtractionError, to_inference_request, workload_kind_of
 from webhook.model.schema import InferenceRequest
 
-MAX_DOCUMENTS = 1000
+MAX_DOCUMENTS = 1000  # per request to the webhook; the trainer reads files without a cap (None)
 
 
 class ManifestError(ValueError):
@@ -47,13 +47,13 @@ def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": metadata.get("name")}
 
 
-def load_documents(text: str) -> list[Any]:
+def load_documents(text: str, max_documents: int | None = MAX_DOCUMENTS) -> list[Any]:
     try:
         documents = []
         for document in yaml.safe_load_all(text):
             documents.append(document)
-            if len(documents) > MAX_DOCUMENTS:
-                raise ManifestError(f"more than {MAX_DOCUMENTS} YAML documents in one request")
+            if max_documents is not None and len(documents) > max_documents:
+                raise ManifestError(f"more than {max_documents} YAML documents in one request")
         return documents
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -65,10 +65,10 @@ def load_documents(text: str) -> list[Any]:
         raise ManifestError("invalid YAML: nested too deeply") from None
 
 
-def read_manifests(text: str) -> ManifestReport:
+def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> ManifestReport:
     """Sort each document (and each item of a ``kind: List``) into requests, skipped or errors."""
     report = ManifestReport()
-    for number, document in enumerate(load_documents(text), start=1):
+    for number, document in enumerate(load_documents(text, max_documents), start=1):
         if isinstance(document, Mapping) and document.get("kind") == "List" and "items" in document:
             items = document.get("items")
             if not isinstance(items, list):
