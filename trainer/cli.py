@@ -25,6 +25,7 @@ import click
 from trainer.collect import run_collect
 from trainer.crossval import DEFAULT_K_GRID
 from trainer.dataset import run_dataset
+from trainer.dcgm import GpuChoice
 from trainer.evaluate import run_evaluate
 from trainer.fit import FitSettings, run_fit
 from trainer.kepler import KeplerLine
@@ -112,13 +113,15 @@ _labels_options = _options(
     click.option("--timeout", default="30s", help="Timeout of one Prometheus request."),
     click.option("--kube-owner-fallback", is_flag=True,
                  help="Ask the Kubernetes API for the owners of pods kube-state-metrics never reported."),
+    click.option("--gpu", type=click.Choice([choice.value for choice in GpuChoice]), default="auto",
+                 help="GPU energy added to each pod's: dcgm-exporter, Kepler's GPU series, auto (dcgm first), off."),
     _kube_options,
 )
 
 
 def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kepler_line: str | None,
             modes: tuple[str, ...], components: tuple[str, ...], zones: tuple[str, ...], states: tuple[str, ...],
-            chunk: str, timeout: str, progress: bool, kube_owner_fallback: bool, kubeconfig: str | None,
+            chunk: str, timeout: str, progress: bool, kube_owner_fallback: bool, gpu: str, kubeconfig: str | None,
             context: str | None, in_cluster: bool, request_timeout: str) -> LabelsRunSummary:
     from trainer.api_owners import KubernetesOwnerFallback
 
@@ -126,7 +129,7 @@ def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kep
         try:
             return run_labels(prometheus_url, start, end, step, out, kepler_line=kepler_line, modes=modes,
                               components=components, zones=zones, states=states, chunk=chunk, timeout=timeout,
-                              progress=progress, owner_fallback=owner_fallback)
+                              progress=progress, owner_fallback=owner_fallback, gpu=gpu)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -140,6 +143,7 @@ def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kep
         click.echo(f"owner fallback: {fallback.lookups} Kubernetes API reads", err=True)
     click.echo(f"labels: {summary.row_count} rows, {summary.pod_count} pods, {summary.window_count} windows, "
                f"{summary.total_energy_joules:.1f} J ({summary.kepler_line or 'no Kepler data'}) -> {summary.path}")
+    click.echo(summary.gpu_text())
     return summary
 
 

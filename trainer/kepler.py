@@ -28,6 +28,13 @@ has nothing to extrapolate and the increase is the exact difference of the two s
 later sample alone across a reset. Off the grid, increase() extrapolates to the window edges: the
 usual estimate. Prometheus 3 made range selectors left-open, so there a window W needs at least
 two scrapes inside (end-W, end]: pick W >= 2 scrape intervals.
+
+Kepler's GPU series, read when the labels step takes GPU energy from Kepler (`trainer.dcgm`):
+`kepler_container_gpu_joules_total` (Kepler <= 0.9, same labels and modes as the container
+counters) and `kepler_pod_gpu_joules_total` (Kepler 0.11.4 and later, labels `pod_id`,
+`pod_name`, `pod_namespace`, `state`; no zone). Kepler <= 0.9 already counts the GPU inside
+`kepler_container_joules_total`: `selection_counts_gpu` says when the CPU-side query includes it,
+so the labels step can take it out before adding the GPU energy of the chosen source once.
 """
 
 from __future__ import annotations
@@ -49,6 +56,13 @@ class KeplerLine(str, Enum):
 
 CONTAINER_TOTAL_METRIC = "kepler_container_joules_total"
 POD_CPU_METRIC = "kepler_pod_cpu_joules_total"
+CONTAINER_GPU_METRIC = "kepler_container_gpu_joules_total"
+POD_GPU_METRIC = "kepler_pod_gpu_joules_total"
+# Each line's per-pod GPU energy counter (joules).
+GPU_METRIC: dict[KeplerLine, str] = {
+    KeplerLine.CONTAINER_COUNTERS: CONTAINER_GPU_METRIC,
+    KeplerLine.POD_COUNTERS: POD_GPU_METRIC,
+}
 # The metric whose presence marks each line.
 MARKER_METRIC: dict[KeplerLine, str] = {
     KeplerLine.CONTAINER_COUNTERS: CONTAINER_TOTAL_METRIC,
@@ -152,29 +166,66 @@ def build_energy_query(
     pod_selection: PodEnergySelection | None = None,
 ) -> EnergyQuery:
     """The per-pod energy-per-window query for one Kepler line (see the module docstring)."""
-    window = format_duration(window_seconds)
     if line is KeplerLine.CONTAINER_COUNTERS:
         selection = container_selection or ContainerEnergySelection()
         metric_names = [
             CONTAINER_TOTAL_METRIC if c == "total" else f"kepler_container_{c}_joules_total"
             for c in selection.components
         ]
-        matchers = [f'__name__=~"{"|".join(metric_names)}"']
-        if set(selection.modes) != set(CONTAINER_MODES):
-            matchers.append(f'mode=~"{"|".join(selection.modes)}"')
-        namespace_label, pod_label = "container_namespace", "pod_name"
-    elif line is KeplerLine.POD_COUNTERS:
+        return _pod_energy_query(line, window_seconds, [f'__name__=~"{"|".join(metric_names)}"'], selection, None)
+    if line is KeplerLine.POD_COUNTERS:
         selection_10 = pod_selection or PodEnergySelection()
         matchers = [f'__name__="{POD_CPU_METRIC}"', f'zone=~"{"|".join(selection_10.zones)}"']
-        if selection_10.states is not None:
-            matchers.append(f'state=~"{"|".join(selection_10.states)}"')
+        return _pod_energy_query(line, window_seconds, matchers, None, selection_10)
+    raise ValueError(f"unknown Kepler line {line!r}")  # pragma: no cover - exhaustive over the enum
+
+
+def build_gpu_energy_query(
+    line: KeplerLine,
+    window_seconds: float,
+    container_selection: ContainerEnergySelection | None = None,
+    pod_selection: PodEnergySelection | None = None,
+) -> EnergyQuery:
+    """Per-pod GPU energy per window from Kepler's own GPU counter of that line, with the same
+    modes (<= 0.9) or states (>= 0.10) as the CPU-side selection."""
+    matchers = [f'__name__="{GPU_METRIC[line]}"']
+    if line is KeplerLine.CONTAINER_COUNTERS:
+        return _pod_energy_query(line, window_seconds, matchers, container_selection or ContainerEnergySelection(), None)
+    return _pod_energy_query(line, window_seconds, matchers, None, pod_selection or PodEnergySelection())
+
+
+def selection_counts_gpu(line: KeplerLine, container_selection: ContainerEnergySelection | None) -> bool:
+    """Whether the CPU-side query of `build_energy_query` already holds Kepler's GPU energy:
+    Kepler <= 0.9 with the `total` (package + dram + other + GPU) or `gpu` component."""
+    if line is not KeplerLine.CONTAINER_COUNTERS:
+        return False
+    components = (container_selection or ContainerEnergySelection()).components
+    return "total" in components or "gpu" in components
+
+
+def _pod_energy_query(
+    line: KeplerLine,
+    window_seconds: float,
+    matchers: list[str],
+    container_selection: ContainerEnergySelection | None,
+    pod_selection: PodEnergySelection | None,
+) -> EnergyQuery:
+    """`sum by (namespace, pod) (increase({matchers}[W]))` with the mode or state filter of the
+    line's selection added to the matchers."""
+    if line is KeplerLine.CONTAINER_COUNTERS:
+        assert container_selection is not None
+        if set(container_selection.modes) != set(CONTAINER_MODES):
+            matchers = [*matchers, f'mode=~"{"|".join(container_selection.modes)}"']
+        namespace_label, pod_label = "container_namespace", "pod_name"
+    else:
+        assert pod_selection is not None
+        if pod_selection.states is not None:
+            matchers = [*matchers, f'state=~"{"|".join(pod_selection.states)}"']
         namespace_label, pod_label = "pod_namespace", "pod_name"
-    else:  # pragma: no cover - exhaustive over the enum
-        raise ValueError(f"unknown Kepler line {line!r}")
     # Sum after increase(): each series' resets are corrected before series are added up.
     promql = (
         f"sum by ({namespace_label}, {pod_label}) "
-        f"(increase({{{', '.join(matchers)}}}[{window}]))"
+        f"(increase({{{', '.join(matchers)}}}[{format_duration(window_seconds)}]))"
     )
     return EnergyQuery(
         line=line,

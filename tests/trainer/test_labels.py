@@ -29,7 +29,7 @@ from trainer.kepler import (
     PodEnergySelection,
 )
 from trainer.labels import (
-    LABEL_COLUMNS,
+    OUTPUT_COLUMNS,
     collect_labels,
     empty_labels_frame,
     parse_duration_seconds,
@@ -79,7 +79,8 @@ def test_seed_energy_per_pod_per_window_is_recovered(
     seed = kepler_prometheus.seed
     max_error = _compare(seed_labels, seed.expected, seed.expected["energy_joules"])
     print(f"seed recovery: {len(seed_labels)} rows, max |error| = {max_error:.3g} J")
-    assert list(seed_labels.columns) == list(LABEL_COLUMNS)
+    assert list(seed_labels.columns) == list(OUTPUT_COLUMNS)
+    assert (seed_labels["gpu_energy_joules"] == 0).all()
     assert len(seed_labels) == len(seed.expected) == 17640
     assert str(seed_labels["window_start"].dt.tz) == "UTC"
     assert (seed_labels["window_seconds"] == 60).all()
@@ -319,7 +320,7 @@ def test_write_labels_refuses_a_table_without_the_label_columns(tmp_path: Path) 
 def test_empty_table_round_trips_through_parquet(tmp_path: Path) -> None:
     path = write_labels(empty_labels_frame(), tmp_path / "labels.parquet")
     back = pd.read_parquet(path)
-    assert list(back.columns) == list(LABEL_COLUMNS)
+    assert list(back.columns) == list(OUTPUT_COLUMNS)
     assert len(back) == 0
 
 

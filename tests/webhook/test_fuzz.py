@@ -22,8 +22,7 @@ with warnings.catch_warnings():  # Starlette nudges towards httpx2; httpx is wha
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from webhook.http.app import create_app
-from webhook.http.state import AppSettings, app_state
+from webhook.http.app import AppSettings, create_app
 from webhook.model.prior import PriorPredictor
 from webhook.model.service import PredictionService
 
@@ -34,7 +33,7 @@ def _app():  # type: ignore[no-untyped-def]
     service = PredictionService(PriorPredictor())
     service.load()
     app = create_app(service, AppSettings(max_body_bytes=256 * 1024))
-    app_state(app).tls_ready = True
+    app.state.readiness["tls_ready"] = True
     return app
 
 
