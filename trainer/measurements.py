@@ -106,12 +106,15 @@ class ManifestReadError(ValueError):
 @dataclass(frozen=True)
 class RawTable:
     """A measurement table as read: its header and, per data row, its cells (text for CSV,
-    Python values for Parquet, None where empty) and the file line it starts on (CSV only)."""
+    Python values for Parquet, None where empty), its 1-based data row number and the file line
+    it starts on (CSV only). A blank CSV line holds no row but keeps its number, as in a
+    spreadsheet."""
 
     file: str
     file_format: str  # "csv" or "parquet"
     columns: list[str]
     rows: list[dict[str, object]]
+    row_numbers: list[int]
     lines: list[int | None]
 
 
@@ -128,17 +131,19 @@ def _read_csv(path: Path, file: str) -> RawTable:
             raise MeasurementError(file, "the file is empty: a header row is needed")
         columns = [name.strip() for name in header]
         rows: list[dict[str, object]] = []
+        row_numbers: list[int] = []
         lines: list[int | None] = []
         line = reader.line_num + 1
-        for cells in reader:
-            if any(cell.strip() for cell in cells):  # a blank line is not a row
+        for row_number, cells in enumerate(reader, start=1):
+            if any(cell.strip() for cell in cells):  # a blank line holds no measurement
                 if len(cells) != len(columns):
                     raise MeasurementError(file, f"{len(cells)} cells where the header has {len(columns)} columns",
-                                           row=len(rows) + 1, line=line)
+                                           row=row_number, line=line)
                 rows.append({c: (v.strip() or None) for c, v in zip(columns, cells)})
+                row_numbers.append(row_number)
                 lines.append(line)
             line = reader.line_num + 1
-    return RawTable(file, "csv", columns, rows, lines)
+    return RawTable(file, "csv", columns, rows, row_numbers, lines)
 
 
 def _read_parquet(path: Path, file: str) -> RawTable:
@@ -149,7 +154,7 @@ def _read_parquet(path: Path, file: str) -> RawTable:
     columns = [name.strip() for name in table.column_names]
     values = table.to_pydict()  # nulls as None, NaN as NaN: both reach the checks as they are
     rows = [{c: values[name][i] for c, name in zip(columns, table.column_names)} for i in range(table.num_rows)]
-    return RawTable(file, "parquet", columns, rows, [None] * len(rows))
+    return RawTable(file, "parquet", columns, rows, list(range(1, len(rows) + 1)), [None] * len(rows))
 
 
 def read_measurement_table(path: str | os.PathLike[str]) -> RawTable:
@@ -195,11 +200,11 @@ class Measurement:
 @dataclass(frozen=True)
 class _Cell:
     table: RawTable
-    index: int  # 0-based data row
+    index: int  # position in RawTable.rows
     column: str
 
     def fail(self, problem: str) -> MeasurementError:
-        return MeasurementError(self.table.file, problem, row=self.index + 1, line=self.table.lines[self.index],
+        return MeasurementError(self.table.file, problem, row=self.table.row_numbers[self.index], line=self.table.lines[self.index],
                                 column=self.column)
 
     @property
@@ -294,7 +299,7 @@ def _measurement(table: RawTable, index: int, power_columns: Sequence[str]) -> M
         window_count=cell(WINDOWS_COLUMN).count() if WINDOWS_COLUMN in present else DEFAULT_WINDOW_COUNT,
         source=cell(SOURCE_COLUMN).text() if SOURCE_COLUMN in present else Path(table.file).name,
         group=cell(GROUP_COLUMN).text() if GROUP_COLUMN in present else None,
-        row=index + 1,
+        row=table.row_numbers[index],
     )
 
 

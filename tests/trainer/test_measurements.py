@@ -132,7 +132,8 @@ def _energetiscope() -> list[str]:
 
 def test_dataset_fit_predict_commands_as_a_user_types_them(
         subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    """The three commands of issue 12, as processes, in a directory of the user's files."""
+    """The three commands of issue 12, as processes, in a directory of the user's files; and
+    `train evaluate` on the same dataset."""
     write_csv(tmp_path / "m.csv", subset)
     write_manifests(tmp_path / "m.yaml", mlenergy_manifests, subset)
     other = dict(mlenergy_manifests[subset[0]["workload_name"]])
@@ -148,6 +149,10 @@ def test_dataset_fit_predict_commands_as_a_user_types_them(
     run("train", "dataset", "--measurements", "m.csv", "--manifests", "m.yaml", "--out", "d.parquet")
     fit_output = run("train", "fit", "--dataset", "d.parquet", "--out", "model.joblib", "--no-progress")
     assert "(7 folds)" in fit_output  # grouped by family: 7 groups, not 28 workloads
+    run("train", "evaluate", "--model", "model.joblib", "--dataset", "d.parquet", "--out-dir", "evaluation")
+    evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["in_sample"] is True and evaluation["metrics"][0]["targets"] == len(subset)
+    assert (tmp_path / "evaluation" / "residuals.png").is_file()
     prediction = json.loads(run("predict", "other.yaml", "--model", "model.joblib", "-o", "json"))
     [row] = prediction["predictions"]
     assert row["workload_name"] == "not-in-the-training-data"
@@ -387,6 +392,21 @@ def test_energy_without_duration_and_power_with_energy_are_refused(
     rows = [{k: v for k, v in r.items() if k != "power_watts"} for r in rows]
     output = _refused(tmp_path, mlenergy_manifests, subset, write_csv(tmp_path / "energy.csv", rows))
     assert "column duration_seconds: missing column: energy_joules needs duration_seconds beside it" in output
+
+
+def test_blank_lines_hold_no_row_but_keep_the_numbering_and_a_short_row_is_refused(
+        subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    measurements = write_csv(tmp_path / "bad.csv", subset[:4], [*KEY, "power_watts"])
+    lines = measurements.read_text(encoding="utf-8").splitlines()
+    lines[3:3] = ["", ",,,"]  # blank rows 3 and 4: the table's third measurement is now data row 5
+    measurements.write_text("\n".join([*lines, "llm-serving,Deployment"]) + "\n", encoding="utf-8")
+    output = _refused(tmp_path, mlenergy_manifests, subset, measurements)
+    assert (f"{measurements}: data row 7 (1-based, header not counted; line 8 of the file): "
+            f"2 cells where the header has 4 columns") in output
+    measurements.write_text("\n".join([*lines[:5], lines[5].replace(subset[2]["power_watts"], "-1")]) + "\n",
+                            encoding="utf-8")
+    output = _refused(tmp_path, mlenergy_manifests, subset, measurements)
+    assert f"{measurements}: data row 5 (1-based, header not counted; line 6 of the file): column power_watts: '-1'" in output
 
 
 def test_a_bad_parquet_cell_names_its_data_row(subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]],
