@@ -40,7 +40,7 @@ from bench.proc_stats import cpu_seconds, peak_rss_mib
 from bench.profile_webhook import Profile, start_recording, summarise
 from bench.results import RunRecord, cell, markdown_table
 from bench.wrk_runner import WrkResult, ensure_wrk, run_wrk
-from tests.webhook_process import WebhookProcess, create_certs
+from harness.webhook_process import WebhookProcess, create_certs
 
 TRAINING_ROWS = 50_000
 VARIANTS = 512

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from webhook.http.app import parse_json
+from webhook.http.body import parse_json
 from webhook.http.server import tls_server_config
 from webhook.http.tls import ServingCertificates
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.webhook_process import WebhookProcess, create_certs
+from harness.webhook_process import WebhookProcess, create_certs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

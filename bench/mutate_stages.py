@@ -1,7 +1,7 @@
 """What one /mutate costs stage by stage, in-process and single-threaded (no HTTP, TLS or threads).
 
 The profile of the loaded server (`bench.profile_webhook`) says where its CPU goes; this says
-how long each step of `webhook.admission.review.mutate` takes on the benchmark's bodies, so the
+how long each step of `webhook.admission.mutate.mutate` takes on the benchmark's bodies, so the
 suggestions in bench/README.md come with the microseconds they would save.
 """
 
@@ -17,18 +17,13 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from webhook.admission import annotations
-from webhook.admission.review import (
-    MutationSettings,
-    _projected_patch,
-    annotations_patch,
-    mutate,
-    patch_key,
-    plan_mutation,
-)
-from webhook.http.app import parse_json
+from webhook.admission.mutate import MutatingHandler, MutationSettings, mutate
+from webhook.admission.patch import annotations_patch, unmemoised_patch
+from webhook.admission.reading import ObjectReader
+from webhook.admission.review import parse_review
+from webhook.http.body import parse_json
 from webhook.model.extract import to_inference_request
 from webhook.model.prior import PriorPredictor
-from webhook.admission.reading import ObjectReader
 from webhook.model.schema import spec_hash
 from webhook.model.service import PredictionService
 
@@ -46,14 +41,10 @@ def _mean_microseconds(action: Callable[[int], Any], count: int) -> float:
     return round((time.perf_counter() - started) / count * 1e6, 1)
 
 
-def _diff_unmemoised(metadata: dict[str, Any], wanted: dict[str, str]) -> Any:
-    # The memo's own key, with the diff itself forced.
-    return _projected_patch.__wrapped__(*patch_key(metadata, wanted))
-
-
 def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -> list[StageCost]:
     reviews = [json.loads(body) for body in bodies]
     objects = [review["request"]["object"] for review in reviews]
+    decoded = [parse_review(review) for review in reviews]
     requests = [to_inference_request(obj) for obj in objects]
     cached = PredictionService(PriorPredictor(), model_path=model_path)
     uncached = PredictionService(PriorPredictor(), model_path=model_path, cache_entries=0)
@@ -63,17 +54,18 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
     wanted = [annotations.render(cached.predict(r)) for r in requests]
     metadata = [obj["metadata"] for obj in objects]
     settings = MutationSettings()
-    results = [mutate(review["request"], cached, settings) for review in reviews]
+    results = [mutate(request, cached, settings) for request in decoded]
     n = len(bodies)
     model = uncached.predictor
     reader = ObjectReader(n)
     for obj in objects:
         reader.read(obj)
+    handler = MutatingHandler(settings, reader)
 
     def answered_as_served(i: int) -> Any:
         # What /mutate does with a remembered object and a cached prediction, minus HTTP.
-        plan = plan_mutation(reviews[i]["request"], settings, reader)
-        return plan.complete(cached.cached(plan.request, plan.spec_hash))
+        pending = handler.handle(decoded[i])
+        return pending.complete(cached.cached(pending.request, pending.spec_hash))
     return [
         StageCost("request JSON parse (msgspec)", _mean_microseconds(lambda i: parse_json(bodies[i]), n)),
         StageCost("object -> InferenceRequest (extract)", _mean_microseconds(lambda i: to_inference_request(objects[i]), n)),
@@ -83,14 +75,14 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
         StageCost("prediction, cache miss (encode + KNN + interval)",
                   _mean_microseconds(lambda i: model.predict([requests[i % n]]), predictions)),
         StageCost("JSON patch, first time (jsonpatch diff of the annotations)",
-                  _mean_microseconds(lambda i: _diff_unmemoised(metadata[i], wanted[i]), n)),
+                  _mean_microseconds(lambda i: unmemoised_patch(metadata[i], wanted[i]), n)),
         StageCost("JSON patch, repeated (memoised)",
                   _mean_microseconds(lambda i: annotations_patch(metadata[i], wanted[i]), n)),
         StageCost("response JSON encode", _mean_microseconds(lambda i: JSONResponse(results[i].review), n)),
         StageCost("mutate(), cache hit, object read afresh",
-                  _mean_microseconds(lambda i: mutate(reviews[i]["request"], cached, settings), n)),
+                  _mean_microseconds(lambda i: mutate(decoded[i], cached, settings), n)),
         StageCost("as /mutate serves a repeated object: remembered read, cached prediction, memoised patch",
                   _mean_microseconds(answered_as_served, n)),
-        StageCost("mutate(), cache miss", _mean_microseconds(lambda i: mutate(reviews[i % n]["request"], uncached, settings),
+        StageCost("mutate(), cache miss", _mean_microseconds(lambda i: mutate(decoded[i % n], uncached, settings),
                                                              predictions)),
     ]

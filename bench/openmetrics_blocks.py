@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cluster_sim import KEPLER_JOB, KSM_LABELS, WINDOW_SECONDS, SimPod, SimulatedCluster, stable_hex
-from tests.trainer.kepler_datasets import counter_values
+from harness.kepler_counters import counter_values
 
 BLOCK_SECONDS = 7200
 KEPLER_LINES = ("kepler-0.10", "kepler-0.7")

@@ -1,6 +1,6 @@
 """Servers under test as processes: the webhook and the echo reference.
 
-All are started by `tests.webhook_process.WebhookProcess` (a free loopback port, the
+All are started by `harness.webhook_process.WebhookProcess` (a free loopback port, the
 certificate directory, ready when /readyz answers 200, stopped with SIGTERM); only the module
 that serves differs.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.webhook_process import SERVE, WebhookProcess
+from harness.webhook_process import SERVE, WebhookProcess
 
 WEBHOOK = SERVE
 ECHO = ("bench.echo_server",)

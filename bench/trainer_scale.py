@@ -7,7 +7,7 @@ Per size: `bench.cluster_sim` simulates N workloads over D days at 60 s (one pod
 workload, from the ground truth in `bench.power_model`) and writes their InferenceRequests (NDJSON,
 as `train collect` would); `bench.openmetrics_blocks` writes Kepler counters and kube-state-metrics
 owner series as OpenMetrics and backfills them with promtool into the data directory of a real
-Prometheus (`tests.trainer.prom_harness.PrometheusHarness`, loopback only). Each trainer step then
+Prometheus (`harness.prometheus.PrometheusHarness`, loopback only). Each trainer step then
 runs as its own process, through its CLI (`python -m trainer.cli ...`), and its wall time, CPU time
 and peak RSS come from the kernel (`bench.proc_stats`); Prometheus' own peak RSS is read after
 `labels`. The energy the labels step recovers is checked against what was simulated.
@@ -35,7 +35,7 @@ from bench.cluster_sim import WINDOW_SECONDS, SimulatedCluster, simulate, write_
 from bench.openmetrics_blocks import KEPLER_LINES, BackfillStats, backfill
 from bench.proc_stats import peak_rss_mib, run_measured
 from bench.results import RESULTS_DIR, RunRecord, cell, markdown_table
-from tests.trainer.prom_harness import PrometheusHarness
+from harness.prometheus import PrometheusHarness
 
 SIMULATION_SEED = 20251105
 # (workloads, days, Kepler line)
@@ -111,8 +111,8 @@ def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResul
         started = time.perf_counter()
         url = harness.start(ready_timeout_seconds=600)
         start_seconds = time.perf_counter() - started
-        assert harness._process is not None  # the harness keeps its process private; we only read its memory
-        prometheus_pid = harness._process.pid
+        prometheus_pid = harness.pid
+        assert prometheus_pid is not None
         print("  labels ...", flush=True)
         labels_path, dataset_path, model_path = workdir / "labels.parquet", workdir / "dataset.parquet", workdir / "model.joblib"
         steps = [_run_step("labels", ["--prometheus", url, "--start", str(cluster.grid_start_seconds),

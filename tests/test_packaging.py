@@ -27,7 +27,8 @@ import yaml
 
 from webhook.cli import main
 
-from .webhook_process import create_certs, free_port
+from harness.ports import free_loopback_port
+from harness.webhook_process import create_certs
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -144,7 +145,7 @@ def test_bad_arguments_would_be_caught() -> None:
 
 def test_the_image_entry_command_serves(tmp_path: Path) -> None:
     certs = create_certs(tmp_path / "tls")
-    port = free_port()
+    port = free_loopback_port()
     command = _instruction("ENTRYPOINT") + _instruction("CMD")
     assert command[:2] == ["energetiscope", "serve"]
     # The image's own command line, with only the paths and port of this machine swapped in.

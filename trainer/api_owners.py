@@ -8,8 +8,9 @@ one without a controller gives None, and the labels step then takes the pod as i
 
 from __future__ import annotations
 
-from trainer.kube import WorkloadReader, controller_reference
+from trainer.kube import WorkloadReader
 from trainer.owners import WorkloadRef
+from webhook.model.kinds import controller_of
 
 # Owner kinds whose own controller is the workload a person manages.
 _ONE_MORE_HOP = frozenset({"ReplicaSet", "Job"})
@@ -28,8 +29,8 @@ class KubernetesOwnerFallback:
         if key not in self._cache:
             self.lookups += 1
             manifest = self._reader.read(kind, namespace, name)
-            owner = controller_reference(manifest) if manifest is not None else None
-            self._cache[key] = WorkloadRef(kind=owner[0], name=owner[1]) if owner else None
+            owner = controller_of(manifest.get("metadata")) if manifest is not None else None
+            self._cache[key] = WorkloadRef(kind=owner.kind, name=owner.name) if owner else None
         return self._cache[key]
 
     def __call__(self, namespace: str, pod: str) -> WorkloadRef | None:

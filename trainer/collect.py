@@ -29,7 +29,8 @@ from typing import Any
 from tqdm import tqdm
 
 from trainer.atomic import write_text_atomically
-from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client, controller_reference
+from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
+from webhook.model import kinds as workload_kinds
 from webhook.model.extract import ExtractionError, to_inference_request
 from webhook.model.schema import ANNOTATION_PREFIX, InferenceRequest, spec_hash
 
@@ -84,10 +85,10 @@ def controller_of(request: InferenceRequest) -> tuple[str, str] | None:
 def request_of(manifest: Mapping[str, Any]) -> InferenceRequest:
     """The object's InferenceRequest, marked with its controller (raises ExtractionError)."""
     request = to_inference_request(manifest)
-    owner = controller_reference(manifest)
+    owner = workload_kinds.controller_of(manifest.get("metadata"))
     if owner is None:
         return request
-    annotations = {**request.annotations, CONTROLLER_ANNOTATION: f"{owner[0]}/{owner[1]}"}
+    annotations = {**request.annotations, CONTROLLER_ANNOTATION: f"{owner.kind}/{owner.name}"}
     return request.model_copy(update={"annotations": annotations})
 
 

@@ -15,7 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
+
+from webhook import kube
 
 # One table of where the API serves each workload kind, shared with the webhook's inventory.
 from webhook.kube import COLLECTED_KINDS, ENDPOINTS_BY_KIND, WORKLOAD_ENDPOINTS, WorkloadEndpoint  # noqa: F401
@@ -38,20 +40,10 @@ class KubeSettings:
 
 
 def api_client(settings: KubeSettings) -> client.ApiClient:
-    configuration = client.Configuration()
-    if settings.in_cluster:
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        try:
-            config.load_kube_config(
-                config_file=settings.kubeconfig, context=settings.context, client_configuration=configuration
-            )
-        except config.ConfigException:
-            if settings.kubeconfig is not None:
-                raise
-            # No kubeconfig at all: the usual case inside a pod.
-            config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+    """The client for these settings, from the one factory (``webhook.kube.api_client``)."""
+    return kube.api_client(
+        settings.kubeconfig, context=settings.context, in_cluster=settings.in_cluster, in_cluster_fallback=True
+    )
 
 
 def as_manifest(obj: Any, kind: str | None = None, api_version: str | None = None) -> dict[str, Any]:
@@ -164,13 +156,3 @@ class WorkloadReader:
                 return None
             raise
         return as_manifest(_raw_json(response), endpoint.kind, endpoint.api_version)
-
-
-def controller_reference(manifest: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(kind, name) of the object's controller ownerReference, if it has one."""
-    metadata = manifest.get("metadata")
-    references = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
-    for reference in references or []:
-        if isinstance(reference, Mapping) and reference.get("controller") is True:
-            return str(reference.get("kind") or ""), str(reference.get("name") or "")
-    return None

@@ -30,7 +30,7 @@ from tests.e2e.webhook_fixtures import (
     wait_until_mutating_webhook_is_called,
 )
 from tests.e2e.workloads import SKIP_LABEL, WORKLOADS, energetiscope_annotations, with_cpu, workload
-from tests.webhook_process import WebhookProcess
+from harness.webhook_process import WebhookProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.kube_rest import KubeRest, Reply
 from tests.e2e.workloads import WORKLOADS, energetiscope_annotations, workload
-from tests.webhook_process import WebhookProcess, create_certs
+from harness.webhook_process import WebhookProcess, create_certs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_BASE = REPO_ROOT / "deploy" / "base"

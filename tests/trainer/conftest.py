@@ -22,7 +22,7 @@ from tests.trainer.kepler_datasets import (
     seed_container_dataset,
     synthetic_pod_dataset,
 )
-from tests.trainer.prom_harness import PrometheusBinaries, PrometheusBinariesMissing, PrometheusHarness
+from harness.prometheus import PrometheusBinaries, PrometheusBinariesMissing, PrometheusHarness
 
 SKIP_VARIABLE = "ENERGETISCOPE_SKIP_PROMETHEUS"
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.kepler_counters import counter_values
+
 WINDOW_SECONDS = 60
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_LABELS_PATH = REPO_ROOT.parent / "shared" / "data" / "seed-kepler" / "kepler_labels_6h.parquet"
@@ -80,24 +82,6 @@ def _escape(value: str) -> str:
 
 def _stable_hex(*parts: str, length: int = 16) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
-
-
-def counter_values(step_joules: np.ndarray, base_joules: float, restart_index: int | None) -> np.ndarray:
-    """Cumulative counter samples whose differences are `step_joules[1:]`.
-
-    Sample 0 holds `base_joules` (an exporter that has been running for a while). A restart at
-    `restart_index` r means Kepler came back right after sample r-1: sample r holds only the
-    energy since then, step r, and counting goes on from there.
-    """
-    steps = np.asarray(step_joules, dtype=np.float64).copy()
-    steps[0] = 0.0
-    if restart_index is None:
-        return base_joules + np.cumsum(steps)
-    before = base_joules + np.cumsum(steps[:restart_index])
-    after = np.cumsum(steps[restart_index:])
-    if len(after) and not after[0] < before[-1]:
-        raise AssertionError("restart must lower the counter, or Prometheus cannot see the reset")
-    return np.concatenate([before, after])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.trainer.conftest import KeplerPrometheus
-from tests.trainer.prom_harness import free_loopback_port
+from harness.ports import free_loopback_port
 from trainer.prometheus import (
     PROMETHEUS_MAX_POINTS_PER_SERIES,
     PrometheusClient,

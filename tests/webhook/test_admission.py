@@ -12,7 +12,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from webhook.admission import annotations as keys
-from webhook.admission.review import MutationSettings, NotAnAdmissionReview, annotations_patch, mutate, parse_review
+from webhook.admission.mutate import MutationSettings, mutate
+from webhook.admission.patch import annotations_patch
+from webhook.admission.review import NotAnAdmissionReview, parse_review
 from webhook.model.prior import PriorPredictor
 from webhook.model.service import PredictionService
 

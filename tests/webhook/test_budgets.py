@@ -12,14 +12,15 @@ import httpx
 import pytest
 
 from webhook.admission import annotations as keys
-from webhook.admission.review import mutate, MutationSettings, parse_review
+from webhook.admission.mutate import MutationSettings, mutate
+from webhook.admission.review import parse_review
 from webhook.admission.inventory import WorkloadInventory
 from webhook.admission.policy import BudgetPolicy, PolicyError, PolicyStore, parse_policy
 from webhook.model.prior import PriorPredictor
 from webhook.model.service import PredictionService
 from webhook.admission.validate import Budgets, validate
 
-from ..webhook_process import WebhookProcess, create_certs
+from harness.webhook_process import WebhookProcess, create_certs
 from .reviews import apply, review
 
 

@@ -22,7 +22,8 @@ with warnings.catch_warnings():  # Starlette nudges towards httpx2; httpx is wha
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from webhook.http.app import AppSettings, create_app
+from webhook.http.app import create_app
+from webhook.http.state import AppSettings, app_state
 from webhook.model.prior import PriorPredictor
 from webhook.model.service import PredictionService
 
@@ -33,7 +34,7 @@ def _app():  # type: ignore[no-untyped-def]
     service = PredictionService(PriorPredictor())
     service.load()
     app = create_app(service, AppSettings(max_body_bytes=256 * 1024))
-    app.state.readiness["tls_ready"] = True
+    app_state(app).tls_ready = True
     return app
 
 

@@ -21,7 +21,7 @@ from webhook.model.knn import LogPowerKNN
 from webhook.model.artifact import save_model
 from webhook.model.schema import ContainerSpec, InferenceRequest
 
-from ..webhook_process import WebhookProcess, create_certs
+from harness.webhook_process import WebhookProcess, create_certs
 from .reviews import patch_of, review
 from .slow_model import SlowEncoder
 

@@ -19,7 +19,7 @@ from webhook.admission import annotations as keys
 from webhook.model.extract import workload_kind_of
 from webhook.model.artifact import build_pipeline, save_model
 
-from ..webhook_process import WebhookProcess, create_certs
+from harness.webhook_process import WebhookProcess, create_certs
 from .reviews import apply, patch_of, review, wrap_request
 
 

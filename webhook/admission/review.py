@@ -1,34 +1,32 @@
-"""The mutating admission handler: an AdmissionReview request in, an AdmissionReview out.
+"""The admission protocol: an AdmissionReview decoded into a request, and the responses a handler answers with.
 
-Fails open: whatever is wrong with the object, the apiserver gets a valid response that
-allows it, with a warning the user sees in kubectl. Only a body that is not an
-AdmissionReview at all is refused (HTTP 400), because then there is no uid to answer.
+Shaped like controller-runtime's admission package. :func:`parse_review` checks the envelope and
+decodes its ``request`` stanza into an :class:`AdmissionRequest`; a handler (``mutate``,
+``validate``) returns an :class:`AdmissionResponse` made by one of four constructors —
+:func:`allowed`, :func:`denied`, :func:`patched`, :func:`failed_open` — or, when the answer needs
+the workload's prediction, a :class:`PendingReview` that the pipeline (``pipeline.py``) completes.
+Only a body that is not an AdmissionReview at all is refused (HTTP 400), because then there is no
+uid to answer; everything else gets a valid AdmissionReview back.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
-import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Union
 
-import jsonpatch
 import msgspec
 
-from webhook.admission import annotations
-from webhook.model.extract import ExtractionError, is_workload
-from webhook.model.kinds import has_controller
-from webhook.admission.reading import ObjectReader, read_object
 from webhook.model.schema import InferenceRequest
-from webhook.model.service import PredictionService, WorkloadPrediction
-
-log = logging.getLogger(__name__)
+from webhook.model.service import WorkloadPrediction
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
-Outcome = Literal["patched", "unchanged", "skipped", "failed_open", "allowed", "warned", "audited", "denied"]
+Outcome = Literal[
+    "patched", "unchanged", "skipped", "failed_open", "timed_out", "allowed", "warned", "audited", "denied"
+]
+Operation = dict[str, Any]  # one JSON patch operation
 
 
 class NotAnAdmissionReview(ValueError):
@@ -36,22 +34,54 @@ class NotAnAdmissionReview(ValueError):
 
 
 @dataclass(frozen=True)
-class MutationSettings:
-    # Pods owned by a controller inherit their owner's prediction; annotating every pod of
-    # a 500-replica Deployment would only repeat it 500 times.
-    annotate_owned_pods: bool = False
+class AdmissionRequest:
+    """The fields of an AdmissionReview's ``request`` that the handlers read, decoded once.
+
+    Values the apiserver never sends malformed are kept as sent, so a handler's checks
+    (``operation in ("CREATE", "UPDATE")``) behave on garbage as they would on the raw JSON.
+    """
+
+    uid: str
+    operation: object  # CREATE, UPDATE, DELETE or CONNECT
+    api_version: str | None  # of request.kind: the object's group/version
+    kind: str | None  # request.kind.kind
+    resource: Mapping[str, Any]  # request.resource: {group, version, resource}
+    sub_resource: str  # "" for the object itself, else "scale", "status", ...
+    namespace: str
+    name: str
+    object: object  # request.object, as sent
 
 
-@dataclass(frozen=True)
-class AdmissionResult:
-    review: dict[str, Any]
-    outcome: Outcome
-    warnings: list[str] = field(default_factory=list)
-    basis: str | None = None  # what produced the prediction, when one was made
+def api_version_and_kind(gvk: Any) -> tuple[str | None, str | None]:
+    """(apiVersion, kind) of a GroupVersionKind stanza, or (None, None) when it is malformed."""
+    if not isinstance(gvk, Mapping):
+        return None, None
+    group, version, kind = gvk.get("group"), gvk.get("version"), gvk.get("kind")
+    if not isinstance(version, str) or not isinstance(kind, str):
+        return None, None
+    return (f"{group}/{version}" if group else version), kind
 
 
-def parse_review(body: Any) -> Mapping[str, Any]:
-    """Validate the envelope and return its ``request`` stanza."""
+def decode_request(request: Mapping[str, Any]) -> AdmissionRequest:
+    """An AdmissionRequest of a ``request`` stanza whose ``uid`` is a non-empty string."""
+    api_version, kind = api_version_and_kind(request.get("kind"))
+    resource = request.get("resource")
+    sub_resource = request.get("subResource")
+    return AdmissionRequest(
+        uid=request["uid"],
+        operation=request.get("operation"),
+        api_version=api_version,
+        kind=kind,
+        resource=resource if isinstance(resource, Mapping) else {},
+        sub_resource=str(sub_resource) if sub_resource else "",
+        namespace=str(request.get("namespace") or ""),
+        name=str(request.get("name") or ""),
+        object=request.get("object"),
+    )
+
+
+def parse_review(body: Any) -> AdmissionRequest:
+    """Check the envelope and decode its ``request`` stanza."""
     if not isinstance(body, Mapping):
         raise NotAnAdmissionReview(f"expected a JSON object, got {type(body).__name__}")
     if body.get("kind") != "AdmissionReview":
@@ -66,186 +96,84 @@ def parse_review(body: Any) -> Mapping[str, Any]:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise NotAnAdmissionReview("request.uid: expected a non-empty string")
-    return request
-
-
-def review_response(
-    uid: str,
-    *,
-    allowed: bool = True,
-    patch: list[dict[str, Any]] | None = None,
-    warnings: list[str] | None = None,
-    denial: str | None = None,
-    audit_annotations: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    response: dict[str, Any] = {"uid": uid, "allowed": allowed}
-    if patch:
-        response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(msgspec.json.encode(patch)).decode()
-    if denial is not None:
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
-    if warnings:
-        response["warnings"] = warnings
-    if audit_annotations:
-        response["auditAnnotations"] = dict(audit_annotations)
-    return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
-
-
-def api_version_and_kind(gvk: Any) -> tuple[str | None, str | None]:
-    if not isinstance(gvk, Mapping):
-        return None, None
-    group, version, kind = gvk.get("group"), gvk.get("version"), gvk.get("kind")
-    if not isinstance(version, str) or not isinstance(kind, str):
-        return None, None
-    return (f"{group}/{version}" if group else version), kind
-
-
-class PendingReview(ABC):
-    """A review that needs a prediction before it can be answered.
-
-    Everything else about a review is cheap and bounded by the body (which the event loop has
-    already parsed), so it runs on the loop; the prediction is answered on the loop too when the
-    cache holds it, and only running the model goes to a worker thread, under the time budget.
-    """
-
-    uid: str
-    request: InferenceRequest
-    spec_hash: str
-
-    @abstractmethod
-    def complete(self, prediction: WorkloadPrediction) -> AdmissionResult: ...
-
-    @abstractmethod
-    def fail(self, error: Exception) -> AdmissionResult:
-        """The fail-open answer when the prediction raised."""
-
-    def predict_and_complete(self, service: PredictionService) -> AdmissionResult:
-        try:
-            prediction = service.predict(self.request, self.spec_hash)
-        except Exception as exc:  # the cluster must not stop deploying because a prediction broke
-            return self.fail(exc)
-        return self.complete(prediction)
-
-
-Plan = Union[AdmissionResult, PendingReview]
-
-
-def resolve(plan: Plan, service: PredictionService) -> AdmissionResult:
-    """Answer a planned review in the calling thread, running the model if it must."""
-    return plan if isinstance(plan, AdmissionResult) else plan.predict_and_complete(service)
-
-
-def _allow(uid: str, outcome: Outcome, warning: str | None = None) -> AdmissionResult:
-    warnings = [warning] if warning else []
-    return AdmissionResult(review_response(uid, warnings=warnings), outcome, warnings)
+    return decode_request(request)
 
 
 @dataclass(frozen=True)
-class PendingMutation(PendingReview):
+class AdmissionResponse:
+    """A handler's answer; ``outcome`` labels it in metrics, ``basis`` says what predicted, if anything did."""
+
     uid: str
-    kind: str
-    metadata: Mapping[str, Any]
+    outcome: Outcome
+    allowed: bool = True
+    patch: tuple[Operation, ...] = ()
+    warnings: tuple[str, ...] = ()
+    denial: str | None = None  # the 403 message, when denied
+    audit_annotations: Mapping[str, str] | None = None
+    basis: str | None = None
+
+    @property
+    def review(self) -> dict[str, Any]:
+        """The AdmissionReview sent back to the apiserver."""
+        response: dict[str, Any] = {"uid": self.uid, "allowed": self.allowed}
+        if self.patch:
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(msgspec.json.encode(self.patch)).decode()
+        if self.denial is not None:
+            response["status"] = {"code": 403, "reason": "Forbidden", "message": self.denial}
+        if self.warnings:
+            response["warnings"] = list(self.warnings)
+        if self.audit_annotations:
+            response["auditAnnotations"] = dict(self.audit_annotations)
+        return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def allowed(uid: str, outcome: Outcome = "allowed", warnings: tuple[str, ...] | list[str] = (),
+            audit_annotations: Mapping[str, str] | None = None) -> AdmissionResponse:
+    """Admit the object unchanged (``outcome`` says why: skipped, allowed, warned, audited)."""
+    return AdmissionResponse(uid, outcome, warnings=tuple(warnings), audit_annotations=audit_annotations)
+
+
+def denied(uid: str, message: str, warnings: tuple[str, ...] | list[str] = ()) -> AdmissionResponse:
+    """Refuse the object with a 403 whose message kubectl shows."""
+    return AdmissionResponse(uid, "denied", allowed=False, warnings=tuple(warnings), denial=message)
+
+
+def patched(uid: str, patch: tuple[Operation, ...], basis: str | None = None) -> AdmissionResponse:
+    """Admit the object with a JSON patch; an empty patch is an unchanged answer."""
+    return AdmissionResponse(uid, "patched" if patch else "unchanged", patch=patch, basis=basis)
+
+
+def failed_open(uid: str, warning: str, outcome: Outcome = "failed_open") -> AdmissionResponse:
+    """Admit the object although we could not do our part, and say why: the cluster must not
+    stop deploying because of us."""
+    return AdmissionResponse(uid, outcome, warnings=(warning,))
+
+
+class PendingReview(ABC):
+    """A review whose answer needs the workload's prediction (``pipeline.py`` gets it, from the
+    cache on the event loop or by running the model in a worker thread)."""
+
     request: InferenceRequest
     spec_hash: str
 
-    def fail(self, error: Exception) -> AdmissionResult:
-        log.error("prediction failed for %s %s/%s", self.kind, self.metadata.get("namespace"),
-                  self.metadata.get("name"), exc_info=error)
-        return _allow(self.uid, "failed_open",
-                      f"energetiscope: {self.kind} not annotated: prediction failed ({type(error).__name__})")
-
-    def complete(self, prediction: WorkloadPrediction) -> AdmissionResult:
-        patch = annotations_patch(self.metadata, annotations.render(prediction))
-        basis = prediction.pod.basis
-        if not patch:
-            return AdmissionResult(review_response(self.uid), "unchanged", basis=basis)
-        return AdmissionResult(review_response(self.uid, patch=list(patch)), "patched", basis=basis)
+    @abstractmethod
+    def complete(self, prediction: WorkloadPrediction) -> AdmissionResponse: ...
 
 
-Operation = dict[str, Any]
+Answer = Union[AdmissionResponse, PendingReview]
 
 
-def annotations_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> tuple[Operation, ...]:
-    """The JSON patch from the object to its copy with ``wanted`` merged into its annotations.
+class Handler(Protocol):
+    """One admission webhook's logic: a decoded request in, an answer (or a pending one) out."""
 
-    jsonpatch diffs the annotations alone, in their place so the paths are the object's own:
-    nothing else changes, and diffing the whole object costs ~100x more. Annotations other than
-    ``wanted``'s keys are the same on both sides and cannot appear in the diff, so diffing just
-    the object's values at those keys gives the same patch. That makes the patch a function of
-    a few strings, memoised because a spec's reviews repeat (the diff takes ~100 us).
-    """
-    key = patch_key(metadata, wanted)
-    try:
-        return _projected_patch(*key)
-    except TypeError:  # a malformed, unhashable value at one of our keys: diff it unmemoised
-        return _projected_patch.__wrapped__(*key)
+    @property
+    def not_done(self) -> str:
+        """What did not happen when the handler fails open: "not annotated", "budget not checked"."""
+        ...
 
+    def handle(self, request: AdmissionRequest) -> Answer: ...
 
-AnnotationsState = Literal["absent", "null", "object"]
-PatchKey = tuple[AnnotationsState, tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]]
-
-
-def patch_key(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> PatchKey:
-    """All the patch depends on: whether annotations exist, our keys' old values, the new ones."""
-    if "annotations" not in metadata:
-        state: AnnotationsState = "absent"
-    elif metadata["annotations"] is None:
-        state = "null"
-    else:
-        state = "object"
-    current = metadata.get("annotations") or {}
-    return state, tuple((key, current[key]) for key in wanted if key in current), tuple(wanted.items())
-
-
-@functools.lru_cache(maxsize=4096)
-def _projected_patch(
-    state: AnnotationsState, ours: tuple[tuple[str, Any], ...], wanted: tuple[tuple[str, str], ...]
-) -> tuple[Operation, ...]:
-    if state == "absent":
-        before: dict[str, Any] = {"metadata": {}}
-    else:
-        before = {"metadata": {"annotations": None if state == "null" else dict(ours)}}
-    after = {"metadata": {"annotations": {**dict(ours), **dict(wanted)}}}
-    return tuple(jsonpatch.make_patch(before, after).patch)
-
-
-def plan_mutation(request: Mapping[str, Any], settings: MutationSettings, reader: ObjectReader | None = None) -> Plan:
-    uid: str = request["uid"]
-    # DELETE and CONNECT carry no object to annotate (a patch on DELETE fails the request);
-    # subresources (status, scale) are not the workload object itself.
-    if request.get("operation") not in ("CREATE", "UPDATE") or request.get("subResource"):
-        return _allow(uid, "skipped")
-    api_version, kind = api_version_and_kind(request.get("kind"))
-    if not is_workload(kind, api_version):
-        return _allow(uid, "skipped")
-
-    obj = request.get("object")
-    if not isinstance(obj, Mapping):
-        return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: request.object is missing or not an object")
-    metadata = obj.get("metadata")
-    if not isinstance(metadata, Mapping):
-        # The apiserver always sends metadata; patching in a whole new one would overwrite more
-        # than our annotations.
-        return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: metadata: expected an object")
-    labels = metadata.get("labels")
-    if isinstance(labels, Mapping) and annotations.is_skipped(labels):
-        return _allow(uid, "skipped")
-    if kind == "Pod" and not settings.annotate_owned_pods and has_controller(metadata):
-        return _allow(uid, "skipped")
-
-    typed = {"apiVersion": api_version, "kind": kind, **obj} if "kind" not in obj else obj
-    try:
-        inference_request, hash_ = read_object(typed, reader)
-    except ExtractionError as exc:
-        return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: {exc}")
-    except Exception as exc:
-        log.exception("extraction failed for %s %s/%s", kind, metadata.get("namespace"), metadata.get("name"))
-        return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: extraction failed ({type(exc).__name__})")
-    current = metadata.get("annotations")
-    if current is not None and not isinstance(current, Mapping):
-        return _allow(uid, "failed_open", f"energetiscope: {kind} not annotated: metadata.annotations: expected an object")
-    return PendingMutation(uid, str(kind), metadata, inference_request, hash_)
-
-
-def mutate(request: Mapping[str, Any], service: PredictionService, settings: MutationSettings) -> AdmissionResult:
-    return resolve(plan_mutation(request, settings), service)
+    def failure(self, request: AdmissionRequest, step: str, error: Exception) -> str:
+        """The warning when ``step`` ("review" or "prediction") raised ``error``."""
+        ...

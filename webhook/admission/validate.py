@@ -10,14 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from webhook.admission.review import AdmissionResult, PendingReview, Plan, api_version_and_kind, resolve, review_response
-from webhook.model.extract import ExtractionError, is_workload
-from webhook.model.kinds import has_controller, scalable_kind
 from webhook.admission.inventory import WorkloadInventory
+from webhook.admission.pipeline import review_now
 from webhook.admission.policy import BudgetPolicy, Limit, NamespaceBudget, PolicyStore, namespace_budget
 from webhook.admission.reading import ObjectReader, read_object
+from webhook.admission.review import (
+    AdmissionRequest,
+    AdmissionResponse,
+    Answer,
+    PendingReview,
+    allowed,
+    denied,
+    failed_open,
+)
+from webhook.model.extract import ExtractionError
+from webhook.model.kinds import has_controller, scalable_kind, workload_kind
 from webhook.model.schema import InferenceRequest
 from webhook.model.service import PredictionService, WorkloadPrediction
 
@@ -84,12 +92,8 @@ class Violation:
         )
 
 
-def _allow(uid: str, outcome: str = "allowed", warnings: list[str] | None = None) -> AdmissionResult:
-    return AdmissionResult(review_response(uid, warnings=warnings), outcome, warnings or [])  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
-class _Workload:
+class Workload:
     """A workload object whose demand needs its prediction."""
 
     kind: str
@@ -98,51 +102,10 @@ class _Workload:
     spec_hash: str
 
 
-def _demand_or_workload(request: Mapping[str, Any], budgets: Budgets, checked: str,
-                        namespace: str, reader: ObjectReader | None) -> Demand | _Workload | None | str:
-    """The demand (scale), the workload to predict, None when nothing is to be checked, or a
-    warning when it cannot be known."""
-    subresource = request.get("subResource")
-    if subresource == "scale":
-        resource = request.get("resource") if isinstance(request.get("resource"), Mapping) else {}
-        # The scale subresource names its parent by resource.
-        scaled = scalable_kind(resource.get("group", ""), resource.get("resource", ""))
-        scale = request.get("object") if isinstance(request.get("object"), Mapping) else {}
-        spec = scale.get("spec") if isinstance(scale.get("spec"), Mapping) else {}
-        replicas = spec.get("replicas")
-        if scaled is None or not isinstance(replicas, int):
-            return None
-        kind = scaled.name
-        name = str(request.get("name") or "")
-        inventory = budgets.inventory
-        current = inventory.workload((namespace, kind, name)) if inventory else None
-        if current is None:
-            if inventory is not None and inventory.synced:
-                return None  # not annotated: nothing known to hold against the budget
-            return f"energetiscope: {kind} {namespace}/{name} scale not checked: inventory not synced"
-        pod_watts = current.pod_watts_p90 if checked == "p90" else current.pod_watts
-        return Demand(kind, namespace, name, replicas, pod_watts, None, current.pod_watts_p90)
-    if subresource:
-        return None
-    api_version, kind = api_version_and_kind(request.get("kind"))
-    obj = request.get("object")
-    if not is_workload(kind, api_version) or not isinstance(obj, Mapping):
-        return None
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    if has_controller(metadata):
-        return None  # its owner was checked when it was admitted
-    typed = {"apiVersion": api_version, "kind": kind, **obj}
-    try:
-        inference_request, hash_ = read_object(typed, reader)
-    except ExtractionError:
-        return None  # the mutating webhook has already warned about the unreadable field
-    return _Workload(str(kind), str(metadata.get("name") or request.get("name") or ""), inference_request, hash_)
-
-
 @dataclass(frozen=True)
 class PendingValidation(PendingReview):
     uid: str
-    workload: _Workload
+    workload: Workload
     namespace: str
     policy: BudgetPolicy
     budgets: Budgets
@@ -155,10 +118,7 @@ class PendingValidation(PendingReview):
     def spec_hash(self) -> str:  # type: ignore[override]
         return self.workload.spec_hash
 
-    def fail(self, error: Exception) -> AdmissionResult:
-        return _budget_not_checked(self.uid, error)
-
-    def complete(self, prediction: WorkloadPrediction) -> AdmissionResult:
+    def complete(self, prediction: WorkloadPrediction) -> AdmissionResponse:
         pod = prediction.pod
         demand = Demand(
             kind=self.workload.kind,
@@ -169,40 +129,82 @@ class PendingValidation(PendingReview):
             pod_watts_p10=pod.power_watts_p10,
             pod_watts_p90=pod.power_watts_p90,
         )
-        return _judge(self.uid, demand, self.namespace, self.policy, self.budgets)
+        return judge(self.uid, demand, self.policy, self.budgets)
 
 
-def _budget_not_checked(uid: str, error: Exception) -> AdmissionResult:
-    # Never block the cluster on our own failure.
-    return _allow(uid, "failed_open", [f"energetiscope: budget not checked ({type(error).__name__})"])
+class ValidatingHandler:
+    """``/validate``: a decoded request in, allowed, warned, audited or denied out."""
+
+    not_done = "budget not checked"
+
+    def __init__(self, budgets: Budgets, reader: ObjectReader | None = None) -> None:
+        self.budgets = budgets
+        self.reader = reader  # objects already read, or None to read every one afresh
+
+    def failure(self, request: AdmissionRequest, step: str, error: Exception) -> str:
+        # Never block the cluster on our own failure.
+        return f"energetiscope: budget not checked ({type(error).__name__})"
+
+    def handle(self, request: AdmissionRequest) -> Answer:
+        if request.operation not in ("CREATE", "UPDATE"):
+            return allowed(request.uid, "skipped")
+        policy = self.budgets.policy.policy
+        if request.namespace in policy.exempt_namespaces:
+            return allowed(request.uid, "skipped")
+        if request.sub_resource == "scale":
+            return self._scale(request, policy)
+        if request.sub_resource:
+            return allowed(request.uid, "skipped")
+        return self._workload(request, policy)
+
+    def _scale(self, request: AdmissionRequest, policy: BudgetPolicy) -> Answer:
+        """New replicas x the pod power the inventory holds for the scaled workload."""
+        uid, namespace, name = request.uid, request.namespace, request.name
+        # The scale subresource names its parent by resource.
+        scaled = scalable_kind(request.resource.get("group", ""), request.resource.get("resource", ""))
+        scale = request.object if isinstance(request.object, Mapping) else {}
+        spec = scale.get("spec") if isinstance(scale.get("spec"), Mapping) else {}
+        replicas = spec.get("replicas")
+        if scaled is None or not isinstance(replicas, int):
+            return allowed(uid, "skipped")
+        inventory = self.budgets.inventory
+        current = inventory.workload((namespace, scaled.name, name)) if inventory else None
+        if current is None:
+            if inventory is not None and inventory.synced:
+                return allowed(uid, "skipped")  # not annotated: nothing known to hold against the budget
+            return failed_open(uid, _fit(f"energetiscope: {scaled.name} {namespace}/{name} scale not checked: "
+                                         "inventory not synced"))
+        pod_watts = current.pod_watts_p90 if policy.checked_value == "p90" else current.pod_watts
+        demand = Demand(scaled.name, namespace, name, replicas, pod_watts, None, current.pod_watts_p90)
+        return judge(uid, demand, policy, self.budgets)
+
+    def _workload(self, request: AdmissionRequest, policy: BudgetPolicy) -> Answer:
+        """The object's own demand, once its prediction is known."""
+        kind, obj = request.kind, request.object
+        if workload_kind(kind, request.api_version) is None or not isinstance(obj, Mapping):
+            return allowed(request.uid, "skipped")
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        if has_controller(metadata):
+            return allowed(request.uid, "skipped")  # its owner was checked when it was admitted
+        typed = {"apiVersion": request.api_version, "kind": kind, **obj}
+        try:
+            inference_request, hash_ = read_object(typed, self.reader)
+        except ExtractionError:
+            return allowed(request.uid, "skipped")  # the mutating webhook has already warned about the field
+        name = str(metadata.get("name") or request.name)
+        workload = Workload(str(kind), name, inference_request, hash_)
+        return PendingValidation(request.uid, workload, request.namespace, policy, self.budgets)
 
 
-def plan_validation(request: Mapping[str, Any], budgets: Budgets, reader: ObjectReader | None = None) -> Plan:
-    uid: str = request["uid"]
-    if request.get("operation") not in ("CREATE", "UPDATE"):
-        return _allow(uid, "skipped")
-    policy = budgets.policy.policy
-    namespace = str(request.get("namespace") or "")
-    if namespace in policy.exempt_namespaces:
-        return _allow(uid, "skipped")
-    try:
-        needed = _demand_or_workload(request, budgets, policy.checked_value, namespace, reader)
-    except Exception as exc:
-        return _budget_not_checked(uid, exc)
-    if needed is None:
-        return _allow(uid, "skipped")
-    if isinstance(needed, str):
-        return _allow(uid, "failed_open", [_fit(needed)])
-    if isinstance(needed, _Workload):
-        return PendingValidation(uid, needed, namespace, policy, budgets)
-    return _judge(uid, needed, namespace, policy, budgets)
+def validate(request: AdmissionRequest, service: PredictionService, budgets: Budgets,
+             reader: ObjectReader | None = None) -> AdmissionResponse:
+    """One review answered in the calling thread (the server answers through ``ReviewPipeline``)."""
+    return review_now(ValidatingHandler(budgets, reader), request, service)
 
 
-def validate(request: Mapping[str, Any], service: PredictionService, budgets: Budgets) -> AdmissionResult:
-    return resolve(plan_validation(request, budgets), service)
-
-
-def _judge(uid: str, demand: Demand, namespace: str, policy: BudgetPolicy, budgets: Budgets) -> AdmissionResult:
+def judge(uid: str, demand: Demand, policy: BudgetPolicy, budgets: Budgets) -> AdmissionResponse:
+    """Hold ``demand`` against its namespace's budgets, in the namespace's mode."""
+    namespace = demand.namespace
     inventory = budgets.inventory
     annotations = inventory.namespace_annotations(namespace) if inventory else {}
     budget: NamespaceBudget = namespace_budget(policy, namespace, annotations)
@@ -215,7 +217,7 @@ def _judge(uid: str, demand: Demand, namespace: str, policy: BudgetPolicy, budge
             rule = policy.when_inventory_not_synced
             note = f"energetiscope: quota of namespace {namespace} not checked: workload inventory not synced"
             if rule == "deny":
-                return AdmissionResult(review_response(uid, allowed=False, denial=note), "denied", [])
+                return denied(uid, note)
             if rule == "allow-with-warning":
                 warnings.append(_fit(note))
         else:
@@ -226,13 +228,12 @@ def _judge(uid: str, demand: Demand, namespace: str, policy: BudgetPolicy, budge
                 violations.append(Violation("quota-watts", budget.quota, others + demand.watts))
 
     if not violations:
-        return _allow(uid, "allowed", warnings)
+        return allowed(uid, "allowed", warnings)
     if budget.mode == "enforce":
-        denial = " ".join(v.explanation(demand, policy.checked_value) for v in violations)
-        return AdmissionResult(review_response(uid, allowed=False, denial=denial, warnings=warnings), "denied", warnings)
+        return denied(uid, " ".join(v.explanation(demand, policy.checked_value) for v in violations), warnings)
     if budget.mode == "warn":
         warnings += [v.warning(demand) for v in violations]
         warnings.append(_fit(f"energetiscope: to change it: {violations[0].limit.how_to_change}"))
-        return _allow(uid, "warned", warnings)
+        return allowed(uid, "warned", warnings)
     audit = {AUDIT_KEY: " ".join(v.explanation(demand, policy.checked_value) for v in violations)}
-    return AdmissionResult(review_response(uid, warnings=warnings, audit_annotations=audit), "audited", warnings)
+    return allowed(uid, "audited", warnings, audit_annotations=audit)

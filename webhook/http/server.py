@@ -1,29 +1,30 @@
-"""Run the webhook: TLS, model loading at start, reload on SIGHUP or artifact change."""
+"""Run the webhook: its settings, the application they make, and uvicorn listening over TLS.
+
+Loading at start and reloading on SIGHUP or a file change are the lifespan's (``lifespan.py``).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
 import logging
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Protocol
+from typing import Any
 
-import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from webhook.admission.review import MutationSettings
-from webhook.http.app import DEFAULT_MAX_BODY_BYTES, AppSettings, create_app
 from webhook.admission.inventory import InventoryWatcher, WorkloadInventory
+from webhook.admission.mutate import MutationSettings
 from webhook.admission.policy import PolicyStore
+from webhook.admission.validate import Budgets
+from webhook.http.app import create_app
+from webhook.http.body import DEFAULT_MAX_BODY_BYTES
+from webhook.http.lifespan import Reloadable, WebhookLifespan
+from webhook.http.state import AppSettings
+from webhook.http.tls import ServingCertificates
 from webhook.model.prior import PriorCoefficients, PriorPredictor
 from webhook.model.service import PredictionService
-from webhook.http.tls import ServingCertificates
-from webhook.admission.validate import Budgets
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +62,13 @@ class ServeSettings:
         return self.cert_dir / "tls.key"
 
 
-def freeze_long_lived_objects() -> None:
-    """Move every object alive now out of the cyclic garbage collector's sight.
-
-    The loaded model and the imported libraries are ~150,000 tracked objects that live until the
-    next reload; a full collection scans them all (~70 ms with a 50,000-row model), and that
-    pause lands in the latency of whichever reviews are in flight. Frozen, they are still freed
-    by reference counting when a reload drops them.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-class Reloadable(Protocol):
-    def artifact_changed(self) -> bool: ...
-
-    def load(self) -> bool: ...
-
-
 def _api_client(kube_access: str) -> Any | None:
-    if kube_access == "off":
+    """The client ``--kube-access`` asks for: none when off, or when auto and not in a pod."""
+    if kube_access == "off" or (kube_access == "auto" and not os.environ.get("KUBERNETES_SERVICE_HOST")):
         return None
-    import kubernetes
+    from webhook import kube  # the kubernetes client loads only when the webhook reads the cluster
 
-    if kube_access == "auto":
-        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return None
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    return kubernetes.config.new_client_from_config(config_file=kube_access)
+    return kube.api_client(in_cluster=True) if kube_access == "auto" else kube.api_client(kube_access)
 
 
 def build_app(settings: ServeSettings, certificates: ServingCertificates | None = None) -> Starlette:
@@ -106,53 +85,10 @@ def build_app(settings: ServeSettings, certificates: ServingCertificates | None 
     if certificates is not None:
         reloadables["certificate"] = certificates
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Uvicorn has loaded the certificate by the time the lifespan starts.
-        for item in reloadables.values():
-            await anyio.to_thread.run_sync(item.load)
-        freeze_long_lived_objects()
-        watcher = InventoryWatcher(inventory, api_client) if inventory is not None else None
-        if watcher is not None:
-            watcher.start()
-        app.state.readiness["tls_ready"] = True
-        wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, wake.set)
+    def inventory_watcher() -> InventoryWatcher | None:
+        return InventoryWatcher(inventory, api_client) if inventory is not None else None
 
-        async def reload(name: str, item: Reloadable, reason: str) -> None:
-            log.info("reloading %s (%s)", name, reason)
-            ok = await anyio.to_thread.run_sync(item.load)
-            app.state.metrics.reloads.labels(name, "ok" if ok else "failed").inc()
-            if ok and name == "model":
-                freeze_long_lived_objects()
-
-        async def watch() -> None:
-            while True:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=settings.watch_interval_seconds)
-                hangup = wake.is_set()
-                wake.clear()
-                for name, item in reloadables.items():
-                    if hangup:
-                        await reload(name, item, "SIGHUP")
-                    elif item.artifact_changed():
-                        await reload(name, item, "file changed on disk")
-
-        task = asyncio.create_task(watch())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGHUP)
-            if watcher is not None:
-                await anyio.to_thread.run_sync(watcher.stop)
-
-    app = create_app(
+    return create_app(
         service,
         AppSettings(
             max_body_bytes=settings.max_body_bytes,
@@ -162,9 +98,8 @@ def build_app(settings: ServeSettings, certificates: ServingCertificates | None 
             debug_endpoints=settings.debug_endpoints,
         ),
         Budgets(policy=policy, inventory=inventory),
+        lifespan=WebhookLifespan(reloadables, settings.watch_interval_seconds, inventory_watcher),
     )
-    app.router.lifespan_context = lifespan
-    return app
 
 
 class _RotatingTLSConfig(uvicorn.Config):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 PodCount = Literal["replicas", "parallelism", "one", "per-node"]
 Scope = Literal["total", "per-node"]
@@ -123,10 +123,10 @@ class OwnerRef:
     name: str
 
 
-def controller_of(metadata: Mapping[str, Any]) -> OwnerRef | None:
-    """The controller ownerReference in ``metadata.ownerReferences`` (at most one has
-    ``controller: true``), or None."""
-    owners = metadata.get("ownerReferences")
+def controller_of(metadata: object) -> OwnerRef | None:
+    """The controller ownerReference in an object's ``metadata.ownerReferences`` (at most one
+    has ``controller: true``), or None; metadata that is not an object has none."""
+    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
     if not isinstance(owners, list):
         return None
     for owner in owners:
@@ -135,6 +135,6 @@ def controller_of(metadata: Mapping[str, Any]) -> OwnerRef | None:
     return None
 
 
-def has_controller(metadata: Mapping[str, Any]) -> bool:
+def has_controller(metadata: object) -> bool:
     """True when a controller (ReplicaSet, Job, ...) owns the object: its owner stands for it."""
     return controller_of(metadata) is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,14 +13,10 @@ from typing import Any
 
 import httpx
 
+from harness.ports import free_loopback_port
+
 CLI = [sys.executable, "-m", "webhook.cli"]
 SERVE = ("webhook.cli", "serve")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def create_certs(out_dir: Path, *dns: str, ips: tuple[str, ...] = ("127.0.0.1",)) -> Path:
@@ -48,7 +43,7 @@ class WebhookProcess:
         self.start_timeout = start_timeout
         self.cert_dir = cert_dir
         self.log_path = log_path
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.host = host
         self.extra_args = list(extra_args)
         self.env = env or {}

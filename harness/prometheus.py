@@ -1,4 +1,4 @@
-"""A real Prometheus for tests: backfill OpenMetrics text with `promtool`, serve it on loopback.
+"""A real Prometheus for tests and benchmarks: backfill OpenMetrics text with `promtool`, serve it on loopback.
 
     with PrometheusHarness(workdir) as harness:
         harness.backfill(openmetrics_text, name="kepler")
@@ -18,7 +18,6 @@ the context exits, whatever happened inside it.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 
 import requests
+
+from harness.ports import free_loopback_port
 
 RETENTION = "3650d"
 _CONFIG = "# Written by the test harness: no scrape targets, backfilled blocks only.\nscrape_configs: []\n"
@@ -50,12 +51,6 @@ class PrometheusBinaries:
                 f"{' and '.join(missing)} not on PATH: run `bash tests/tools/install-prometheus.sh`"
             )
         return cls(prometheus=Path(found["prometheus"] or ""), promtool=Path(found["promtool"] or ""))
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PrometheusHarness:
@@ -153,6 +148,11 @@ class PrometheusHarness:
                 pass
             time.sleep(0.2)
         return f"not ready after {timeout_seconds:g} s: {self.log_tail()}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (the benchmarks read its memory)."""
+        return None if self._process is None else self._process.pid
 
     def log_tail(self) -> str:
         try:

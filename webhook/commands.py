@@ -1,0 +1,162 @@
+"""The webhook's own commands: ``serve`` (the admission webhook over TLS) and ``predict`` (offline).
+
+``webhook/cli.py`` assembles them with ``certs`` and ``train`` into ``energetiscope``. Only light
+modules are imported here: the server, scikit-learn and pandas load in the command that needs
+them, so ``energetiscope --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from webhook.model.prior import PriorCoefficients, PriorPredictor
+
+_DEFAULTS = PriorCoefficients()
+
+
+def _prior_options(func):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--prior-cpu-min-watts", type=float, default=_DEFAULTS.cpu_min_watts_per_vcpu,
+                     envvar="ENERGETISCOPE_PRIOR_CPU_MIN_WATTS", help="W per idle vCPU."),
+        click.option("--prior-cpu-max-watts", type=float, default=_DEFAULTS.cpu_max_watts_per_vcpu,
+                     envvar="ENERGETISCOPE_PRIOR_CPU_MAX_WATTS", help="W per fully busy vCPU."),
+        click.option("--prior-utilisation", type=float, default=_DEFAULTS.utilisation,
+                     envvar="ENERGETISCOPE_PRIOR_UTILISATION", help="Assumed average CPU utilisation, 0..1."),
+        click.option("--prior-pue", type=float, default=_DEFAULTS.pue, envvar="ENERGETISCOPE_PRIOR_PUE",
+                     help="Power usage effectiveness multiplier."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> PriorCoefficients:
+    try:
+        return PriorCoefficients(
+            cpu_min_watts_per_vcpu=cpu_min,
+            cpu_max_watts_per_vcpu=cpu_max,
+            utilisation=utilisation,
+            utilisation_p10=min(_DEFAULTS.utilisation_p10, utilisation),
+            utilisation_p90=max(_DEFAULTS.utilisation_p90, utilisation),
+            pue=pue,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--host", default="0.0.0.0", envvar="ENERGETISCOPE_HOST", help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, envvar="ENERGETISCOPE_PORT")
+@click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("/etc/energetiscope/tls"),
+              envvar="ENERGETISCOPE_CERT_DIR", help="Directory holding tls.crt and tls.key.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
+@click.option("--model-sha256", default=None, envvar="ENERGETISCOPE_MODEL_SHA256",
+              help="Refuse an artifact whose sha256 differs.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", envvar="ENERGETISCOPE_LOG_LEVEL")
+@click.option("--access-log/--no-access-log", default=False, envvar="ENERGETISCOPE_ACCESS_LOG")
+@click.option("--annotate-owned-pods/--no-annotate-owned-pods", default=False,
+              envvar="ENERGETISCOPE_ANNOTATE_OWNED_PODS",
+              help="Also annotate Pods that have a controller (their owner is annotated already).")
+@click.option("--watch-interval", type=click.FloatRange(min=0.1), default=5.0,
+              envvar="ENERGETISCOPE_WATCH_INTERVAL_SECONDS", help="Seconds between checks of the model file.")
+@click.option("--cache-entries", type=click.IntRange(min=0), default=4096, envvar="ENERGETISCOPE_CACHE_ENTRIES",
+              help="pod predictions, and workload objects already read, kept in memory (each); 0 keeps none")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=3 * 2**20,
+              envvar="ENERGETISCOPE_MAX_BODY_BYTES")
+@click.option("--policy-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_POLICY_FILE", help="Energy budget policy (YAML); reloaded when it changes.")
+@click.option("--kube-access", default="auto", envvar="ENERGETISCOPE_KUBE_ACCESS",
+              help="How the budget inventory reads the cluster: auto (in-cluster when in a pod), off, "
+                   "or a kubeconfig path.")
+@click.option("--review-timeout", type=click.FloatRange(min=0.05), default=2.0,
+              envvar="ENERGETISCOPE_REVIEW_TIMEOUT_SECONDS",
+              help="Seconds to answer a review before failing open; keep it below the webhook timeoutSeconds.")
+@click.option("--max-concurrent-reviews", type=click.IntRange(min=1), default=8,
+              envvar="ENERGETISCOPE_MAX_CONCURRENT_REVIEWS")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1000, envvar="ENERGETISCOPE_MAX_CONNECTIONS",
+              help="Beyond this, connections get HTTP 503 at once.")
+@click.option("--debug-endpoints/--no-debug-endpoints", default=True, envvar="ENERGETISCOPE_DEBUG_ENDPOINTS",
+              help="Serve /predict, /infer/from-yaml and /predict/from-yaml.")
+@_prior_options
+def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
+          log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
+          cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, review_timeout: float,
+          max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+          prior_utilisation: float, prior_pue: float) -> None:
+    """Run the admission webhook over TLS."""
+    from webhook.admission.mutate import MutationSettings
+    from webhook.http.server import ServeSettings, serve as run
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(
+        cert_dir=cert_dir, host=host, port=port, model_path=model_path, model_sha256=model_sha256,
+        log_level=log_level, access_log=access_log, watch_interval_seconds=watch_interval,
+        max_body_bytes=max_body_bytes, cache_entries=cache_entries,
+        mutation=MutationSettings(annotate_owned_pods=annotate_owned_pods),
+        prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
+        policy_file=policy_file, kube_access=kube_access, review_timeout_seconds=review_timeout,
+        max_concurrent_reviews=max_concurrent_reviews, max_connections=max_connections,
+        debug_endpoints=debug_endpoints,
+    )
+    try:
+        run(settings)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.argument("manifest", type=click.File("r"))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+@_prior_options
+def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts: float,  # type: ignore[no-untyped-def]
+            prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
+    """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
+    from webhook.http.app import predict_out
+    from webhook.model.manifests import ManifestError, read_manifests
+    from webhook.model.service import PredictionService
+
+    prior = PriorPredictor(_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue))
+    service = PredictionService(prior, model_path=model_path)
+    service.load()
+    if service.status().error:
+        raise click.ClickException(service.status().error)
+    try:
+        report = read_manifests(manifest.read())
+    except ManifestError as exc:
+        raise click.ClickException(f"{manifest.name}: {exc}") from None
+    rows = [{**where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests]
+    if output == "json":
+        click.echo(json.dumps({"predictions": rows, "skipped": report.skipped, "errors": report.errors}, indent=2))
+    else:
+        _print_table(rows, report.skipped, report.errors)
+    if report.errors:
+        sys.exit(1)
+
+
+def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> None:  # type: ignore[type-arg]
+    header = ("DOC", "KIND", "NAMESPACE/NAME", "PODS", "POD W", "P10-P90 W", "WORKLOAD W", "kJ/h", "BASIS")
+    table = [header]
+    for r in rows:
+        doc = str(r["document"]) + (f".{r['item']}" if r["item"] is not None else "")
+        pods = f"{r['workload_pods']}" + ("/node" if r["workload_power_scope"] == "per-node" else "")
+        table.append((
+            doc, r["workload_kind"], f"{r['namespace']}/{r['workload_name']}", pods,
+            f"{r['pod_power_watts']:.2f}", f"{r['pod_power_watts_p10']:.2f}-{r['pod_power_watts_p90']:.2f}",
+            f"{r['workload_power_watts']:.2f}", f"{r['energy_joules_per_hour'] / 1000:.1f}", r["basis"],
+        ))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for s in skipped:
+        click.echo(f"skipped document {s['document']}: {s['reason']}", err=True)
+    for e in errors:
+        click.echo(f"error in document {e['document']}: {e['field']}: {e['problem']}", err=True)
