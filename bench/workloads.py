@@ -22,6 +22,7 @@ import numpy as np
 
 from bench import power_model
 from webhook.model.extract import to_inference_request
+from webhook.model.kinds import KINDS_BY_NAME
 from webhook.model.schema import InferenceRequest
 
 TEAMS = (
@@ -101,8 +102,6 @@ PROFILES: tuple[Profile, ...] = (
             (10, 50, 100), (16, 32, 64), 0.02, (), diurnal=False),
 )
 _PROFILE_SHARES = np.array([p.share for p in PROFILES]) / sum(p.share for p in PROFILES)
-_API_VERSIONS = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1", "Job": "batch/v1",
-                 "CronJob": "batch/v1", "Pod": "v1"}
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def _wrap(kind: str, name: str, namespace: str, labels: dict[str, str], pod_spec
         body = {"spec": {"parallelism": pods, "completions": pods, "backoffLimit": 2, "template": template}}
     else:  # CronJob
         body = {"spec": {"schedule": "17 * * * *", "jobTemplate": {"spec": {"parallelism": pods, "template": template}}}}
-    return {"apiVersion": _API_VERSIONS[kind], "kind": kind, "metadata": metadata, **body}
+    return {"apiVersion": KINDS_BY_NAME[kind].api_version, "kind": kind, "metadata": metadata, **body}
 
 
 def draw_workload(rng: np.random.Generator, index: int) -> WorkloadDraw:

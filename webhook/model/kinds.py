@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 PodCount = Literal["replicas", "parallelism", "one", "per-node"]
@@ -97,13 +98,13 @@ KINDS: tuple[Kind, ...] = (
          count_path=("spec", "jobTemplate", "spec")),
 )
 KIND_NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
-_BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
+KINDS_BY_NAME: Mapping[str, Kind] = MappingProxyType({k.name: k for k in KINDS})
 _SCALABLE_BY_RESOURCE: dict[tuple[str, str], Kind] = {(k.group, k.resource): k for k in KINDS if k.scalable}
 
 
 def kind_named(name: object) -> Kind | None:
     """The kind called ``name``, or None when it is not a workload kind."""
-    return _BY_NAME.get(name) if isinstance(name, str) else None
+    return KINDS_BY_NAME.get(name) if isinstance(name, str) else None
 
 
 def workload_kind(kind: object, api_version: object) -> Kind | None:
