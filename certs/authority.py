@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from webhook.files import write_bytes_atomically
 
 # Backdating tolerates clock skew between the machine that issues and the one that verifies.
 _BACKDATE = dt.timedelta(minutes=5)
@@ -148,25 +149,13 @@ def issue_certificate(
     return KeyPair(certificate, key)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    # Rename over the old file so a server watching it never reads half a certificate.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def write_pair(pair: KeyPair, directory: Path, stem: str) -> tuple[Path, Path]:
     """Write ``stem.crt`` (0644) and ``stem.key`` (0600) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     cert_path = directory / f"{stem}.crt"
     key_path = directory / f"{stem}.key"
-    _write_atomic(key_path, pair.key_pem, 0o600)
-    _write_atomic(cert_path, pair.cert_pem, 0o644)
+    write_bytes_atomically(key_path, pair.key_pem, mode=0o600)
+    write_bytes_atomically(cert_path, pair.cert_pem, mode=0o644)
     return cert_path, key_path
 
 

@@ -5,6 +5,8 @@
   could do.
 * `prior`: the embedded Cloud Carbon Footprint prior (`webhook.model.prior.PriorPredictor`), which
   learns nothing.
+* `gradient_boosted_trees`: scikit-learn's histogram gradient boosting on log power, over the same
+  features the served model sees (the research prototype's later default learner).
 * `prototype`: the research prototype's approach: cosine 5-NN on a text embedding of the whole
   spec, uniform weights, averaging raw power (not log). SBERT when installed, as the prototype;
   otherwise TF-IDF of the same text, which approximates it (see `trainer.text_embedding`).
@@ -16,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.neighbors import KNeighborsRegressor
 
 from trainer.targets import TrainingTable
 from trainer.text_embedding import SpecTextEmbedding
+from webhook.model.features import PodFeatureEncoder
 from webhook.model.prior import PriorPredictor
 from webhook.model.prediction import PodPrediction
 
@@ -74,3 +78,13 @@ def prototype_text_knn(embedding: str, n_neighbors: int = 5) -> FoldPredictor:
         return FoldPrediction(power_watts=knn.predict(encoder.transform(test.requests)))
 
     return predict
+
+
+def gradient_boosted_trees(train: TrainingTable, test: TrainingTable) -> FoldPrediction:
+    encoder = PodFeatureEncoder().fit(train.requests)
+    # Small data: shallow trees, and no early stopping (its own split would leak groups).
+    trees = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                          min_samples_leaf=max(1, min(20, len(train.requests) // 5)),
+                                          early_stopping=False, random_state=0)
+    trees.fit(encoder.transform(train.requests), np.log(train.power_watts))
+    return FoldPrediction(power_watts=np.exp(trees.predict(encoder.transform(test.requests))))

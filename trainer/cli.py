@@ -170,7 +170,7 @@ def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: 
         raise click.ClickException(str(exc)) from None
     card = outcome.card
     data = card["data"]
-    click.echo(f"model {outcome.model_id}: k={card['model']['n_neighbors']}, {data['targets']} targets, "
+    click.echo(f"model {outcome.model_id}: {card['model']['description']}; {data['targets']} targets, "
                f"{data['pods']} pods, {data['workloads']} workloads")
     cv = card["cross_validation"]
     click.echo(f"cross-validation: {cv['skipped']}" if "skipped" in cv else f"{cv['scheme']}\n{metrics_table(card_metrics(card, 'cross_validation'))}")

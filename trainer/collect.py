@@ -28,10 +28,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from trainer.atomic import write_text_atomically
+from webhook.files import write_text_atomically
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
-from webhook.model import kinds as workload_kinds
 from webhook.model.extract import ExtractionError, to_inference_request
+from webhook.model import kinds as workload_kinds
 from webhook.model.schema import ANNOTATION_PREFIX, InferenceRequest, spec_hash
 
 CONTROLLER_ANNOTATION = f"{ANNOTATION_PREFIX}controller"

@@ -43,7 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.atomic import write_atomically, write_text_atomically
+from webhook.files import write_atomically, write_text_atomically
 from trainer.collect import controller_of, read_requests
 from trainer.labels import LABEL_COLUMNS
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest, spec_hash

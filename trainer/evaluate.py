@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.atomic import write_text_atomically
+from webhook.files import write_text_atomically
 from trainer.baselines import from_pod_predictions
 from trainer.dataset import read_dataset
 from trainer.metrics import MethodMetrics, metrics_table, score
@@ -66,7 +66,7 @@ def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card
     ]
     in_sample = data_card.get("training_data_sha256") == table.data_sha256()
     trained_on = set(data_card.get("workload_list") or [])
-    seen = len(trained_on & set(table.groups.tolist()))
+    seen = len(trained_on & set(table.workload_keys.tolist()))
     title = f"{model.model_id}\n{len(table.requests)} targets, {table.pods} pods, {table.workloads} workloads"
     if in_sample:
         title += " (training data)"

@@ -1,10 +1,12 @@
 """The trainer's `fit` step: the Pipeline the webhook loads, chosen and checked by grouped CV.
 
-`webhook.model.artifact.build_pipeline` (PodFeatureEncoder -> LogPowerKNN: KNN on log power, distance
-weighted) is fitted on per-pod targets (`trainer.targets`: why not raw windows), with k and
-optionally the encoder's block weights chosen by grouped cross-validation (`trainer.crossval`),
-then calibrated with split-conformal offsets from the out-of-fold residuals, and written as one
-artifact with `webhook.model.artifact.save_model`, plus a model card (JSON and Markdown) beside it.
+`webhook.model.artifact.build_pipeline` (PodFeatureEncoder -> AnchoredKNN: a calibrated prior and
+KNN on its correction, or on log power) is fitted on per-pod targets (`trainer.targets`: why not raw
+windows), with the target, k and optionally the encoder's block weights chosen by grouped
+cross-validation (`trainer.crossval`); `fit` itself calibrates p10/p90 (split-conformal on grouped
+folds). It is written as one data-only artifact with `webhook.model.artifact.save_model`, plus a
+model card (JSON and Markdown) beside it that says which candidate serves, how it compares with
+the priors and a constant on the same folds, and on how many workloads.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from trainer.crossval import (
     DEFAULT_LOGO_MAX_GROUPS,
     DEFAULT_MAX_SPLITS,
     Comparison,
-    ConformalOffsets,
-    KnnConfig,
     NotEnoughWorkloads,
     compare_methods,
-    conformal_offsets,
-    fit_knn,
+    describe_params,
+    fit_pipeline,
 )
 from trainer.dataset import read_dataset
 from trainer.model_card import library_versions, write_card
@@ -35,7 +35,7 @@ from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, Tra
 from trainer.text_embedding import default_text_embedding
 from webhook.model.features import CATEGORICAL_FEATURES, FEATURE_VERSION, NUMERIC_FEATURES
 from webhook.model.artifact import save_model
-from webhook.model.prior import PriorPredictor
+from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
 
 DEFAULT_K_WITHOUT_CV = 5
 
@@ -91,54 +91,73 @@ def _data_section(table: TrainingTable, dataset: pd.DataFrame) -> dict[str, Any]
         "excluded_pods": table.excluded_pods,
         "excluded_pod_windows": table.excluded_rows,
         "join_rules": {str(k): int(v) for k, v in join_rules.items()},
-        "workload_list": sorted(set(table.groups.tolist())),
+        "workload_list": sorted(set(table.workload_keys.tolist())),
     }
 
 
 MIN_WORKLOADS_FOR_TRUST = 10
 
 
-def fit_warnings(table: TrainingTable, trust_radius: float, offsets: ConformalOffsets | None,
+def fit_warnings(table: TrainingTable, trust_radius: float, offsets: tuple[float, float] | None,
                  comparison: Comparison | None) -> list[str]:
     """What a reader of the card must know before trusting the model."""
     warnings = []
     if table.workloads < MIN_WORKLOADS_FOR_TRUST:
         warnings.append(f"only {table.workloads} workloads: the cross-validation metrics rest on very little data")
     if trust_radius == float("inf"):
-        warnings.append("one distinct spec: no trust radius can be measured, so the model answers for any spec, "
+        warnings.append("one distinct spec (or no neighbours): no trust radius, so the model answers for any spec, "
                         "however far from its training data")
     if offsets is None:
-        warnings.append("no cross-validation (fewer than 2 workloads): p10/p90 are the neighbours' spread, uncalibrated")
-    elif not offsets.finite_sample_guarantee:
-        warnings.append(f"{offsets.residuals} residuals are too few for the conformal finite-sample guarantee (needs 9)")
+        warnings.append("no interval calibration (fewer than 2 groups): p10/p90 are the neighbours' spread")
+    elif len(table.requests) < MIN_TARGETS_FOR_CONFORMAL:
+        warnings.append(f"{len(table.requests)} targets are too few for the conformal finite-sample guarantee "
+                        f"(needs {MIN_TARGETS_FOR_CONFORMAL})")
     if comparison is not None:
         served = comparison.metrics[0]
         if served.prior_fallback_share and served.prior_fallback_share > 0.5:
-            warnings.append(f"in cross-validation the prior answered {served.prior_fallback_share:.0%} of held-out targets "
-                            "(beyond the trust radius)")
+            warnings.append(f"in cross-validation the calibrated prior answered {served.prior_fallback_share:.0%} of "
+                            "held-out targets (beyond the trust radius)")
+        embedded = next(m for m in comparison.metrics if m.method.endswith("(embedded)"))
+        if served.mean_abs_log_error > embedded.mean_abs_log_error:
+            warnings.append(f"the served model's out-of-fold mean |log error| {served.mean_abs_log_error:.3f} is worse "
+                            f"than the embedded prior's {embedded.mean_abs_log_error:.3f}")
     return warnings
+
+
+MIN_TARGETS_FOR_CONFORMAL = 9
+
+
+def versus_priors(comparison: Comparison) -> dict[str, Any]:
+    """By how much the served model beats (or not) the priors, out of fold, and on how much data."""
+    served = comparison.metrics[0]
+    result: dict[str, Any] = {"served": served.method, "targets": served.targets, "workloads": served.workloads}
+    for metric in comparison.metrics[1:]:
+        if metric.method.startswith(("prior", "calibrated prior", "constant")):
+            result[metric.method] = {
+                "mean_abs_log_error": metric.mean_abs_log_error,
+                "served_mean_abs_log_error": served.mean_abs_log_error,
+                "mae_watts_ratio": served.mae_watts / metric.mae_watts if metric.mae_watts else None,
+            }
+    return result
 
 
 def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFrame, model_id: str | None = None,
               created: datetime | None = None) -> tuple[Any, dict[str, Any], Comparison | None]:
-    """Fit and calibrate the final pipeline on all targets; return it with its card (no sha yet)."""
+    """Fit the chosen pipeline (intervals calibrated inside fit) on all targets; return it with its card (no sha yet)."""
     if len(table.requests) == 0:
         raise ValueError("no training targets: the dataset joined nothing, or no pod had enough windows with energy")
     created = created or datetime.now(timezone.utc)
     comparison: Comparison | None = None
-    offsets: ConformalOffsets | None = None
     try:
         comparison = compare(table, settings)
-        config = comparison.chosen
-        offsets = conformal_offsets(comparison.log_residuals)
-        cv_section: dict[str, Any] = comparison.to_dict()
+        params = comparison.chosen
+        cv_section: dict[str, Any] = {**comparison.to_dict(), "versus_priors": versus_priors(comparison)}
     except NotEnoughWorkloads as exc:
-        config = KnnConfig(min(DEFAULT_K_WITHOUT_CV, len(table.requests)))
+        params = {"knn__n_neighbors": min(DEFAULT_K_WITHOUT_CV, len(table.requests)), "knn__target": "correction"}
         cv_section = {"skipped": str(exc)}
-    pipeline = fit_knn(config, table)
+    pipeline = fit_pipeline(params, table)
     knn = pipeline[-1]
-    if offsets is not None:
-        knn.calibrate(offsets.log_offset_p10, offsets.log_offset_p90)
+    offsets = knn.interval_log_offsets_
     card = {
         "model_id": model_id or make_model_id(table, created),
         "warnings": fit_warnings(table, knn.trust_radius_, offsets, comparison),
@@ -146,16 +165,16 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFr
         "artifact": {"file": "", "sha256": "", "feature_version": FEATURE_VERSION},
         "data": _data_section(table, dataset),
         "model": {
-            "description": "PodFeatureEncoder -> LogPowerKNN: k nearest neighbours on log power, distance weighted",
-            "n_neighbors": config.n_neighbors,
-            "encoder_params": config.encoder_params(),
-            "features": {"numeric": list(NUMERIC_FEATURES), "categorical": list(CATEGORICAL_FEATURES),
-                         "text_dimensions": pipeline[0].text_dimensions},
-            "trust_radius": float(knn.trust_radius_),
+            "description": f"PodFeatureEncoder -> AnchoredKNN: {describe_params(params)}, distance weighted",
+            "params": params,
+            "calibrated_prior": knn.prior_.describe(),
+            "features": {"physics": list(PHYSICS_COLUMNS), "numeric": list(NUMERIC_FEATURES),
+                         "categorical": list(CATEGORICAL_FEATURES), "text_dimensions": pipeline[0].text_dimensions},
+            "trust_radius": None if knn.trust_radius_ == float("inf") else float(knn.trust_radius_),
             "interval": {
-                "method": "split-conformal offsets on log power from grouped out-of-fold residuals" if offsets
-                else "weighted 10th/90th percentile of the neighbours' power (not calibrated: no cross-validation)",
-                "conformal": offsets.to_dict() if offsets else None,
+                "method": "split-conformal offsets on log power from grouped out-of-fold residuals, inside fit"
+                if offsets else "weighted 10th/90th percentile of the neighbours' power (not calibrated)",
+                "log_offsets_p10_p90": list(offsets) if offsets else None,
             },
         },
         "cross_validation": cv_section,

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from trainer.atomic import write_atomically
+from webhook.files import write_atomically
 from trainer.dcgm import GpuChoice, GpuSource, choose_gpu_source, read_dcgm_energy
 from trainer.kepler import (
     ContainerEnergySelection,

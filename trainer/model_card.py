@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic import write_text_atomically
+from webhook.files import write_text_atomically
 from trainer.metrics import MethodMetrics, metrics_table
 
 LIBRARIES = ("numpy", "scikit-learn", "pandas", "pyarrow", "joblib", "pydantic")
@@ -61,34 +61,32 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "## Model",
         "",
         f"- {model['description']}",
-        f"- k = {model['n_neighbors']}, block weights {model['encoder_params']}",
-        f"- features: {', '.join(model['features']['numeric'])}; one-hot {', '.join(model['features']['categorical'])}; "
-        f"{model['features']['text_dimensions']} hashed token dimensions",
-        f"- trust radius {model['trust_radius']:.4g}: farther queries get the prior",
+        f"- parameters: {model['params']}",
+        f"- calibrated prior: {model['calibrated_prior']}",
+        f"- features: physics {', '.join(model['features']['physics'])}; {', '.join(model['features']['numeric'])}; "
+        f"one-hot {', '.join(model['features']['categorical'])}; {model['features']['text_dimensions']} hashed token "
+        "dimensions",
+        "- trust radius " + (f"{model['trust_radius']:.4g}: farther queries get the calibrated prior"
+                             if model["trust_radius"] is not None else "none: every query gets the model"),
         f"- interval: {model['interval']['method']}",
     ]
-    if model["interval"].get("conformal"):
-        c = model["interval"]["conformal"]
-        lines.append(
-            f"  - log offsets p10 {c['log_offset_p10']:.4f}, p90 {c['log_offset_p90']:.4f} from {c['residuals']} "
-            f"out-of-fold residuals (order statistics {c['rank_p10']} and {c['rank_p90']}; finite-sample guarantee: "
-            f"{'yes' if c['finite_sample_guarantee'] else 'no, too few residuals'})"
-        )
+    if model["interval"].get("log_offsets_p10_p90"):
+        low, high = model["interval"]["log_offsets_p10_p90"]
+        lines.append(f"  - log offsets p10 {low:.4f}, p90 {high:.4f}")
     lines += ["", "## Grouped cross-validation", ""]
     if "skipped" in cv:
         lines.append(f"Not run: {cv['skipped']}")
     else:
         lines += [
-            f"{cv['scheme']}; k chosen by {cv['selection']}.",
+            f"{cv['scheme']}; served: {cv['chosen_description']}, chosen by {cv['selection']}.",
             "",
             metrics_table(card_metrics(card, "cross_validation")),
             "",
             "Grid (mean absolute error of log power, out of fold):",
             "",
-            "| k | numeric | categorical | text | error |",
-            "| --- | --- | --- | --- | --- |",
-            *(f"| {g['n_neighbors']} | {g['numeric_weight']:g} | {g['categorical_weight']:g} | {g['text_weight']:g} "
-              f"| {g['mean_abs_log_error']:.4f} |" for g in cv["grid"]),
+            "| candidate | error |",
+            "| --- | --- |",
+            *(f"| {g['description']} | {g['mean_abs_log_error']:.4f} |" for g in cv["grid"]),
         ]
     lines += ["", "## Libraries", "", ", ".join(f"{k} {v}" for k, v in card["libraries"].items()), ""]
     return "\n".join(lines)

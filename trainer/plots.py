@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import write_atomically
+from webhook.files import write_atomically
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from trainer.collect import read_requests
-from trainer.crossval import DEFAULT_K_GRID, NotEnoughWorkloads
+from trainer.crossval import DEFAULT_K_GRID, NotEnoughWorkloads, describe_params
 from trainer.dataset import build_dataset
 from trainer.fit import FitSettings, compare
 from trainer.labels import LABEL_COLUMNS
@@ -74,7 +74,7 @@ def seed_report(seed_dir: Path, settings: FitSettings, pod_spec_fallback: bool) 
     except NotEnoughWorkloads as exc:
         lines += ["", f"No cross-validation: {exc}"]
         return "\n".join(lines), report
-    lines += ["", f"{comparison.scheme}; chosen {comparison.chosen.describe()}", "", metrics_table(comparison.metrics)]
+    lines += ["", f"{comparison.scheme}; served {describe_params(comparison.chosen)}", "", metrics_table(comparison.metrics)]
     report["cross_validation"] = comparison.to_dict()
     return "\n".join(lines), report
 

@@ -120,7 +120,7 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
 def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts: float,  # type: ignore[no-untyped-def]
             prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
     """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
-    from webhook.http.app import predict_out
+    from webhook.model.report import predict_out
     from webhook.model.manifests import ManifestError, read_manifests
     from webhook.model.service import PredictionService
 

@@ -13,6 +13,7 @@ from trainer.dataset import write_dataset
 from trainer.evaluate import run_evaluate
 from trainer.fit import FitSettings, run_fit
 from webhook.model.artifact import load_model
+from webhook.model.features import FEATURE_VERSION
 
 
 def written(tmp_path: Path, name: str, pods: list) -> Path:  # type: ignore[type-arg]
@@ -23,16 +24,17 @@ def test_fit_writes_a_calibrated_artifact_and_its_card(tmp_path: Path) -> None:
     pods = scaling_pods(12)
     outcome = run_fit(written(tmp_path, "train.parquet", pods), tmp_path / "model.joblib", FitSettings(k_grid=(1, 2, 3)))
     card = json.loads((tmp_path / "model.card.json").read_text())
-    assert card["artifact"] == {"file": "model.joblib", "sha256": outcome.sha256, "feature_version": 1}
-    assert card["cross_validation"]["scheme"] == "GroupKFold by workload (5 folds, 12 workloads)"
+    assert card["artifact"] == {"file": "model.joblib", "sha256": outcome.sha256, "feature_version": FEATURE_VERSION}
+    assert card["cross_validation"]["scheme"] == "GroupKFold (5 folds, 12 groups)"
     assert card["data"]["targets"] == 12 and card["data"]["pods"] == 24 and card["data"]["pod_windows"] == 144
     assert card["data"]["first_window_start"].startswith("2025-10-30T23:58")
-    conformal = card["model"]["interval"]["conformal"]
-    assert conformal["residuals"] == 12 and conformal["finite_sample_guarantee"]
+    low, high = card["model"]["interval"]["log_offsets_p10_p90"]
+    assert low < 0 < high and "inside fit" in card["model"]["interval"]["method"]
     assert not any("trust radius 0" in w for w in card["warnings"])
+    assert card["cross_validation"]["versus_priors"]["targets"] == 12
 
     model = load_model(tmp_path / "model.joblib", expected_sha256=outcome.sha256)
-    assert model.pipeline[-1].interval_log_offsets_ == (conformal["log_offset_p10"], conformal["log_offset_p90"])
+    assert model.pipeline[-1].interval_log_offsets_ == (low, high)
     prediction = model.predict([pods[0][0]])[0]
     assert prediction.basis == "model"
     assert prediction.power_watts_p10 < prediction.power_watts < prediction.power_watts_p90
@@ -60,7 +62,7 @@ def test_one_workload_fits_without_cross_validation_and_says_so(tmp_path: Path) 
     pods = scaling_pods(1, pods_per_workload=3)
     outcome = run_fit(written(tmp_path, "one.parquet", pods), tmp_path / "model.joblib")
     assert "skipped" in outcome.card["cross_validation"] and outcome.comparison is None
-    assert any("no cross-validation" in w for w in outcome.card["warnings"])
+    assert any("no interval calibration" in w for w in outcome.card["warnings"])
     model = load_model(tmp_path / "model.joblib")
     assert model.pipeline[-1].interval_log_offsets_ is None
     assert model.predict([pods[0][0]])[0].basis == "model"

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
-from trainer.crossval import NotEnoughWorkloads, compare_methods, conformal_offsets, grouped_folds
+from trainer.crossval import NotEnoughWorkloads, compare_methods, grouped_folds
+from webhook.model.intervals import conformal_offsets
 from trainer.targets import build_targets
 
 
@@ -61,7 +62,7 @@ def test_conformal_offsets_use_the_finite_sample_ranks() -> None:
 def test_folds_never_split_a_workload() -> None:
     groups = np.repeat([f"w{i}" for i in range(4)], 3)
     folds = grouped_folds(groups)
-    assert folds.scheme.startswith("leave-one-workload-out") and len(folds.splits) == 4
+    assert folds.scheme.startswith("leave-one-group-out") and len(folds.splits) == 4
     many = np.repeat([f"w{i}" for i in range(12)], 2)
     folds = grouped_folds(many)
     assert folds.scheme.startswith("GroupKFold") and len(folds.splits) == 5
@@ -72,23 +73,26 @@ def test_folds_never_split_a_workload() -> None:
         grouped_folds(np.array(["only", "only"]))
 
 
-def test_the_knn_beats_the_spec_blind_baselines_when_power_follows_the_spec() -> None:
+def test_the_served_model_beats_the_spec_blind_baselines_when_power_follows_the_spec() -> None:
     pods = scaling_pods(14)
     table = build_targets(dataset(pods))
     assert len(table.requests) == 14  # one target per workload spec, the mean of its two pods
     comparison = compare_methods(table, k_grid=(1, 2, 3))
-    by_name = {m.method.split(",")[0].split(":")[0]: m for m in comparison.metrics}
-    assert set(by_name) == {"knn k=" + str(comparison.chosen.n_neighbors), "prototype", "prior ccf-prior-v1", "mean of log power"}
-    knn = comparison.metrics[0]
-    assert knn.mean_abs_log_error < by_name["mean of log power"].mean_abs_log_error / 2
-    assert knn.mean_abs_log_error < by_name["prior ccf-prior-v1"].mean_abs_log_error / 2
-    assert knn.mae_watts < min(m.mae_watts for m in comparison.metrics[2:])
-    assert (knn.targets, knn.pods, knn.workloads, knn.pod_windows) == (14, 28, 14, 168)
-    # Different specs are at a distance from each other, so the trust radius is not 0.
-    assert knn.prior_fallback_share is not None and knn.prior_fallback_share < 0.5
-    assert knn.coverage_p10_p90 is not None and comparison.metrics[2].coverage_p10_p90 is None
-    assert comparison.scheme == "GroupKFold by workload (5 folds, 14 workloads)"
-    assert len(comparison.grid) == 3 and len(comparison.log_residuals) == 14
+    by_name = {m.method: m for m in comparison.metrics}
+    served = comparison.metrics[0]
+    assert served.method.startswith("served: ")
+    constant = by_name["constant: mean of log power"]
+    embedded = by_name["prior ccf-prior-v2 (embedded)"]
+    assert {"calibrated prior", "prior ccf-prior-v1 (first shipped)",
+            "gradient-boosted trees on log power, same features"} <= set(by_name)
+    assert served.mean_abs_log_error < constant.mean_abs_log_error / 2
+    assert served.mean_abs_log_error < embedded.mean_abs_log_error / 2
+    # The served candidate is the grid's best, and every candidate was scored on the same folds.
+    assert served.mean_abs_log_error == pytest.approx(min(p.mean_abs_log_error for p in comparison.grid), rel=1e-9)
+    assert len(comparison.grid) == 1 + 2 * 3  # the calibrated prior, then two targets x three k
+    assert (served.targets, served.pods, served.workloads, served.pod_windows) == (14, 28, 14, 168)
+    assert served.coverage_p10_p90 is not None and by_name[next(m for m in by_name if m.startswith("prototype"))].coverage_p10_p90 is None
+    assert comparison.scheme == "GroupKFold (5 folds, 14 groups)"
 
 
 def test_targets_from_categorical_text_columns_equal_those_from_text() -> None:

@@ -14,16 +14,12 @@ from typing import Iterator
 
 import httpx
 import pytest
-from sklearn.pipeline import Pipeline
 
 from certs.authority import create_serving_bundle
-from webhook.model.knn import LogPowerKNN
-from webhook.model.artifact import save_model
-from webhook.model.schema import ContainerSpec, InferenceRequest
 
 from harness.webhook_process import WebhookProcess, create_certs
 from .reviews import patch_of, review
-from .slow_model import SlowEncoder
+from .slow_model import SLOW_SERVE, slow_environment, write_model
 
 DEPLOYMENT = {
     "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
@@ -107,21 +103,11 @@ def test_tls_floor_is_1_2_with_forward_secret_ciphers(tmp_path: Path) -> None:
                 assert version == "TLSv1.2" and name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
 
 
-def _slow_model(path: Path, slow_cpu_millicores: int | None = None) -> None:
-    requests = [InferenceRequest(workload_kind="Deployment", containers=[ContainerSpec(name="c", image="nginx", req_cpu_mcpu=m)])
-                for m in (100, 250, 500)]
-    encoder = SlowEncoder(delay_seconds=5.0, slow_cpu_millicores=slow_cpu_millicores)
-    pipeline = Pipeline([("features", encoder), ("knn", LogPowerKNN(n_neighbors=2))])
-    pipeline.fit(requests, [1.0, 2.0, 3.0])
-    pipeline[0].armed_ = True
-    save_model(path, pipeline, "slow-model")
-
-
 def test_a_stuck_prediction_fails_open_within_the_time_budget(tmp_path: Path) -> None:
     certs = create_certs(tmp_path / "certs")
-    _slow_model(tmp_path / "slow.joblib")
-    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.joblib"), "--review-timeout", "0.5",
-                        "--max-concurrent-reviews", "2") as server, server.client() as client:
+    write_model(tmp_path / "slow.esmodel")
+    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.esmodel"), "--review-timeout", "0.5",
+                        "--max-concurrent-reviews", "2", module=SLOW_SERVE, env=slow_environment()) as server, server.client() as client:
         assert client.get("/readyz").json()["model"]["id"] == "slow-model"
         started = time.monotonic()
         answer = client.post("/mutate", json=review(DEPLOYMENT)).json()
@@ -140,11 +126,12 @@ def test_a_stuck_prediction_fails_open_within_the_time_budget(tmp_path: Path) ->
 def test_cached_predictions_answer_while_every_model_slot_is_stuck(tmp_path: Path) -> None:
     """A cache hit needs no model run, so it does not queue behind stuck predictions."""
     certs = create_certs(tmp_path / "certs")
-    _slow_model(tmp_path / "slow.joblib", slow_cpu_millicores=777)
+    write_model(tmp_path / "slow.esmodel")
     stuck = json.loads(json.dumps(DEPLOYMENT))
     stuck["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "777m"
-    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.joblib"), "--review-timeout", "2",
-                        "--max-concurrent-reviews", "2") as server, server.client() as client:
+    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.esmodel"), "--review-timeout", "2",
+                        "--max-concurrent-reviews", "2", module=SLOW_SERVE,
+                        env=slow_environment(slow_cpu_millicores=777)) as server, server.client() as client:
         assert patch_of(client.post("/mutate", json=review(DEPLOYMENT)).json()), "the fast spec is predicted"
 
         def post_stuck() -> None:
@@ -222,8 +209,8 @@ def test_debug_endpoints_can_be_switched_off(tmp_path: Path) -> None:
 
 def test_pinned_digest_mismatch_serves_the_prior_and_says_why(tmp_path: Path) -> None:
     certs = create_certs(tmp_path / "certs")
-    _slow_model(tmp_path / "model.joblib")
-    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "model.joblib"),
+    write_model(tmp_path / "model.esmodel")
+    with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "model.esmodel"),
                         "--model-sha256", "ab" * 32) as server, server.client() as client:
         model = client.get("/readyz").json()["model"]
         assert model["basis"] == "prior" and "expected " + "ab" * 32 in model["error"]

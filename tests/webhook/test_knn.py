@@ -1,10 +1,9 @@
-"""The brute-force neighbour search of LogPowerKNN against scikit-learn's, and its artifacts."""
+"""The brute-force neighbour search of AnchoredKNN against scikit-learn's; the estimator's contract."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
+from sklearn.neighbors import NearestNeighbors
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import webhook.model.knn
-from webhook.model.knn import BruteForceIndex, LogPowerKNN
+from webhook.model.calibration import CalibratedPrior
+from webhook.model.knn import AnchoredKNN, BruteForceIndex
 
 K = 5
 
@@ -116,45 +118,99 @@ def test_every_algorithm_predicts_alike_and_an_exact_match_takes_all_the_weight(
     training = _training_with_duplicates(600, 30, seed=6)
     power = _power(training)
     queries = _queries(training, seed=7)
-    predictions = {a: LogPowerKNN(n_neighbors=K, algorithm=a).fit(training, power) for a in ("auto", "brute", "kd_tree")}
+    predictions = {a: AnchoredKNN(n_neighbors=K, algorithm=a, target="log_power").fit(training, power)
+                   for a in ("auto", "brute", "kd_tree")}
     brute = predictions["brute"].predict_detail(queries)
     for algorithm in ("auto", "kd_tree"):
         other = predictions[algorithm].predict_detail(queries)
         np.testing.assert_allclose(other.power_watts, brute.power_watts, rtol=1e-6)
         np.testing.assert_allclose(other.nearest_distance, brute.nearest_distance, atol=1e-6)
-    assert brute.power_watts[0] == pytest.approx(power[0], rel=1e-12)
+    assert brute.power_watts[0] == pytest.approx(power[0], rel=1e-6)
     assert predictions["kd_tree"].trust_radius_ == pytest.approx(predictions["brute"].trust_radius_, rel=1e-6)
 
 
 def test_auto_means_brute_force_and_unknown_algorithms_are_refused() -> None:
     training = _training_with_duplicates(100, 4, seed=8)  # few features: scikit-learn's "auto" would build a tree
-    knn = LogPowerKNN(algorithm="auto").fit(training, _power(training))
-    assert knn.neighbors_._fit_method == "brute"
+    knn = AnchoredKNN(algorithm="auto").fit(training, _power(training))
+    assert isinstance(knn.index_, BruteForceIndex)
     with pytest.raises(ValueError, match="algorithm must be one of"):
-        LogPowerKNN(algorithm="annoy").fit(training, _power(training))
+        AnchoredKNN(algorithm="annoy").fit(training, _power(training))
 
 
-def _artifact_from_before_the_matrix_vector_search(training: np.ndarray, power: np.ndarray) -> LogPowerKNN:
-    """What LogPowerKNN.fit persisted before: scikit-learn's estimator fitted with "auto"."""
-    knn = LogPowerKNN(n_neighbors=K).fit(training, power)
-    knn.neighbors_ = KNeighborsRegressor(n_neighbors=K, weights="distance", algorithm="auto").fit(training, np.log(power))
-    return knn
+def _physics(vcpu: np.ndarray, gpus: np.ndarray) -> np.ndarray:
+    """Physics rows (webhook.model.prior.PHYSICS_COLUMNS): vCPU, GB, and a 70-700 W GPU product (index 5)."""
+    rows = np.zeros((len(vcpu), 8))
+    rows[:, 0] = rows[:, 1] = vcpu
+    rows[:, 2] = rows[:, 3] = 0.5
+    rows[:, 4], rows[:, 5], rows[:, 6], rows[:, 7] = gpus, 70.0, 700.0, 5
+    return rows
 
 
-def test_artifacts_hold_the_training_matrix_once_and_old_ones_still_predict() -> None:
-    training = _training_with_duplicates(2000, 157, seed=9)
-    power = _power(training)
-    queries = _queries(training, seed=10)
-    old = pickle.loads(pickle.dumps(_artifact_from_before_the_matrix_vector_search(training, power)))
-    new_bytes = pickle.dumps(LogPowerKNN(n_neighbors=K).fit(training, power))
-    new = pickle.loads(new_bytes)
-    assert len(new_bytes) < 1.1 * training.nbytes
-    assert "_brute_force_index" not in pickle.loads(new_bytes).__getstate__()
-    assert old._brute_force_index is not None and new._brute_force_index is not None
-    np.testing.assert_allclose(old.predict(queries), new.predict(queries), rtol=1e-12)
-    # The scikit-learn estimator inside still answers as before, for servers that predate this.
-    sk_prediction = new.neighbors_.predict(queries[6:])
-    np.testing.assert_allclose(np.log(new.predict(queries[6:])), sk_prediction, rtol=1e-5, atol=1e-6)
+def test_the_correction_target_extrapolates_with_physics_where_log_power_cannot() -> None:
+    # Training pods use 1-2 GPUs at 60% utilisation; a query asks for 8: far from every training row.
+    rng = np.random.default_rng(3)
+    gpus = rng.integers(1, 3, 200).astype(float)
+    physics = _physics(np.full(200, 4.0), gpus)
+    other = rng.standard_normal((200, 6))
+    X = np.hstack([physics, other]).astype(np.float32)
+    power = 0.5 + 2.0 * 4.0 + 0.196 + gpus * (70 + 0.6 * 630) * np.exp(0.05 * rng.standard_normal(200))
+    query = np.hstack([_physics(np.array([4.0]), np.array([8.0])), np.zeros((1, 6))]).astype(np.float32)
+    expected = 0.5 + 8.0 + 0.196 + 8 * (70 + 0.6 * 630)
+    anchored = AnchoredKNN(n_neighbors=5, physics_columns=8).fit(X, power)
+    plain = AnchoredKNN(n_neighbors=5, physics_columns=8, target="log_power", trust_factor=1e9).fit(X, power)
+    assert anchored.predict(query)[0] == pytest.approx(expected, rel=0.1)
+    assert plain.predict(query)[0] < 0.3 * expected  # the neighbours' 1-2 GPU powers
+    assert anchored.prior_.product_utilisation_[5] == pytest.approx(0.6, abs=0.05)
+
+
+def test_calibrated_prior_learns_a_floor_and_stays_at_the_embedded_values_without_data() -> None:
+    idle = _physics(np.array([0.1, 0.5, 1.0, 2.0, 0.25] * 8), np.zeros(40))
+    fitted = CalibratedPrior().fit(idle, np.full(40, 0.02))
+    assert fitted.predict(idle).max() < 0.2  # idle services: far below 2.1 W per requested vCPU
+    one = CalibratedPrior().fit(_physics(np.array([1.0]), np.zeros(1)), np.array([2.5]))
+    assert one.cpu_watts_per_vcpu_ == pytest.approx(2.12, rel=0.3)
+
+
+def test_intervals_are_calibrated_inside_fit_and_survive_clone() -> None:
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 6)).astype(np.float32)
+    power = np.exp(X[:, 0] + 0.3 * rng.standard_normal(300))
+    groups = np.repeat(np.arange(60), 5)
+    knn = AnchoredKNN(n_neighbors=8).fit(X, power, groups=groups)
+    assert knn.interval_log_offsets_ is not None
+    low, high = knn.interval_log_offsets_
+    assert low < 0 < high
+    again = clone(knn).fit(X, power, groups=groups)
+    assert again.interval_log_offsets_ == knn.interval_log_offsets_
+    fresh = rng.standard_normal((2000, 6)).astype(np.float32)
+    truth = np.exp(fresh[:, 0] + 0.3 * rng.standard_normal(2000))
+    detail = knn.predict_detail(fresh)
+    coverage = np.mean((detail.power_watts_p10 <= truth) & (truth <= detail.power_watts_p90))
+    assert 0.7 <= coverage <= 0.9
+    assert AnchoredKNN(n_neighbors=8, interval_folds=0).fit(X, power).interval_log_offsets_ is None
+
+
+def test_a_correction_fades_beyond_the_trust_radius_and_a_hard_stop_gives_the_calibrated_prior() -> None:
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((100, 4)).astype(np.float32)
+    power = np.full(100, 10.0)  # the calibrated prior learns 10 W; the correction is ~0 everywhere ...
+    power[:50] = 40.0  # ... except near the first half's rows, which say 4x
+    near = X[:1] + np.float32(1e-3)
+    far = X[:1] * np.float32(50.0)
+    fading = AnchoredKNN(n_neighbors=1, interval_folds=0).fit(X, power)
+    hard = AnchoredKNN(n_neighbors=1, interval_folds=0, correction_decay=0).fit(X, power)
+    anchor = fading.prior_.predict(np.zeros((1, 1)))[0]
+    assert fading.predict(near)[0] == pytest.approx(40.0, rel=0.01)
+    far_detail = fading.predict_detail(far)
+    assert far_detail.beyond_trust[0] and not far_detail.prior_only[0]
+    assert anchor < far_detail.power_watts[0] < 40.0
+    hard_detail = hard.predict_detail(far)
+    assert hard_detail.prior_only[0] and hard_detail.power_watts[0] == pytest.approx(anchor)
+
+
+@parametrize_with_checks([AnchoredKNN(n_neighbors=3, interval_folds=2), CalibratedPrior()])
+def test_scikit_learn_estimator_contract(estimator, check) -> None:  # type: ignore[no-untyped-def]
+    check(estimator)
 
 
 def _blas_threads_after_a_search(environment: dict[str, str]) -> list[int]:

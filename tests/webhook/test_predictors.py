@@ -1,18 +1,21 @@
-"""The prior's physics and the trained KNN pipeline, including its artifact and fallback."""
+"""The prior's physics and the trained pipeline, including its data-only artifact and fallback."""
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import pickle
 import random
+import zipfile
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 
 from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
 from webhook.model.artifact import ArtifactError, build_pipeline, load_model, save_model
-from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.model.prior import PRIOR_MODEL_ID, PriorCoefficients, PriorPredictor
 from webhook.model.schema import ContainerSpec, InferenceRequest
 
 
@@ -35,7 +38,7 @@ def test_prior_follows_the_ccf_formula() -> None:
     expected = 2 * (0.74 + 0.5 * (3.5 - 0.74)) + 4096 * 2**20 / 1e9 * 0.392
     assert prediction.power_watts == pytest.approx(expected)
     assert prediction.power_watts_p10 < prediction.power_watts < prediction.power_watts_p90
-    assert prediction.basis == "prior" and prediction.model_id == "ccf-prior-v1"
+    assert prediction.basis == "prior" and prediction.model_id == PRIOR_MODEL_ID
 
 
 def test_prior_uses_limits_for_p90_and_defaults_without_requests() -> None:
@@ -49,9 +52,17 @@ def test_prior_uses_limits_for_p90_and_defaults_without_requests() -> None:
     assert unspecified.power_watts == pytest.approx(explicit_default.power_watts)
 
 
-def test_prior_sees_gpus() -> None:
+def test_prior_sees_gpus_and_their_product() -> None:
     prior = PriorPredictor()
     assert prior.predict_one(_request(1000, 1024, gpus=2)).power_watts > 300
+    b200 = _request(1000, 1024, gpus=1).model_copy(update={"gpu_product": "B200"})
+    t4 = _request(1000, 1024, gpus=1).model_copy(update={"gpu_product": "T4"})
+    cpu_and_memory = prior.predict_one(_request(1000, 1024)).power_watts
+    assert prior.predict_one(b200).power_watts - cpu_and_memory == pytest.approx(140 + 0.5 * (1000 - 140))
+    assert prior.predict_one(t4).power_watts - cpu_and_memory == pytest.approx(10 + 0.5 * (70 - 10))
+    first = PriorPredictor(PriorCoefficients(gpu_products=False))
+    assert first.model_id == "ccf-prior-v1"
+    assert first.predict_one(b200).power_watts == pytest.approx(first.predict_one(t4).power_watts)
 
 
 @pytest.mark.parametrize("bad", [{"utilisation": 1.5}, {"cpu_min_watts_per_vcpu": -1}, {"pue": float("nan")},
@@ -108,46 +119,106 @@ def test_far_from_training_data_falls_back_to_the_prior(fitted_pipeline, tmp_pat
     save_model(path, fitted_pipeline, "test-model-1")
     model = load_model(path)
     alien = _request(256000, 2**20, image="example.org/gpu/trainer:7", gpus=8, kind="Job")
-    prediction = model.predict([alien])[0]
+    hard = build_pipeline(n_neighbors=5, target="log_power").fit(*_training_set())
+    save_model(path, hard, "test-model-hard")
+    prediction = load_model(path).predict([alien])[0]
     assert prediction.basis == "prior"
     assert "trust radius" in (prediction.fallback_reason or "")
-    assert prediction.power_watts == pytest.approx(PriorPredictor().predict_one(alien).power_watts)
+    knn = hard[-1]
+    calibrated = knn.prior_.predict(hard[:-1].transform([alien])[:, :knn.physics_columns])[0]
+    assert prediction.power_watts == pytest.approx(calibrated, rel=1e-5)
+    # The correction target fades its correction instead: still the model's answer, near the physics.
+    faded = model.predict([alien])[0]
+    assert faded.basis == "model" and faded.fallback_reason is None
 
 
-def test_calibrated_interval_offsets(fitted_pipeline) -> None:  # type: ignore[no-untyped-def]
+def test_intervals_come_calibrated_from_fit(fitted_pipeline) -> None:  # type: ignore[no-untyped-def]
     knn = fitted_pipeline[-1]
+    low, high = knn.interval_log_offsets_
     features = fitted_pipeline[:-1].transform([_request(500, 512)])
-    point = knn.predict(features)[0]
-    knn.calibrate(-0.2, 0.3)
-    try:
-        detail = knn.predict_detail(features)
-        assert detail.power_watts_p10[0] == pytest.approx(point * math.exp(-0.2))
-        assert detail.power_watts_p90[0] == pytest.approx(point * math.exp(0.3))
-    finally:
-        knn.interval_log_offsets_ = None
+    detail = knn.predict_detail(features)
+    assert detail.power_watts_p10[0] == pytest.approx(detail.power_watts[0] * math.exp(low), rel=1e-6)
+    assert detail.power_watts_p90[0] == pytest.approx(detail.power_watts[0] * math.exp(high), rel=1e-6)
+
+
+def _rewritten(good: Path, target: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of the artifact whose artifact.json went through `change(manifest)`."""
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as copy:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "artifact.json":
+                manifest = json.loads(data)
+                change(manifest)
+                data = json.dumps(manifest).encode()
+            copy.writestr(item, data)
+    return target
 
 
 def test_artifact_faults_are_named(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ArtifactError, match="does not exist"):
-        load_model(tmp_path / "absent.joblib")
-    good = tmp_path / "model.joblib"
+        load_model(tmp_path / "absent.esmodel")
+    good = tmp_path / "model.esmodel"
     save_model(good, fitted_pipeline, "m")
-    truncated = tmp_path / "truncated.joblib"
+    truncated = tmp_path / "truncated.esmodel"
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(ArtifactError, match="cannot be read"):
         load_model(truncated)
-    other = tmp_path / "other.joblib"
-    joblib.dump({"weights": [1, 2, 3]}, other)
+    other = tmp_path / "other.json"
+    other.write_text('{"weights": [1, 2, 3]}')
     with pytest.raises(ArtifactError, match="not an EnergetiScope model"):
         load_model(other)
-    future = tmp_path / "future.joblib"
-    payload = joblib.load(good)
-    payload["feature_version"] = FEATURE_VERSION + 1
-    joblib.dump(payload, future)
+    future = _rewritten(good, tmp_path / "future.esmodel", lambda m: m.update(feature_version=FEATURE_VERSION + 1))
     with pytest.raises(ArtifactError, match="feature version"):
         load_model(future)
+    foreign = _rewritten(good, tmp_path / "foreign.esmodel", lambda m: m["steps"][1].update({"class": "Popen"}))
+    with pytest.raises(ArtifactError, match="does not build"):
+        load_model(foreign)
     with pytest.raises(ArtifactError, match="sha256"):
         load_model(good, expected_sha256="0" * 64)
+
+
+class _RunsCode:
+    """Unpickling this calls `Path.touch(marker)`: what a malicious pickle artifact would do, harmlessly."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_artifacts_crafted_to_run_code_are_refused_without_running_it(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "code-ran"
+    pickled = tmp_path / "old.joblib"
+    pickled.write_bytes(pickle.dumps({"format": "energetiscope.model", "pipeline": _RunsCode(marker)}))
+    with pytest.raises(ArtifactError, match="pickle .* refused; retrain"):
+        load_model(pickled)
+    # An object array is the one way a .npy can carry a pickle: inside a real artifact, it is refused.
+    good = tmp_path / "model.esmodel"
+    save_model(good, fitted_pipeline, "m")
+    evil_array = io.BytesIO()
+    np.lib.format.write_array(evil_array, np.array([_RunsCode(marker)], dtype=object), allow_pickle=True)
+    evil = tmp_path / "evil.esmodel"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(evil, "w") as copy:
+        for item in source.infolist():
+            data = source.read(item)
+            copy.writestr(item, evil_array.getvalue() if item.filename.endswith("targets.npy") else data)
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        load_model(evil)
+    assert not marker.exists()
+    pickle.loads(pickled.read_bytes())  # the payload does run when unpickled: the test could fail
+    assert marker.exists()
+
+
+def test_artifact_round_trip_predicts_identically(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "model.joblib"  # the user's file name; the content decides the format
+    save_model(path, fitted_pipeline, "m", {"note": "card"})
+    loaded = load_model(path)
+    queries = [_request(cpu, 512, image) for cpu in (100, 777, 3000) for image in ("nginx:1.27", "redis:7")]
+    direct = fitted_pipeline.predict(queries)
+    np.testing.assert_allclose([p.power_watts for p in loaded.predict(queries)], direct, rtol=1e-6)
+    assert loaded.metadata == {"note": "card"}
+    assert zipfile.is_zipfile(path)
 
 
 def test_knn_rejects_non_positive_power() -> None:

@@ -113,7 +113,7 @@ def test_every_shared_manifest(client: httpx.Client, shared_dir: Path) -> None:
             answer = _mutate(client, review(obj))
             assert patch_of(answer), path.name
             notes = _check_round_trip(client, obj, answer)
-            assert notes[keys.BASIS] == "prior" and notes[keys.MODEL] == "ccf-prior-v1"
+            assert notes[keys.BASIS] == "prior" and notes[keys.MODEL] == "ccf-prior-v2"
             seen_kinds.add(obj["kind"])
     assert seen_kinds == {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
@@ -189,7 +189,7 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert 'energetiscope_requests_total{endpoint="mutate",result="patched"}' in text
     assert 'energetiscope_request_duration_seconds_bucket{endpoint="mutate"' in text
     assert 'energetiscope_predictions_total{basis="prior"}' in text
-    assert 'energetiscope_model_info{basis="prior",error="",model="ccf-prior-v1",sha256=""} 1.0' in text
+    assert 'energetiscope_model_info{basis="prior",error="",model="ccf-prior-v2",sha256=""} 1.0' in text
     assert 'python_gc_collections_total{generation="2"}' in text and "process_resident_memory_bytes" in text
 
 
@@ -239,7 +239,7 @@ def _wait_for_model(client: httpx.Client, model_id: str, timeout: float = 15.0) 
 
 
 def test_model_reloads_on_file_change_and_sighup_and_survives_a_bad_file(cert_dir: Path, tmp_path: Path) -> None:
-    artifact = tmp_path / "model.joblib"
+    artifact = tmp_path / "model.esmodel"
     _tiny_model(artifact, "model-a", 5.0)
     nginx = {"workload_kind": "Deployment", "containers": [{"name": "c", "image": "nginx", "req_cpu_mcpu": 200}]}
     with WebhookProcess(cert_dir, tmp_path / "log", "--model", str(artifact), "--watch-interval", "0.2") as watched:
@@ -255,7 +255,7 @@ def test_model_reloads_on_file_change_and_sighup_and_survives_a_bad_file(cert_di
             while client.get("/readyz").json()["model"]["error"] is None and time.monotonic() < deadline:
                 time.sleep(0.1)
             model = client.get("/readyz").json()["model"]
-            assert model["id"] == "model-b" and "cannot be read" in model["error"]
+            assert model["id"] == "model-b" and "not an EnergetiScope model" in model["error"]
             assert client.post("/predict", json=nginx).json()["model"] == "model-b"
     with WebhookProcess(cert_dir, tmp_path / "log2", "--model", str(artifact), "--watch-interval", "3600") as hup:
         with hup.client() as client:
@@ -268,7 +268,7 @@ def test_model_reloads_on_file_change_and_sighup_and_survives_a_bad_file(cert_di
 def test_model_reload_under_load_drops_nothing(cert_dir: Path, tmp_path: Path) -> None:
     import threading
 
-    artifact = tmp_path / "model.joblib"
+    artifact = tmp_path / "model.esmodel"
     _tiny_model(artifact, "model-0", 1.0)
     nginx = {"workload_kind": "Deployment", "containers": [{"name": "c", "image": "nginx", "req_cpu_mcpu": 200}]}
     with WebhookProcess(cert_dir, tmp_path / "log", "--model", str(artifact), "--watch-interval", "0.1") as server:

@@ -1,38 +1,64 @@
-"""The trained model: one fitted Pipeline (PodFeatureEncoder -> LogPowerKNN) in one artifact file.
+"""The trained model: one fitted Pipeline (PodFeatureEncoder -> AnchoredKNN) in one artifact file
+that holds data only.
 
-The artifact is a joblib file holding the Pipeline and its metadata. Loading it runs
-pickle, i.e. code: load only artifacts you built, from paths you configured.
+The webhook loads whatever file the trainer's CronJob writes to a shared volume, inside the pod
+that answers every admission request and can read the whole cluster. A pickle (joblib) artifact
+runs code when it is loaded, so a file written by anyone who can write that volume would run
+there. This format cannot: it is a zip archive of
+
+- `artifact.json`: format and version, the feature version, the model id, the model card
+  (`metadata`), and for each Pipeline step its class name (from a fixed list of two), its
+  constructor parameters and its fitted state, all plain JSON;
+- `arrays/<step>/<name>.npy`: the fitted arrays, read by `numpy.lib.format.read_array` with
+  `allow_pickle=False` (an object array, the one way a .npy can carry a pickle, is refused).
+
+Loading constructs the two known estimator classes from JSON values and sets their state through
+their own `set_state`, which checks shapes; nothing named in the file is imported or called.
+Older joblib artifacts are refused with a message that says to retrain them. The file's sha256
+can be pinned (`--model-sha256`), and an artifact built for another feature version is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import joblib
+import numpy as np
 from sklearn.pipeline import Pipeline
 
+from webhook.files import write_atomically
 from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
-from webhook.model.knn import LogPowerKNN
+from webhook.model.knn import AnchoredKNN
 from webhook.model.prediction import PodPrediction
-from webhook.model.prior import PriorPredictor
+from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
 from webhook.model.schema import InferenceRequest
 
 ARTIFACT_FORMAT = "energetiscope.model"
-ARTIFACT_FORMAT_VERSION = 1
+ARTIFACT_FORMAT_VERSION = 2
+MANIFEST_NAME = "artifact.json"
+ZIP_MAGIC = b"PK\x03\x04"
+# The file extension the trainer suggests; any name works, the content decides.
+ARTIFACT_SUFFIX = ".esmodel"
+STEP_CLASSES: dict[str, type] = {"PodFeatureEncoder": PodFeatureEncoder, "AnchoredKNN": AnchoredKNN}
+STEP_NAMES = ("features", "knn")
 
 
 class ArtifactError(RuntimeError):
     """The model artifact cannot be used; the message says which file and why."""
 
 
-def build_pipeline(n_neighbors: int = 5, **encoder_params: Any) -> Pipeline:
-    """The unfitted model. The trainer fits it; the webhook only ever loads it."""
-    return Pipeline([("features", PodFeatureEncoder(**encoder_params)), ("knn", LogPowerKNN(n_neighbors=n_neighbors))])
+def build_pipeline(n_neighbors: int = 5, target: str = "correction", **encoder_params: Any) -> Pipeline:
+    """The unfitted model. The trainer fits it (pass `knn__groups=` to `fit` for grouped
+    interval calibration); the webhook only ever loads it."""
+    return Pipeline([
+        ("features", PodFeatureEncoder(**encoder_params)),
+        ("knn", AnchoredKNN(n_neighbors=n_neighbors, target=target, physics_columns=len(PHYSICS_COLUMNS))),
+    ])
 
 
 def file_sha256(path: Path) -> str:
@@ -55,81 +81,130 @@ class TrainedModel:
         if not requests:
             return []
         features = self.pipeline[:-1].transform(list(requests))
-        knn: LogPowerKNN = self.pipeline[-1]
+        knn: AnchoredKNN = self.pipeline[-1]
         detail = knn.predict_detail(features)
         predictions: list[PodPrediction] = []
-        for i, request in enumerate(requests):
-            distance = float(detail.nearest_distance[i])
-            if distance > knn.trust_radius_:
-                reason = (
-                    f"nearest training pod is {distance:.2f} away, beyond the model's trust radius "
-                    f"{knn.trust_radius_:.2f}"
-                )
-                predictions.append(self.prior.predict_one(request, fallback_reason=reason))
-                continue
-            predictions.append(
-                PodPrediction(
-                    power_watts=float(detail.power_watts[i]),
-                    power_watts_p10=float(detail.power_watts_p10[i]),
-                    power_watts_p90=float(detail.power_watts_p90[i]),
-                    model_id=self.model_id,
-                    basis="model",
-                )
-            )
+        for i in range(len(requests)):
+            reason = None
+            if detail.prior_only[i]:
+                reason = (f"nearest training pod is {float(detail.nearest_distance[i]):.2f} away, beyond the model's "
+                          f"trust radius {knn.trust_radius_:.2f}: the calibrated prior answers")
+            predictions.append(PodPrediction(
+                power_watts=float(detail.power_watts[i]),
+                power_watts_p10=float(detail.power_watts_p10[i]),
+                power_watts_p90=float(detail.power_watts_p90[i]),
+                model_id=self.model_id,
+                basis="prior" if reason else "model",
+                fallback_reason=reason,
+            ))
         return predictions
 
 
-def save_model(path: Path, pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """Write the artifact atomically; return its sha256."""
-    payload = {
+def _array_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def artifact_bytes(pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """The artifact file's content (a zip archive: see the module docstring)."""
+    if [name for name, _ in pipeline.steps] != list(STEP_NAMES):
+        raise ValueError(f"the pipeline's steps must be {STEP_NAMES}")
+    steps: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    for name, estimator in pipeline.steps:
+        state, step_arrays = estimator.to_state()
+        params = {k: v for k, v in estimator.get_params(deep=False).items() if k != "prior"}
+        steps.append({"name": name, "class": type(estimator).__name__, "params": params, "state": state,
+                      "arrays": sorted(step_arrays)})
+        arrays.update({f"arrays/{name}/{key}.npy": value for key, value in step_arrays.items()})
+    manifest = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_FORMAT_VERSION,
         "feature_version": FEATURE_VERSION,
         "model_id": model_id,
         "metadata": dict(metadata or {}),
-        "pipeline": pipeline,
+        "steps": steps,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        joblib.dump(payload, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return file_sha256(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(MANIFEST_NAME, json.dumps(manifest, indent=1, allow_nan=False, default=_json_default))
+        for entry, array in arrays.items():
+            archive.writestr(entry, _array_bytes(array))
+    return buffer.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def save_model(path: Path, pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """Write the artifact atomically; return its sha256."""
+    content = artifact_bytes(pipeline, model_id, metadata)
+    write_atomically(path, lambda temp: temp.write_bytes(content))
+    return hashlib.sha256(content).hexdigest()
+
+
+def _refuse(path: Path, why: str) -> ArtifactError:
+    return ArtifactError(f"model artifact {path} {why}")
+
+
+def _read_pipeline(path: Path, archive: zipfile.ZipFile, manifest: Mapping[str, Any]) -> Pipeline:
+    steps = manifest.get("steps")
+    if not isinstance(steps, list) or [s.get("name") if isinstance(s, Mapping) else None for s in steps] != list(STEP_NAMES):
+        raise _refuse(path, f"does not hold the steps {', '.join(STEP_NAMES)}")
+    built: list[tuple[str, Any]] = []
+    for step in steps:
+        cls = STEP_CLASSES.get(step.get("class"))  # a fixed list: nothing named in the file is imported
+        if cls is None or STEP_NAMES.index(step["name"]) != list(STEP_CLASSES).index(step.get("class")):
+            raise _refuse(path, f"names step {step['name']!r} class {step.get('class')!r}, which this server does not build")
+        arrays: dict[str, np.ndarray] = {}
+        for key in step.get("arrays", []):
+            with archive.open(f"arrays/{step['name']}/{key}.npy") as member:
+                arrays[str(key)] = np.lib.format.read_array(io.BytesIO(member.read()), allow_pickle=False)
+        estimator = cls(**dict(step.get("params") or {}))
+        estimator.set_state(step.get("state") or {}, arrays)
+        built.append((step["name"], estimator))
+    return Pipeline(built)
 
 
 def load_model(path: Path, prior: PriorPredictor | None = None, expected_sha256: str | None = None) -> TrainedModel:
     if not path.is_file():
-        raise ArtifactError(f"model artifact {path} does not exist or is not a file")
+        raise _refuse(path, "does not exist or is not a file")
     digest = file_sha256(path)
     if expected_sha256 and digest != expected_sha256.lower():
-        raise ArtifactError(f"model artifact {path} has sha256 {digest}, expected {expected_sha256}")
+        raise _refuse(path, f"has sha256 {digest}, expected {expected_sha256}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != ZIP_MAGIC:
+        if magic[:1] == b"\x80" or magic[:1] == b"\x78":  # a pickle protocol byte, or zlib (joblib's compression)
+            raise _refuse(path, "is a pickle (joblib) artifact from an earlier EnergetiScope: pickles run code when "
+                                "loaded, so they are refused; retrain it with `energetiscope train fit`")
+        raise _refuse(path, f"is not an EnergetiScope model (format {ARTIFACT_FORMAT!r}, a zip archive)")
     try:
-        payload = joblib.load(path)
-    except Exception as exc:  # truncated, not joblib, unpicklable: all mean "not a usable artifact"
-        raise ArtifactError(f"model artifact {path} cannot be read: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"model artifact {path} is not an EnergetiScope model (format {ARTIFACT_FORMAT!r})")
-    if payload.get("format_version") != ARTIFACT_FORMAT_VERSION:
-        raise ArtifactError(
-            f"model artifact {path} has format version {payload.get('format_version')}, "
-            f"this server reads {ARTIFACT_FORMAT_VERSION}"
-        )
-    if payload.get("feature_version") != FEATURE_VERSION:
-        raise ArtifactError(
-            f"model artifact {path} was built for feature version {payload.get('feature_version')}, "
-            f"this server computes version {FEATURE_VERSION}: retrain it"
-        )
-    pipeline = payload.get("pipeline")
-    if not isinstance(pipeline, Pipeline) or not isinstance(pipeline[-1], LogPowerKNN):
-        raise ArtifactError(f"model artifact {path} does not hold a fitted EnergetiScope pipeline")
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read(MANIFEST_NAME))
+            if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+                raise _refuse(path, f"is not an EnergetiScope model (format {ARTIFACT_FORMAT!r})")
+            if manifest.get("format_version") != ARTIFACT_FORMAT_VERSION:
+                raise _refuse(path, f"has format version {manifest.get('format_version')}, this server reads "
+                                    f"{ARTIFACT_FORMAT_VERSION}: retrain it")
+            if manifest.get("feature_version") != FEATURE_VERSION:
+                raise _refuse(path, f"was built for feature version {manifest.get('feature_version')}, this server "
+                                    f"computes version {FEATURE_VERSION}: retrain it")
+            pipeline = _read_pipeline(path, archive, manifest)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # truncated, bad zip, bad JSON, object arrays, wrong shapes: not a usable artifact
+        raise _refuse(path, f"cannot be read: {type(exc).__name__}: {exc}") from exc
     return TrainedModel(
         pipeline=pipeline,
-        model_id=str(payload.get("model_id") or digest[:12]),
-        metadata=payload.get("metadata") or {},
+        model_id=str(manifest.get("model_id") or digest[:12]),
+        metadata=manifest.get("metadata") or {},
         prior=prior or PriorPredictor(),
         sha256=digest,
     )

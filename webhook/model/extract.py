@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import ValidationError
 
 from webhook.model import quantity
+from webhook.model.gpus import INSTANCE_TYPE_LABELS, gpu_fraction, resolve_gpu_product
 from webhook.model.kinds import workload_kind
 from webhook.model.schema import (
     ANNOTATION_PREFIX,
@@ -28,7 +29,6 @@ from webhook.model.schema import (
 _STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "storage", "pods"})
 _LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Number = TypeVar("Number", int, float)
-INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
 NODE_TYPE_LABEL = "node-type"
 
 
@@ -52,8 +52,29 @@ def workload_kind_of(obj: Mapping[str, Any]) -> str | None:
 
 
 def is_gpu_resource(name: str) -> bool:
-    # nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915, gpu.intel.com/xe ... MIG slices are not whole GPUs.
-    return name.endswith("/gpu") or name.startswith("gpu.intel.com/")
+    """A whole GPU or a slice of one (MIG): nvidia.com/gpu, amd.com/gpu, gpu.intel.com/*, nvidia.com/mig-*."""
+    return gpu_fraction(name) is not None
+
+
+def _required_affinity_labels(pod_spec: Mapping[str, Any]) -> dict[str, str]:
+    """Node labels a required node affinity pins with `In`: the first value of each, from the first
+    term (terms are alternatives). Read leniently: the apiserver validates affinity, and a shape it
+    would refuse only means no label is learned from it."""
+    affinity = pod_spec.get("affinity")
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, Mapping) else None
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") if isinstance(node_affinity, Mapping) else None
+    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    if not isinstance(terms, list) or not terms or not isinstance(terms[0], Mapping):
+        return {}
+    labels: dict[str, str] = {}
+    expressions = terms[0].get("matchExpressions")
+    for expression in expressions if isinstance(expressions, list) else []:
+        if not isinstance(expression, Mapping) or expression.get("operator") != "In":
+            continue
+        key, values = expression.get("key"), expression.get("values")
+        if isinstance(key, str) and isinstance(values, list) and values and isinstance(values[0], str):
+            labels.setdefault(key, values[0])
+    return labels
 
 
 def _mapping(value: Any, field: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -298,7 +319,8 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
         )
 
     node_selector = _string_map(pod_spec.get("nodeSelector"), f"{spec_field}.nodeSelector")
-    instance_type = next((node_selector[k] for k in INSTANCE_TYPE_LABELS if k in node_selector), None)
+    node_labels = {**_required_affinity_labels(pod_spec), **node_selector}
+    instance_type = next((node_labels[k] for k in INSTANCE_TYPE_LABELS if k in node_labels), None)
 
     counts_at, counts_field = _dig(obj, workload.count_path)
     counts = {name: _count(counts_at.get(name), f"{counts_field}.{name}") for name in workload.count_fields}
@@ -331,7 +353,8 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
             ],
             node_type=node_selector.get(NODE_TYPE_LABEL),
             runtime_class=_optional_str(pod_spec.get("runtimeClassName"), f"{spec_field}.runtimeClassName"),
-            gpu_count=sum(v for k, v in extended.items() if is_gpu_resource(k)),
+            gpu_count=sum(v * (gpu_fraction(k) or 0.0) for k, v in extended.items()),
+            gpu_product=resolve_gpu_product(node_labels),
             parallelism=parallelism,
             completions=completions,
             replicas=replicas,

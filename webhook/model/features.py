@@ -15,14 +15,20 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import murmurhash3_32
+from sklearn.utils.validation import check_is_fitted
 
 from webhook.model.extract import is_gpu_resource
+from webhook.model.gpus import gpu_product
+from webhook.model.llm import NUMERIC_FIELDS as LLM_NUMERIC_FEATURES
+from webhook.model.llm import llm_serving
+from webhook.model.prior import PHYSICS_COLUMNS, PriorCoefficients, physics_rows
 from webhook.model.resources import pod_totals
 from webhook.model.schema import InferenceRequest
 
 # Bump when the meaning of the feature vector changes: artifacts record it and the server
 # refuses an artifact built for another version instead of predicting nonsense.
-FEATURE_VERSION = 1
+# 2: physics columns first; GPU product power, LLM-serving arguments, the GPU product.
+FEATURE_VERSION = 2
 
 NUMERIC_FEATURES = (
     "cpu_request_millicores",
@@ -37,8 +43,10 @@ NUMERIC_FEATURES = (
     "volumes",
     "containers_without_cpu_request",
     "containers_without_memory_request",
+    "gpu_max_watts",
+    *LLM_NUMERIC_FEATURES,
 )
-CATEGORICAL_FEATURES = ("workload_kind", "runtime_class", "instance_type", "node_type", "priority_class")
+CATEGORICAL_FEATURES = ("workload_kind", "runtime_class", "instance_type", "node_type", "priority_class", "gpu_product")
 # Labels that name the application; the rest (versions, chart revisions, hashes) are noise.
 APP_NAME_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app", "k8s-app", "component")
 
@@ -79,6 +87,7 @@ def numeric_row(request: InferenceRequest) -> list[float]:
     totals = pod_totals(request, 0.0, 0.0)
     gpus = request.gpu_count
     other = sum(v for k, v in request.extended_resources.items() if not is_gpu_resource(k))
+    gpu_max_watts = gpu_product(request.gpu_product).max_watts if gpus else 0.0
     return [
         totals.cpu_request_millicores,
         totals.cpu_limit_millicores,
@@ -92,6 +101,8 @@ def numeric_row(request: InferenceRequest) -> list[float]:
         len(request.volume_types),
         totals.containers_without_cpu_request,
         totals.containers_without_memory_request,
+        gpu_max_watts,
+        *llm_serving(request).numeric(),
     ]
 
 
@@ -107,9 +118,10 @@ def as_requests(items: Iterable[Any]) -> list[InferenceRequest]:
 class PodFeatureEncoder(TransformerMixin, BaseEstimator):
     """Fit on training requests; transform any requests to a dense float32 matrix.
 
-    Columns: standardised log1p numerics, then one-hot categoricals (unknown -> all zero),
-    then L2-normalised hashed token counts. Block weights scale each block's share of the
-    Euclidean distance.
+    Columns: first the physics the prior reads (`PHYSICS_COLUMNS`, raw, in their units: the
+    final estimator takes them out of the distance and anchors on them), then standardised
+    log1p numerics, one-hot categoricals (unknown -> all zero) and L2-normalised hashed token
+    counts. Block weights scale each block's share of the Euclidean distance.
     """
 
     def __init__(
@@ -136,32 +148,39 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
         std = numeric.std(axis=0)
         # A constant column carries no information; scale 1 keeps it at 0 instead of dividing by 0.
         self.numeric_scale_ = np.where(std > 1e-9, std, 1.0)
-        vocabulary: list[dict[str, int]] = []
-        offset = 0
-        for column in range(len(CATEGORICAL_FEATURES)):
-            values = sorted({categorical_row(r)[column] for r in requests})
-            vocabulary.append({value: offset + i for i, value in enumerate(values)})
-            offset += len(values)
-        self.categories_ = vocabulary
-        self.n_categorical_ = offset
+        self.categories_ = [sorted({categorical_row(r)[column] for r in requests})
+                            for column in range(len(CATEGORICAL_FEATURES))]
+        self._index_categories()
         self.feature_version_ = FEATURE_VERSION
-        self.n_features_out_ = len(NUMERIC_FEATURES) + offset + self.text_dimensions
         return self
 
+    def _index_categories(self) -> None:
+        offset = 0
+        self.category_index_: list[dict[str, int]] = []
+        for values in self.categories_:
+            self.category_index_.append({value: offset + i for i, value in enumerate(values)})
+            offset += len(values)
+        self.n_categorical_ = offset
+        self.n_features_out_ = len(PHYSICS_COLUMNS) + len(NUMERIC_FEATURES) + offset + self.text_dimensions
+
     def transform(self, X: Iterable[Any]) -> np.ndarray:
+        check_is_fitted(self, "numeric_mean_")
         requests = as_requests(X)
         n = len(requests)
         out = np.zeros((n, self.n_features_out_), dtype=np.float32)
         if n == 0:
             return out
-        n_numeric = len(NUMERIC_FEATURES)
-        out[:, :n_numeric] = self.numeric_weight * (self._numeric(requests) - self.numeric_mean_) / self.numeric_scale_
-        text_start = n_numeric + self.n_categorical_
+        n_physics = len(PHYSICS_COLUMNS)
+        out[:, :n_physics] = physics_rows(requests, PriorCoefficients())
+        numeric_end = n_physics + len(NUMERIC_FEATURES)
+        out[:, n_physics:numeric_end] = (
+            self.numeric_weight * (self._numeric(requests) - self.numeric_mean_) / self.numeric_scale_)
+        text_start = numeric_end + self.n_categorical_
         for row, request in enumerate(requests):
             for column, value in enumerate(categorical_row(request)):
-                index = self.categories_[column].get(value)
+                index = self.category_index_[column].get(value)
                 if index is not None:
-                    out[row, n_numeric + index] = self.categorical_weight
+                    out[row, numeric_end + index] = self.categorical_weight
             counts = np.zeros(self.text_dimensions, dtype=np.float64)
             for token in request_tokens(request):
                 counts[murmurhash3_32(token, positive=True) % self.text_dimensions] += 1.0
@@ -171,8 +190,27 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        names = list(NUMERIC_FEATURES)
-        for column, vocabulary in zip(CATEGORICAL_FEATURES, self.categories_):
-            names.extend(f"{column}={value}" for value in vocabulary)
+        check_is_fitted(self, "numeric_mean_")
+        names = [f"physics:{name}" for name in PHYSICS_COLUMNS] + list(NUMERIC_FEATURES)
+        for column, values in zip(CATEGORICAL_FEATURES, self.categories_):
+            names.extend(f"{column}={value}" for value in values)
         names.extend(f"token_hash_{i}" for i in range(self.text_dimensions))
         return np.asarray(names, dtype=object)
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Fitted state as (JSON, arrays), for `webhook.model.artifact`."""
+        check_is_fitted(self, "numeric_mean_")
+        return ({"categories": self.categories_, "feature_version": self.feature_version_},
+                {"numeric_mean": self.numeric_mean_, "numeric_scale": self.numeric_scale_})
+
+    def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PodFeatureEncoder":
+        self.numeric_mean_ = np.asarray(arrays["numeric_mean"], dtype=np.float64)
+        self.numeric_scale_ = np.asarray(arrays["numeric_scale"], dtype=np.float64)
+        if self.numeric_mean_.shape != (len(NUMERIC_FEATURES),) or self.numeric_scale_.shape != (len(NUMERIC_FEATURES),):
+            raise ValueError(f"numeric_mean and numeric_scale must hold {len(NUMERIC_FEATURES)} values")
+        self.categories_ = [[str(v) for v in values] for values in state["categories"]]
+        if len(self.categories_) != len(CATEGORICAL_FEATURES):
+            raise ValueError(f"categories must list {len(CATEGORICAL_FEATURES)} columns")
+        self.feature_version_ = int(state["feature_version"])
+        self._index_categories()
+        return self

@@ -91,7 +91,7 @@ class InferenceRequest(_Strict):
     volume_types: list[str] = Field(default_factory=list)
     node_type: str | None = None
     runtime_class: str | None = None
-    gpu_count: float = Field(default=0, ge=0, le=MAX_DEVICES, description="GPUs per pod, all vendors")
+    gpu_count: float = Field(default=0, ge=0, le=MAX_DEVICES, description="GPUs per pod, all vendors; a MIG slice g/7")
     parallelism: PodCount | None = None
     completions: PodCount | None = None
     # Added after the prototype:
@@ -102,6 +102,10 @@ class InferenceRequest(_Strict):
     )
     priority_class: str | None = None
     instance_type: str | None = Field(default=None, description="node selector node.kubernetes.io/instance-type")
+    gpu_product: str | None = Field(
+        default=None, max_length=253,
+        description="GPU product the pod selects (nvidia.com/gpu.product, gke-accelerator, instance type, ...)",
+    )
 
 
 # What a workload's pods-count depends on; excluded from the spec hash so that scaling keeps
