@@ -1,11 +1,21 @@
-"""Benchmark 4, accuracy on the simulated cluster: grouped cross-validation of the model against
-the baselines, with interval coverage, and against the simulator's own truth.
+"""Benchmark 4, accuracy: grouped cross-validation of the served model against the priors, gradient-
+boosted trees, the prototype and a constant, on every evaluation set, with interval coverage and
+the error of namespace totals.
 
-    python -m bench.accuracy [--quick] [--from DIR]
+    python -m bench.accuracy [--sets mlenergy,seed,simulated] [--quick] [--from DIR]
 
-The truth here is `bench.power_model`, the simulator's made-up power function: these numbers say
-how well the trainer recovers that function from Kepler counters in Prometheus, not how well the
-model does on a real cluster.
+Evaluation sets:
+
+* `mlenergy`: real GPU-board power of vLLM serving (../shared/data/mlenergy: 897 Deployments,
+  7 model families), through `train dataset --measurements`'s own code; folds grouped by model
+  family, so every family is predicted by a model that never saw it.
+* `seed`: the seed's real Kepler measurements (../shared/data/seed-kepler), strict join and the
+  pod-spec stand-in (`trainer.seed_report`); only a few workloads join, and the tables say so.
+* `simulated`: the simulated cluster below.
+
+For the simulated cluster the truth is `bench.power_model`, the simulator's made-up power function:
+these numbers say how well the trainer recovers that function from Kepler counters in Prometheus,
+not how well the model does on a real cluster.
 
 The dataset is the trainer's own (`labels` -> `dataset` on the simulated cluster, made by
 `bench.trainer_scale`; `--from` reuses its `--keep` directory, otherwise it simulates 200
@@ -29,19 +39,25 @@ import json
 import resource
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bench import power_model
 from bench.results import RunRecord, cell, markdown_table
 from bench.trainer_scale import run_size
-from trainer.crossval import compare_methods
-from trainer.dataset import read_dataset
+from trainer.collect import read_requests
+from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params
+from trainer.dataset import build_dataset, read_dataset
+from trainer.measurements import build_measurement_dataset, check_measurements, read_measurement_table, read_specs
 from trainer.metrics import MethodMetrics, score
-from trainer.targets import build_targets
+from trainer.seed_report import SEED_LABEL_FILES, SEED_REQUESTS_FILE, seed_labels_frame
+from trainer.targets import TrainingTable, build_targets
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SETS = ("mlenergy", "seed", "simulated")
 
 DEFAULT_WORKLOADS, DEFAULT_DAYS = 200, 7.0
 QUICK_WORKLOADS, QUICK_DAYS = 50, 2.0
@@ -51,6 +67,42 @@ DATASET_FILE = "dataset.parquet"
 # In-process like `train fit`; the same limit as bench.trainer_scale's steps, so that a dataset
 # too large for the machine fails here with MemoryError instead of waking the OOM killer.
 ADDRESS_SPACE_LIMIT_GIB = 16
+
+
+def compared(name: str, table: TrainingTable, text_embedding: str) -> dict[str, Any]:
+    """The trainer's own comparison (`train fit` runs it) on one evaluation set."""
+    started = time.perf_counter()
+    try:
+        comparison = compare_methods(table, text_embedding=text_embedding)
+    except NotEnoughWorkloads as exc:
+        return {"directory": name, "skipped": str(exc), "targets": len(table.requests)}
+    return {
+        "directory": name,
+        "scheme": comparison.scheme,
+        "chosen": comparison.chosen,
+        "chosen_description": describe_params(comparison.chosen),
+        "grid": [{"candidate": describe_params(p.params), "mean_abs_log_error": round(p.mean_abs_log_error, 4)}
+                 for p in comparison.grid],
+        "compare_seconds": round(time.perf_counter() - started, 1),
+        "metrics": [m.to_dict() for m in comparison.metrics],
+    }
+
+
+def evaluate_mlenergy(data: Path, text_embedding: str) -> dict[str, Any]:
+    checked = check_measurements(read_measurement_table(data / "measurements.csv"))
+    dataset, _ = build_measurement_dataset(checked, read_specs([data / "manifests.yaml"]).requests)
+    result = compared("mlenergy (grouped by model family)", build_targets(dataset), text_embedding)
+    return {**result, "dataset_file": "measurements.csv + manifests.yaml"}
+
+
+def evaluate_seed(data: Path, text_embedding: str) -> list[dict[str, Any]]:
+    labels = pd.concat([seed_labels_frame(data / name) for name in SEED_LABEL_FILES], ignore_index=True)
+    requests = read_requests(data / SEED_REQUESTS_FILE)
+    results = []
+    for fallback, name in ((False, "seed, strict join"), (True, "seed, pod-spec stand-in")):
+        dataset, _ = build_dataset(labels, requests, pod_spec_fallback=fallback)
+        results.append({**compared(name, build_targets(dataset), text_embedding), "dataset_file": "seed-kepler"})
+    return results
 
 
 def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
@@ -73,8 +125,10 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
         "directory": directory.name,
         "dataset_file": source.name,
         "scheme": comparison.scheme,
-        "chosen": asdict(comparison.chosen),
-        "grid": [{"k": p.config.n_neighbors, "mean_abs_log_error": round(p.mean_abs_log_error, 4)} for p in comparison.grid],
+        "chosen": comparison.chosen,
+        "chosen_description": describe_params(comparison.chosen),
+        "grid": [{"candidate": describe_params(p.params), "mean_abs_log_error": round(p.mean_abs_log_error, 4)}
+                 for p in comparison.grid],
         "compare_seconds": round(compare_seconds, 1),
         "metrics": [m.to_dict() for m in comparison.metrics + references],
         "workload_factor_sigma": power_model.WORKLOAD_FACTOR_SIGMA,
@@ -82,18 +136,27 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
     }
 
 
-def print_table(result: dict[str, Any]) -> None:
-    header = ["method", "MAE W", "median APE", "p10-p90 coverage", "mean abs log error", "prior fallback", "targets"]
+def table_of(result: dict[str, Any]) -> str:
+    header = ["method", "MAE W", "median APE", "p10-p90 coverage", "mean abs log error", "namespace total error",
+              "prior fallback", "targets"]
     rows = []
     for m in result["metrics"]:
         metric = MethodMetrics(**m)
         rows.append([metric.method, cell(metric.mae_watts, 2), f"{metric.median_ape_percent:.1f}%",
                      "-" if metric.coverage_p10_p90 is None else f"{100 * metric.coverage_p10_p90:.0f}%",
                      cell(metric.mean_abs_log_error, 3),
+                     "-" if metric.namespace_total_error_percent is None else f"{metric.namespace_total_error_percent:.1f}%",
                      "-" if metric.prior_fallback_share is None else f"{100 * metric.prior_fallback_share:.0f}%",
                      cell(metric.targets)])
-    print(f"{result['directory']} ({result['dataset_file']}): {result['scheme']}, chosen k={result['chosen']['n_neighbors']}")
-    print(markdown_table(header, rows))
+    return markdown_table(header, rows)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        print(f"{result['directory']}: not compared: {result['skipped']}")
+        return
+    print(f"{result['directory']} ({result['dataset_file']}): {result['scheme']}, served {result['chosen_description']}")
+    print(table_of(result))
 
 
 def main() -> None:
@@ -104,14 +167,28 @@ def main() -> None:
                         help="a `bench.trainer_scale --keep` directory: evaluate every size kept there")
     parser.add_argument("--text-embedding", choices=["tfidf", "sbert"], default="tfidf",
                         help="the prototype baseline's embedding (sbert needs the sbert extra)")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--shared-data", type=Path, default=SHARED_DATA, help="../shared/data beside the repository")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if unknown := set(sets) - set(SETS):
+        parser.error(f"--sets: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SETS)}")
     limit = ADDRESS_SPACE_LIMIT_GIB * 2**30
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     record = RunRecord("accuracy", quick=args.quick)
     evaluations = []
+    if "mlenergy" in sets:
+        evaluations.append(evaluate_mlenergy(args.shared_data / "mlenergy", args.text_embedding))
+        print_table(evaluations[-1])
+    if "seed" in sets:
+        for evaluation in evaluate_seed(args.shared_data / "seed-kepler", args.text_embedding):
+            print_table(evaluation)
+            evaluations.append(evaluation)
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
-        if args.source is not None:
+        if "simulated" not in sets:
+            directories = []
+        elif args.source is not None:
             directories = sorted(d for d in args.source.iterdir() if (d / DATASET_FILE).exists())
             if not directories:
                 raise SystemExit(f"no dataset.parquet under {args.source}: run bench.trainer_scale --keep {args.source}")

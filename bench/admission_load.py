@@ -200,9 +200,9 @@ def main() -> None:
         workdir = Path(tmp)
         certs = create_certs(workdir / "certs")
         print(f"training a {args.rows}-row model ...", flush=True)
-        outputs = {"auto": workdir / "model.joblib"}
+        outputs = {"auto": workdir / "model.esmodel"}
         if not args.no_what_if:
-            outputs["kd_tree"] = workdir / "model-kd-tree.joblib"
+            outputs["kd_tree"] = workdir / "model-kd-tree.esmodel"
         artifacts = build_artifacts(args.rows, outputs)
         artifact: ArtifactInfo = artifacts["auto"]
         kd_tree: ArtifactInfo | None = artifacts.get("kd_tree")
@@ -210,14 +210,14 @@ def main() -> None:
         bodies_file = workdir / "bodies.ndjson"
         bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
         results: list[CaseResult] = []
-        for case in cases(workdir / "model.joblib", workdir / "model-kd-tree.joblib" if kd_tree else None,
+        for case in cases(workdir / "model.esmodel", workdir / "model-kd-tree.esmodel" if kd_tree else None,
                           not args.no_what_if):
             print(f"measuring {case.label} ...", flush=True)
             results.append(run_case(case, certs, workdir, bodies, bodies_file, durations, not args.no_profile))
         echo_rps = results[0].wrk.requests_per_second
         for r in results:
             r.share_of_echo = round(r.wrk.requests_per_second / echo_rps, 4)
-        stages = None if args.no_profile else stage_costs(bodies, workdir / "model.joblib")
+        stages = None if args.no_profile else stage_costs(bodies, workdir / "model.esmodel")
     print_tables(results, stages)
     stock = {r.key: r for r in results}
     targets = {

@@ -3,10 +3,10 @@
 The training set is `rows` synthetic workloads (`bench.workloads`), one row per workload spec as
 the trainer's default target unit makes it, labelled with the week-mean power the truth
 (`bench.power_model`) gives. The Pipeline is `webhook.model.artifact.build_pipeline`'s (PodFeatureEncoder
--> LogPowerKNN), calibrated with split-conformal offsets from a separate draw of held-out
-workloads (`trainer.crossval.conformal_offsets`), and written with `webhook.model.artifact.save_model`.
+-> AnchoredKNN), its p10/p90 calibrated inside `fit` (split-conformal on grouped folds, a
+2,000-row sample of them), and written with `webhook.model.artifact.save_model`.
 
-    python -m bench.model_artifact --rows 50000 --out model.joblib
+    python -m bench.model_artifact --rows 50000 --out model.esmodel
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from bench.workloads import WorkloadDraw, draw_workloads, measured_training_rows
-from trainer.crossval import conformal_offsets
-from webhook.model.features import PodFeatureEncoder
-from webhook.model.knn import LogPowerKNN
+from bench.workloads import draw_workloads, measured_training_rows
 from webhook.model.artifact import build_pipeline, save_model
+from webhook.model.features import PodFeatureEncoder
+from webhook.model.knn import AnchoredKNN
 from webhook.model.schema import InferenceRequest
 
-CALIBRATION_ROWS = 2000
 TRAINING_SEED = 20251101
-CALIBRATION_SEED = 20251102
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class ArtifactInfo:
     rows: int
     algorithm: str
     encode_seconds: float  # encoder fit + transform of the training set
-    knn_fit_seconds: float  # index build + the trust radius (each training row's nearest neighbour)
+    knn_fit_seconds: float  # calibrated prior, index build, trust radius, interval folds
     save_seconds: float
     artifact_bytes: int
     sha256: str
@@ -66,20 +63,15 @@ def fit_encoder(requests: list[InferenceRequest]) -> tuple[PodFeatureEncoder, np
     return encoder, features, time.perf_counter() - started
 
 
-def calibrated_knn(encoder: PodFeatureEncoder, features: np.ndarray, power_watts: np.ndarray, algorithm: str,
-                   calibration: list[WorkloadDraw]) -> tuple[LogPowerKNN, float]:
-    """Fit and calibrate; returns the fit's seconds (index build and trust radius)."""
+def calibrated_knn(features: np.ndarray, power_watts: np.ndarray, algorithm: str) -> tuple[AnchoredKNN, float]:
+    """Fit, p10/p90 calibrated inside fit; returns the fit's seconds (calibrated prior, index, trust
+    radius and the interval folds)."""
     started = time.perf_counter()
-    knn = LogPowerKNN(algorithm=algorithm).fit(features, power_watts)
-    fit_seconds = time.perf_counter() - started
-    measured = measured_training_rows(calibration, CALIBRATION_SEED + 1)
-    predicted = knn.predict(encoder.transform([d.request for d in calibration]))
-    offsets = conformal_offsets(np.log(measured) - np.log(predicted))
-    knn.calibrate(offsets.log_offset_p10, offsets.log_offset_p90)
-    return knn, fit_seconds
+    knn = build_pipeline()[-1].set_params(algorithm=algorithm).fit(features, power_watts)
+    return knn, time.perf_counter() - started
 
 
-def write_artifact(out: Path, encoder: PodFeatureEncoder, knn: LogPowerKNN, rows: int, algorithm: str,
+def write_artifact(out: Path, encoder: PodFeatureEncoder, knn: AnchoredKNN, rows: int, algorithm: str,
                    encode_seconds: float, knn_fit_seconds: float) -> ArtifactInfo:
     pipeline = Pipeline([("features", encoder), ("knn", knn)])
     started = time.perf_counter()
@@ -97,10 +89,9 @@ def build_artifacts(rows: int, outputs: dict[str, Path]) -> dict[str, ArtifactIn
     """One training set and encoder; one artifact per neighbour-search algorithm in `outputs`."""
     data = training_set(rows)
     encoder, features, encode_seconds = fit_encoder(data.requests)
-    calibration = draw_workloads(CALIBRATION_ROWS, CALIBRATION_SEED)
     written = {}
     for algorithm, out in outputs.items():
-        knn, knn_fit_seconds = calibrated_knn(encoder, features, data.power_watts, algorithm, calibration)
+        knn, knn_fit_seconds = calibrated_knn(features, data.power_watts, algorithm)
         written[algorithm] = write_artifact(out, encoder, knn, rows, algorithm, encode_seconds, knn_fit_seconds)
     return written
 

@@ -1,7 +1,7 @@
 """One process that loads a model artifact and predicts, as the webhook does; run by
 `bench.predictor_scale`, which reads its peak RSS from the kernel when it exits.
 
-    python -m bench.predictor_probe --model model.joblib --queries queries.ndjson
+    python -m bench.predictor_probe --model model.esmodel --queries queries.ndjson
 
 Prints one JSON line: load time, single-prediction latency percentiles (`TrainedModel.predict`
 on one request, the webhook's call on a cache miss), batch latency, and the BLAS thread counts

@@ -1,20 +1,20 @@
 """Benchmark 2, the predictor as the training set grows: fit time, artifact size, load time,
 latency of one prediction and of a batch of 100, and peak memory, for each neighbour search
-algorithm of `LogPowerKNN(algorithm=...)`.
+algorithm of `AnchoredKNN(algorithm=...)`.
 
     python -m bench.predictor_scale [--quick | --full] [--sizes 1000,10000,100000]
 
 For each size one child process (`--one-size N`, so its peak RSS is that size's alone) draws N
 synthetic workloads (`bench.workloads`; one training row per workload spec, as the trainer
-makes them), fits the encoder once, then per algorithm fits and calibrates LogPowerKNN and
+makes them), fits the encoder once, then per algorithm fits and calibrates AnchoredKNN and
 writes the artifact (`bench.model_artifact`). Each artifact is then loaded by a fresh probe
 process (`bench.predictor_probe`) that predicts 200 single held-out requests and a batch of 100
 (`TrainedModel.predict`, the webhook's call on a cache miss); its peak RSS is the serving
-memory. `brute` is LogPowerKNN's own search (`webhook.model.knn.BruteForceIndex`: one BLAS
+memory. `brute` is AnchoredKNN's own search (`webhook.model.knn.BruteForceIndex`: one BLAS
 matrix-vector product per query, one BLAS thread), also what "auto" means; the trees are
 scikit-learn's.
 
-Fit time is the index build plus the trust radius (LogPowerKNN queries a seeded sample of 2,000
+Fit time is the index build plus the trust radius (AnchoredKNN queries a seeded sample of 2,000
 distinct specs since commit 6e8c805; before, every row, which made 1M rows take about an hour).
 An algorithm whose fit is predicted, from the smaller sizes, to exceed `--max-fit-seconds` is
 skipped and the prediction recorded.
@@ -33,7 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.model_artifact import CALIBRATION_ROWS, CALIBRATION_SEED, calibrated_knn, fit_encoder, training_set, write_artifact
+from bench.model_artifact import calibrated_knn, fit_encoder, training_set, write_artifact
 from bench.proc_stats import run_measured
 from bench.results import RunRecord, cell, markdown_table
 from bench.workloads import draw_workloads
@@ -67,15 +67,14 @@ def run_one_size(rows: int, workdir: Path, algorithms: list[str], max_fit_second
     """In the child: train every algorithm's artifact for `rows` rows; probing is the parent's."""
     data = training_set(rows)
     encoder, features, encode_seconds = fit_encoder(data.requests)
-    calibration = draw_workloads(CALIBRATION_ROWS, CALIBRATION_SEED)
     fitted: dict[str, Any] = {}
     for algorithm in algorithms:
         predicted = _predicted_fit_seconds(history.get(algorithm, []), rows)
         if predicted is not None and predicted > max_fit_seconds:
             fitted[algorithm] = {"skipped": f"fit predicted to take {predicted:,.0f} s (> {max_fit_seconds:,.0f} s)"}
             continue
-        knn, knn_fit_seconds = calibrated_knn(encoder, features, data.power_watts, algorithm, calibration)
-        info = write_artifact(workdir / f"model-{rows}-{algorithm}.joblib", encoder, knn, rows, algorithm, encode_seconds,
+        knn, knn_fit_seconds = calibrated_knn(features, data.power_watts, algorithm)
+        info = write_artifact(workdir / f"model-{rows}-{algorithm}.esmodel", encoder, knn, rows, algorithm, encode_seconds,
                               knn_fit_seconds)
         fitted[algorithm] = asdict(info)
         del knn

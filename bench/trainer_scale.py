@@ -114,7 +114,7 @@ def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResul
         prometheus_pid = harness.pid
         assert prometheus_pid is not None
         print("  labels ...", flush=True)
-        labels_path, dataset_path, model_path = workdir / "labels.parquet", workdir / "dataset.parquet", workdir / "model.joblib"
+        labels_path, dataset_path, model_path = workdir / "labels.parquet", workdir / "dataset.parquet", workdir / "model.esmodel"
         steps = [_run_step("labels", ["--prometheus", url, "--start", str(cluster.grid_start_seconds),
                                       "--end", str(cluster.grid_end_seconds), "--step", f"{WINDOW_SECONDS}s",
                                       "--kepler-line", line, "--out", str(labels_path), "--no-progress"], labels_path)]

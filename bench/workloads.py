@@ -9,7 +9,7 @@ from the words in images, commands and app labels.
 
 Sizes are the round numbers teams pick (100m, 250m, 1 core, 512Mi), scaled by a jitter so that
 specs spread out the way a large cluster's do and large training sets are not mostly exact
-duplicates (those would collapse LogPowerKNN's trust radius to 0).
+duplicates (those would collapse AnchoredKNN's trust radius to 0).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from bench import power_model
 from webhook.model.extract import to_inference_request
+from webhook.model.gpus import gpu_product
 from webhook.model.kinds import KINDS_BY_NAME
 from webhook.model.schema import InferenceRequest
 
@@ -59,25 +60,28 @@ class Profile:
     runtime_class: str | None = None
     priority_class: str | None = None
     instance_types: tuple[str, ...] = ()
+    # Busy cores of a long-running service whatever it requests (None: batch work, by its request).
+    idle_busy_cores: float | None = None
+    at_limit: bool = False  # an agent that runs at its CPU limit
 
 
 PROFILES: tuple[Profile, ...] = (
     Profile("web-frontend", 0.16, ("Deployment",), ("nginx:1.27", "registry.example.com/{team}/{service}-web:2.4.1"),
             ((), ("nginx", "-g", "daemon off;")), ("web", "frontend", "ui"), (50, 100, 250, 500), (64, 128, 256, 512),
-            0.15, ("configMap", "emptyDir")),
+            0.15, ("configMap", "emptyDir"), idle_busy_cores=0.003),
     Profile("python-api", 0.16, ("Deployment",), ("registry.example.com/{team}/{service}:1.18.0",),
             (("gunicorn", "app.wsgi", "--workers", "4"), ("uvicorn", "main:app", "--port", "8080")),
-            ("api", "service", "backend"), (100, 250, 500, 1000), (256, 512, 1024), 0.30, ("configMap", "secret")),
+            ("api", "service", "backend"), (100, 250, 500, 1000), (256, 512, 1024), 0.30, ("configMap", "secret"), idle_busy_cores=0.01),
     Profile("java-service", 0.12, ("Deployment",), ("registry.example.com/{team}/{service}-svc:3.2.0",),
             (("java", "-XX:MaxRAMPercentage=75", "-jar", "/app/service.jar"),), ("svc", "core", "engine"),
-            (500, 1000, 2000), (1024, 2048, 4096), 0.35, ("configMap", "secret", "emptyDir")),
+            (500, 1000, 2000), (1024, 2048, 4096), 0.35, ("configMap", "secret", "emptyDir"), idle_busy_cores=0.02),
     Profile("cache", 0.05, ("Deployment", "StatefulSet"), ("redis:7.2", "memcached:1.6"), ((),), ("cache",),
-            (100, 250, 500), (512, 1024, 4096), 0.10, ("emptyDir",), diurnal=True),
+            (100, 250, 500), (512, 1024, 4096), 0.10, ("emptyDir",), diurnal=True, idle_busy_cores=0.005),
     Profile("database", 0.06, ("StatefulSet",), ("postgres:16.3", "mysql:8.4", "mongo:7.0"), ((),), ("db",),
             (500, 1000, 2000, 4000), (2048, 4096, 8192, 16384), 0.40, ("persistentVolumeClaim", "secret", "configMap"),
-            priority_class="high"),
+            priority_class="high", idle_busy_cores=0.02),
     Profile("queue", 0.04, ("StatefulSet",), ("apache/kafka:3.7.0", "rabbitmq:3.13"), ((),), ("events", "queue"),
-            (1000, 2000), (4096, 8192), 0.30, ("persistentVolumeClaim", "configMap")),
+            (1000, 2000), (4096, 8192), 0.30, ("persistentVolumeClaim", "configMap"), idle_busy_cores=0.03),
     Profile("batch-etl", 0.10, ("CronJob", "Job"), ("registry.example.com/{team}/{service}-etl:0.9.3", "apache/spark:3.5.1"),
             (("python", "-m", "etl.run", "--full"), ("spark-submit", "--master", "local[*]", "/jobs/aggregate.py")),
             ("etl", "export", "rollup"), (500, 1000, 2000, 4000), (1024, 2048, 4096), 0.85, ("secret", "emptyDir"),
@@ -89,17 +93,20 @@ PROFILES: tuple[Profile, ...] = (
     Profile("ml-inference", 0.04, ("Deployment",), ("nvcr.io/nvidia/tritonserver:24.05-py3",),
             (("tritonserver", "--model-repository", "/models"),), ("inference", "embeddings"), (1000, 2000, 4000),
             (4096, 8192, 16384), 0.25, ("persistentVolumeClaim", "configMap"), gpus=(1,), gpu_utilisation=0.35,
-            runtime_class="nvidia", instance_types=("g5.xlarge", "g5.2xlarge")),
+            runtime_class="nvidia", instance_types=("g5.xlarge", "g5.2xlarge"), idle_busy_cores=0.05),
     Profile("log-agent", 0.05, ("DaemonSet",), ("fluent/fluent-bit:3.1", "grafana/promtail:3.0.0"), ((),), ("logs",),
-            (50, 100, 200), (64, 128, 256), 0.25, ("hostPath", "configMap"), priority_class="system-node-critical"),
+            (50, 100, 200), (64, 128, 256), 0.25, ("hostPath", "configMap"), priority_class="system-node-critical", idle_busy_cores=0.01),
     Profile("node-monitor", 0.05, ("DaemonSet",), ("prom/node-exporter:v1.8.1", "quay.io/sustainable_computing_io/kepler:0.7.11"),
             ((),), ("exporter", "monitor"), (50, 100), (32, 64, 128), 0.10, ("hostPath",),
-            priority_class="system-node-critical"),
+            priority_class="system-node-critical", idle_busy_cores=0.005),
     Profile("ci-runner", 0.08, ("Pod", "Job"), ("gitlab/gitlab-runner:v17.0.0", "registry.example.com/{team}/builder:5"),
             (("make", "test"), ("bazel", "build", "//...")), ("ci", "build"), (1000, 2000, 4000), (2048, 4096, 8192), 0.70,
             ("emptyDir", "secret"), diurnal=False),
+    Profile("node-agent", 0.03, ("DaemonSet",), ("cilium/cilium:v1.15.6", "falcosecurity/falco:0.38.1"), ((),),
+            ("cni", "scanner"), (100, 250), (256, 512), 0.9, ("hostPath", "configMap"),
+            priority_class="system-node-critical", at_limit=True),
     Profile("debug", 0.06, ("Pod",), ("busybox:1.36", "nicolaka/netshoot:v0.13"), (("sleep", "infinity"),), ("debug", "shell"),
-            (10, 50, 100), (16, 32, 64), 0.02, (), diurnal=False),
+            (10, 50, 100), (16, 32, 64), 0.02, (), diurnal=False, idle_busy_cores=0.0005),
 )
 _PROFILE_SHARES = np.array([p.share for p in PROFILES]) / sum(p.share for p in PROFILES)
 
@@ -231,8 +238,11 @@ def draw_workload(rng: np.random.Generator, index: int) -> WorkloadDraw:
     pods = 1 if kind in ("Pod", "DaemonSet") else int(rng.choice([1, 1, 2, 2, 3, 4]))
     manifest = _wrap(kind, name, team, labels, pod_spec, pods)
     request = to_inference_request(manifest)
-    spec_power = power_model.pod_power_watts(loads, memory_mib, request.gpu_count, profile.cpu_utilisation,
-                                             profile.gpu_utilisation)
+    gpu = gpu_product(request.gpu_product) if request.gpu_product else None
+    spec_power = power_model.pod_power_watts(
+        loads, memory_mib, request.gpu_count, profile.cpu_utilisation, profile.gpu_utilisation, profile.idle_busy_cores,
+        profile.at_limit, gpu.idle_watts if gpu else power_model.GPU_IDLE_WATTS,
+        gpu.max_watts if gpu else power_model.GPU_MAX_WATTS)
     return WorkloadDraw(manifest, profile, request, spec_power, power_model.workload_factor(rng), pods)
 
 

@@ -28,6 +28,7 @@ from trainer.crossval import (
     compare_methods,
     describe_params,
     fit_pipeline,
+    params_json,
 )
 from trainer.dataset import read_dataset
 from trainer.model_card import library_versions, write_card
@@ -166,7 +167,7 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFr
         "data": _data_section(table, dataset),
         "model": {
             "description": f"PodFeatureEncoder -> AnchoredKNN: {describe_params(params)}, distance weighted",
-            "params": params,
+            "params": params_json(params),
             "calibrated_prior": knn.prior_.describe(),
             "features": {"physics": list(PHYSICS_COLUMNS), "numeric": list(NUMERIC_FEATURES),
                          "categorical": list(CATEGORICAL_FEATURES), "text_dimensions": pipeline[0].text_dimensions},

@@ -2,8 +2,9 @@
 
 Per method: MAE in W, median absolute percentage error, the share of measured powers inside the
 predicted p10-p90 interval (for methods that give one; 80% is the target), the mean absolute
-error of log power (the KNN's own loss, used to choose k), and what the numbers rest on: targets
-(rows of the training table), pod-windows behind them, pods and workloads.
+error of log power (the KNN's own loss, used to choose k), the error of namespace totals (what
+energy budgets sum), and what the numbers rest on: targets (rows of the training table),
+pod-windows behind them, pods and workloads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class MethodMetrics:
     pods: int
     workloads: int
     prior_fallback_share: float | None = None  # share of targets a served model answered with the prior
+    # Budgets sum a namespace's workloads: the mean over namespaces of |sum predicted - sum measured| / sum measured.
+    namespace_total_error_percent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +60,18 @@ def score(method: str, table: TrainingTable, predicted_watts: np.ndarray, p10_wa
         pods=table.pods,
         workloads=table.workloads,
         prior_fallback_share=None if prior_fallback is None else float(np.mean(prior_fallback)),
+        namespace_total_error_percent=namespace_total_error_percent(table.frame["namespace"].astype(str).to_numpy(),
+                                                                    predicted, measured),
     )
+
+
+def namespace_total_error_percent(namespaces: np.ndarray, predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean over namespaces of the absolute error of the namespace's summed power, in % of the measured sum."""
+    errors = []
+    for namespace in np.unique(namespaces):
+        mask = namespaces == namespace
+        errors.append(abs(predicted[mask].sum() - measured[mask].sum()) / measured[mask].sum())
+    return float(np.mean(errors) * 100.0)
 
 
 def _cell(value: float | None, digits: int, scale: float = 1.0, suffix: str = "") -> str:
@@ -68,13 +82,14 @@ def _cell(value: float | None, digits: int, scale: float = 1.0, suffix: str = ""
 
 def metrics_table(metrics: Sequence[MethodMetrics]) -> str:
     """A Markdown table, one line per method."""
-    header = ("| method | MAE W | median APE | p10-p90 coverage | mean abs log error | prior fallback "
-              "| targets | pod-windows | pods | workloads |")
+    header = ("| method | MAE W | median APE | p10-p90 coverage | mean abs log error | namespace total error "
+              "| prior fallback | targets | pod-windows | pods | workloads |")
     lines = [header, "|" + " --- |" * header.count(" |")]
     for m in metrics:
         lines.append(
             f"| {m.method} | {_cell(m.mae_watts, 4)} | {_cell(m.median_ape_percent, 1, suffix='%')} "
             f"| {_cell(m.coverage_p10_p90, 0, 100.0, '%')} | {_cell(m.mean_abs_log_error, 3)} "
+            f"| {_cell(m.namespace_total_error_percent, 1, suffix='%')} "
             f"| {_cell(m.prior_fallback_share, 0, 100.0, '%')} | {m.targets} | {m.pod_windows} | {m.pods} | {m.workloads} |"
         )
     return "\n".join(lines)

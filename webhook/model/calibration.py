@@ -12,7 +12,9 @@ floor, W per vCPU, W per GB and u (one per GPU product with at least `min_produc
 shrunk towards the overall u; the overall u for the rest) minimise a robust (soft L1) loss of
 the log error, so that a 0.1 W sidecar and a 900 W GPU server weigh alike. A penalty pulls each
 parameter (on a log or logit scale) towards the embedded prior's value: with few measurements
-the calibrated prior stays the embedded one, with many the data decide.
+the calibrated prior stays the embedded one, with many the data decide. `fit_coefficients=False`
+keeps the embedded prior's own coefficients (the trainer's safest candidate: it serves the embedded
+prior, with intervals calibrated on the data, when nothing fitted does better).
 
 Input is `webhook.model.prior.physics_rows` (the first `len(PHYSICS_COLUMNS)` columns of the
 encoder's output); the same function computes it at training and at serving time.
@@ -58,11 +60,12 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
         return tags
 
     def __init__(self, coefficients: PriorCoefficients | None = None, initial_floor_watts: float = 0.1,
-                 penalty: float = 0.3, min_product_targets: int = 3) -> None:
+                 penalty: float = 0.3, min_product_targets: int = 3, fit_coefficients: bool = True) -> None:
         self.coefficients = coefficients
         self.initial_floor_watts = initial_floor_watts
         self.penalty = penalty
         self.min_product_targets = min_product_targets
+        self.fit_coefficients = fit_coefficients
 
     def _physics(self, X: Any, *, reset: bool = False) -> np.ndarray:
         X = validate_data(self, X, dtype=np.float64, reset=reset)
@@ -85,6 +88,15 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
         if np.any(power <= 0):
             raise ValueError("power_watts targets must be > 0 W")
         k = self.coefficients or PriorCoefficients()
+        if not self.fit_coefficients:
+            # The embedded prior itself, in this form: no floor, CCF's coefficients, PUE folded in.
+            self.floor_watts_ = 0.0
+            self.cpu_watts_per_vcpu_ = k.pue * (k.cpu_min_watts_per_vcpu + k.utilisation * (
+                k.cpu_max_watts_per_vcpu - k.cpu_min_watts_per_vcpu))
+            self.memory_watts_per_gb_ = k.pue * k.memory_watts_per_gb
+            self.gpu_utilisation_ = k.utilisation
+            self.product_utilisation_ = {}
+            return self
         log_power = np.log(power)
         has_gpu = physics[:, 4] > 0
         products, product_counts = np.unique(physics[has_gpu, 7].astype(int), return_counts=True)
