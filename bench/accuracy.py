@@ -49,7 +49,7 @@ from bench import power_model
 from bench.results import RunRecord, cell, markdown_table
 from bench.trainer_scale import run_size
 from trainer.collect import read_requests
-from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params
+from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params, params_json
 from trainer.dataset import build_dataset, read_dataset
 from trainer.measurements import build_measurement_dataset, check_measurements, read_measurement_table, read_specs
 from trainer.metrics import MethodMetrics, score
@@ -79,7 +79,7 @@ def compared(name: str, table: TrainingTable, text_embedding: str) -> dict[str, 
     return {
         "directory": name,
         "scheme": comparison.scheme,
-        "chosen": comparison.chosen,
+        "chosen": params_json(comparison.chosen),
         "chosen_description": describe_params(comparison.chosen),
         "grid": [{"candidate": describe_params(p.params), "mean_abs_log_error": round(p.mean_abs_log_error, 4)}
                  for p in comparison.grid],
@@ -125,7 +125,7 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
         "directory": directory.name,
         "dataset_file": source.name,
         "scheme": comparison.scheme,
-        "chosen": comparison.chosen,
+        "chosen": params_json(comparison.chosen),
         "chosen_description": describe_params(comparison.chosen),
         "grid": [{"candidate": describe_params(p.params), "mean_abs_log_error": round(p.mean_abs_log_error, 4)}
                  for p in comparison.grid],

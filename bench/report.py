@@ -97,17 +97,17 @@ def trainer(result: dict[str, Any]) -> str:
 
 
 def accuracy(result: dict[str, Any]) -> str:
+    from bench.accuracy import table_of  # its own table, so the README and the run print the same
+
     parts = []
     for evaluation in result["evaluations"]:
-        header = ["method", "MAE W", "median APE", "p10-p90 coverage", "mean abs log error", "prior fallback", "targets"]
-        rows = [[m["method"], cell(m["mae_watts"], 2), f"{m['median_ape_percent']:.1f}%",
-                 "-" if m["coverage_p10_p90"] is None else f"{100 * m['coverage_p10_p90']:.0f}%",
-                 cell(m["mean_abs_log_error"], 3),
-                 "-" if m["prior_fallback_share"] is None else f"{100 * m['prior_fallback_share']:.0f}%",
-                 cell(m["targets"])] for m in evaluation["metrics"]]
-        parts.append(f"{evaluation['directory']} ({evaluation.get('dataset_file', 'dataset.parquet')}): {evaluation['scheme']}, "
-                     f"k chosen = {evaluation['chosen']['n_neighbors']}\n")
-        parts.append(markdown_table(header, rows) + "\n")
+        if "skipped" in evaluation:
+            parts.append(f"{evaluation['directory']}: not compared: {evaluation['skipped']}\n")
+            continue
+        served = evaluation.get("chosen_description") or f"k chosen = {evaluation['chosen'].get('n_neighbors')}"
+        parts.append(f"{evaluation['directory']} ({evaluation.get('dataset_file', 'dataset.parquet')}): "
+                     f"{evaluation['scheme']}, served {served}\n")
+        parts.append(table_of(evaluation) + "\n")
     return "\n".join(parts) + f"\n{_context(result)}"
 
 
