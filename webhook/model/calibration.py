@@ -30,6 +30,7 @@ from scipy.optimize import least_squares
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from webhook.model.arrays import checked_rows
 from webhook.model.gpus import GPU_PRODUCTS
 from webhook.model.prior import PHYSICS_COLUMNS, PriorCoefficients
 
@@ -68,7 +69,7 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
         self.fit_coefficients = fit_coefficients
 
     def _physics(self, X: Any, *, reset: bool = False) -> np.ndarray:
-        X = validate_data(self, X, dtype=np.float64, reset=reset)
+        X = validate_data(self, X, dtype=np.float64, reset=reset) if reset else checked_rows(self, X, np.float64)
         physics = np.zeros((X.shape[0], len(PHYSICS_COLUMNS)))
         width = min(X.shape[1], len(PHYSICS_COLUMNS))
         physics[:, :width] = X[:, :width]
@@ -84,7 +85,7 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> "CalibratedPrior":
         X, power = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        physics = self._physics(X)
+        physics = self._physics(X, reset=True)
         if np.any(power <= 0):
             raise ValueError("power_watts targets must be > 0 W")
         k = self.coefficients or PriorCoefficients()

@@ -36,6 +36,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from webhook.model.arrays import checked_rows
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.intervals import conformal_offsets
 
@@ -276,7 +277,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         return tags
 
     def _split(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        X = validate_data(self, X, dtype=np.float32, reset=False)
+        X = checked_rows(self, X, np.float32)
         return self._physics_of(X), np.ascontiguousarray(X[:, self.physics_columns:])
 
     def _physics_of(self, X: np.ndarray) -> np.ndarray:
@@ -297,10 +298,19 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.prior_.fit(physics, power)
         log_power = np.log(power)
         self.targets_ = log_power - np.log(self.prior_.predict(physics)) if self.target == "correction" else log_power
-        self.training_features_ = space
+        # Columns constant over the training rows rank no neighbour: searched without them (a
+        # 50,000-row CPU model has a dozen, the LLM-serving ones among them), added back to the
+        # distances exactly, so a query that differs there is still as far as it is.
+        varying = np.ptp(space, axis=0) > 0 if space.shape[1] else np.zeros(0, dtype=bool)
+        if space.shape[1] and not varying.any():
+            varying[0] = True
+        self.varying_columns_ = np.flatnonzero(varying)
+        self.constant_columns_ = np.flatnonzero(~varying)
+        self.constant_values_ = space[0, self.constant_columns_].astype(np.float32)
+        self.training_features_ = np.ascontiguousarray(space[:, self.varying_columns_])
         self.n_neighbors_ = min(self.n_neighbors, X.shape[0])
         self._build_index()
-        self.trust_radius_ = self._trust_radius(space) if self.n_neighbors_ else float("inf")
+        self.trust_radius_ = self._trust_radius(self.training_features_) if self.n_neighbors_ else float("inf")
         self.interval_log_offsets_ = self._calibrate_intervals(X, power, groups)
         return self
 
@@ -358,15 +368,23 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     def kneighbors(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(distances, training row indices) of each row's n_neighbors_ nearest, nearest first."""
         check_is_fitted(self, "training_features_")
-        _, space = self._split(X)
-        if isinstance(self.index_, BruteForceIndex):
-            return self.index_.kneighbors(space, self.n_neighbors_)
+        return self._search(self._split(X)[1])
+
+    def _search(self, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        varying = np.ascontiguousarray(space[:, self.varying_columns_])
         assert self.index_ is not None, "n_neighbors=0 has no neighbours"
-        return self.index_.kneighbors(space)
+        if isinstance(self.index_, BruteForceIndex):
+            distances, indices = self.index_.kneighbors(varying, self.n_neighbors_)
+        else:
+            distances, indices = self.index_.kneighbors(varying)
+        if self.constant_columns_.size:
+            offsets = space[:, self.constant_columns_].astype(np.float64) - self.constant_values_
+            distances = np.sqrt(distances**2 + np.einsum("ij,ij->i", offsets, offsets)[:, None])
+        return distances, indices
 
     def predict_detail(self, X: Any) -> NeighbourPrediction:
         check_is_fitted(self, "training_features_")
-        physics, _ = self._split(X)
+        physics, space = self._split(X)
         log_anchor = np.log(self.prior_.predict(physics))
         n = log_anchor.shape[0]
         if self.n_neighbors_ == 0:
@@ -374,7 +392,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             distances = np.zeros((n, 1))
             spread = np.zeros((n, 1)), np.ones((n, 1))
         else:
-            distances, indices = self.kneighbors(X)
+            distances, indices = self._search(space)
             neighbour_targets = self.targets_[indices]
             exact = distances <= 1e-12
             # Same rule as scikit-learn's distance weighting: exact matches take all the weight.
@@ -418,7 +436,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             "n_features_in_": self.n_features_in_,
             "prior_": self.prior_.to_state(),
             "prior_params": {k: v for k, v in self.prior_.get_params().items() if k != "coefficients"},
-        }, {"training_features": self.training_features_, "targets": self.targets_})
+            "varying_columns_": self.varying_columns_.tolist(),
+            "constant_columns_": self.constant_columns_.tolist(),
+        }, {"training_features": self.training_features_, "targets": self.targets_,
+            "constant_values": self.constant_values_})
 
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
         features = np.ascontiguousarray(arrays["training_features"], dtype=np.float32)
@@ -434,6 +455,13 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         offsets = state["interval_log_offsets_"]
         self.interval_log_offsets_ = None if offsets is None else (float(offsets[0]), float(offsets[1]))
         self.n_features_in_ = int(state["n_features_in_"])
+        self.varying_columns_ = np.asarray(state["varying_columns_"], dtype=np.intp)
+        self.constant_columns_ = np.asarray(state["constant_columns_"], dtype=np.intp)
+        self.constant_values_ = np.asarray(arrays["constant_values"], dtype=np.float32)
+        space_width = self.n_features_in_ - self.physics_columns
+        if (self.varying_columns_.size != features.shape[1] or self.constant_values_.shape != self.constant_columns_.shape
+                or sorted([*self.varying_columns_.tolist(), *self.constant_columns_.tolist()]) != list(range(space_width))):
+            raise ValueError("varying and constant columns must split the feature columns, with a value per constant one")
         self.prior_ = CalibratedPrior(**state["prior_params"]).set_state(state["prior_"])
         self._build_index()
         return self
