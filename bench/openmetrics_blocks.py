@@ -18,6 +18,15 @@ Series (labels as the exporters and a kube-prometheus Prometheus store them):
   CPU requests, 80% in mode dynamic and 20% idle.
 * kube-state-metrics: `kube_pod_owner` per pod, `kube_replicaset_owner` per ReplicaSet,
   `kube_job_owner` per Job (1 while the object exists), scraped with honor_labels.
+* Job runs (`bench.cluster_sim.SimRun`): kube-state-metrics' `kube_job_status_start_time`,
+  `kube_job_spec_completions`, `kube_job_spec_parallelism`, then `kube_job_status_completion_time`
+  and `kube_job_complete{condition="true"}` (succeeded) or `kube_job_failed{condition="true"}` and
+  `kube_job_status_failed{reason}` (failed); per pod `kube_pod_start_time`,
+  `kube_pod_completion_time` and `kube_pod_container_status_terminated_reason`; kept
+  `KSM_KEEP_STEPS` samples after the run ends (the Job's history), to the end while it runs. A
+  run's pods count Kepler energy from 0, and on Kepler 0.10 a finished pod of at least
+  `KEPLER_MIN_TERMINATED_JOULES` in its package zone gets one `state="terminated"` sample with its
+  final values, as Kepler's terminated-pod tracker exports it.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ COUNTER_BASE_JOULES = 5.0e6  # an exporter that has been up for a while: a resta
 DRAM_SHARE = 0.15
 IDLE_MODE_SHARE = 0.20
 PROMTOOL_WORKERS = 2
+KSM_KEEP_STEPS = 5
+KEPLER_MIN_TERMINATED_JOULES = 10.0  # Kepler 0.10+ `monitor.minTerminatedEnergyThreshold`
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,13 @@ def _labels(**labels: str) -> str:
 
 
 def _counter(steps: np.ndarray, pod: SimPod, offset: int) -> np.ndarray:
+    """A run's pod counts from 0 (Kepler first saw it at its start); other pods from a base that
+    a restart visibly lowers. A restart that would not lower the counter is left out."""
+    base = 0.0 if pod.of_job else COUNTER_BASE_JOULES + offset
     restart = pod.node.kepler_restart_step - pod.first_step
-    return counter_values(steps, COUNTER_BASE_JOULES + offset, restart if 0 < restart < len(steps) else None)
+    if not 0 < restart < len(steps) or base + float(np.sum(steps[1:restart])) <= float(steps[restart]):
+        return counter_values(steps, base, None)
+    return counter_values(steps, base, restart)
 
 
 def kepler_010_series(pod: SimPod) -> Iterator[Series]:
@@ -73,7 +89,11 @@ def kepler_010_series(pod: SimPod) -> Iterator[Series]:
         labels = _labels(container=KEPLER_JOB["container"], instance=node.exporter_instance, job=KEPLER_JOB["job"],
                          namespace="kepler", node_name=node.name, pod=node.exporter_pod, pod_id=pod.uid,
                          pod_name=pod.name, pod_namespace=pod.namespace, state="running", zone=zone)
-        yield Series("kepler_pod_cpu_joules", "counter", labels, pod.first_step, _counter(pod.step_joules * share, pod, offset))
+        values = _counter(pod.step_joules * share, pod, offset)
+        yield Series("kepler_pod_cpu_joules", "counter", labels, pod.first_step, values)
+        if pod.finished and float(pod.step_joules.sum()) * zones["package"] >= KEPLER_MIN_TERMINATED_JOULES:
+            terminated = labels.replace('state="running"', 'state="terminated"')
+            yield Series("kepler_pod_cpu_joules", "counter", terminated, pod.last_step + 1, values[-1:])
 
 
 def kepler_07_series(pod: SimPod, container_shares: list[tuple[str, float]]) -> Iterator[Series]:
@@ -121,6 +141,39 @@ def owner_series(cluster: SimulatedCluster) -> Iterator[Series]:
         yield Series(family, "gauge", labels, first, np.ones(last - first + 1))
 
 
+def _gauge(family: str, first: int, last: int, value: float, **labels: str) -> Series:
+    """A kube-state-metrics gauge at grid indexes first..last; the object's labels win over the
+    target's (honor_labels: a pod's `container` stays its own)."""
+    return Series(family, "gauge", _labels(**{**KSM_LABELS, **labels}), first, np.full(last - first + 1, value))
+
+
+def run_series(cluster: SimulatedCluster) -> Iterator[Series]:
+    """kube-state-metrics' job and pod series of every run (see the module docstring)."""
+    last_step = cluster.steps - 1
+    for run in cluster.runs:
+        keep = min(run.last_step + KSM_KEEP_STEPS, last_step) if run.outcome != "running" else last_step
+        job = {"job_name": run.job_name, "namespace": run.namespace}
+        yield _gauge("kube_job_status_start_time", run.first_step, keep, cluster.sample_seconds(run.first_step), **job)
+        yield _gauge("kube_job_spec_completions", run.first_step, keep, run.completions, **job)
+        yield _gauge("kube_job_spec_parallelism", run.first_step, keep, run.parallelism, **job)
+        if run.outcome == "succeeded":
+            yield _gauge("kube_job_status_completion_time", run.last_step, keep, cluster.sample_seconds(run.last_step), **job)
+            yield _gauge("kube_job_complete", run.last_step, keep, 1, condition="true", **job)
+        elif run.outcome == "failed":
+            yield _gauge("kube_job_failed", run.last_step, keep, 1, condition="true", **job)
+            yield _gauge("kube_job_status_failed", run.last_step, keep, 1, reason=run.failure_reason, **job)
+        container = cluster.workloads[run.workload_index].request.containers[0].name
+        for pod in run.pods:
+            pod_labels = {"namespace": pod.namespace, "pod": pod.name, "uid": pod.uid}
+            pod_keep = keep if pod.finished else last_step
+            yield _gauge("kube_pod_start_time", pod.first_step, pod_keep, cluster.sample_seconds(pod.first_step), **pod_labels)
+            if pod.finished:
+                yield _gauge("kube_pod_completion_time", pod.last_step, pod_keep, cluster.sample_seconds(pod.last_step),
+                             **pod_labels)
+                yield _gauge("kube_pod_container_status_terminated_reason", pod.last_step, pod_keep, 1,
+                             container=container, reason="Error" if pod.failed else "Completed", **pod_labels)
+
+
 def all_series(cluster: SimulatedCluster, line: str) -> list[Series]:
     if line not in KEPLER_LINES:
         raise ValueError(f"unknown Kepler line {line!r}: choose from {', '.join(KEPLER_LINES)}")
@@ -131,6 +184,7 @@ def all_series(cluster: SimulatedCluster, line: str) -> list[Series]:
         else:
             series.extend(kepler_07_series(pod, _container_shares(cluster, pod)))
     series.extend(owner_series(cluster))
+    series.extend(run_series(cluster))
     return series
 
 

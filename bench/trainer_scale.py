@@ -1,5 +1,5 @@
 """Benchmark 3, the trainer at cluster scale: a simulated cluster backfilled into a real Prometheus,
-then `energetiscope train labels`, `dataset` and `fit` timed, with their peak memory.
+then `energetiscope train labels`, `runs`, `dataset` and `fit` timed, with their peak memory.
 
     python -m bench.trainer_scale [--quick | --full] [--workloads 200] [--days 7] [--kepler-line kepler-0.10]
 
@@ -10,7 +10,8 @@ owner series as OpenMetrics and backfills them with promtool into the data direc
 Prometheus (`harness.prometheus.PrometheusHarness`, loopback only). Each trainer step then
 runs as its own process, through its CLI (`python -m trainer.cli ...`), and its wall time, CPU time
 and peak RSS come from the kernel (`bench.proc_stats`); Prometheus' own peak RSS is read after
-`labels`. The energy the labels step recovers is checked against what was simulated.
+`labels` and `runs`. The energy the labels step recovers, and the Job runs and their joules the
+runs step recovers, are checked against what was simulated (`bench.cluster_sim.run_truth_table`).
 
 Default: 200 workloads x 7 days, once per Kepler line (fits `make bench`); --full adds 2,000
 workloads x 1 day and x 7 days (the issue's size) on Kepler 0.10; --quick: 50 workloads x 2 days.
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.cluster_sim import WINDOW_SECONDS, SimulatedCluster, simulate, write_requests, write_truth
+from bench.cluster_sim import WINDOW_SECONDS, SimulatedCluster, run_truth_table, simulate, write_requests, write_truth
 from bench.openmetrics_blocks import KEPLER_LINES, BackfillStats, backfill
 from bench.proc_stats import peak_rss_mib, run_measured
 from bench.results import RESULTS_DIR, RunRecord, cell, markdown_table
@@ -75,6 +76,10 @@ class SizeResult:
     label_rows: int
     simulated_energy_joules: float
     recovered_energy_joules: float
+    runs: int = 0  # Job runs `train runs` found
+    simulated_runs: int = 0
+    simulated_run_energy_joules: float = 0.0
+    recovered_run_energy_joules: float = 0.0  # their joules, all pods and retries
     workdir: str | None = None
 
 
@@ -118,8 +123,13 @@ def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResul
         steps = [_run_step("labels", ["--prometheus", url, "--start", str(cluster.grid_start_seconds),
                                       "--end", str(cluster.grid_end_seconds), "--step", f"{WINDOW_SECONDS}s",
                                       "--kepler-line", line, "--out", str(labels_path), "--no-progress"], labels_path)]
+        print("  runs ...", flush=True)
+        runs_path = workdir / "runs.parquet"
+        steps.append(_run_step("runs", ["--prometheus", url, "--start", str(cluster.grid_start_seconds),
+                                        "--end", str(cluster.grid_end_seconds + WINDOW_SECONDS),
+                                        "--kepler-line", line, "--out", str(runs_path)], runs_path))
         prometheus_rss = peak_rss_mib(prometheus_pid)
-    if not steps[-1].failed:
+    if not steps[0].failed:  # the labels step
         print("  dataset ...", flush=True)
         steps.append(_run_step("dataset", ["--labels", str(labels_path), "--requests", str(requests),
                                            "--out", str(dataset_path)], dataset_path))
@@ -127,6 +137,8 @@ def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResul
         print("  fit ...", flush=True)
         steps.append(_run_step("fit", ["--dataset", str(dataset_path), "--out", str(model_path),
                                        "--text-embedding", "tfidf", "--no-progress"], model_path))
+    run_truth = pd.DataFrame(run_truth_table(cluster))
+    runs = pd.read_parquet(runs_path, columns=["energy_joules"]) if runs_path.exists() else pd.DataFrame({"energy_joules": []})
     recovered = pd.read_parquet(labels_path, columns=["energy_joules"])["energy_joules"] if labels_path.exists() else pd.Series([], dtype="float64")
     return SizeResult(
         workloads=workloads, days=days, kepler_line=line, pods=len(cluster.pods), nodes=len(cluster.nodes),
@@ -134,13 +146,16 @@ def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResul
         prometheus_peak_rss_mib=round(prometheus_rss, 1), steps=steps, label_rows=len(recovered),
         simulated_energy_joules=round(_simulated_energy(cluster), 1),
         recovered_energy_joules=round(float(np.sum(recovered.to_numpy())), 1),
+        runs=len(runs), simulated_runs=len(run_truth),
+        simulated_run_energy_joules=round(float(run_truth["energy_joules"].sum()) if len(run_truth) else 0.0, 1),
+        recovered_run_energy_joules=round(float(runs["energy_joules"].sum()), 1),
     )
 
 
 def print_table(results: list[SizeResult]) -> None:
     header = ["workloads x days", "Kepler", "pods", "samples", "OpenMetrics GiB", "backfill s (promtool s)", "TSDB MiB",
               "Prometheus start s", "labels s / MiB", "Prometheus peak MiB", "dataset s / MiB", "fit s / MiB",
-              "label rows", "energy recovered"]
+              "label rows", "energy recovered", "runs s / MiB", "runs found", "run energy recovered"]
     rows = []
     for r in results:
         steps = {s.step: s for s in r.steps}
@@ -156,7 +171,9 @@ def print_table(results: list[SizeResult]) -> None:
                      f"{cell(r.backfill.wall_seconds)} ({cell(r.backfill.promtool_seconds)})",
                      cell(r.backfill.tsdb_bytes / 2**20, 0), cell(r.prometheus_start_seconds), step("labels"),
                      cell(r.prometheus_peak_rss_mib, 0), step("dataset"), step("fit"), cell(r.label_rows),
-                     f"{r.recovered_energy_joules / r.simulated_energy_joules:.4%}"])
+                     f"{r.recovered_energy_joules / r.simulated_energy_joules:.4%}", step("runs"),
+                     f"{r.runs} of {r.simulated_runs}",
+                     f"{r.recovered_run_energy_joules / r.simulated_run_energy_joules:.4%}" if r.simulated_run_energy_joules else "-"])
     print(markdown_table(header, rows))
 
 

@@ -221,8 +221,9 @@ def _wrap(kind: str, name: str, namespace: str, labels: dict[str, str], pod_spec
         body = {"spec": {"selector": selector, "template": template}}
     elif kind == "Job":
         body = {"spec": {"parallelism": pods, "completions": pods, "backoffLimit": 2, "template": template}}
-    else:  # CronJob
-        body = {"spec": {"schedule": "17 * * * *", "jobTemplate": {"spec": {"parallelism": pods, "template": template}}}}
+    else:  # CronJob: its runs stop at an hour (bench.cluster_sim cuts longer ones: DeadlineExceeded)
+        body = {"spec": {"schedule": "17 * * * *", "jobTemplate": {"spec": {
+            "parallelism": pods, "backoffLimit": 3, "activeDeadlineSeconds": 3600, "template": template}}}}
     return {"apiVersion": KINDS_BY_NAME[kind].api_version, "kind": kind, "metadata": metadata, **body}
 
 

@@ -2,6 +2,8 @@
 
     energetiscope train collect  --out requests.ndjson [--watch 10m] [--namespace NS ...]
     energetiscope train labels   --prometheus URL --start T --end T [--step 60s] --out labels.parquet
+    energetiscope train runs     --prometheus URL --start T --end T --out runs.parquet
+    energetiscope train dataset  --runs runs.parquet --requests requests.ndjson --out run-dataset.parquet
     energetiscope train dataset  --labels labels.parquet --requests requests.ndjson --out dataset.parquet
     energetiscope train dataset  --measurements m.csv --manifests m.yaml --out dataset.parquet
     energetiscope train fit      --dataset dataset.parquet --out model.joblib
@@ -33,7 +35,9 @@ from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_clie
 from trainer.labels import LabelsRunSummary, parse_duration_seconds, run_labels
 from trainer.measurements import run_measurement_dataset
 from trainer.metrics import metrics_table
+from trainer.run_dataset import run_run_dataset
 from trainer.model_card import card_metrics
+from trainer.runs import run_runs
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TARGET_UNITS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -98,23 +102,27 @@ def _kube_settings(kubeconfig: str | None, context: str | None, in_cluster: bool
                         request_timeout_seconds=_duration(request_timeout, "--request-timeout"))
 
 
-_labels_options = _options(
+_prometheus_options = _options(
     click.option("--prometheus", "prometheus_url", required=True, help="Prometheus base URL."),
     click.option("--start", required=True, help="Start, ISO 8601 (2025-10-30T08:00:00Z) or Unix seconds."),
     click.option("--end", required=True, help="End, ISO 8601 or Unix seconds."),
-    click.option("--step", default="60s", help="Window length (60s, 5m, ...)."),
     click.option("--kepler-line", type=click.Choice([line.value for line in KeplerLine]), default=None,
                  help="Force the Kepler metric family (default: detected)."),
     click.option("--mode", "modes", multiple=True, help="Kepler <= 0.9 modes to sum (dynamic, idle)."),
     click.option("--component", "components", multiple=True, help="Kepler <= 0.9 components (total, package, dram, ...)."),
     click.option("--zone", "zones", multiple=True, help="Kepler >= 0.10 RAPL zones (package, dram, ...)."),
-    click.option("--state", "states", multiple=True, help="Kepler >= 0.10 pod states (running, ...; 'all')."),
-    click.option("--chunk", default="12h", help="Longest range of one Prometheus query."),
     click.option("--timeout", default="30s", help="Timeout of one Prometheus request."),
-    click.option("--kube-owner-fallback", is_flag=True,
-                 help="Ask the Kubernetes API for the owners of pods kube-state-metrics never reported."),
     click.option("--gpu", type=click.Choice([choice.value for choice in GpuChoice]), default="auto",
                  help="GPU energy added to each pod's: dcgm-exporter, Kepler's GPU series, auto (dcgm first), off."),
+)
+
+_labels_options = _options(
+    _prometheus_options,
+    click.option("--step", default="60s", help="Window length (60s, 5m, ...)."),
+    click.option("--state", "states", multiple=True, help="Kepler >= 0.10 pod states (running, ...; 'all')."),
+    click.option("--chunk", default="12h", help="Longest range of one Prometheus query."),
+    click.option("--kube-owner-fallback", is_flag=True,
+                 help="Ask the Kubernetes API for the owners of pods kube-state-metrics never reported."),
     _kube_options,
 )
 
@@ -218,8 +226,25 @@ def labels(out: Path, no_progress: bool, **options: Any) -> None:
 
 
 @train.command()
+@_prometheus_options
+@click.option("--gpu-step", default="60s", help="Window of dcgm-exporter's per-pod GPU energy.")
+@click.option("--chunk", default="6h", help="Longest range of one raw-sample read.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("runs.parquet"))
+def runs(prometheus_url: str, start: str, end: str, out: Path, **options: Any) -> None:
+    """One row per Job run: wall time, pod-seconds, energy (all pods and retries), outcome, and
+    the pods whose energy Kepler does not have."""
+    try:
+        summary = run_runs(prometheus_url, start, end, out, **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(summary.describe())
+
+
+@train.command()
 @click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Kepler labels from `train labels`.")
+@click.option("--runs", "runs_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Instead of --labels: Job runs from `train runs` (the run model's dataset).")
 @click.option("--measurements", "measurements_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Instead of --labels: a measurement table, CSV or Parquet (see trainer/README.md).")
 @click.option("--manifests", "manifest_paths", type=click.Path(exists=True, allow_dash=True), multiple=True,
@@ -229,12 +254,16 @@ def labels(out: Path, no_progress: bool, **options: Any) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("dataset.parquet"))
 @click.option("--pod-spec-fallback", is_flag=True,
               help="Join a pod whose workload has no spec to the pod's own spec (marked join_rule=pod-spec).")
-def dataset(labels_path: Path | None, measurements_path: Path | None, manifest_paths: tuple[str, ...],
-            requests_paths: tuple[Path, ...], out: Path, pod_spec_fallback: bool) -> None:
-    """Join labels (or a measurement table) to specs: pod-windows, with what did not join and why."""
-    if (labels_path is None) == (measurements_path is None):
-        raise click.UsageError("give --labels (Kepler) or --measurements (a measurement table), one of them")
-    if labels_path is not None:
+def dataset(labels_path: Path | None, runs_path: Path | None, measurements_path: Path | None,
+            manifest_paths: tuple[str, ...], requests_paths: tuple[Path, ...], out: Path, pod_spec_fallback: bool) -> None:
+    """Join labels (or runs, or a measurement table) to specs, with what did not join and why."""
+    if sum(path is not None for path in (labels_path, runs_path, measurements_path)) != 1:
+        raise click.UsageError("give --labels (Kepler), --runs (Job runs) or --measurements (a measurement table), one of them")
+    if runs_path is not None:
+        if manifest_paths or not requests_paths or pod_spec_fallback:
+            raise click.UsageError("--runs takes its specs from --requests (NDJSON from `train collect`)")
+        summary = run_run_dataset(runs_path, requests_paths, out)
+    elif labels_path is not None:
         if manifest_paths or not requests_paths:
             raise click.UsageError("--labels takes its specs from --requests (NDJSON from `train collect`)")
         summary = run_dataset(labels_path, requests_paths, out, pod_spec_fallback=pod_spec_fallback)

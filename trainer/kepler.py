@@ -138,6 +138,7 @@ class EnergyQuery:
     window_seconds: float
     namespace_label: str
     pod_label: str
+    matchers: tuple[str, ...] = ()  # the counters' selector, e.g. for raw samples (`trainer.runs`)
 
 
 def detect_kepler_line(client: PrometheusClient, start_seconds: float, end_seconds: float) -> KeplerLine:
@@ -233,6 +234,7 @@ def _pod_energy_query(
         window_seconds=window_seconds,
         namespace_label=namespace_label,
         pod_label=pod_label,
+        matchers=tuple(matchers),
     )
 
 

@@ -48,7 +48,8 @@ class _OwnerCandidate:
     ref: WorkloadRef
 
 
-def _object_label(labels: Mapping[str, str], name: str) -> str | None:
+def object_label(labels: Mapping[str, str], name: str) -> str | None:
+    """A kube-state-metrics object label (`namespace`, `pod`): the `exported_` one when present."""
     return labels.get(f"exported_{name}", labels.get(name))
 
 
@@ -64,15 +65,15 @@ class OwnerIndex:
         """Add one kube_pod_owner / kube_replicaset_owner / kube_job_owner label set."""
         metric = labels.get("__name__")
         if metric == POD_OWNER_METRIC:
-            table, object_label = self.pod_owners, "pod"
+            table, name_label = self.pod_owners, "pod"
         elif metric == REPLICASET_OWNER_METRIC:
-            table, object_label = self.replicaset_owners, "replicaset"
+            table, name_label = self.replicaset_owners, "replicaset"
         elif metric == JOB_OWNER_METRIC:
-            table, object_label = self.job_owners, "job_name"
+            table, name_label = self.job_owners, "job_name"
         else:
             raise ValueError(f"not an owner series: {dict(labels)!r}")
-        namespace = _object_label(labels, "namespace")
-        name = _object_label(labels, object_label)
+        namespace = object_label(labels, "namespace")
+        name = object_label(labels, name_label)
         kind = labels.get("owner_kind", KSM_NO_OWNER)
         owner_name = labels.get("owner_name", KSM_NO_OWNER)
         if not namespace or not name:

@@ -1,7 +1,8 @@
 """A small client for the Prometheus HTTP API (v1), built on `requests`.
 
 It does only what the trainer needs: instant queries, range queries (also split into chunks so a
-week of a large cluster is never one giant query), series lookups and label-value lookups.
+week of a large cluster is never one giant query), stored samples of a selector (range vectors
+read in chunks), series lookups and label-value lookups.
 
 Every failure is raised as a `PrometheusError` whose message names the endpoint, the query and
 what went wrong (HTTP status and Prometheus' own `errorType`/`error`, or the connection problem),
@@ -24,6 +25,8 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 # chunk is also a reasonable amount of work for the server.
 PROMETHEUS_MAX_POINTS_PER_SERIES = 11_000
 DEFAULT_MAX_POINTS_PER_CHUNK = 720
+# Longest range vector of one raw-sample read: 6 h of 15 s scrapes is 1,440 samples per series.
+DEFAULT_RAW_CHUNK_SECONDS = 21_600.0
 _BODY_EXCERPT_CHARS = 300
 
 
@@ -224,6 +227,35 @@ class PrometheusClient:
         evaluation times, yielded as they arrive so callers can stream and show progress."""
         for chunk in split_evaluation_range(start_seconds, end_seconds, step_seconds, max_points_per_chunk):
             yield chunk, self.range_query(promql, chunk.start_seconds, chunk.end_seconds, step_seconds)
+
+    def raw_samples(
+        self, selector: str, start_seconds: float, end_seconds: float, chunk_seconds: float = DEFAULT_RAW_CHUNK_SECONDS
+    ) -> list[RangeSeries]:
+        """The stored samples of the series `selector` matches, between start and end: the range
+        vector `selector[d]` read at consecutive chunk ends (no evaluation, no extrapolation), each
+        series' chunks joined in time order. A sample on a chunk edge (Prometheus 2.x includes the
+        left edge) is kept once."""
+        merged: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+        chunk_start = start_seconds
+        while True:
+            chunk_end = min(chunk_start + chunk_seconds, end_seconds)
+            promql = f"{selector}[{format_duration(max(chunk_end - chunk_start, 0.001))}]"
+            data = self._call("POST", "/api/v1/query", form={"query": promql, "time": _format_time(chunk_end)},
+                              query=promql)
+            if data.get("resultType") != "matrix":
+                raise PrometheusQueryError(
+                    f"Prometheus query {promql!r} returned a {data.get('resultType')!r} result; expected a matrix",
+                    endpoint="/api/v1/query",
+                    query=promql,
+                )
+            for item in data.get("result", []):
+                key = tuple(sorted(dict(item.get("metric", {})).items()))
+                points = merged.setdefault(key, {})
+                points.update((float(t), float(v)) for t, v in item.get("values", []))
+            if chunk_end >= end_seconds:
+                break
+            chunk_start = chunk_end
+        return [RangeSeries(labels=dict(key), points=tuple(sorted(points.items()))) for key, points in merged.items()]
 
     def series(
         self, matchers: Sequence[str], start_seconds: float, end_seconds: float
