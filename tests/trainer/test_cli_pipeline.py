@@ -56,14 +56,15 @@ def test_labels_dataset_fit_evaluate_on_the_seed_measurements(kepler_prometheus:
     assert not dataset.duplicated(["window_start", "namespace", "pod"]).any()
 
     output = invoke("fit", "--dataset", str(dataset_path), "--out", str(model_path), "--no-progress")
-    assert "leave-one-workload-out (3 folds)" in output and "prototype: " in output
+    assert "leave-one-group-out (3 folds)" in output and "prototype: " in output
     card = json.loads((tmp_path / "model.card.json").read_text())
     assert re.fullmatch(r"knn-\d{14}-[0-9a-f]{8}", card["model_id"])
     # coredns (2 pods), ingress-nginx-controller, local-path-provisioner; collect-snapshot has too few windows with energy.
     assert card["data"]["workloads"] == 3 and card["data"]["pods"] == 4 and card["data"]["excluded_pods"] == 1
-    assert card["model"]["interval"]["conformal"]["residuals"] == 3
-    assert {m["method"].split(":")[0].split(",")[0] for m in card["cross_validation"]["metrics"]} >= {
-        "prior ccf-prior-v1", "mean of log power", "prototype"}
+    assert card["model"]["interval"]["log_offsets_p10_p90"] is not None
+    assert any("too few for the conformal finite-sample guarantee" in w for w in card["warnings"])
+    assert {m["method"].split(":")[0] for m in card["cross_validation"]["metrics"]} >= {
+        "served", "prior ccf-prior-v1 (first shipped)", "prior ccf-prior-v2 (embedded)", "constant", "prototype"}
     assert set(card["libraries"]) >= {"python", "numpy", "scikit-learn", "pandas"}
     assert card["artifact"]["sha256"] in output
     assert "## Grouped cross-validation" in (tmp_path / "model.card.md").read_text()
@@ -118,7 +119,7 @@ def test_run_chains_labels_dataset_fit_with_collected_specs(kepler_prometheus: K
                         "--workdir", str(tmp_path / "work"), "--min-active-windows", "1", "--no-progress",
                         "--kube-owner-fallback", "--kubeconfig", kubeconfig)
     assert "owner fallback: 1 Kubernetes API reads" in output  # debug-shell, unknown to kube-state-metrics
-    assert "leave-one-workload-out (4 folds)" in output
+    assert "leave-one-group-out (4 folds)" in output
     dataset = read_dataset(tmp_path / "work" / "dataset.parquet")
     owners = dict(zip(dataset["pod"], zip(dataset["workload_kind"], dataset["workload_name"], dataset["spec_hash"])))
     requests = {(r.namespace, r.workload_kind, r.workload_name): r for r in read_requests(tmp_path / "requests.ndjson")}
