@@ -142,8 +142,21 @@ def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts:
         sys.exit(1)
 
 
+def _run_cells(row: dict) -> tuple[str, str, str, str]:  # type: ignore[type-arg]
+    """Run seconds, kJ per run, runs and kJ per day; "-" where there is no figure, and "<=" before
+    figures that are an upper bound (run time from activeDeadlineSeconds)."""
+    bound = "<=" if row["run_bound"] == "upper" else ""
+
+    def cell(value: float | None, scale: float, digits: int, prefix: str = "") -> str:
+        return "-" if value is None else f"{prefix}{value / scale:.{digits}f}"
+
+    return (cell(row["run_seconds"], 1, 0, bound), cell(row["energy_joules_per_run"], 1000, 1, bound),
+            cell(row["runs_per_day"], 1, 2), cell(row["energy_joules_per_day"], 1000, 1, bound))
+
+
 def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> None:  # type: ignore[type-arg]
-    header = ("DOC", "KIND", "NAMESPACE/NAME", "PODS", "POD W", "P10-P90 W", "WORKLOAD W", "kJ/h", "BASIS")
+    header = ("DOC", "KIND", "NAMESPACE/NAME", "PODS", "POD W", "P10-P90 W", "WORKLOAD W", "kJ/h", "RUN S", "kJ/RUN",
+              "RUNS/DAY", "kJ/DAY", "BASIS")
     table = [header]
     for r in rows:
         doc = str(r["document"]) + (f".{r['item']}" if r["item"] is not None else "")
@@ -151,11 +164,14 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> N
         table.append((
             doc, r["workload_kind"], f"{r['namespace']}/{r['workload_name']}", pods,
             f"{r['pod_power_watts']:.2f}", f"{r['pod_power_watts_p10']:.2f}-{r['pod_power_watts_p90']:.2f}",
-            f"{r['workload_power_watts']:.2f}", f"{r['energy_joules_per_hour'] / 1000:.1f}", r["basis"],
+            f"{r['workload_power_watts']:.2f}", f"{r['energy_joules_per_hour'] / 1000:.1f}", *_run_cells(r), r["basis"],
         ))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in rows:
+        if r["run_problem"]:
+            click.echo(f"no runs per day for document {r['document']}: {r['run_problem']}", err=True)
     for s in skipped:
         click.echo(f"skipped document {s['document']}: {s['reason']}", err=True)
     for e in errors:

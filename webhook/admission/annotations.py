@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from webhook.model.runs import Runs
 from webhook.model.schema import ANNOTATION_PREFIX
 from webhook.model.service import WorkloadPrediction
 
@@ -17,9 +18,21 @@ MODEL = ANNOTATION_PREFIX + "model"
 BASIS = ANNOTATION_PREFIX + "basis"
 SPEC_HASH = ANNOTATION_PREFIX + "spec-hash"
 SKIP_LABEL = ANNOTATION_PREFIX + "skip"
+# Jobs and CronJobs (webhook.model.runs): one run, and a CronJob's day.
+RUN_SECONDS = ANNOTATION_PREFIX + "run-seconds"
+ENERGY_JOULES_PER_RUN = ANNOTATION_PREFIX + "energy-joules-per-run"
+ENERGY_JOULES_PER_RUN_P10 = ANNOTATION_PREFIX + "energy-joules-per-run-p10"
+ENERGY_JOULES_PER_RUN_P90 = ANNOTATION_PREFIX + "energy-joules-per-run-p90"
+RUN_BOUND = ANNOTATION_PREFIX + "run-bound"
+RUNS_PER_DAY = ANNOTATION_PREFIX + "runs-per-day"
+ENERGY_JOULES_PER_DAY = ANNOTATION_PREFIX + "energy-joules-per-day"
 
 NUMERIC_KEYS = (POD_POWER_WATTS, POD_POWER_WATTS_P10, POD_POWER_WATTS_P90, WORKLOAD_POWER_WATTS, ENERGY_JOULES_PER_HOUR)
 ALL_KEYS = NUMERIC_KEYS + (WORKLOAD_POWER_SCOPE, MODEL, BASIS, SPEC_HASH)
+# Written only where a figure exists, and removed where none does (a deadline taken out, a
+# schedule made invalid, a forged key): a stale per-run figure must not outlive its cause.
+RUN_KEYS = (RUN_SECONDS, ENERGY_JOULES_PER_RUN, ENERGY_JOULES_PER_RUN_P10, ENERGY_JOULES_PER_RUN_P90, RUN_BOUND,
+            RUNS_PER_DAY, ENERGY_JOULES_PER_DAY)
 
 
 def _number(value: float) -> str:
@@ -28,7 +41,26 @@ def _number(value: float) -> str:
     return f"{value:.3f}"
 
 
-def render(prediction: WorkloadPrediction) -> dict[str, str]:
+def _optional_number(value: float | None) -> str | None:
+    return None if value is None else _number(value)
+
+
+def render_runs(runs: Runs) -> dict[str, str | None]:
+    """The per-run and per-day keys; None for a key that must not be there."""
+    run = runs.run
+    return {
+        RUN_SECONDS: None if run is None else _number(run.seconds.p50),
+        ENERGY_JOULES_PER_RUN: None if run is None else _number(run.joules.p50),
+        ENERGY_JOULES_PER_RUN_P10: None if run is None else _number(run.joules.p10),
+        ENERGY_JOULES_PER_RUN_P90: None if run is None else _number(run.joules.p90),
+        RUN_BOUND: None if run is None else run.bound,
+        RUNS_PER_DAY: _optional_number(runs.runs_per_day),
+        ENERGY_JOULES_PER_DAY: _optional_number(runs.joules_per_day),
+    }
+
+
+def render(prediction: WorkloadPrediction) -> dict[str, str | None]:
+    """Our annotations for the prediction; a None value means the key must be removed."""
     pod = prediction.pod
     return {
         POD_POWER_WATTS: _number(pod.power_watts),
@@ -40,6 +72,7 @@ def render(prediction: WorkloadPrediction) -> dict[str, str]:
         MODEL: pod.model_id,
         BASIS: pod.basis,
         SPEC_HASH: prediction.spec_hash,
+        **render_runs(prediction.runs),
     }
 
 

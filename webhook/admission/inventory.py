@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from webhook.admission import annotations as keys
-from webhook.model.kinds import has_controller, kind_named
+from webhook.model.kinds import RunsKind, has_controller, kind_named
+from webhook.model.runs import joules_per_day
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +27,31 @@ WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
 
 @dataclass(frozen=True)
 class Contribution:
-    """One workload's predicted power, read from the annotations the mutating webhook wrote."""
+    """One workload's predicted power, and energy per run and per day, read from the
+    annotations the mutating webhook wrote."""
 
     pod_watts: float
     pod_watts_p90: float
     pods: int
+    runs: RunsKind = "none"
+    run_joules: float | None = None  # one run (Jobs, CronJobs), when a run's length is known
+    run_joules_p90: float | None = None
+    runs_per_day: float | None = None  # CronJobs
 
     def watts(self, checked_value: str) -> float:
         return self.pods * (self.pod_watts_p90 if checked_value == "p90" else self.pod_watts)
+
+    def joules_per_day(self, checked_value: str) -> float | None:
+        run_joules = self.run_joules_p90 if checked_value == "p90" else self.run_joules
+        return joules_per_day(self.runs, self.watts(checked_value), run_joules, self.runs_per_day)
+
+
+def _float_or_none(notes: Mapping[str, Any], key: str) -> float | None:
+    try:
+        value = float(notes[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -64,7 +83,16 @@ def contribution_of(kind: str, obj: Mapping[str, Any]) -> Contribution | None:
         pod_watts_p90 = float(notes.get(keys.POD_POWER_WATTS_P90, pod_watts))
     except (TypeError, ValueError):
         return None
-    return Contribution(pod_watts, max(pod_watts_p90, pod_watts), pods_of(kind, obj))
+    workload = kind_named(kind)
+    run_joules = _float_or_none(notes, keys.ENERGY_JOULES_PER_RUN)
+    run_joules_p90 = _float_or_none(notes, keys.ENERGY_JOULES_PER_RUN_P90)
+    return Contribution(
+        pod_watts, max(pod_watts_p90, pod_watts), pods_of(kind, obj),
+        runs="none" if workload is None else workload.runs,
+        run_joules=run_joules,
+        run_joules_p90=run_joules if run_joules is None or run_joules_p90 is None else max(run_joules_p90, run_joules),
+        runs_per_day=_float_or_none(notes, keys.RUNS_PER_DAY),
+    )
 
 
 class WorkloadInventory:
@@ -127,6 +155,13 @@ class WorkloadInventory:
             return sum(
                 c.watts(checked_value) for k, c in self._workloads.items() if k[0] == namespace and k != excluding
             )
+
+    def namespace_joules_per_day(self, namespace: str, checked_value: str, excluding: WorkloadKey | None = None) -> float:
+        """The namespace's energy per day, J; CronJobs whose energy per run is unknown count 0."""
+        with self._lock:
+            daily = [c.joules_per_day(checked_value) for k, c in self._workloads.items()
+                     if k[0] == namespace and k != excluding]
+        return sum(d for d in daily if d is not None)
 
 
 def _watched_kinds() -> dict[str, tuple[type, str]]:

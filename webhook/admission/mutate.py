@@ -24,6 +24,7 @@ from webhook.admission.review import (
     PendingReview,
     allowed,
     failed_open,
+    fit_warning,
     patched,
 )
 from webhook.model.extract import ExtractionError
@@ -50,7 +51,11 @@ class PendingMutation(PendingReview):
 
     def complete(self, prediction: WorkloadPrediction) -> AdmissionResponse:
         patch = annotations_patch(self.metadata, annotations.render(prediction))
-        return patched(self.uid, patch, basis=prediction.pod.basis)
+        # An invalid schedule or time zone costs only the per-day keys, and the user is told
+        # which field; the apiserver's own validation decides whether the object is admitted.
+        problem = prediction.runs.problem
+        warnings = [fit_warning(f"energetiscope: no runs-per-day: {problem}")] if problem else []
+        return patched(self.uid, patch, basis=prediction.pod.basis, warnings=warnings)
 
 
 class MutatingHandler:

@@ -16,8 +16,9 @@ import jsonpatch
 from webhook.admission.review import Operation
 
 
-def annotations_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> tuple[Operation, ...]:
-    """The JSON patch from the object to its copy with ``wanted`` merged into its annotations.
+def annotations_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str | None]) -> tuple[Operation, ...]:
+    """The JSON patch from the object to its copy with ``wanted`` merged into its annotations
+    (a None value removes the key, if it is there).
 
     jsonpatch diffs the annotations alone, in their place so the paths are the object's own:
     nothing else changes, and diffing the whole object costs ~100x more. Annotations other than
@@ -33,10 +34,10 @@ def annotations_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str]) ->
 
 
 AnnotationsState = Literal["absent", "null", "object"]
-PatchKey = tuple[AnnotationsState, tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]]
+PatchKey = tuple[AnnotationsState, tuple[tuple[str, Any], ...], tuple[tuple[str, str | None], ...]]
 
 
-def patch_key(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> PatchKey:
+def patch_key(metadata: Mapping[str, Any], wanted: Mapping[str, str | None]) -> PatchKey:
     """All the patch depends on: whether annotations exist, our keys' old values, the new ones."""
     if "annotations" not in metadata:
         state: AnnotationsState = "absent"
@@ -50,16 +51,17 @@ def patch_key(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> PatchKe
 
 @functools.lru_cache(maxsize=4096)
 def _projected_patch(
-    state: AnnotationsState, ours: tuple[tuple[str, Any], ...], wanted: tuple[tuple[str, str], ...]
+    state: AnnotationsState, ours: tuple[tuple[str, Any], ...], wanted: tuple[tuple[str, str | None], ...]
 ) -> tuple[Operation, ...]:
     if state == "absent":
         before: dict[str, Any] = {"metadata": {}}
     else:
         before = {"metadata": {"annotations": None if state == "null" else dict(ours)}}
-    after = {"metadata": {"annotations": {**dict(ours), **dict(wanted)}}}
+    merged = {**dict(ours), **dict(wanted)}
+    after = {"metadata": {"annotations": {k: v for k, v in merged.items() if v is not None}}}
     return tuple(jsonpatch.make_patch(before, after).patch)
 
 
-def unmemoised_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> tuple[Operation, ...]:
+def unmemoised_patch(metadata: Mapping[str, Any], wanted: Mapping[str, str | None]) -> tuple[Operation, ...]:
     """:func:`annotations_patch` with the diff forced (what a first review of a spec costs)."""
     return _projected_patch.__wrapped__(*patch_key(metadata, wanted))

@@ -9,6 +9,8 @@ The file (YAML, usually a mounted ConfigMap)::
     defaults:
       maxWorkloadWatts: 500        # W for one workload; omit for no limit
       quotaWatts: 2000             # W for all annotated workloads of a namespace; omit for none
+      maxRunJoules: 3.6e6          # J for one run of a Job or CronJob; omit for no limit
+      quotaJoulesPerDay: 1.728e8   # J a day for a namespace: CronJobs' runs, Jobs' one run, 24 h of the rest
     exemptNamespaces: [kube-system, energetiscope]
     whenInventoryNotSynced: allow-with-warning   # allow | allow-with-warning | deny
 """
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_WORKLOAD_WATTS = ANNOTATION_PREFIX + "max-workload-watts"
 QUOTA_WATTS = ANNOTATION_PREFIX + "quota-watts"
+MAX_RUN_JOULES = ANNOTATION_PREFIX + "max-run-joules"
+QUOTA_JOULES_PER_DAY = ANNOTATION_PREFIX + "quota-joules-per-day"
 BUDGET_MODE = ANNOTATION_PREFIX + "budget-mode"
 
 Mode = Literal["enforce", "warn", "audit"]
@@ -45,6 +49,8 @@ class _Strict(BaseModel):
 class BudgetDefaults(_Strict):
     max_workload_watts: float | None = Field(default=None, alias="maxWorkloadWatts", ge=0)
     quota_watts: float | None = Field(default=None, alias="quotaWatts", ge=0)
+    max_run_joules: float | None = Field(default=None, alias="maxRunJoules", ge=0)
+    quota_joules_per_day: float | None = Field(default=None, alias="quotaJoulesPerDay", ge=0)
 
 
 class BudgetPolicy(_Strict):
@@ -78,11 +84,15 @@ def parse_policy(text: str, source: str) -> BudgetPolicy:
         raise PolicyError(f"{source}: {field}: {first['msg']}") from None
 
 
+Unit = Literal["W", "J"]
+
+
 @dataclass(frozen=True)
 class Limit:
-    watts: float
+    amount: float  # in ``unit``
     source: str  # where it was set, for the user: "namespace shop" or "policy file"
     how_to_change: str
+    unit: Unit = "W"
 
 
 @dataclass(frozen=True)
@@ -90,21 +100,24 @@ class NamespaceBudget:
     mode: Mode
     max_workload: Limit | None
     quota: Limit | None
+    max_run: Limit | None = None  # J, one run of a Job or CronJob
+    quota_per_day: Limit | None = None  # J a day, the namespace's total
     problems: tuple[str, ...] = ()  # namespace annotations that were ignored, and why
 
 
-def _annotation_watts(namespace: str, annotations: Mapping[str, str], key: str, problems: list[str]) -> float | None:
+def _annotation_amount(namespace: str, annotations: Mapping[str, str], key: str, unit: Unit,
+                       problems: list[str]) -> float | None:
     raw = annotations.get(key)
     if raw is None:
         return None
     try:
-        watts = float(raw)
+        amount = float(raw)
     except ValueError:
-        watts = math.nan
-    if not math.isfinite(watts) or watts < 0:
-        problems.append(f"namespace {namespace}: {key}={raw!r} is not a number of W >= 0; ignored")
+        amount = math.nan
+    if not math.isfinite(amount) or amount < 0:
+        problems.append(f"namespace {namespace}: {key}={raw!r} is not a number of {unit} >= 0; ignored")
         return None
-    return watts
+    return amount
 
 
 def namespace_budget(policy: BudgetPolicy, namespace: str, annotations: Mapping[str, str]) -> NamespaceBudget:
@@ -117,18 +130,21 @@ def namespace_budget(policy: BudgetPolicy, namespace: str, annotations: Mapping[
         else:
             problems.append(f"namespace {namespace}: {BUDGET_MODE}={mode_raw!r} is not enforce, warn or audit; ignored")
 
-    def limit(key: str, default: float | None, field: str) -> Limit | None:
-        watts = _annotation_watts(namespace, annotations, key, problems)
-        if watts is not None:
-            return Limit(watts, f"namespace {namespace}", f"kubectl annotate ns {namespace} {key}=<W> --overwrite")
+    def limit(key: str, default: float | None, field: str, unit: Unit = "W") -> Limit | None:
+        amount = _annotation_amount(namespace, annotations, key, unit, problems)
+        if amount is not None:
+            return Limit(amount, f"namespace {namespace}", f"kubectl annotate ns {namespace} {key}=<{unit}> --overwrite",
+                         unit)
         if default is not None:
-            return Limit(default, "policy file", f"edit {field} in the policy, or annotate ns {namespace} {key}")
+            return Limit(default, "policy file", f"edit {field} in the policy, or annotate ns {namespace} {key}", unit)
         return None
 
     return NamespaceBudget(
         mode=mode,
         max_workload=limit(MAX_WORKLOAD_WATTS, policy.defaults.max_workload_watts, "defaults.maxWorkloadWatts"),
         quota=limit(QUOTA_WATTS, policy.defaults.quota_watts, "defaults.quotaWatts"),
+        max_run=limit(MAX_RUN_JOULES, policy.defaults.max_run_joules, "defaults.maxRunJoules", "J"),
+        quota_per_day=limit(QUOTA_JOULES_PER_DAY, policy.defaults.quota_joules_per_day, "defaults.quotaJoulesPerDay", "J"),
         problems=tuple(problems),
     )
 

@@ -29,6 +29,14 @@ Outcome = Literal[
 Operation = dict[str, Any]  # one JSON patch operation
 
 
+WARNING_LIMIT = 120  # characters; the apiserver may truncate longer warnings
+
+
+def fit_warning(text: str) -> str:
+    """``text`` cut to the warning limit, marked with an ellipsis when it was cut."""
+    return text if len(text) <= WARNING_LIMIT else text[: WARNING_LIMIT - 3] + "..."
+
+
 class NotAnAdmissionReview(ValueError):
     """The body cannot be answered as an AdmissionReview; the message says why."""
 
@@ -139,9 +147,11 @@ def denied(uid: str, message: str, warnings: tuple[str, ...] | list[str] = ()) -
     return AdmissionResponse(uid, "denied", allowed=False, warnings=tuple(warnings), denial=message)
 
 
-def patched(uid: str, patch: tuple[Operation, ...], basis: str | None = None) -> AdmissionResponse:
+def patched(uid: str, patch: tuple[Operation, ...], basis: str | None = None,
+            warnings: tuple[str, ...] | list[str] = ()) -> AdmissionResponse:
     """Admit the object with a JSON patch; an empty patch is an unchanged answer."""
-    return AdmissionResponse(uid, "patched" if patch else "unchanged", patch=patch, basis=basis)
+    return AdmissionResponse(uid, "patched" if patch else "unchanged", patch=patch, warnings=tuple(warnings),
+                             basis=basis)
 
 
 def failed_open(uid: str, warning: str, outcome: Outcome = "failed_open") -> AdmissionResponse:

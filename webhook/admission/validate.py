@@ -8,7 +8,7 @@ replaces it rather than adding to it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from webhook.admission.inventory import WorkloadInventory
@@ -23,14 +23,16 @@ from webhook.admission.review import (
     allowed,
     denied,
     failed_open,
+    fit_warning as _fit,
 )
 from webhook.model.extract import ExtractionError
-from webhook.model.kinds import has_controller, scalable_kind, workload_kind
+from webhook.model.kinds import RunsKind, has_controller, kind_named, scalable_kind, workload_kind
+from webhook.model.runs import joules_per_day
+from webhook.model.schedule import SECONDS_PER_DAY
 from webhook.model.schema import InferenceRequest
 from webhook.model.service import PredictionService, WorkloadPrediction
 
 AUDIT_KEY = "budget-exceeded"  # the apiserver prefixes it with the webhook's name
-_WARNING_LIMIT = 120
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Demand:
-    """The power a workload will draw after this request, in the checked value (point or p90)."""
+    """The power a workload will draw after this request, and the energy of one run and of a
+    day, in the checked value (point or p90)."""
 
     kind: str
     namespace: str
@@ -50,10 +53,19 @@ class Demand:
     pod_watts: float
     pod_watts_p10: float | None = None
     pod_watts_p90: float | None = None
+    runs: RunsKind = "none"
+    run_joules: float | None = None  # one run; None when its length is unknown or the kind does not run
+    run_seconds: float | None = None
+    run_bound: str | None = None  # "upper" when the run time is activeDeadlineSeconds
+    runs_per_day: float | None = None  # CronJobs
 
     @property
     def watts(self) -> float:
         return self.pods * self.pod_watts
+
+    @property
+    def joules_per_day(self) -> float | None:
+        return joules_per_day(self.runs, self.watts, self.run_joules, self.runs_per_day)
 
     def who(self, width: int = 60) -> str:
         name = f"{self.namespace}/{self.name or '(generated)'}"
@@ -61,34 +73,66 @@ class Demand:
             name = name[: width - 3] + "..."
         return f"{self.kind} {name}"
 
+    def power_detail(self) -> str:
+        interval = ""
+        if self.pod_watts_p10 is not None and self.pod_watts_p90 is not None:
+            interval = f", pod p10-p90 {self.pod_watts_p10:.2f}-{self.pod_watts_p90:.2f} W"
+        return f"{self.pods} pods x {self.pod_watts:.2f} W{interval}"
 
-def _fit(text: str) -> str:
-    return text if len(text) <= _WARNING_LIMIT else text[: _WARNING_LIMIT - 3] + "..."
+    def run_detail(self) -> str:
+        bound = ", an upper bound: activeDeadlineSeconds" if self.run_bound == "upper" else ""
+        return f"{self.pods} pods x {self.pod_watts:.2f} W x {self.run_seconds or 0:g} s{bound}"
+
+    def day_detail(self) -> str:
+        if self.runs == "scheduled":
+            return f"{self.runs_per_day or 0:.4g} runs a day x {_show(self.run_joules or 0, 'J')}"
+        if self.runs == "once" and self.run_joules is not None and self.run_joules < self.watts * SECONDS_PER_DAY:
+            return "one run"
+        return f"{self.watts:.1f} W x 86400 s"
+
+
+def _show(amount: float, unit: str) -> str:
+    # W to a tenth; J to the joule, since runs and days reach millions of them.
+    if unit == "W":
+        return f"{amount:.1f} W"
+    return f"{amount:.0f} J" if amount >= 1 or amount == 0 else f"{amount:.3g} J"
+
+
+def _show_limit(limit: Limit) -> str:
+    return f"{limit.amount:g} W" if limit.unit == "W" else _show(limit.amount, "J")
+
+
+# What each limit holds: the demand's own figure, how it was made, and whether the limit is
+# on the namespace's total.
+_MEASURES: dict[str, tuple[Callable[[Demand], float | None], Callable[[Demand], str], str, bool]] = {
+    "max-workload-watts": (lambda d: d.watts, Demand.power_detail, "", False),
+    "quota-watts": (lambda d: d.watts, Demand.power_detail, "", True),
+    "max-run-joules": (lambda d: d.run_joules, Demand.run_detail, " per run", False),
+    "quota-joules-per-day": (lambda d: d.joules_per_day, Demand.day_detail, " a day", True),
+}
 
 
 @dataclass(frozen=True)
 class Violation:
-    limit_name: str  # max-workload-watts or quota-watts
+    limit_name: str  # max-workload-watts, quota-watts, max-run-joules or quota-joules-per-day
     limit: Limit
-    predicted_watts: float  # what is held against the limit
+    predicted: float  # what is held against the limit, in its unit
 
     def warning(self, demand: Demand) -> str:
         return _fit(
-            f"energetiscope: {demand.who(40)} {self.predicted_watts:.1f} W > {self.limit_name} "
-            f"{self.limit.watts:g} W ({self.limit.source})"
+            f"energetiscope: {demand.who(30)} {_show(self.predicted, self.limit.unit)} > {self.limit_name} "
+            f"{_show_limit(self.limit)} ({self.limit.source})"
         )
 
     def explanation(self, demand: Demand, checked_value: str) -> str:
-        interval = ""
-        if demand.pod_watts_p10 is not None and demand.pod_watts_p90 is not None:
-            interval = f", pod p10-p90 {demand.pod_watts_p10:.2f}-{demand.pod_watts_p90:.2f} W"
-        subject = "the namespace total with it" if self.limit_name == "quota-watts" else "it"
+        own, detail, per, total = _MEASURES[self.limit_name]
+        subject = "the namespace total with it" if total else "it"
         value = "p90" if checked_value == "p90" else "predicted"
+        unit = self.limit.unit
         return (
-            f"energetiscope: {demand.who(120)} is {value} at {demand.watts:.1f} W "
-            f"({demand.pods} pods x {demand.pod_watts:.2f} W{interval}); {subject} would be "
-            f"{self.predicted_watts:.1f} W, above {self.limit_name} {self.limit.watts:g} W set by "
-            f"{self.limit.source}. To change it: {self.limit.how_to_change}"
+            f"energetiscope: {demand.who(120)} is {value} at {_show(own(demand) or 0, unit)}{per} "
+            f"({detail(demand)}); {subject} would be {_show(self.predicted, unit)}, above {self.limit_name} "
+            f"{_show_limit(self.limit)} set by {self.limit.source}. To change it: {self.limit.how_to_change}"
         )
 
 
@@ -119,15 +163,22 @@ class PendingValidation(PendingReview):
         return self.workload.spec_hash
 
     def complete(self, prediction: WorkloadPrediction) -> AdmissionResponse:
-        pod = prediction.pod
+        pod, run = prediction.pod, prediction.runs.run
+        p90 = self.policy.checked_value == "p90"
+        kind = kind_named(self.workload.kind)
         demand = Demand(
             kind=self.workload.kind,
             namespace=self.namespace,
             name=self.workload.name,
             pods=prediction.pods,
-            pod_watts=pod.power_watts_p90 if self.policy.checked_value == "p90" else pod.power_watts,
+            pod_watts=pod.power_watts_p90 if p90 else pod.power_watts,
             pod_watts_p10=pod.power_watts_p10,
             pod_watts_p90=pod.power_watts_p90,
+            runs="none" if kind is None else kind.runs,
+            run_joules=None if run is None else (run.joules.p90 if p90 else run.joules.p50),
+            run_seconds=None if run is None else (run.seconds.p90 if p90 else run.seconds.p50),
+            run_bound=None if run is None else run.bound,
+            runs_per_day=prediction.runs.runs_per_day,
         )
         return judge(self.uid, demand, self.policy, self.budgets)
 
@@ -209,10 +260,17 @@ def judge(uid: str, demand: Demand, policy: BudgetPolicy, budgets: Budgets) -> A
     annotations = inventory.namespace_annotations(namespace) if inventory else {}
     budget: NamespaceBudget = namespace_budget(policy, namespace, annotations)
     warnings = [_fit(p) for p in budget.problems]
+    unchecked: list[str] = []  # limits that apply but that the prediction cannot be held to
     violations: list[Violation] = []
-    if budget.max_workload is not None and demand.watts > budget.max_workload.watts:
+    if budget.max_workload is not None and demand.watts > budget.max_workload.amount:
         violations.append(Violation("max-workload-watts", budget.max_workload, demand.watts))
-    if budget.quota is not None:
+    if budget.max_run is not None and demand.runs != "none":
+        if demand.run_joules is None:
+            unchecked.append(f"energetiscope: {demand.who(30)}: max-run-joules not checked: no run time; "
+                             "set activeDeadlineSeconds")
+        elif demand.run_joules > budget.max_run.amount:
+            violations.append(Violation("max-run-joules", budget.max_run, demand.run_joules))
+    if budget.quota is not None or budget.quota_per_day is not None:
         if inventory is None or not inventory.synced:
             rule = policy.when_inventory_not_synced
             note = f"energetiscope: quota of namespace {namespace} not checked: workload inventory not synced"
@@ -221,11 +279,22 @@ def judge(uid: str, demand: Demand, policy: BudgetPolicy, budgets: Budgets) -> A
             if rule == "allow-with-warning":
                 warnings.append(_fit(note))
         else:
-            others = inventory.namespace_total(
-                namespace, policy.checked_value, excluding=(namespace, demand.kind, demand.name)
-            )
-            if others + demand.watts > budget.quota.watts:
-                violations.append(Violation("quota-watts", budget.quota, others + demand.watts))
+            excluding = (namespace, demand.kind, demand.name)
+            if budget.quota is not None:
+                others = inventory.namespace_total(namespace, policy.checked_value, excluding=excluding)
+                if others + demand.watts > budget.quota.amount:
+                    violations.append(Violation("quota-watts", budget.quota, others + demand.watts))
+            if budget.quota_per_day is not None:
+                daily = demand.joules_per_day
+                if daily is None:
+                    unchecked.append(f"energetiscope: {demand.who(30)}: not in quota-joules-per-day: no run time; "
+                                     "set activeDeadlineSeconds")
+                else:
+                    others = inventory.namespace_joules_per_day(namespace, policy.checked_value, excluding=excluding)
+                    if others + daily > budget.quota_per_day.amount:
+                        violations.append(Violation("quota-joules-per-day", budget.quota_per_day, others + daily))
+    if budget.mode != "audit":
+        warnings += [_fit(text) for text in unchecked]
 
     if not violations:
         return allowed(uid, "allowed", warnings)

@@ -20,7 +20,10 @@ from webhook.model.schema import (
     ANNOTATION_PREFIX,
     MAX_CPU_MILLICORES,
     MAX_DEVICES,
+    MAX_INT32,
+    MAX_INT64,
     MAX_MEMORY_MIB,
+    MAX_PODS,
     ContainerSpec,
     InferenceRequest,
     PodResources,
@@ -122,14 +125,51 @@ def _string_map(value: Any, field: str) -> dict[str, str]:
     return result
 
 
-def _count(value: Any, field: str) -> int | None:
+def _count(value: Any, field: str, maximum: int | None = None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ExtractionError(field, f"expected an integer, got {value!r}")
     if value < 0:
         raise ExtractionError(field, f"must not be negative, got {value}")
+    if maximum is not None and value > maximum:
+        raise ExtractionError(field, f"must be at most {maximum}, got {value}")
     return value
+
+
+def _optional_bool(value: Any, field: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ExtractionError(field, f"expected true or false, got {value!r}")
+
+
+# The bounds of the count fields in the manifest: pods at once, or the API's int32.
+_COUNT_MAXIMA = {"replicas": MAX_PODS, "parallelism": MAX_PODS, "completions": MAX_INT32}
+_COMPLETION_MODES = ("NonIndexed", "Indexed")
+
+
+def _run_fields(obj: Mapping[str, Any], job_spec: Mapping[str, Any], job_field: str, runs: str) -> dict[str, Any]:
+    """What a run reads: the Job spec's deadline, retries and completion mode, and a CronJob's
+    schedule. The schedule and time zone are kept as written: an invalid one is a warning when
+    the runs per day are counted (``webhook.model.schedule``), never a reason not to annotate."""
+    if runs == "none":
+        return {}
+    mode = _optional_str(job_spec.get("completionMode"), f"{job_field}.completionMode")
+    if mode is not None and mode not in _COMPLETION_MODES:
+        raise ExtractionError(f"{job_field}.completionMode", f"expected NonIndexed or Indexed, got {mode!r}")
+    fields: dict[str, Any] = {
+        "completion_mode": mode,
+        "backoff_limit": _count(job_spec.get("backoffLimit"), f"{job_field}.backoffLimit", MAX_INT32),
+        "active_deadline_seconds": _count(
+            job_spec.get("activeDeadlineSeconds"), f"{job_field}.activeDeadlineSeconds", MAX_INT64
+        ),
+    }
+    if runs == "scheduled":
+        spec = _mapping(obj.get("spec"), "spec", required=True)
+        fields["schedule"] = _optional_str(spec.get("schedule"), "spec.schedule")
+        fields["time_zone"] = _optional_str(spec.get("timeZone"), "spec.timeZone")
+        fields["suspend"] = _optional_bool(spec.get("suspend"), "spec.suspend")
+    return fields
 
 
 def _amount(value: Any, field: str, convert: Callable[[object, str], Number], maximum: float, unit: str) -> Number | None:
@@ -323,7 +363,9 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
     instance_type = next((node_labels[k] for k in INSTANCE_TYPE_LABELS if k in node_labels), None)
 
     counts_at, counts_field = _dig(obj, workload.count_path)
-    counts = {name: _count(counts_at.get(name), f"{counts_field}.{name}") for name in workload.count_fields}
+    counts = {
+        name: _count(counts_at.get(name), f"{counts_field}.{name}", _COUNT_MAXIMA[name]) for name in workload.count_fields
+    }
     replicas, parallelism, completions = (counts.get(n) for n in ("replicas", "parallelism", "completions"))
 
     labels = {
@@ -362,6 +404,7 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
             extended_resources=extended,
             priority_class=_optional_str(pod_spec.get("priorityClassName"), f"{spec_field}.priorityClassName"),
             instance_type=instance_type,
+            **_run_fields(obj, counts_at, counts_field, workload.runs),
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -20,6 +20,9 @@ from typing import Literal
 
 PodCount = Literal["replicas", "parallelism", "one", "per-node"]
 Scope = Literal["total", "per-node"]
+# Whether the kind runs to completion: "once" (a Job), "scheduled" (a CronJob, one Job per
+# schedule time) or "none" (pods that run until deleted).
+RunsKind = Literal["none", "once", "scheduled"]
 
 # The spec fields each way of counting pods reads, in the object that holds them.
 _COUNT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -42,6 +45,9 @@ class Kind:
     pods: PodCount  # how the number of pods running at once follows from the spec
     count_path: tuple[str, ...] = ("spec",)  # the object that holds the count fields
     scalable: bool = False  # has a scale subresource (kubectl scale, autoscalers)
+    # Runs to completion; its Job spec (activeDeadlineSeconds, completionMode, ...) is the
+    # object at ``count_path``.
+    runs: RunsKind = "none"
 
     @property
     def api_version(self) -> str:
@@ -91,11 +97,11 @@ KINDS: tuple[Kind, ...] = (
     Kind("DaemonSet", "apps", "daemonsets", ("apps/v1",), _TEMPLATE, "per-node"),
     Kind("ReplicaSet", "apps", "replicasets", ("apps/v1",), _TEMPLATE, "replicas", scalable=True),
     Kind("ReplicationController", "", "replicationcontrollers", ("v1",), _TEMPLATE, "replicas", scalable=True),
-    Kind("Job", "batch", "jobs", ("batch/v1",), _TEMPLATE, "parallelism"),
+    Kind("Job", "batch", "jobs", ("batch/v1",), _TEMPLATE, "parallelism", runs="once"),
     # batch/v1beta1 CronJobs still arrive from old clients.
     Kind("CronJob", "batch", "cronjobs", ("batch/v1", "batch/v1beta1"),
          ("spec", "jobTemplate", "spec", "template", "spec"), "parallelism",
-         count_path=("spec", "jobTemplate", "spec")),
+         count_path=("spec", "jobTemplate", "spec"), runs="scheduled"),
 )
 KIND_NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
 KINDS_BY_NAME: Mapping[str, Kind] = MappingProxyType({k.name: k for k in KINDS})

@@ -28,6 +28,8 @@ MAX_MEMORY_MIB = 64 * 2**20  # 64 TiB
 MAX_CONTAINERS = 512
 MAX_PODS = 1_000_000
 MAX_DEVICES = 1024
+MAX_INT32 = 2**31 - 1  # the API's int32 fields (completions, backoffLimit)
+MAX_INT64 = 2**63 - 1  # the API's int64 fields (activeDeadlineSeconds)
 
 ANNOTATION_PREFIX = "energetiscope.io/"
 
@@ -48,6 +50,8 @@ def _json_int(maximum: int) -> object:
 Millicores = _json_int(MAX_CPU_MILLICORES)
 ContainerCount = _json_int(MAX_CONTAINERS)
 PodCount = _json_int(MAX_PODS)
+Int32 = _json_int(MAX_INT32)
+Seconds = _json_int(MAX_INT64)
 MiB = Annotated[float, Field(ge=0, le=MAX_MEMORY_MIB)]
 
 
@@ -93,7 +97,8 @@ class InferenceRequest(_Strict):
     runtime_class: str | None = None
     gpu_count: float = Field(default=0, ge=0, le=MAX_DEVICES, description="GPUs per pod, all vendors; a MIG slice g/7")
     parallelism: PodCount | None = None
-    completions: PodCount | None = None
+    # A count of successful pods, not of pods at once: the API allows any int32.
+    completions: Int32 | None = None
     # Added after the prototype:
     replicas: PodCount | None = None
     pod_resources: PodResources | None = None
@@ -106,20 +111,31 @@ class InferenceRequest(_Strict):
         default=None, max_length=253,
         description="GPU product the pod selects (nvidia.com/gpu.product, gke-accelerator, instance type, ...)",
     )
+    # What a run reads (Job spec, a CronJob's jobTemplate.spec, the CronJob's schedule); not in
+    # the spec hash, since none of it changes one pod's power (webhook.model.runs).
+    completion_mode: Literal["NonIndexed", "Indexed"] | None = None
+    backoff_limit: Int32 | None = None
+    active_deadline_seconds: Seconds | None = Field(default=None, description="bounds a run's wall time, s")
+    schedule: str | None = Field(default=None, max_length=1024, description="CronJob spec.schedule, as written")
+    time_zone: str | None = Field(default=None, max_length=253, description="CronJob spec.timeZone")
+    suspend: bool | None = Field(default=None, description="CronJob spec.suspend")
 
 
 # What a workload's pods-count depends on; excluded from the spec hash so that scaling keeps
 # the pod prediction and only the workload totals move.
 _SCALE_FIELDS = frozenset({"replicas", "parallelism", "completions"})
+RUN_FIELDS = frozenset(
+    {"completion_mode", "backoff_limit", "active_deadline_seconds", "schedule", "time_zone", "suspend"}
+)
 
 
 def spec_hash(request: InferenceRequest) -> str:
     """Hash of everything that can change the per-pod prediction.
 
-    Excludes the pod count fields, annotations (they carry our own output and rollout
+    Excludes the pod count fields, the run fields, annotations (they carry our own output and rollout
     bookkeeping) and identity (name, namespace): two identical pods get one prediction.
     """
-    payload = request.model_dump(mode="json", exclude=_SCALE_FIELDS | {"annotations", "workload_name", "namespace"})
+    payload = request.model_dump(mode="json", exclude=_SCALE_FIELDS | RUN_FIELDS | {"annotations", "workload_name", "namespace"})
     payload["labels"] = {k: v for k, v in sorted(payload["labels"].items()) if not k.startswith(ANNOTATION_PREFIX)}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -149,3 +165,15 @@ class PredictOut(BaseModel):
     model: str
     basis: Literal["model", "prior"]
     fallback_reason: str | None = None
+    # Jobs and CronJobs (webhook.model.runs); null where there is no figure.
+    run_seconds: float | None = Field(default=None, description="one run's wall time, s")
+    run_seconds_p10: float | None = None
+    run_seconds_p90: float | None = None
+    energy_joules_per_run: float | None = Field(default=None, description="workload W x run seconds, J")
+    energy_joules_per_run_p10: float | None = None
+    energy_joules_per_run_p90: float | None = None
+    run_bound: Literal["upper"] | None = Field(default=None, description="upper: run time is activeDeadlineSeconds")
+    run_source: str | None = Field(default=None, description="activeDeadlineSeconds, or the run model's id")
+    runs_per_day: float | None = Field(default=None, description="CronJob runs per day, from schedule")
+    energy_joules_per_day: float | None = Field(default=None, description="CronJob runs per day x J per run")
+    run_problem: str | None = Field(default=None, description="why runs_per_day is unknown, naming the field")

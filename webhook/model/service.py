@@ -18,6 +18,7 @@ from webhook.model.artifact import ArtifactError, TrainedModel, load_model
 from webhook.model.prediction import PodPrediction, Predictor
 from webhook.model.kinds import kind_named
 from webhook.model.prior import PriorPredictor
+from webhook.model.runs import NO_RUNS, Runs, RunTimeModel, predict_runs
 from webhook.model.schema import InferenceRequest, spec_hash, workload_pods
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class WorkloadPrediction:
     spec_hash: str
     pod: PodPrediction
     pods: int
+    # Per-run and per-day figures (Jobs, CronJobs): computed from this request's run fields,
+    # which the spec hash leaves out, so never taken from the pod cache.
+    runs: Runs = NO_RUNS
 
     @property
     def scope(self) -> str:
@@ -135,13 +139,27 @@ class PredictionService:
 
     def predict(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction:
         pod, hash_ = self.predict_pod(request, hash_)
-        return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=workload_pods(request))
+        return _workload(request, hash_, pod, self._predictor)
 
     def cached(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction | None:
         """The prediction when the cache holds it, else None: never runs the model, so it is
         cheap enough for the event loop."""
+        predictor = self._predictor
+        if isinstance(predictor, RunTimeModel) and _runs_to_completion(request):
+            return None  # a run model's run time is not in the pod cache: it runs in a worker thread
         hash_ = hash_ or spec_hash(request)
-        pod = self.cache.get((self._predictor.model_id, hash_), count_miss=False)
+        pod = self.cache.get((predictor.model_id, hash_), count_miss=False)
         if pod is None:
             return None
-        return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=workload_pods(request))
+        return _workload(request, hash_, pod, predictor)
+
+
+def _runs_to_completion(request: InferenceRequest) -> bool:
+    kind = kind_named(request.workload_kind)
+    return kind is not None and kind.runs != "none"
+
+
+def _workload(request: InferenceRequest, hash_: str, pod: PodPrediction, predictor: Predictor) -> WorkloadPrediction:
+    pods = workload_pods(request)
+    return WorkloadPrediction(request=request, spec_hash=hash_, pod=pod, pods=pods,
+                              runs=predict_runs(request, pod, pods, predictor))
