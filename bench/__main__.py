@@ -5,6 +5,7 @@
     trainer_scale    labels, dataset and fit on a simulated cluster in a real Prometheus
     accuracy         grouped-CV error and coverage on that cluster, against baselines and the truth
     mutate_latency   sequential /mutate round trips on one connection (embedded prior)
+    diff_scale       `energetiscope diff` over 500 workloads, end to end, against a 5 s budget
 
 Each runs in its own process and writes bench/results/NAME.json (the --full sizes write
 NAME_full.json). trainer_scale keeps its datasets in a temporary directory for accuracy, which
@@ -26,7 +27,7 @@ from pathlib import Path
 from bench.machine import load_average
 from bench.results import INVOKED_BY_VARIABLE
 
-BENCHMARKS = ("admission_load", "predictor_scale", "trainer_scale", "accuracy", "mutate_latency")
+BENCHMARKS = ("admission_load", "predictor_scale", "trainer_scale", "accuracy", "mutate_latency", "diff_scale")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUSY_LOAD_AVERAGE = 1.5
 

@@ -61,6 +61,7 @@ from trainer.dataset import EXAMPLES_PER_REASON, JoinSummary, build_dataset, wri
 from trainer.labels import LABEL_COLUMNS
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS
 from webhook.model.manifests import ManifestError, read_manifests
+from webhook.model.manifests import manifest_files as find_manifest_files
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
 KEY_COLUMNS: tuple[str, ...] = ("namespace", "workload_kind", "workload_name")
@@ -77,7 +78,6 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, POWER_COLUMN, ENERGY_COLUM
 MEASUREMENT_WINDOW_START = pd.Timestamp(0, tz="UTC")  # a table carries no time
 MEASUREMENT_WINDOW_SECONDS = 1
 DEFAULT_WINDOW_COUNT = DEFAULT_MIN_ACTIVE_WINDOWS
-MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 STDIN_PATH = "-"
 PARQUET_MAGIC = b"PAR1"
 
@@ -343,15 +343,10 @@ class SpecSources:
 
 def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
     """A file, or the *.yaml, *.yml and *.json files under a directory (recursively, sorted)."""
-    root = Path(path)
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES)
-        if not files:
-            raise ManifestReadError(f"{path}: no {', '.join('*' + s for s in MANIFEST_SUFFIXES)} files in this directory")
-        return files
-    if not root.is_file():
-        raise ManifestReadError(f"{path}: no such file or directory")
-    return [root]
+    try:
+        return find_manifest_files(path)
+    except ManifestError as exc:
+        raise ManifestReadError(str(exc)) from None
 
 
 def _read_manifest_text(text: str, file: str, specs: SpecSources) -> None:

@@ -1,4 +1,4 @@
-"""The ``energetiscope`` command: the webhook's ``serve`` and ``predict``, ``certs`` and ``train``, assembled.
+"""The ``energetiscope`` command: the webhook's ``serve``, ``predict``, ``diff`` and ``regions``, ``certs`` and ``train``, assembled.
 
 Each part lives with its package (``webhook/commands.py``, ``certs/cli.py``, ``trainer/cli.py``);
 the trainer, which pulls scikit-learn and pandas, is imported only when ``train`` runs, so
@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from certs.cli import certs
-from webhook.commands import predict, serve
+from webhook.commands import diff, predict, regions, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -36,6 +36,8 @@ class _TrainerGroup(click.Group):
 main.add_command(serve)
 main.add_command(certs)
 main.add_command(predict)
+main.add_command(diff)
+main.add_command(regions)
 main.add_command(_TrainerGroup(
     "train",
     help="Train the power model from Kepler measurements: collect, labels, dataset, fit, evaluate, run.",

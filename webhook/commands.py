@@ -1,4 +1,5 @@
-"""The webhook's own commands: ``serve`` (the admission webhook over TLS) and ``predict`` (offline).
+"""The webhook's own commands: ``serve`` (the admission webhook over TLS), and offline ``predict``,
+``diff`` (what a change to manifests does to power, energy and carbon) and ``regions``.
 
 ``webhook/cli.py`` assembles them with ``certs`` and ``train`` into ``energetiscope``. Only light
 modules are imported here: the server, scikit-learn and pandas load in the command that needs
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.textable import align_columns
 
 _DEFAULTS = PriorCoefficients()
 
@@ -111,6 +113,18 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
         raise click.ClickException(str(exc)) from None
 
 
+def _offline_service(model_path: Path | None, prior: PriorCoefficients,
+                     error: type[click.ClickException] = click.ClickException):  # type: ignore[no-untyped-def]
+    """The prediction service the offline commands use: the trained model, or the prior."""
+    from webhook.model.service import PredictionService
+
+    service = PredictionService(PriorPredictor(prior), model_path=model_path)
+    service.load()
+    if service.status().error:
+        raise error(service.status().error)
+    return service
+
+
 @click.command()
 @click.argument("manifest", type=click.File("r"))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -122,13 +136,9 @@ def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts:
     """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
     from webhook.model.report import predict_out
     from webhook.model.manifests import ManifestError, read_manifests
-    from webhook.model.service import PredictionService
 
-    prior = PriorPredictor(_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue))
-    service = PredictionService(prior, model_path=model_path)
-    service.load()
-    if service.status().error:
-        raise click.ClickException(service.status().error)
+    service = _offline_service(model_path, _prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation,
+                                                  prior_pue))
     try:
         report = read_manifests(manifest.read())
     except ManifestError as exc:
@@ -166,9 +176,8 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> N
             f"{r['pod_power_watts']:.2f}", f"{r['pod_power_watts_p10']:.2f}-{r['pod_power_watts_p90']:.2f}",
             f"{r['workload_power_watts']:.2f}", f"{r['energy_joules_per_hour'] / 1000:.1f}", *_run_cells(r), r["basis"],
         ))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for line in align_columns(table):
+        click.echo(line)
     for r in rows:
         if r["run_problem"]:
             click.echo(f"no runs per day for document {r['document']}: {r['run_problem']}", err=True)
@@ -176,3 +185,105 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> N
         click.echo(f"skipped document {s['document']}: {s['reason']}", err=True)
     for e in errors:
         click.echo(f"error in document {e['document']}: {e['field']}: {e['problem']}", err=True)
+
+
+class InputError(click.ClickException):
+    """A call that cannot run (unreadable input, unknown region): exit 2, like a usage error, so a
+    CI gate (exit 1) is never confused with a broken call."""
+
+    exit_code = 2
+
+
+_DIFF_OUTPUTS = ["table", "json", "markdown", "github"]
+
+
+def _carbon_options(func):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--region", default=None, help="Cloud region (us-east-1, europe-west4, eastus) or ISO alpha-3 "
+                     "country code (DEU) whose grid the pods draw from; see `energetiscope regions`."),
+        click.option("--grid-intensity", type=click.FloatRange(min=0), default=None,
+                     help="Grid carbon intensity in g CO2e/kWh, instead of --region."),
+        click.option("--pue", type=click.FloatRange(1.0, 5.0), default=1.0,
+                     help="Data-centre PUE applied to the energy for carbon (1.0: IT energy only)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def carbon_settings(region: str | None, grid_intensity: float | None, pue: float,
+                    region_flag: str = "--region"):  # type: ignore[no-untyped-def]
+    """CarbonSettings from the command line; raises click.UsageError (exit 2) on a bad choice."""
+    from webhook.model.carbon import CarbonSettings, UnknownRegion, custom_intensity, grid_intensity as lookup
+
+    if region is not None and grid_intensity is not None:
+        raise click.UsageError(f"give {region_flag} or --grid-intensity, not both")
+    try:
+        default = (lookup(region) if region is not None
+                   else custom_intensity(grid_intensity) if grid_intensity is not None else None)
+        return CarbonSettings(default=default, pue=pue)
+    except UnknownRegion as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.command()
+@click.argument("base")
+@click.argument("head")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
+@click.option("--output", "-o", type=click.Choice(_DIFF_OUTPUTS), default="table")
+@_carbon_options
+@click.option("--fail-above-watts", type=click.FloatRange(min=0), default=None,
+              help="Exit 1 when the total power rises by more than this many W.")
+@click.option("--fail-above-percent", type=click.FloatRange(min=0), default=None,
+              help="Exit 1 when the total power rises by more than this percentage.")
+@_prior_options
+def diff(base: str, head: str, model_path: Path | None, output: str, region: str | None,
+         grid_intensity: float | None, pue: float, fail_above_watts: float | None,
+         fail_above_percent: float | None, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+         prior_utilisation: float, prior_pue: float) -> None:
+    """Compare predicted power, energy and carbon between BASE and HEAD manifests.
+
+    Each is a file, a directory (*.yaml, *.yml, *.json, recursively) or '-' for stdin (one side
+    at most). Exit 1 when a --fail-above gate trips, 2 when the call itself is wrong.
+    """
+    from webhook.diff import STDIN, DiffInputError, diff_manifests, read_side, render
+
+    if base == STDIN and head == STDIN:
+        raise click.UsageError("only one of BASE and HEAD can be '-' (stdin)")
+    carbon = carbon_settings(region, grid_intensity, pue)
+    service = _offline_service(model_path, _prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation,
+                                                  prior_pue), error=InputError)
+    stdin_text = sys.stdin.read() if STDIN in (base, head) else None
+    try:
+        sides = [read_side(path, side, service, carbon, stdin_text)  # type: ignore[arg-type]
+                 for path, side in ((base, "before"), (head, "after"))]
+    except DiffInputError as exc:
+        raise InputError(str(exc)) from None
+    result = diff_manifests(sides[0], sides[1], carbon, service.status().model_id)
+    failures = result.gate_failures(fail_above_watts, fail_above_percent)
+    click.echo(render(result, output, failures))
+    if output in ("table", "markdown"):
+        for error in result.errors:
+            click.echo(f"not read: {error['side']} {error['file']}:{error['line']}: {error['kind']} "
+                       f"{error['namespace']}/{error['name']}: {error['field']}: {error['problem']}", err=True)
+    for reason in failures:
+        click.echo(f"energetiscope diff: gate failed: {reason}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+def regions(output: str) -> None:
+    """List the cloud regions and countries with a known grid carbon intensity (g CO2e/kWh)."""
+    from webhook.model.carbon import known_regions
+
+    known = known_regions()
+    if output == "json":
+        click.echo(json.dumps([g.as_dict() for g in known], indent=2))
+        return
+    rows: list[tuple[object, ...]] = [("REGION", "PROVIDER", "g CO2e/kWh", "YEAR", "LOCATION", "SOURCE")]
+    rows += [(g.region, g.provider, f"{g.grams_per_kwh:.1f}", g.year or "-", g.location, g.source) for g in known]
+    for line in align_columns(rows):
+        click.echo(line)

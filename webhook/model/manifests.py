@@ -1,12 +1,16 @@
 """YAML manifests -> workload objects, with every other document accounted for.
 
-Used by ``/infer/from-yaml``, ``/predict/from-yaml`` and ``energetiscope predict``.
+Used by ``/infer/from-yaml``, ``/predict/from-yaml``, ``energetiscope predict`` and ``diff``, and
+by the trainer's ``--manifests``. Each object keeps the line it starts on, so that ``diff`` can
+point a pull request's annotations at it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,10 +19,15 @@ from webhook.model.extract import ExtractionError, to_inference_request, workloa
 from webhook.model.schema import InferenceRequest
 
 MAX_DOCUMENTS = 1000  # per request to the webhook; the trainer reads files without a cap (None)
+MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")  # what a directory of manifests holds
 
 
 class ManifestError(ValueError):
     """The text is not valid YAML; the message says where."""
+
+
+class TooManyDocuments(ManifestError):
+    """More documents than one request may hold."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,8 @@ class Located:
 
     document: int
     item: int | None = None
+    # 1-based line where the object starts; not part of the answers' shape (as_dict).
+    line: int | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         return f"document {self.document}" + (f", items[{self.item}]" if self.item is not None else "")
@@ -40,6 +51,10 @@ class ManifestReport:
     requests: list[tuple[Located, InferenceRequest]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # The object each entry of ``requests`` was read from, in the same order.
+    objects: list[Mapping[str, Any]] = field(default_factory=list)
+    # Where each entry of ``errors`` is, and the object when there is one, in the same order.
+    error_sources: list[tuple[Located, Mapping[str, Any] | None]] = field(default_factory=list)
 
 
 def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,13 +62,51 @@ def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": metadata.get("name")}
 
 
-def load_documents(text: str, max_documents: int | None = MAX_DOCUMENTS) -> list[Any]:
+@dataclass(frozen=True)
+class Document:
+    """One YAML document, the 1-based line it starts on, and, for a ``kind: List``, its items' lines."""
+
+    value: Any
+    line: int
+    item_lines: tuple[int, ...] = ()
+
+
+def _item_lines(node: yaml.Node) -> tuple[int, ...]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "items" and isinstance(value, yaml.SequenceNode):
+                return tuple(item.start_mark.line + 1 for item in value.value)
+    return ()
+
+
+def load_located_documents(text: str, max_documents: int | None = MAX_DOCUMENTS) -> list[Document]:
+    """The documents of a YAML stream with where each starts (what ``yaml.safe_load_all`` does,
+    keeping the composed node's position)."""
     try:
-        documents = []
-        for document in yaml.safe_load_all(text):
-            documents.append(document)
+        return _compose_documents(_FastLoader, text, max_documents)
+    except TooManyDocuments:
+        raise
+    except ManifestError:
+        if _FastLoader is yaml.SafeLoader:
+            raise
+        # libyaml is ~10x faster (a diff reads thousands of documents), but its messages differ from
+        # the pure-Python parser's in wording: read a broken stream again for the established message.
+        return _compose_documents(yaml.SafeLoader, text, max_documents)
+
+
+# libyaml's loader when PyYAML was built with it (the wheels are), else the pure-Python one.
+_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose_documents(loader_class: type[yaml.SafeLoader], text: str, max_documents: int | None) -> list[Document]:
+    loader = loader_class(text)
+    try:
+        documents: list[Document] = []
+        while loader.check_node():
+            node = loader.get_node()
+            documents.append(Document(loader.construct_document(node), node.start_mark.line + 1, _item_lines(node)))
             if max_documents is not None and len(documents) > max_documents:
-                raise ManifestError(f"more than {max_documents} YAML documents in one request")
+                raise TooManyDocuments(f"more than {max_documents} YAML documents in one request")
         return documents
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -63,21 +116,43 @@ def load_documents(text: str, max_documents: int | None = MAX_DOCUMENTS) -> list
         raise ManifestError(f"invalid YAML: {exc}") from None
     except RecursionError:
         raise ManifestError("invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_documents(text: str, max_documents: int | None = MAX_DOCUMENTS) -> list[Any]:
+    return [document.value for document in load_located_documents(text, max_documents)]
+
+
+def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
+    """A file, or the *.yaml, *.yml and *.json files under a directory (recursively, sorted)."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES)
+        if not files:
+            raise ManifestError(f"{path}: no {', '.join('*' + s for s in MANIFEST_SUFFIXES)} files in this directory")
+        return files
+    if not root.is_file():
+        raise ManifestError(f"{path}: no such file or directory")
+    return [root]
 
 
 def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> ManifestReport:
     """Sort each document (and each item of a ``kind: List``) into requests, skipped or errors."""
     report = ManifestReport()
-    for number, document in enumerate(load_documents(text, max_documents), start=1):
+    for number, located in enumerate(load_located_documents(text, max_documents), start=1):
+        document = located.value
         if isinstance(document, Mapping) and document.get("kind") == "List" and "items" in document:
             items = document.get("items")
             if not isinstance(items, list):
                 report.errors.append({**Located(number).as_dict(), "field": "items", "problem": "expected a list"})
+                report.error_sources.append((Located(number, line=located.line), None))
                 continue
             for index, item in enumerate(items):
-                _classify(item, Located(number, index), report)
+                line = located.item_lines[index] if index < len(located.item_lines) else located.line
+                _classify(item, Located(number, index, line), report)
         else:
-            _classify(document, Located(number), report)
+            _classify(document, Located(number, line=located.line), report)
     return report
 
 
@@ -98,5 +173,7 @@ def _classify(document: Any, where: Located, report: ManifestReport) -> None:
         return
     try:
         report.requests.append((where, to_inference_request(document)))
+        report.objects.append(document)
     except ExtractionError as exc:
         report.errors.append({**where.as_dict(), **identity, "field": exc.field, "problem": exc.problem})
+        report.error_sources.append((where, document))
