@@ -86,11 +86,19 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
               help="Beyond this, connections get HTTP 503 at once.")
 @click.option("--debug-endpoints/--no-debug-endpoints", default=True, envvar="ENERGETISCOPE_DEBUG_ENDPOINTS",
               help="Serve /predict, /infer/from-yaml and /predict/from-yaml.")
+@click.option("--carbon-region", default=None, envvar="ENERGETISCOPE_CARBON_REGION",
+              help="Cloud region or ISO alpha-3 country of the cluster's grid, for the carbon annotations "
+                   "(`energetiscope regions`); a pod's topology.kubernetes.io/region node selector wins.")
+@click.option("--grid-intensity", type=click.FloatRange(min=0), default=None, envvar="ENERGETISCOPE_GRID_INTENSITY",
+              help="The cluster's grid in g CO2e/kWh, instead of --carbon-region.")
+@click.option("--carbon-pue", type=click.FloatRange(1.0, 5.0), default=1.0, envvar="ENERGETISCOPE_CARBON_PUE",
+              help="Data-centre PUE applied to the energy for carbon.")
 @_prior_options
 def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
           log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
           cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, review_timeout: float,
-          max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+          max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, carbon_region: str | None,
+          grid_intensity: float | None, carbon_pue: float, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
     """Run the admission webhook over TLS."""
     from webhook.admission.mutate import MutationSettings
@@ -101,7 +109,8 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
         cert_dir=cert_dir, host=host, port=port, model_path=model_path, model_sha256=model_sha256,
         log_level=log_level, access_log=access_log, watch_interval_seconds=watch_interval,
         max_body_bytes=max_body_bytes, cache_entries=cache_entries,
-        mutation=MutationSettings(annotate_owned_pods=annotate_owned_pods),
+        mutation=MutationSettings(annotate_owned_pods=annotate_owned_pods,
+                                  carbon=carbon_settings(carbon_region, grid_intensity, carbon_pue, "--carbon-region")),
         prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
         policy_file=policy_file, kube_access=kube_access, review_timeout_seconds=review_timeout,
         max_concurrent_reviews=max_concurrent_reviews, max_connections=max_connections,

@@ -55,7 +55,7 @@ class Found:
     line: int | None
     prediction: WorkloadPrediction
     grid: GridIntensity | None
-    pue: float
+    carbon: CarbonSettings
 
     @property
     def pod_watts(self) -> float:
@@ -73,7 +73,7 @@ class Found:
     def kg_co2e_per_month(self) -> float | None:
         if self.grid is None:
             return None
-        return self.kwh_per_month * self.pue * self.grid.grams_per_kwh / GRAMS_PER_KILOGRAM
+        return self.carbon.grams(self.kwh_per_month, self.grid) / GRAMS_PER_KILOGRAM
 
 
 @dataclass
@@ -119,7 +119,7 @@ def read_side(path: str, side: Side, service: PredictionService, carbon: CarbonS
         result.skipped_documents += len(report.skipped)
         for (where, request), obj in zip(report.requests, report.objects):
             key = WorkloadKey(request.workload_kind, request.namespace, request.workload_name)
-            found = Found(file, where.line, service.predict(request), carbon.for_object(obj), carbon.pue)
+            found = Found(file, where.line, service.predict(request), carbon.for_object(obj), carbon)
             if key in result.workloads:
                 first = result.workloads[key]
                 result.errors.append(_error(side, file, where, key, "metadata.name",

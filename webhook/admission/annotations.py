@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from webhook.model.carbon import CarbonSettings, GridIntensity
 from webhook.model.runs import Runs
 from webhook.model.schema import ANNOTATION_PREFIX
 from webhook.model.service import WorkloadPrediction
@@ -26,6 +27,12 @@ ENERGY_JOULES_PER_RUN_P90 = ANNOTATION_PREFIX + "energy-joules-per-run-p90"
 RUN_BOUND = ANNOTATION_PREFIX + "run-bound"
 RUNS_PER_DAY = ANNOTATION_PREFIX + "runs-per-day"
 ENERGY_JOULES_PER_DAY = ANNOTATION_PREFIX + "energy-joules-per-day"
+# Carbon (webhook.model.carbon): only where the grid is known, from --carbon-region,
+# --grid-intensity or the pod's topology.kubernetes.io/region node selector; never guessed.
+CARBON_GRAMS_PER_HOUR = ANNOTATION_PREFIX + "carbon-grams-per-hour"
+CARBON_GRAMS_PER_RUN = ANNOTATION_PREFIX + "carbon-grams-per-run"
+CARBON_GRAMS_PER_DAY = ANNOTATION_PREFIX + "carbon-grams-per-day"
+CARBON_GRID = ANNOTATION_PREFIX + "carbon-grid"
 
 NUMERIC_KEYS = (POD_POWER_WATTS, POD_POWER_WATTS_P10, POD_POWER_WATTS_P90, WORKLOAD_POWER_WATTS, ENERGY_JOULES_PER_HOUR)
 ALL_KEYS = NUMERIC_KEYS + (WORKLOAD_POWER_SCOPE, MODEL, BASIS, SPEC_HASH)
@@ -33,6 +40,8 @@ ALL_KEYS = NUMERIC_KEYS + (WORKLOAD_POWER_SCOPE, MODEL, BASIS, SPEC_HASH)
 # schedule made invalid, a forged key): a stale per-run figure must not outlive its cause.
 RUN_KEYS = (RUN_SECONDS, ENERGY_JOULES_PER_RUN, ENERGY_JOULES_PER_RUN_P10, ENERGY_JOULES_PER_RUN_P90, RUN_BOUND,
             RUNS_PER_DAY, ENERGY_JOULES_PER_DAY)
+# The same for carbon: a region taken out of the configuration or the node selector removes them.
+CARBON_KEYS = (CARBON_GRAMS_PER_HOUR, CARBON_GRAMS_PER_RUN, CARBON_GRAMS_PER_DAY, CARBON_GRID)
 
 
 def _number(value: float) -> str:
@@ -73,6 +82,27 @@ def render(prediction: WorkloadPrediction) -> dict[str, str | None]:
         BASIS: pod.basis,
         SPEC_HASH: prediction.spec_hash,
         **render_runs(prediction.runs),
+    }
+
+
+def render_carbon(prediction: WorkloadPrediction, grid: GridIntensity | None, carbon: CarbonSettings) -> dict[str, str | None]:
+    """g CO2e per hour of running, per run and per day where those energies exist (times the
+    configured PUE), and the grid that made them (``region@g/kWh``); every key None (removed)
+    when the grid is unknown."""
+    if grid is None:
+        return dict.fromkeys(CARBON_KEYS)
+    runs = prediction.runs
+    run_joules = None if runs.run is None else runs.run.joules.p50
+    day_joules = runs.joules_per_day
+
+    def grams(joules: float | None) -> str | None:
+        return None if joules is None else _number(carbon.grams_of_joules(joules, grid))
+
+    return {
+        CARBON_GRAMS_PER_HOUR: grams(prediction.energy_joules_per_hour),
+        CARBON_GRAMS_PER_RUN: grams(run_joules),
+        CARBON_GRAMS_PER_DAY: grams(day_joules),
+        CARBON_GRID: f"{grid.region}@{_number(grid.grams_per_kwh)}",
     }
 
 

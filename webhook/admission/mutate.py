@@ -27,6 +27,7 @@ from webhook.admission.review import (
     fit_warning,
     patched,
 )
+from webhook.model.carbon import CarbonSettings, GridIntensity
 from webhook.model.extract import ExtractionError
 from webhook.model.kinds import has_controller, workload_kind
 from webhook.model.schema import InferenceRequest
@@ -40,6 +41,9 @@ class MutationSettings:
     # Pods owned by a controller inherit their owner's prediction; annotating every pod of
     # a 500-replica Deployment would only repeat it 500 times.
     annotate_owned_pods: bool = False
+    # The grid for carbon annotations (--carbon-region, --grid-intensity); none configured means
+    # carbon only for pods with a known topology.kubernetes.io/region node selector.
+    carbon: CarbonSettings = CarbonSettings()
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,12 @@ class PendingMutation(PendingReview):
     metadata: Mapping[str, Any]
     request: InferenceRequest
     spec_hash: str
+    grid: GridIntensity | None = None
+    carbon: CarbonSettings = CarbonSettings()
 
     def complete(self, prediction: WorkloadPrediction) -> AdmissionResponse:
-        patch = annotations_patch(self.metadata, annotations.render(prediction))
+        wanted = {**annotations.render(prediction), **annotations.render_carbon(prediction, self.grid, self.carbon)}
+        patch = annotations_patch(self.metadata, wanted)
         # An invalid schedule or time zone costs only the per-day keys, and the user is told
         # which field; the apiserver's own validation decides whether the object is admitted.
         problem = prediction.runs.problem
@@ -105,7 +112,8 @@ class MutatingHandler:
         current = metadata.get("annotations")
         if current is not None and not isinstance(current, Mapping):
             return failed_open(uid, f"energetiscope: {kind} not annotated: metadata.annotations: expected an object")
-        return PendingMutation(uid, metadata, inference_request, hash_)
+        carbon = self.settings.carbon
+        return PendingMutation(uid, metadata, inference_request, hash_, carbon.for_object(typed), carbon)
 
 
 def mutate(request: AdmissionRequest, service: PredictionService, settings: MutationSettings | None = None,

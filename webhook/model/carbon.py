@@ -37,6 +37,7 @@ from webhook.model.kinds import workload_kind
 DATA_PACKAGE = "webhook.model.data.codecarbon"
 CODECARBON_VERSION = "3.3.2"
 HOURS_PER_MONTH = 730.0  # Infracost's month: 365 days x 24 h / 12
+JOULES_PER_KWH = 3.6e6
 GRAMS_PER_POUND = 453.59237  # eGRID publishes lb/MWh; lb/MWh x this / 1000 = g/kWh
 REGION_LABEL = "topology.kubernetes.io/region"
 FIND_REGIONS = "`energetiscope regions` lists the known regions and countries with their intensity"
@@ -233,4 +234,8 @@ class CarbonSettings:
         return self.default
 
     def grams(self, kwh: float, grid: GridIntensity) -> float:
+        """g CO2e of ``kwh`` of predicted (IT) energy drawn from ``grid``, with the PUE's overhead."""
         return kwh * self.pue * grid.grams_per_kwh
+
+    def grams_of_joules(self, joules: float, grid: GridIntensity) -> float:
+        return self.grams(joules / JOULES_PER_KWH, grid)
