@@ -9,7 +9,8 @@ GroupKFold.
 
 The candidates are Pipeline parameters (`webhook.model.artifact.build_pipeline`'s, set with
 `set_params`): the embedded prior as it ships (the model is then never worse than it out of
-fold), the calibrated prior alone (k = 0), KNN on the correction to it, and KNN on log power, over a grid of k (and, with `weight_grid`, the encoder's block weights). The served one is
+fold), the calibrated prior alone (k = 0), KNN on the correction to it, and KNN on log power,
+each with plain Euclidean distance or with columns weighted by their correlation with the target, over a grid of k (and, with `weight_grid`, the encoder's block weights). The served one is
 the lowest out-of-fold mean absolute error of log power. Its metrics come from the same folds
 that chose it (no nested CV), so they lean slightly optimistic; the baselines have nothing to
 choose. The comparison also scores, on the same folds: the embedded prior as shipped now and as
@@ -45,6 +46,7 @@ from trainer.metrics import MethodMetrics, score
 from trainer.targets import TrainingTable
 from webhook.model.artifact import TrainedModel, build_pipeline
 from webhook.model.calibration import CalibratedPrior
+from webhook.model.knn import COLUMN_WEIGHTINGS
 from webhook.model.prior import PriorCoefficients, PriorPredictor
 
 DEFAULT_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
@@ -95,9 +97,10 @@ def candidate_params(k_grid: Sequence[int], weight_grid: bool, largest_train: in
         {"knn__n_neighbors": 0, "knn__target": "correction", "knn__prior": CalibratedPrior(fit_coefficients=False)},
         {"knn__n_neighbors": 0, "knn__target": "correction"},
     ]
-    for (numeric, categorical, text), target, k in itertools.product(weights, TARGETS, ks):
-        candidates.append({"knn__n_neighbors": k, "knn__target": target, "features__numeric_weight": numeric,
-                           "features__categorical_weight": categorical, "features__text_weight": text})
+    for (numeric, categorical, text), target, weighting, k in itertools.product(weights, TARGETS, COLUMN_WEIGHTINGS, ks):
+        candidates.append({"knn__n_neighbors": k, "knn__target": target, "knn__column_weighting": weighting,
+                           "features__numeric_weight": numeric, "features__categorical_weight": categorical,
+                           "features__text_weight": text})
     return candidates
 
 
@@ -120,7 +123,8 @@ def describe_params(params: Params) -> str:
     what = "correction to the calibrated prior" if params["knn__target"] == "correction" else "log power"
     weights = [params.get(f"features__{b}_weight", 1.0) for b in ("numeric", "categorical", "text")]
     blocks = "" if weights == [1.0, 1.0, 1.0] else " (weights numeric {:g} / categorical {:g} / text {:g})".format(*weights)
-    return f"knn k={k} on {what}{blocks}"
+    columns = ", columns weighted by correlation" if params.get("knn__column_weighting") == "correlation" else ""
+    return f"knn k={k} on {what}{columns}{blocks}"
 
 
 def fit_pipeline(params: Params, table: TrainingTable, *, interval_folds: int = 5) -> Any:

@@ -89,7 +89,7 @@ def test_the_served_model_beats_the_spec_blind_baselines_when_power_follows_the_
     assert served.mean_abs_log_error < embedded.mean_abs_log_error / 2
     # The served candidate is the grid's best, and every candidate was scored on the same folds.
     assert served.mean_abs_log_error == pytest.approx(min(p.mean_abs_log_error for p in comparison.grid), rel=1e-9)
-    assert len(comparison.grid) == 2 + 2 * 3  # the embedded and the calibrated prior, then two targets x three k
+    assert len(comparison.grid) == 2 + 2 * 2 * 3  # the embedded and the calibrated prior, then targets x weightings x k
     assert (served.targets, served.pods, served.workloads, served.pod_windows) == (14, 28, 14, 168)
     assert served.coverage_p10_p90 is not None and by_name[next(m for m in by_name if m.startswith("prototype"))].coverage_p10_p90 is None
     assert comparison.scheme == "GroupKFold (5 folds, 14 groups)"

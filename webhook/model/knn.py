@@ -211,6 +211,7 @@ def _nearest_other_spec_distances(distinct: np.ndarray, algorithm: str) -> np.nd
 
 
 TARGETS = ("correction", "log_power")
+COLUMN_WEIGHTINGS = ("none", "correlation")
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         interval_folds: int = 5,
         prior: CalibratedPrior | None = None,
         correction_decay: float = 1.0,
+        column_weighting: str = "none",
     ) -> None:
         self.n_neighbors = n_neighbors
         self.target = target
@@ -270,6 +272,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.interval_folds = interval_folds
         self.prior = prior
         self.correction_decay = correction_decay
+        self.column_weighting = column_weighting
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -307,12 +310,29 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.varying_columns_ = np.flatnonzero(varying)
         self.constant_columns_ = np.flatnonzero(~varying)
         self.constant_values_ = space[0, self.constant_columns_].astype(np.float32)
-        self.training_features_ = np.ascontiguousarray(space[:, self.varying_columns_])
+        self.column_weights_ = self._column_weights(space[:, self.varying_columns_], self.targets_)
+        self.training_features_ = np.ascontiguousarray(space[:, self.varying_columns_] * self.column_weights_)
         self.n_neighbors_ = min(self.n_neighbors, X.shape[0])
         self._build_index()
         self.trust_radius_ = self._trust_radius(self.training_features_) if self.n_neighbors_ else float("inf")
         self.interval_log_offsets_ = self._calibrate_intervals(X, power, groups)
         return self
+
+    def _column_weights(self, varying: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Per searched column, its weight in the distance: 1, or with "correlation" the square
+        root of |Pearson r| between the column and the regression target on the training rows,
+        so that columns which do not move the target stop choosing the neighbours (a service's
+        CPU request, when its power does not follow it)."""
+        if self.column_weighting not in COLUMN_WEIGHTINGS:
+            raise ValueError(f"column_weighting must be one of {', '.join(COLUMN_WEIGHTINGS)}, got {self.column_weighting!r}")
+        if self.column_weighting == "none" or varying.shape[0] < 3:
+            return np.ones(varying.shape[1], dtype=np.float32)
+        centred = varying.astype(np.float64) - varying.mean(axis=0)
+        target = targets - targets.mean()
+        scale = np.sqrt((centred**2).sum(axis=0) * (target**2).sum())
+        r = np.divide(centred.T @ target, scale, out=np.zeros(varying.shape[1]), where=scale > 0)
+        weights = np.sqrt(np.abs(r))
+        return (weights if weights.any() else np.ones_like(weights)).astype(np.float32)
 
     def _build_index(self) -> None:
         algorithm = resolve_algorithm(self.algorithm)
@@ -371,14 +391,16 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         return self._search(self._split(X)[1])
 
     def _search(self, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        varying = np.ascontiguousarray(space[:, self.varying_columns_])
+        varying = np.ascontiguousarray(space[:, self.varying_columns_] * self.column_weights_)
         assert self.index_ is not None, "n_neighbors=0 has no neighbours"
         if isinstance(self.index_, BruteForceIndex):
             distances, indices = self.index_.kneighbors(varying, self.n_neighbors_)
         else:
             distances, indices = self.index_.kneighbors(varying)
         if self.constant_columns_.size:
-            offsets = space[:, self.constant_columns_].astype(np.float64) - self.constant_values_
+            # Unweighted by the data (they never varied), constant columns count at the mean weight.
+            offsets = (space[:, self.constant_columns_].astype(np.float64) - self.constant_values_) * float(
+                self.column_weights_.mean() if self.column_weights_.size else 1.0)
             distances = np.sqrt(distances**2 + np.einsum("ij,ij->i", offsets, offsets)[:, None])
         return distances, indices
 
@@ -439,7 +461,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             "varying_columns_": self.varying_columns_.tolist(),
             "constant_columns_": self.constant_columns_.tolist(),
         }, {"training_features": self.training_features_, "targets": self.targets_,
-            "constant_values": self.constant_values_})
+            "constant_values": self.constant_values_, "column_weights": self.column_weights_})
 
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
         features = np.ascontiguousarray(arrays["training_features"], dtype=np.float32)
@@ -458,6 +480,9 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.varying_columns_ = np.asarray(state["varying_columns_"], dtype=np.intp)
         self.constant_columns_ = np.asarray(state["constant_columns_"], dtype=np.intp)
         self.constant_values_ = np.asarray(arrays["constant_values"], dtype=np.float32)
+        self.column_weights_ = np.asarray(arrays["column_weights"], dtype=np.float32)
+        if self.column_weights_.shape != self.varying_columns_.shape:
+            raise ValueError("column_weights must hold one weight per searched column")
         space_width = self.n_features_in_ - self.physics_columns
         if (self.varying_columns_.size != features.shape[1] or self.constant_values_.shape != self.constant_columns_.shape
                 or sorted([*self.varying_columns_.tolist(), *self.constant_columns_.tolist()]) != list(range(space_width))):
