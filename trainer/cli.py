@@ -34,7 +34,7 @@ from trainer.kepler import KeplerLine
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
 from trainer.labels import LabelsRunSummary, parse_duration_seconds, run_labels
 from trainer.measurements import run_measurement_dataset
-from trainer.metrics import metrics_table
+from trainer.metrics import MethodMetrics, metrics_table
 from trainer.run_dataset import run_run_dataset
 from trainer.model_card import card_metrics
 from trainer.runs import run_runs
@@ -165,15 +165,17 @@ _fit_options = _options(
     click.option("--text-embedding", type=click.Choice(["auto", "tfidf", "sbert"]), default="auto",
                  help="The prototype baseline's embedding (auto: SBERT when installed, else TF-IDF)."),
     click.option("--model-id", default=None, help="Model id (default knn-<UTC time>-<training data sha8>)."),
+    click.option("--runs-dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                 help="Also fit the run model (a Job run's wall time) on `train dataset --runs`'s output."),
 )
 
 
 def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: str, min_active_windows: int,
-         text_embedding: str, model_id: str | None, progress: bool) -> None:
+         text_embedding: str, model_id: str | None, progress: bool, runs_dataset: Path | None = None) -> None:
     settings = FitSettings(k_grid=_k_grid(k_grid), weight_grid=weight_grid, target_unit=target_unit,
                            min_active_windows=min_active_windows, text_embedding=text_embedding, progress=progress)
     try:
-        outcome = run_fit(dataset, out, settings, model_id=model_id)
+        outcome = run_fit(dataset, out, settings, model_id=model_id, runs_dataset_path=runs_dataset)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     card = outcome.card
@@ -182,6 +184,15 @@ def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: 
                f"{data['pods']} pods, {data['workloads']} workloads")
     cv = card["cross_validation"]
     click.echo(f"cross-validation: {cv['skipped']}" if "skipped" in cv else f"{cv['scheme']}\n{metrics_table(card_metrics(card, 'cross_validation'))}")
+    if "runs" in card:
+        runs = card["runs"]
+        click.echo(f"run model: {runs['description']}; {runs['runs']} runs, {runs['groups']} Job templates")
+        if "skipped" in runs:
+            click.echo(f"run cross-validation: {runs['skipped']}")
+        else:
+            click.echo(f"{runs['scheme']}\n" + metrics_table([MethodMetrics(**m) for m in runs["run_seconds"]]))
+            if runs["energy_joules_per_run"]:
+                click.echo(metrics_table([MethodMetrics(**m) for m in runs["energy_joules_per_run"]]))
     click.echo(f"artifact {outcome.model_path} sha256 {outcome.sha256}; card {outcome.card_paths[0]}, {outcome.card_paths[1]}")
 
 
@@ -288,7 +299,7 @@ def dataset(labels_path: Path | None, runs_path: Path | None, measurements_path:
 @_fit_options
 @click.option("--no-progress", is_flag=True)
 def fit(dataset: Path, out: Path, no_progress: bool, **options: Any) -> None:
-    """Fit the KNN pipeline, choose k by grouped CV, calibrate p10/p90, write artifact and model card."""
+    """Fit the model (and, with --runs-dataset, the run model), chosen by grouped CV; write artifact and card."""
     _fit(dataset, out, progress=not no_progress, **options)
 
 
@@ -319,7 +330,7 @@ def evaluate(model_path: Path, dataset: Path, out_dir: Path, model_sha256: str |
 @click.option("--no-progress", is_flag=True)
 def run(requests_paths: tuple[Path, ...], workdir: Path, pod_spec_fallback: bool, k_grid: str, weight_grid: bool,
         target_unit: str, min_active_windows: int, text_embedding: str, model_id: str | None, no_progress: bool,
-        **label_options: Any) -> None:
+        runs_dataset: Path | None, **label_options: Any) -> None:
     """labels -> dataset -> fit in one go."""
     workdir.mkdir(parents=True, exist_ok=True)
     _labels(out=workdir / "labels.parquet", progress=not no_progress, **label_options)
@@ -327,7 +338,7 @@ def run(requests_paths: tuple[Path, ...], workdir: Path, pod_spec_fallback: bool
                           pod_spec_fallback=pod_spec_fallback)
     click.echo(summary.describe())
     _fit(workdir / "dataset.parquet", workdir / "model.joblib", k_grid, weight_grid, target_unit, min_active_windows,
-         text_embedding, model_id, not no_progress)
+         text_embedding, model_id, not no_progress, runs_dataset)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from trainer.model_card import library_versions, write_card
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
 from trainer.text_embedding import default_text_embedding
 from webhook.model.features import CATEGORICAL_FEATURES, FEATURE_VERSION, NUMERIC_FEATURES
-from webhook.model.artifact import save_model
+from trainer.run_fit import fit_runs, read_run_targets
+from webhook.model.artifact import TrainedModel, save_model
 from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
 
 DEFAULT_K_WITHOUT_CV = 5
@@ -185,13 +186,19 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFr
 
 
 def run_fit(dataset_path: str | os.PathLike[str], out: str | os.PathLike[str], settings: FitSettings = FitSettings(),
-            *, model_id: str | None = None, created: datetime | None = None) -> FitOutcome:
-    """`energetiscope train fit`: dataset -> artifact (atomic, via save_model) + model card."""
+            *, model_id: str | None = None, created: datetime | None = None,
+            runs_dataset_path: str | os.PathLike[str] | None = None) -> FitOutcome:
+    """`energetiscope train fit`: dataset -> artifact (atomic, via save_model) + model card; with a run
+    dataset (`train dataset --runs`) the artifact also holds the run model (`trainer.run_fit`)."""
     dataset = read_dataset(dataset_path, text_as_categories=True)  # millions of windows name a few thousand pods
     table = build_targets(dataset, settings.target_unit, settings.min_active_windows)
     pipeline, card, comparison = fit_table(table, settings, dataset=dataset, model_id=model_id, created=created)
+    run_pipeline = None
+    if runs_dataset_path is not None:
+        pod_model = TrainedModel(pipeline=pipeline, model_id=card["model_id"])
+        run_pipeline, card["runs"] = fit_runs(read_run_targets(runs_dataset_path), pod_model, PriorPredictor())
     out_path = Path(out)
-    sha256 = save_model(out_path, pipeline, card["model_id"], metadata=card)
+    sha256 = save_model(out_path, pipeline, card["model_id"], metadata=card, run_pipeline=run_pipeline)
     card["artifact"].update(file=out_path.name, sha256=sha256)
     paths = write_card(card, out_path)
     return FitOutcome(model_path=out_path, card_paths=paths, model_id=card["model_id"], sha256=sha256, card=card,

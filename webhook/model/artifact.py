@@ -8,9 +8,11 @@ there. This format cannot: it is a zip archive of
 
 - `artifact.json`: format and version, the feature version, the model id, the model card
   (`metadata`), and for each Pipeline step its class name (from a fixed list of two), its
-  constructor parameters and its fitted state, all plain JSON;
-- `arrays/<step>/<name>.npy`: the fitted arrays, read by `numpy.lib.format.read_array` with
-  `allow_pickle=False` (an object array, the one way a .npy can carry a pickle, is refused).
+  constructor parameters and its fitted state, all plain JSON; `run_steps` the same for the
+  optional run model (a Job's wall time, s: `build_run_pipeline`);
+- `arrays/<step>/<name>.npy` (`arrays/run/<step>/...` for the run model): the fitted arrays, read
+  by `numpy.lib.format.read_array` with `allow_pickle=False` (an object array, the one way a .npy
+  can carry a pickle, is refused).
 
 Loading constructs the two known estimator classes from JSON values and sets their state through
 their own `set_state`, which checks shapes; nothing named in the file is imported or called.
@@ -36,6 +38,7 @@ from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
 from webhook.model.knn import AnchoredKNN
 from webhook.model.prediction import PodPrediction
 from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
+from webhook.model.runs import Spread, run_waves
 from webhook.model.schema import InferenceRequest
 
 ARTIFACT_FORMAT = "energetiscope.model"
@@ -46,6 +49,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 ARTIFACT_SUFFIX = ".esmodel"
 STEP_CLASSES: dict[str, type] = {"PodFeatureEncoder": PodFeatureEncoder, "AnchoredKNN": AnchoredKNN}
 STEP_NAMES = ("features", "knn")
+RUN_ARRAY_PREFIX = "arrays/run/"
 
 
 class ArtifactError(RuntimeError):
@@ -58,6 +62,18 @@ def build_pipeline(n_neighbors: int = 5, target: str = "correction", **encoder_p
     return Pipeline([
         ("features", PodFeatureEncoder(**encoder_params)),
         ("knn", AnchoredKNN(n_neighbors=n_neighbors, target=target, physics_columns=len(PHYSICS_COLUMNS))),
+    ])
+
+
+def build_run_pipeline(n_neighbors: int = 5, **encoder_params: Any) -> Pipeline:
+    """The unfitted run model: the wall time, s, of one wave of a Job run's pods (a run is
+    `webhook.model.runs.run_waves` waves), from the pod spec and the run fields (completions,
+    parallelism, backoffLimit, activeDeadlineSeconds, completion mode), by KNN on log seconds
+    anchored on the waves' typical length (`AnchoredKNN(anchor="constant")`)."""
+    return Pipeline([
+        ("features", PodFeatureEncoder(run_fields=True, **encoder_params)),
+        ("knn", AnchoredKNN(n_neighbors=n_neighbors, target="correction", anchor="constant",
+                            physics_columns=len(PHYSICS_COLUMNS))),
     ])
 
 
@@ -76,6 +92,17 @@ class TrainedModel:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     prior: PriorPredictor = field(default_factory=PriorPredictor)
     sha256: str = ""
+    run_pipeline: Pipeline | None = None  # a Job run's wall time (`build_run_pipeline`), when trained
+
+    def predict_run_seconds(self, request: InferenceRequest) -> Spread | None:
+        """A run's wall time, s (p10/p50/p90), from the run model; None without one
+        (`webhook.model.runs` then falls back to activeDeadlineSeconds)."""
+        if self.run_pipeline is None:
+            return None
+        detail = self.run_pipeline[-1].predict_detail(self.run_pipeline[:-1].transform([request]))
+        waves = run_waves(request)  # the run model predicts one wave's seconds
+        return Spread(waves * float(detail.power_watts_p10[0]), waves * float(detail.power_watts[0]),
+                      waves * float(detail.power_watts_p90[0]))
 
     def predict(self, requests: Sequence[InferenceRequest]) -> list[PodPrediction]:
         if not requests:
@@ -106,8 +133,7 @@ def _array_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def artifact_bytes(pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None) -> bytes:
-    """The artifact file's content (a zip archive: see the module docstring)."""
+def _steps_and_arrays(pipeline: Pipeline, array_prefix: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     if [name for name, _ in pipeline.steps] != list(STEP_NAMES):
         raise ValueError(f"the pipeline's steps must be {STEP_NAMES}")
     steps: list[dict[str, Any]] = []
@@ -117,7 +143,14 @@ def artifact_bytes(pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any
         params = {k: v for k, v in estimator.get_params(deep=False).items() if k != "prior"}
         steps.append({"name": name, "class": type(estimator).__name__, "params": params, "state": state,
                       "arrays": sorted(step_arrays)})
-        arrays.update({f"arrays/{name}/{key}.npy": value for key, value in step_arrays.items()})
+        arrays.update({f"{array_prefix}{name}/{key}.npy": value for key, value in step_arrays.items()})
+    return steps, arrays
+
+
+def artifact_bytes(pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None,
+                   run_pipeline: Pipeline | None = None) -> bytes:
+    """The artifact file's content (a zip archive: see the module docstring)."""
+    steps, arrays = _steps_and_arrays(pipeline, "arrays/")
     manifest = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_FORMAT_VERSION,
@@ -126,6 +159,9 @@ def artifact_bytes(pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any
         "metadata": dict(metadata or {}),
         "steps": steps,
     }
+    if run_pipeline is not None:
+        manifest["run_steps"], run_arrays = _steps_and_arrays(run_pipeline, RUN_ARRAY_PREFIX)
+        arrays.update(run_arrays)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr(MANIFEST_NAME, json.dumps(manifest, indent=1, allow_nan=False, default=_json_default))
@@ -142,9 +178,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def save_model(path: Path, pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None) -> str:
+def save_model(path: Path, pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any] | None = None,
+               run_pipeline: Pipeline | None = None) -> str:
     """Write the artifact atomically; return its sha256."""
-    content = artifact_bytes(pipeline, model_id, metadata)
+    content = artifact_bytes(pipeline, model_id, metadata, run_pipeline)
     write_atomically(path, lambda temp: temp.write_bytes(content))
     return hashlib.sha256(content).hexdigest()
 
@@ -153,8 +190,7 @@ def _refuse(path: Path, why: str) -> ArtifactError:
     return ArtifactError(f"model artifact {path} {why}")
 
 
-def _read_pipeline(path: Path, archive: zipfile.ZipFile, manifest: Mapping[str, Any]) -> Pipeline:
-    steps = manifest.get("steps")
+def _read_pipeline(path: Path, archive: zipfile.ZipFile, steps: Any, array_prefix: str) -> Pipeline:
     if not isinstance(steps, list) or [s.get("name") if isinstance(s, Mapping) else None for s in steps] != list(STEP_NAMES):
         raise _refuse(path, f"does not hold the steps {', '.join(STEP_NAMES)}")
     built: list[tuple[str, Any]] = []
@@ -164,7 +200,7 @@ def _read_pipeline(path: Path, archive: zipfile.ZipFile, manifest: Mapping[str, 
             raise _refuse(path, f"names step {step['name']!r} class {step.get('class')!r}, which this server does not build")
         arrays: dict[str, np.ndarray] = {}
         for key in step.get("arrays", []):
-            with archive.open(f"arrays/{step['name']}/{key}.npy") as member:
+            with archive.open(f"{array_prefix}{step['name']}/{key}.npy") as member:
                 arrays[str(key)] = np.lib.format.read_array(io.BytesIO(member.read()), allow_pickle=False)
         estimator = cls(**dict(step.get("params") or {}))
         estimator.set_state(step.get("state") or {}, arrays)
@@ -196,7 +232,10 @@ def load_model(path: Path, prior: PriorPredictor | None = None, expected_sha256:
             if manifest.get("feature_version") != FEATURE_VERSION:
                 raise _refuse(path, f"was built for feature version {manifest.get('feature_version')}, this server "
                                     f"computes version {FEATURE_VERSION}: retrain it")
-            pipeline = _read_pipeline(path, archive, manifest)
+            pipeline = _read_pipeline(path, archive, manifest.get("steps"), "arrays/")
+            run_pipeline = None
+            if manifest.get("run_steps") is not None:
+                run_pipeline = _read_pipeline(path, archive, manifest["run_steps"], RUN_ARRAY_PREFIX)
     except ArtifactError:
         raise
     except Exception as exc:  # truncated, bad zip, bad JSON, object arrays, wrong shapes: not a usable artifact
@@ -207,4 +246,5 @@ def load_model(path: Path, prior: PriorPredictor | None = None, expected_sha256:
         metadata=manifest.get("metadata") or {},
         prior=prior or PriorPredictor(),
         sha256=digest,
+        run_pipeline=run_pipeline,
     )

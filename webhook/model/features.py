@@ -46,6 +46,16 @@ NUMERIC_FEATURES = (
     "gpu_max_watts",
     *LLM_NUMERIC_FEATURES,
 )
+# What a run's length depends on besides its pods (Jobs, CronJobs' job templates), for the run model:
+# the apiserver's defaults where unset (completions and parallelism 1, backoffLimit 6), no deadline 0.
+RUN_NUMERIC_FEATURES = (
+    "completions",
+    "parallelism",
+    "backoff_limit",
+    "active_deadline_seconds",
+    "indexed_completion",
+)
+DEFAULT_BACKOFF_LIMIT = 6
 CATEGORICAL_FEATURES = ("workload_kind", "runtime_class", "instance_type", "node_type", "priority_class", "gpu_product")
 # Labels that name the application; the rest (versions, chart revisions, hashes) are noise.
 APP_NAME_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app", "k8s-app", "component")
@@ -106,6 +116,16 @@ def numeric_row(request: InferenceRequest) -> list[float]:
     ]
 
 
+def run_numeric_row(request: InferenceRequest) -> list[float]:
+    return [
+        1.0 if request.completions is None else float(request.completions),
+        1.0 if request.parallelism is None else float(request.parallelism),
+        float(DEFAULT_BACKOFF_LIMIT if request.backoff_limit is None else request.backoff_limit),
+        float(request.active_deadline_seconds or 0.0),
+        1.0 if request.completion_mode == "Indexed" else 0.0,
+    ]
+
+
 def categorical_row(request: InferenceRequest) -> list[str]:
     return [str(getattr(request, name) or "") for name in CATEGORICAL_FEATURES]
 
@@ -130,14 +150,21 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
         categorical_weight: float = 1.0,
         text_weight: float = 1.0,
         text_dimensions: int = 128,
+        run_fields: bool = False,
     ) -> None:
         self.numeric_weight = numeric_weight
         self.categorical_weight = categorical_weight
         self.text_weight = text_weight
         self.text_dimensions = text_dimensions
+        self.run_fields = run_fields
+
+    def numeric_features(self) -> tuple[str, ...]:
+        """The numeric columns' names: `NUMERIC_FEATURES`, then `RUN_NUMERIC_FEATURES` with `run_fields`."""
+        return NUMERIC_FEATURES + (RUN_NUMERIC_FEATURES if self.run_fields else ())
 
     def _numeric(self, requests: Sequence[InferenceRequest]) -> np.ndarray:
-        return np.log1p(np.asarray([numeric_row(r) for r in requests], dtype=np.float64).reshape(len(requests), -1))
+        rows = [numeric_row(r) + (run_numeric_row(r) if self.run_fields else []) for r in requests]
+        return np.log1p(np.asarray(rows, dtype=np.float64).reshape(len(requests), -1))
 
     def fit(self, X: Iterable[Any], y: Any = None) -> "PodFeatureEncoder":
         requests = as_requests(X)
@@ -161,7 +188,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
             self.category_index_.append({value: offset + i for i, value in enumerate(values)})
             offset += len(values)
         self.n_categorical_ = offset
-        self.n_features_out_ = len(PHYSICS_COLUMNS) + len(NUMERIC_FEATURES) + offset + self.text_dimensions
+        self.n_features_out_ = len(PHYSICS_COLUMNS) + len(self.numeric_features()) + offset + self.text_dimensions
 
     def transform(self, X: Iterable[Any]) -> np.ndarray:
         check_is_fitted(self, "numeric_mean_")
@@ -172,7 +199,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
             return out
         n_physics = len(PHYSICS_COLUMNS)
         out[:, :n_physics] = physics_rows(requests, PriorCoefficients())
-        numeric_end = n_physics + len(NUMERIC_FEATURES)
+        numeric_end = n_physics + len(self.numeric_features())
         out[:, n_physics:numeric_end] = (
             self.numeric_weight * (self._numeric(requests) - self.numeric_mean_) / self.numeric_scale_)
         text_start = numeric_end + self.n_categorical_
@@ -191,7 +218,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "numeric_mean_")
-        names = [f"physics:{name}" for name in PHYSICS_COLUMNS] + list(NUMERIC_FEATURES)
+        names = [f"physics:{name}" for name in PHYSICS_COLUMNS] + list(self.numeric_features())
         for column, values in zip(CATEGORICAL_FEATURES, self.categories_):
             names.extend(f"{column}={value}" for value in values)
         names.extend(f"token_hash_{i}" for i in range(self.text_dimensions))
@@ -206,8 +233,9 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PodFeatureEncoder":
         self.numeric_mean_ = np.asarray(arrays["numeric_mean"], dtype=np.float64)
         self.numeric_scale_ = np.asarray(arrays["numeric_scale"], dtype=np.float64)
-        if self.numeric_mean_.shape != (len(NUMERIC_FEATURES),) or self.numeric_scale_.shape != (len(NUMERIC_FEATURES),):
-            raise ValueError(f"numeric_mean and numeric_scale must hold {len(NUMERIC_FEATURES)} values")
+        width = len(self.numeric_features())
+        if self.numeric_mean_.shape != (width,) or self.numeric_scale_.shape != (width,):
+            raise ValueError(f"numeric_mean and numeric_scale must hold {width} values")
         self.categories_ = [[str(v) for v in values] for values in state["categories"]]
         if len(self.categories_) != len(CATEGORICAL_FEATURES):
             raise ValueError(f"categories must list {len(CATEGORICAL_FEATURES)} columns")

@@ -212,6 +212,7 @@ def _nearest_other_spec_distances(distinct: np.ndarray, algorithm: str) -> np.nd
 
 TARGETS = ("correction", "log_power")
 COLUMN_WEIGHTINGS = ("none", "correlation")
+ANCHORS = ("calibrated_prior", "constant")
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
 
     Beyond the trust radius r, a correction fades: a query at distance d keeps (r / d) **
     ``correction_decay`` of it (half at 2r with the default 1), so a spec unlike any training spec
-    tends to the calibrated prior without a step at r. ``correction_decay=0``, and the log-power
+    tends to the calibrated prior without a step at r. ``anchor="constant"`` anchors on the
+    targets' typical value instead of the physics (the run model's targets are seconds, not W). ``correction_decay=0``, and the log-power
     target, answer with the calibrated prior alone beyond r. (Grouped CV on ML.ENERGY's families:
     a hard stop sent 61% of held-out families' pods to the calibrated prior, mean |log error|
     0.196 at k=13 against 0.176 fading; bench/README.md.)
@@ -261,6 +263,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         prior: CalibratedPrior | None = None,
         correction_decay: float = 1.0,
         column_weighting: str = "none",
+        anchor: str = "calibrated_prior",
     ) -> None:
         self.n_neighbors = n_neighbors
         self.target = target
@@ -273,6 +276,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.prior = prior
         self.correction_decay = correction_decay
         self.column_weighting = column_weighting
+        self.anchor = anchor
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -284,12 +288,17 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         return self._physics_of(X), np.ascontiguousarray(X[:, self.physics_columns:])
 
     def _physics_of(self, X: np.ndarray) -> np.ndarray:
-        # No physics columns: the calibrated prior sees one column of zeros and learns a floor.
-        return X[:, :self.physics_columns] if self.physics_columns else np.zeros((X.shape[0], 1), dtype=X.dtype)
+        # No physics columns, or a constant anchor: the calibrated prior sees one column of zeros
+        # and learns a floor (a run's typical length, say, for the run model).
+        if self.physics_columns and self.anchor == "calibrated_prior":
+            return X[:, :self.physics_columns]
+        return np.zeros((X.shape[0], 1), dtype=X.dtype)
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> "AnchoredKNN":
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
         if self.n_neighbors < 0 or (self.n_neighbors == 0 and self.target != "correction"):
             raise ValueError("n_neighbors must be >= 1, or 0 (the calibrated prior alone) with target='correction'")
         X, power = validate_data(self, X, y, dtype=np.float32, y_numeric=True)
@@ -297,7 +306,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         if np.any(power <= 0):
             raise ValueError("power_watts targets must be > 0 W")
         physics, space = self._physics_of(X), np.ascontiguousarray(X[:, self.physics_columns:])
-        self.prior_ = clone(self.prior) if self.prior is not None else CalibratedPrior()
+        if self.prior is not None:
+            self.prior_ = clone(self.prior)
+        else:  # a constant anchor is the targets' own typical value, not pulled towards any prior
+            self.prior_ = CalibratedPrior() if self.anchor == "calibrated_prior" else CalibratedPrior(penalty=0.0)
         self.prior_.fit(physics, power)
         log_power = np.log(power)
         self.targets_ = log_power - np.log(self.prior_.predict(physics)) if self.target == "correction" else log_power

@@ -87,6 +87,17 @@ class RunTimeModel(Protocol):
     def predict_run_seconds(self, request: InferenceRequest) -> Spread | None: ...
 
 
+def run_waves(request: InferenceRequest) -> int:
+    """How many rounds of pods a run takes: completions / parallelism, rounded up (1 when either
+    is unset: a single pod, or a work queue whose pods all start at once). The run model learns the
+    wall time of one wave, so that a Job of 8 completions 2 at a time is 4 of its waves long."""
+    completions = 1 if request.completions is None else request.completions
+    parallelism = 1 if request.parallelism is None else request.parallelism
+    if completions <= 0 or parallelism <= 0:
+        return 1
+    return max(1, -(-completions // parallelism))
+
+
 def scheduled_joules_per_day(runs: float | None, joules_per_run: float | None) -> float | None:
     """Runs per day x J per run; a CronJob that never runs costs 0 whatever a run would."""
     if runs == 0.0:

@@ -145,13 +145,18 @@ class PredictionService:
         """The prediction when the cache holds it, else None: never runs the model, so it is
         cheap enough for the event loop."""
         predictor = self._predictor
-        if isinstance(predictor, RunTimeModel) and _runs_to_completion(request):
+        if _predicts_runs(predictor) and _runs_to_completion(request):
             return None  # a run model's run time is not in the pod cache: it runs in a worker thread
         hash_ = hash_ or spec_hash(request)
         pod = self.cache.get((predictor.model_id, hash_), count_miss=False)
         if pod is None:
             return None
         return _workload(request, hash_, pod, predictor)
+
+
+def _predicts_runs(predictor: Predictor) -> bool:
+    # A trained artifact without a run model answers run times from the deadline, like the prior.
+    return isinstance(predictor, RunTimeModel) and getattr(predictor, "run_pipeline", True) is not None
 
 
 def _runs_to_completion(request: InferenceRequest) -> bool:

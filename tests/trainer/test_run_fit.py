@@ -1,0 +1,93 @@
+"""The run model: a Job run's wall time learned from runs, chosen by grouped CV, carried in the artifact
+and served as the webhook's per-run figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trainer.run_fit import RunTargets, compare_runs, fit_runs
+from webhook.model.artifact import TrainedModel, build_pipeline, load_model, save_model
+from webhook.model.prior import PriorPredictor
+from webhook.model.runs import predict_runs
+from webhook.model.schema import ContainerSpec, InferenceRequest
+
+# A made-up batch world: a run lasts (completions / parallelism) x the per-pod minutes of its image.
+MINUTES_PER_POD = {"registry.example.com/etl/export": 4.0, "registry.example.com/ml/train": 40.0,
+                   "registry.example.com/ci/builder": 12.0}
+
+
+def _job(image: str, completions: int, parallelism: int, name: str, deadline: int | None = None) -> InferenceRequest:
+    return InferenceRequest(workload_kind="Job", namespace="batch", workload_name=name, completions=completions,
+                            parallelism=parallelism, active_deadline_seconds=deadline,
+                            containers=[ContainerSpec(name="main", image=image, req_cpu_mcpu=1000, req_mem_mib=1024)])
+
+
+def _runs(count: int, seed: int = 3) -> RunTargets:
+    rng = np.random.default_rng(seed)
+    requests, seconds, groups, energies = [], [], [], []
+    images = list(MINUTES_PER_POD)
+    for i in range(count):
+        image = images[i % len(images)]
+        completions = int(rng.choice([1, 2, 4, 8]))
+        parallelism = int(rng.choice([1, 2]))
+        template = f"{image.rsplit('/', 1)[-1]}-{completions}-{parallelism}"
+        requests.append(_job(image, completions, parallelism, template, deadline=7200 if i % 2 else None))
+        run_seconds = MINUTES_PER_POD[image] * 60 * math.ceil(completions / parallelism) * math.exp(rng.normal(0, 0.1))
+        seconds.append(run_seconds)
+        groups.append(template)
+        energies.append(parallelism * 3.0 * run_seconds)  # 3 W a pod
+    frame = pd.DataFrame({"namespace": "batch", "workload_kind": "Job", "workload_name": groups, "pods": 1,
+                          "energy_joules_per_run": energies})
+    return RunTargets(frame, requests, np.asarray(seconds), np.asarray(groups))
+
+
+def test_the_run_model_learns_run_time_from_the_spec_and_beats_the_constant() -> None:
+    table = _runs(120)
+    comparison = compare_runs(table, PriorPredictor(), PriorPredictor(), k_grid=(1, 3, 5))
+    served, constant = comparison.seconds[0], comparison.seconds[1]
+    assert served.method.startswith("served: ") and constant.method.startswith("constant")
+    assert served.mean_abs_log_error < constant.mean_abs_log_error / 2
+    assert served.median_ape_percent < 25
+    assert served.coverage_p10_p90 is not None and 0.6 <= served.coverage_p10_p90 <= 1.0
+    deadline = comparison.seconds[2]
+    assert deadline.method.startswith("activeDeadlineSeconds") and deadline.targets == 60
+    assert [m.method.split(":")[0] for m in comparison.energy][:2] == ["served", "constant"]
+    assert comparison.energy[0].targets == 120
+
+
+def test_the_artifact_carries_the_run_model_and_the_webhook_serves_its_run_time(tmp_path: Path) -> None:
+    table = _runs(90)
+    pod_requests = table.requests
+    pod_pipeline = build_pipeline(n_neighbors=3).fit(pod_requests, np.full(len(pod_requests), 3.0))
+    run_pipeline, section = fit_runs(table, TrainedModel(pod_pipeline, "m"), PriorPredictor(), k_grid=(1, 3))
+    assert section["runs"] == 90 and "run_seconds" in section
+    path = tmp_path / "model.esmodel"
+    save_model(path, pod_pipeline, "with-runs", {"runs": section}, run_pipeline=run_pipeline)
+    model = load_model(path)
+    assert model.run_pipeline is not None
+    long_job = _job("registry.example.com/ml/train", 8, 2, "new-train")
+    short_job = _job("registry.example.com/etl/export", 1, 1, "new-export")
+    long_seconds, short_seconds = model.predict_run_seconds(long_job), model.predict_run_seconds(short_job)
+    assert long_seconds is not None and short_seconds is not None
+    assert long_seconds.p50 == pytest.approx(40 * 60 * 4, rel=0.3)
+    assert short_seconds.p50 == pytest.approx(4 * 60, rel=0.3)
+    assert long_seconds.p10 <= long_seconds.p50 <= long_seconds.p90
+    pod = model.predict([long_job])[0]
+    runs = predict_runs(long_job, pod, pods=2, model=model)
+    assert runs.run is not None and runs.run.bound is None and runs.run.source == "with-runs"
+    assert runs.run.joules.p50 == pytest.approx(2 * pod.power_watts * long_seconds.p50)
+    # Without a run model the same Job has no per-run figures (no deadline), as the prior alone.
+    without = load_model(_save_plain(tmp_path, pod_pipeline))
+    assert without.predict_run_seconds(long_job) is None
+    assert predict_runs(long_job, pod, pods=2, model=without).run is None
+
+
+def _save_plain(tmp_path: Path, pipeline) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "plain.esmodel"
+    save_model(path, pipeline, "plain")
+    return path

@@ -1,0 +1,215 @@
+"""The run model: a Job run's wall time, s, from its spec, chosen by grouped CV and compared with baselines.
+
+A batch workload is judged by the energy of one run. The webhook's energy per run is the
+workload's power x the run's wall time (`webhook.model.runs`), so what has to be learned is the
+wall time; the power comes from the pod model. A run is `webhook.model.runs.run_waves` rounds of
+pods (completions / parallelism, rounded up): the model learns one wave's seconds and the
+webhook multiplies, which KNN alone cannot do for a template with more completions than any
+it saw. The dataset is `train dataset --runs`'s (one row
+per finished run, `trainer.run_dataset`): the run's spec (pod template plus completions,
+parallelism, backoffLimit, activeDeadlineSeconds, completion mode) and its `run_seconds` and
+`energy_joules_per_run`.
+
+Folds are grouped by the dataset's `group`, the Job template (all runs of one CronJob spec are one
+group), so no run is predicted by a model that saw its template. Candidates are
+`webhook.model.artifact.build_run_pipeline`'s k grid, with plain or correlation-weighted columns,
+chosen by the out-of-fold mean |log error| of run seconds. Reported on the same folds, for the
+run time and for the energy per run (served pod power x run time, against the measured joules of
+runs whose energy is complete):
+
+* the served run model;
+* a constant: the geometric mean of the training folds' runs;
+* `activeDeadlineSeconds` (x the embedded prior's power, for energy): what the webhook answers
+  without a run model, an upper bound, scored on the runs whose Job sets a deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainer.crossval import DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, Folds, NotEnoughWorkloads, grouped_folds
+from trainer.metrics import MethodMetrics, score
+from webhook.model.artifact import build_run_pipeline
+from webhook.model.knn import COLUMN_WEIGHTINGS
+from webhook.model.prediction import Predictor
+from webhook.model.runs import run_waves
+from webhook.model.schema import InferenceRequest, workload_pods
+
+RUN_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13)
+MIN_RUNS_TO_FIT = 2
+
+
+@dataclass(frozen=True)
+class RunTargets:
+    """Finished runs with their specs, aligned row by row; duck-types what `trainer.metrics.score`
+    reads of a training table (`power_watts` is the measured quantity: seconds or joules here)."""
+
+    frame: pd.DataFrame
+    requests: list[InferenceRequest]
+    power_watts: np.ndarray  # the measured values being scored
+    groups: np.ndarray
+
+    @property
+    def source_rows(self) -> int:
+        return len(self.requests)
+
+    @property
+    def pods(self) -> int:
+        return int(self.frame["pods"].sum()) if "pods" in self.frame else len(self.requests)
+
+    @property
+    def workloads(self) -> int:
+        return int(self.frame[["namespace", "workload_kind", "workload_name"]].drop_duplicates().shape[0])
+
+    def subset(self, mask: np.ndarray) -> "RunTargets":
+        return RunTargets(self.frame[mask].reset_index(drop=True), [r for r, keep in zip(self.requests, mask) if keep],
+                          self.power_watts[mask], self.groups[mask])
+
+
+def read_run_targets(path: Any) -> RunTargets:
+    """The run dataset's finished runs with a positive wall time."""
+    frame = pd.read_parquet(path)
+    seconds = frame["run_seconds"].to_numpy(dtype=np.float64)
+    frame = frame[np.isfinite(seconds) & (seconds > 0)].reset_index(drop=True)
+    requests = [InferenceRequest.model_validate_json(text) for text in frame["request_json"]]
+    return RunTargets(frame, requests, frame["run_seconds"].to_numpy(dtype=np.float64),
+                      frame["group"].astype(str).to_numpy())
+
+
+def run_candidates(k_grid: Sequence[int], largest_train: int) -> list[dict[str, Any]]:
+    ks = sorted({max(1, min(int(k), largest_train)) for k in k_grid})
+    return [{"knn__n_neighbors": k, "knn__column_weighting": weighting}
+            for weighting, k in itertools.product(COLUMN_WEIGHTINGS, ks)]
+
+
+def describe_run_params(params: dict[str, Any]) -> str:
+    weighting = ", columns weighted by correlation" if params.get("knn__column_weighting") == "correlation" else ""
+    return f"knn k={params['knn__n_neighbors']} on log seconds per wave{weighting}"
+
+
+def _waves(requests: Sequence[InferenceRequest]) -> np.ndarray:
+    return np.array([run_waves(r) for r in requests], dtype=np.float64)
+
+
+def fit_run_pipeline(params: dict[str, Any], table: RunTargets, *, interval_folds: int = 5) -> Any:
+    """Fitted on one wave's seconds (a run's seconds / its waves)."""
+    pipeline = build_run_pipeline().set_params(**params, knn__interval_folds=interval_folds)
+    return pipeline.fit(table.requests, table.power_watts / _waves(table.requests), knn__groups=table.groups)
+
+
+def _out_of_fold(table: RunTargets, folds: Folds, params: dict[str, Any], interval_folds: int) -> np.ndarray:
+    """Per run: (p10, p50, p90) seconds from the candidate fitted on the other folds."""
+    predicted = np.zeros((len(table.requests), 3))
+    for train_index, test_index in folds.splits:
+        mask = np.zeros(len(table.requests), dtype=bool)
+        mask[train_index] = True
+        pipeline = fit_run_pipeline(params, table.subset(mask), interval_folds=interval_folds)
+        tested = [table.requests[i] for i in test_index]
+        detail = pipeline[-1].predict_detail(pipeline[:-1].transform(tested))
+        predicted[test_index] = _waves(tested)[:, None] * np.column_stack(
+            [detail.power_watts_p10, detail.power_watts, detail.power_watts_p90])
+    return predicted
+
+
+def _geometric_mean_out_of_fold(values: np.ndarray, folds: Folds, usable: np.ndarray) -> np.ndarray:
+    predicted = np.full(len(values), np.nan)
+    for train_index, test_index in folds.splits:
+        train_values = values[train_index][usable[train_index]]
+        if train_values.size:
+            predicted[test_index] = math.exp(float(np.mean(np.log(train_values))))
+    return predicted
+
+
+@dataclass
+class RunComparison:
+    scheme: str
+    chosen: dict[str, Any]
+    grid: list[dict[str, Any]]
+    seconds: list[MethodMetrics]
+    energy: list[MethodMetrics]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "chosen": self.chosen, "chosen_description": describe_run_params(self.chosen),
+                "selection": "out-of-fold mean absolute error of log run seconds (not nested)",
+                "grid": self.grid, "run_seconds": [m.to_dict() for m in self.seconds],
+                "energy_joules_per_run": [m.to_dict() for m in self.energy]}
+
+
+def _pod_watts(predictor: Predictor, table: RunTargets) -> np.ndarray:
+    """Each run's workload power, W: pods running at once x one pod's power."""
+    predictions = predictor.predict(table.requests)
+    return np.array([workload_pods(r) * p.power_watts for r, p in zip(table.requests, predictions)])
+
+
+def compare_runs(table: RunTargets, pod_model: Predictor, prior: Predictor, *, k_grid: Sequence[int] = RUN_K_GRID,
+                 max_splits: int = DEFAULT_MAX_SPLITS, logo_max_groups: int = DEFAULT_LOGO_MAX_GROUPS) -> RunComparison:
+    folds = grouped_folds(table.groups, max_splits, logo_max_groups)
+    smallest_train = min(len(train) for train, _ in folds.splits)
+    log_seconds = np.log(table.power_watts)
+    grid = []
+    for params in run_candidates(k_grid, smallest_train):
+        point = _out_of_fold(table, folds, params, interval_folds=0)[:, 1]
+        grid.append({"params": params, "description": describe_run_params(params),
+                     "mean_abs_log_error": float(np.mean(np.abs(np.log(point) - log_seconds)))})
+    best = min(range(len(grid)), key=lambda i: (round(grid[i]["mean_abs_log_error"], 12), i))
+    chosen = grid[best]["params"]
+    served = _out_of_fold(table, folds, chosen, interval_folds=5)
+    everywhere = np.ones(len(table.requests), dtype=bool)
+    constant = _geometric_mean_out_of_fold(table.power_watts, folds, everywhere)
+    deadline = np.array([float(r.active_deadline_seconds or np.nan) for r in table.requests])
+    has_deadline = np.isfinite(deadline)
+
+    seconds = [
+        score(f"served: {describe_run_params(chosen)}", table, served[:, 1], served[:, 0], served[:, 2]),
+        score("constant: geometric mean of the training runs", table, constant),
+    ]
+    if has_deadline.any():
+        with_deadline = table.subset(has_deadline)
+        seconds.append(score(f"activeDeadlineSeconds (upper bound; {int(has_deadline.sum())} runs that set it)",
+                             with_deadline, deadline[has_deadline]))
+
+    energy: list[MethodMetrics] = []
+    measured_joules = table.frame["energy_joules_per_run"].to_numpy(dtype=np.float64)
+    complete = np.isfinite(measured_joules) & (measured_joules > 0)
+    if complete.any():
+        joules = RunTargets(table.frame[complete].reset_index(drop=True),
+                            [r for r, keep in zip(table.requests, complete) if keep], measured_joules[complete],
+                            table.groups[complete])
+        watts = _pod_watts(pod_model, table)[complete]
+        energy.append(score(f"served: pod model W x {describe_run_params(chosen)}", joules,
+                            watts * served[complete, 1], watts * served[complete, 0], watts * served[complete, 2]))
+        energy.append(score("constant: geometric mean of the training runs' joules", joules,
+                            _geometric_mean_out_of_fold(measured_joules, folds, complete)[complete]))
+        both = has_deadline & complete
+        if both.any():
+            prior_watts = _pod_watts(prior, table)
+            subset = joules.subset(both[complete])
+            energy.append(score(f"embedded prior W x activeDeadlineSeconds ({int(both.sum())} runs)", subset,
+                                prior_watts[both] * deadline[both]))
+    return RunComparison(folds.scheme, chosen, grid, seconds, energy)
+
+
+def fit_runs(table: RunTargets, pod_model: Predictor, prior: Predictor,
+             k_grid: Sequence[int] = RUN_K_GRID) -> tuple[Any, dict[str, Any]]:
+    """The run model fitted on every run, with its card section."""
+    if len(table.requests) < MIN_RUNS_TO_FIT:
+        raise ValueError(f"the run dataset has {len(table.requests)} finished runs; the run model needs {MIN_RUNS_TO_FIT}")
+    try:
+        comparison = compare_runs(table, pod_model, prior, k_grid=k_grid)
+        params = comparison.chosen
+        section: dict[str, Any] = comparison.to_dict()
+    except NotEnoughWorkloads as exc:
+        params = {"knn__n_neighbors": min(5, len(table.requests)), "knn__column_weighting": "none"}
+        section = {"skipped": str(exc)}
+    pipeline = fit_run_pipeline(params, table)
+    section.update(runs=len(table.requests), groups=int(len(np.unique(table.groups))),
+                   description=f"PodFeatureEncoder(run_fields) -> AnchoredKNN: {describe_run_params(params)}",
+                   interval_log_offsets=list(pipeline[-1].interval_log_offsets_ or []) or None)
+    return pipeline, section
