@@ -12,8 +12,8 @@ parallelism, backoffLimit, activeDeadlineSeconds, completion mode) and its `run_
 
 Folds are grouped by the dataset's `group`, the Job template (all runs of one CronJob spec are one
 group), so no run is predicted by a model that saw its template. Candidates are
-`webhook.model.artifact.build_run_pipeline`'s k grid, with plain or correlation-weighted columns,
-chosen by the out-of-fold mean |log error| of run seconds. Reported on the same folds, for the
+`webhook.model.artifact.build_run_pipeline`'s typical wave alone (k = 0) and its k grid, with plain
+or correlation-weighted columns, chosen by the out-of-fold mean |log error| of run seconds. Reported on the same folds, for the
 run time and for the energy per run (served pod power x run time, against the measured joules of
 runs whose energy is complete):
 
@@ -84,12 +84,16 @@ def read_run_targets(path: Any) -> RunTargets:
 
 
 def run_candidates(k_grid: Sequence[int], largest_train: int) -> list[dict[str, Any]]:
+    """The typical wave alone (no neighbours: the served model is then never worse than it out of
+    fold), then the k grid with plain or correlation-weighted columns."""
     ks = sorted({max(1, min(int(k), largest_train)) for k in k_grid})
-    return [{"knn__n_neighbors": k, "knn__column_weighting": weighting}
-            for weighting, k in itertools.product(COLUMN_WEIGHTINGS, ks)]
+    return [{"knn__n_neighbors": 0, "knn__column_weighting": "none"}] + [
+        {"knn__n_neighbors": k, "knn__column_weighting": weighting} for weighting, k in itertools.product(COLUMN_WEIGHTINGS, ks)]
 
 
 def describe_run_params(params: dict[str, Any]) -> str:
+    if params["knn__n_neighbors"] == 0:
+        return "the typical wave (geometric mean of one wave's seconds) x the run's waves"
     weighting = ", columns weighted by correlation" if params.get("knn__column_weighting") == "correlation" else ""
     return f"knn k={params['knn__n_neighbors']} on log seconds per wave{weighting}"
 
