@@ -49,7 +49,12 @@ from bench import power_model
 from bench.results import RunRecord, cell, markdown_table
 from bench.trainer_scale import run_size
 from trainer.collect import read_requests
-from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params, params_json
+from trainer.run_dataset import build_run_dataset, write_run_dataset
+from trainer.run_fit import compare_runs, read_run_targets
+from trainer.runs import read_runs
+from webhook.model.artifact import TrainedModel
+from webhook.model.prior import PriorPredictor
+from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params, fit_pipeline, params_json
 from trainer.dataset import build_dataset, read_dataset
 from trainer.measurements import build_measurement_dataset, check_measurements, read_measurement_table, read_specs
 from trainer.metrics import MethodMetrics, score
@@ -64,6 +69,8 @@ QUICK_WORKLOADS, QUICK_DAYS = 50, 2.0
 
 
 DATASET_FILE = "dataset.parquet"
+RUNS_FILE = "runs.parquet"
+REQUESTS_FILE = "requests.ndjson"
 # In-process like `train fit`; the same limit as bench.trainer_scale's steps, so that a dataset
 # too large for the machine fails here with MemoryError instead of waking the OOM killer.
 ADDRESS_SPACE_LIMIT_GIB = 16
@@ -121,7 +128,7 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
         score("simulator: truth of the spec (no workload factor)", table, spec_truth),
         score("simulator: truth of the workload (its own mean power)", table, workload_truth),
     ]
-    return {
+    result = {
         "directory": directory.name,
         "dataset_file": source.name,
         "scheme": comparison.scheme,
@@ -134,6 +141,25 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
         "workload_factor_sigma": power_model.WORKLOAD_FACTOR_SIGMA,
         "irreducible_mean_abs_log_error": round(power_model.WORKLOAD_FACTOR_SIGMA * np.sqrt(2 / np.pi), 3),
     }
+    runs_path = directory / RUNS_FILE
+    if runs_path.exists():
+        pod_model = TrainedModel(fit_pipeline(comparison.chosen, table), "bench")
+        result["runs"] = evaluate_runs(runs_path, directory / REQUESTS_FILE, pod_model)
+    return result
+
+
+def evaluate_runs(runs_path: Path, requests_path: Path, pod_model: TrainedModel) -> dict[str, Any]:
+    """Energy per run on the simulated Jobs and CronJobs: `train dataset --runs`'s join, then the run
+    model's comparison (`trainer.run_fit`, grouped by Job template), as `train fit --runs-dataset` runs it."""
+    frame, _ = build_run_dataset(read_runs(runs_path), read_requests(requests_path))
+    with tempfile.TemporaryDirectory(prefix="energetiscope-bench-runs-") as tmp:
+        path = write_run_dataset(frame, Path(tmp) / "runs_dataset.parquet")
+        table = read_run_targets(path)
+    try:
+        comparison = compare_runs(table, pod_model, PriorPredictor())
+    except NotEnoughWorkloads as exc:
+        return {"skipped": str(exc), "runs": len(table.requests)}
+    return {**comparison.to_dict(), "runs": len(table.requests), "templates": int(len(np.unique(table.groups)))}
 
 
 def table_of(result: dict[str, Any]) -> str:
@@ -157,6 +183,11 @@ def print_table(result: dict[str, Any]) -> None:
         return
     print(f"{result['directory']} ({result['dataset_file']}): {result['scheme']}, served {result['chosen_description']}")
     print(table_of(result))
+    runs = result.get("runs")
+    if runs and "skipped" not in runs:
+        print(f"runs: {runs['runs']} of {runs['templates']} Job templates, {runs['scheme']}, served {runs['chosen_description']}")
+        print(table_of({"metrics": runs["run_seconds"]}).replace("MAE W", "MAE s"))
+        print(table_of({"metrics": runs["energy_joules_per_run"]}).replace("MAE W", "MAE J"))
 
 
 def main() -> None:

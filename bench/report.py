@@ -108,6 +108,12 @@ def accuracy(result: dict[str, Any]) -> str:
         parts.append(f"{evaluation['directory']} ({evaluation.get('dataset_file', 'dataset.parquet')}): "
                      f"{evaluation['scheme']}, served {served}\n")
         parts.append(table_of(evaluation) + "\n")
+        runs = evaluation.get("runs")
+        if runs and "skipped" not in runs:
+            parts.append(f"Energy per run: {runs['runs']} runs of {runs['templates']} Job templates, {runs['scheme']}, "
+                         f"served {runs['chosen_description']}\n")
+            parts.append(table_of({"metrics": runs["run_seconds"]}).replace("MAE W", "MAE s") + "\n")
+            parts.append(table_of({"metrics": runs["energy_joules_per_run"]}).replace("MAE W", "MAE J") + "\n")
     return "\n".join(parts) + f"\n{_context(result)}"
 
 
