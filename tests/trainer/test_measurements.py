@@ -441,6 +441,6 @@ def test_a_manifest_whose_workload_cannot_be_read_is_refused(subset: list[dict[s
 
 def test_the_options_say_which_source_of_measurements_and_specs(tmp_path: Path) -> None:
     measurements = write_csv(tmp_path / "m.csv", [{"namespace": "a", "workload_kind": "Pod", "workload_name": "p", "power_watts": "1"}])
-    assert "give --labels (Kepler) or --measurements" in run_dataset("--out", str(tmp_path / "d.parquet")).output
+    assert "give --labels (Kepler), --runs (Job runs) or --measurements" in run_dataset("--out", str(tmp_path / "d.parquet")).output
     assert "--measurements needs specs: --manifests PATH or --requests NDJSON" in run_dataset(
         "--measurements", str(measurements), "--out", str(tmp_path / "d.parquet")).output

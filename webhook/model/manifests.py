@@ -99,8 +99,10 @@ _FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 
 def _compose_documents(loader_class: type[yaml.SafeLoader], text: str, max_documents: int | None) -> list[Document]:
-    loader = loader_class(text)
+    loader = None
     try:
+        # Inside the try: the pure-Python reader refuses control characters as it is built.
+        loader = loader_class(text)
         documents: list[Document] = []
         while loader.check_node():
             node = loader.get_node()
@@ -117,7 +119,8 @@ def _compose_documents(loader_class: type[yaml.SafeLoader], text: str, max_docum
     except RecursionError:
         raise ManifestError("invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_documents(text: str, max_documents: int | None = MAX_DOCUMENTS) -> list[Any]:
