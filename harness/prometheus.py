@@ -6,8 +6,9 @@
         ... harness.url ...
 
 Backfill writes TSDB blocks with `promtool tsdb create-blocks-from openmetrics` into the storage
-directory before the server starts; the server then only reads them (no scrape targets). The
-data must lie in the past (the server's head block starts at "now") and within retention, which
+directory before the server starts; the server then reads them (and, given a config with some,
+scrapes targets and evaluates rules). The data must lie in the past (the server's head block
+starts at "now") and within retention, which
 Prometheus counts back from the newest block: the harness sets a 10-year retention so backfilled
 blocks are never deleted under the tests.
 
@@ -56,8 +57,10 @@ class PrometheusBinaries:
 class PrometheusHarness:
     """One Prometheus server over backfilled data, in `workdir` (which it fills)."""
 
-    def __init__(self, workdir: Path, binaries: PrometheusBinaries | None = None) -> None:
+    def __init__(self, workdir: Path, binaries: PrometheusBinaries | None = None, config_yaml: str = _CONFIG) -> None:
+        """``config_yaml``: the server's prometheus.yml; by default no scrape targets (backfill only)."""
         self.binaries = binaries or PrometheusBinaries.locate()
+        self.config_yaml = config_yaml
         self.workdir = Path(workdir)
         self.storage_dir = self.workdir / "tsdb"
         self.input_dir = self.workdir / "openmetrics"
@@ -105,7 +108,7 @@ class PrometheusHarness:
     def start(self, ready_timeout_seconds: float = 120.0, attempts: int = 3) -> str:
         """Start the server and wait until /-/ready answers; returns its base URL."""
         config = self.workdir / "prometheus.yml"
-        config.write_text(_CONFIG, encoding="utf-8")
+        config.write_text(self.config_yaml, encoding="utf-8")
         last_problem = ""
         for _ in range(attempts):
             port = free_loopback_port()

@@ -93,12 +93,16 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
               help="The cluster's grid in g CO2e/kWh, instead of --carbon-region.")
 @click.option("--carbon-pue", type=click.FloatRange(1.0, 5.0), default=1.0, envvar="ENERGETISCOPE_CARBON_PUE",
               help="Data-centre PUE applied to the energy for carbon.")
+@click.option("--workload-metrics-max-series", type=click.IntRange(min=0), default=0,
+              envvar="ENERGETISCOPE_WORKLOAD_METRICS_MAX_SERIES",
+              help="Export energetiscope_workload_predicted_watts for this many of the largest workloads; 0: none.")
 @_prior_options
 def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
           log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
           cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, review_timeout: float,
           max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, carbon_region: str | None,
-          grid_intensity: float | None, carbon_pue: float, prior_cpu_min_watts: float, prior_cpu_max_watts: float,
+          grid_intensity: float | None, carbon_pue: float, workload_metrics_max_series: int,
+          prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
     """Run the admission webhook over TLS."""
     from webhook.admission.mutate import MutationSettings
@@ -114,7 +118,7 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
         prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
         policy_file=policy_file, kube_access=kube_access, review_timeout_seconds=review_timeout,
         max_concurrent_reviews=max_concurrent_reviews, max_connections=max_connections,
-        debug_endpoints=debug_endpoints,
+        debug_endpoints=debug_endpoints, workload_metrics_max_series=workload_metrics_max_series,
     )
     try:
         run(settings)

@@ -103,6 +103,15 @@ def required_version(go_mod: Path, module: str) -> str:
     return match.group(1)
 
 
+def locate_built_binary(name: str, version: str) -> Path:
+    """``NAME-VERSION`` in the cache's bin directory, as build.sh names what it builds; raises
+    BinariesMissing, naming ``make controlplane``, when it is not built."""
+    path = cache_dir() / "bin" / f"{name}-{version}"
+    if not os.access(path, os.X_OK):
+        raise BinariesMissing(f"{name} not built: {path}; run `make controlplane` (tests/e2e/controlplane/build.sh) first")
+    return path
+
+
 def kubernetes_version() -> str:
     """The Kubernetes release build.sh builds, e.g. ``v1.37.2``."""
     return required_version(BUILD_DIR / "go.mod", "k8s.io/kubernetes")

@@ -7,14 +7,13 @@ transformers included.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.e2e.controlplane import BUILD_DIR, BinariesMissing, cache_dir, required_version
+from tests.e2e.controlplane import BUILD_DIR, locate_built_binary, required_version
 
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -27,10 +26,7 @@ def kustomize_version() -> str:
 
 def locate_kustomize() -> Path:
     """The built binary; raises BinariesMissing, naming ``make controlplane``, when absent."""
-    path = cache_dir() / "bin" / f"kustomize-{kustomize_version()}"
-    if not os.access(path, os.X_OK):
-        raise BinariesMissing(f"kustomize not built: {path}; run `make controlplane` (tests/e2e/controlplane/build.sh) first")
-    return path
+    return locate_built_binary("kustomize", kustomize_version())
 
 
 def kustomization_file(directory: Path) -> Path | None:

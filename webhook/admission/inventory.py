@@ -163,6 +163,12 @@ class WorkloadInventory:
                      if k[0] == namespace and k != excluding]
         return sum(d for d in daily if d is not None)
 
+    def snapshot(self) -> tuple[dict[str, dict[str, str]], dict[WorkloadKey, Contribution]]:
+        """Every namespace's annotations and every counted workload, copied under one lock, so
+        that the metrics scraped at one moment add up (``webhook.http.metrics``)."""
+        with self._lock:
+            return {name: dict(notes) for name, notes in self._namespaces.items()}, dict(self._workloads)
+
 
 def _watched_kinds() -> dict[str, tuple[type, str]]:
     """kind -> (API class, method listing it in every namespace): namespaces, then workloads."""

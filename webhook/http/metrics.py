@@ -1,6 +1,21 @@
-"""Prometheus metrics of one webhook instance, in a registry of its own (no process globals)."""
+"""Prometheus metrics of one webhook instance, in a registry of its own (no process globals).
+
+Besides the request counters, what an operator graphs and alerts on (deploy/helm's rules and
+dashboard use these names): the predicted power of every namespace from the budget inventory,
+its quota and budget mode, budget decisions by namespace, mode and result, when the serving
+certificate expires, when the served model was trained, and, behind
+``--workload-metrics-max-series``, the predicted power of the largest workloads. Values that
+change outside a request (inventory, certificate, model) are read at scrape time, so they are
+never stale. Names follow Prometheus' conventions: base units in the name (``_watts``,
+``_seconds``), ``_total`` on counters, timestamps as ``_timestamp_seconds``.
+"""
 
 from __future__ import annotations
+
+import heapq
+import math
+from datetime import datetime
+from typing import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -11,14 +26,36 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from webhook.admission.inventory import Contribution, WorkloadKey
+from webhook.admission.policy import MODES, namespace_budget
 from webhook.admission.reading import ObjectReader
+from webhook.admission.validate import Budgets
+from webhook.model.artifact import TrainedModel
 from webhook.model.service import PredictionService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Admission calls are sub-millisecond to a few ms; the apiserver gives up after timeoutSeconds.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The budget webhook's outcomes that are a decision on a budget (the rest skip or fail open).
+BUDGET_RESULTS = ("allowed", "warned", "audited", "denied")
+
+
+def model_created_timestamp_seconds(service: PredictionService) -> float | None:
+    """When the served model was trained (its card's ``created_at``), Unix seconds; None for
+    the prior or a model whose card does not say."""
+    predictor = service.predictor
+    if not isinstance(predictor, TrainedModel):
+        return None
+    created = predictor.metadata.get("created_at")
+    if not isinstance(created, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 class _ModelCollector:
@@ -28,7 +65,7 @@ class _ModelCollector:
         self.service = service
         self.reader = reader
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         status = self.service.status()
         info = GaugeMetricFamily(
             "energetiscope_model_info",
@@ -57,10 +94,115 @@ class _ModelCollector:
             reads.add_metric(["hit"], float(memo.hits))
             reads.add_metric(["miss"], float(memo.misses))
             yield reads
+        created_seconds = model_created_timestamp_seconds(self.service)
+        if created_seconds is not None:
+            created = GaugeMetricFamily(
+                "energetiscope_model_created_timestamp_seconds",
+                "When the served model was trained (its model card's created_at), Unix time; absent for the prior.",
+            )
+            created.add_metric([], created_seconds)
+            yield created
+
+
+class _CertificateCollector:
+    """When the serving certificate in use expires, read at scrape time (it is renewed in place)."""
+
+    def __init__(self, expiry_timestamp_seconds: Callable[[], float]) -> None:
+        self.expiry_timestamp_seconds = expiry_timestamp_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "energetiscope_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in use, Unix time.",
+        )
+        expiry.add_metric([], self.expiry_timestamp_seconds())
+        yield expiry
+
+
+class _BudgetCollector:
+    """Each namespace's predicted power, quota and budget mode, from the budget inventory.
+
+    ``workload_series_limit`` > 0 adds the predicted power of that many of the largest
+    workloads (one series each, labelled namespace, kind, workload) and how many were left out:
+    a cluster's workloads are too many to export them all by default.
+    """
+
+    def __init__(self, budgets: Budgets, workload_series_limit: int) -> None:
+        self.budgets = budgets
+        self.workload_series_limit = workload_series_limit
+
+    def collect(self) -> Iterator[Metric]:
+        inventory = self.budgets.inventory
+        if inventory is None:  # no API access: no inventory, nothing to say per namespace
+            return
+        synced = GaugeMetricFamily("energetiscope_inventory_synced",
+                                   "1 when the budget inventory has listed every kind it watches.")
+        synced.add_metric([], 1.0 if inventory.synced else 0.0)
+        yield synced
+        policy = self.budgets.policy.policy
+        namespaces, workloads = inventory.snapshot()
+        point_watts: dict[str, float] = {}
+        p90_watts: dict[str, float] = {}
+        for (namespace, _kind, _name), contribution in workloads.items():
+            point_watts[namespace] = point_watts.get(namespace, 0.0) + contribution.watts("point")
+            p90_watts[namespace] = p90_watts.get(namespace, 0.0) + contribution.watts("p90")
+        predicted = GaugeMetricFamily(
+            "energetiscope_namespace_predicted_watts",
+            "Predicted power of the namespace's annotated workloads (point values), W.", labels=["namespace"])
+        predicted_p90 = GaugeMetricFamily(
+            "energetiscope_namespace_predicted_p90_watts",
+            "Predicted power of the namespace's annotated workloads (p90 values), W.", labels=["namespace"])
+        quota = GaugeMetricFamily(
+            "energetiscope_namespace_quota_watts",
+            "The namespace's power quota (annotation or policy default), W; absent where there is none.",
+            labels=["namespace"])
+        max_workload = GaugeMetricFamily(
+            "energetiscope_namespace_max_workload_watts",
+            "The most one workload of the namespace may draw, W; absent where there is no such limit.",
+            labels=["namespace"])
+        mode = GaugeMetricFamily(
+            "energetiscope_namespace_budget_mode",
+            "1 for the namespace's budget mode (enforce, warn or audit), 0 for the others; exempt namespaces are left out.",
+            labels=["namespace", "mode"])
+        for namespace in sorted(set(namespaces) | set(point_watts)):
+            predicted.add_metric([namespace], point_watts.get(namespace, 0.0))
+            predicted_p90.add_metric([namespace], p90_watts.get(namespace, 0.0))
+            if namespace in policy.exempt_namespaces:
+                continue
+            budget = namespace_budget(policy, namespace, namespaces.get(namespace, {}))
+            if budget.quota is not None:
+                quota.add_metric([namespace], budget.quota.amount)
+            if budget.max_workload is not None:
+                max_workload.add_metric([namespace], budget.max_workload.amount)
+            for name in MODES:
+                mode.add_metric([namespace, name], 1.0 if budget.mode == name else 0.0)
+        yield from (predicted, predicted_p90, quota, max_workload, mode)
+        if self.workload_series_limit > 0:
+            yield from self._workloads(workloads)
+
+    def _workloads(self, workloads: dict[WorkloadKey, Contribution]) -> Iterator[Metric]:
+        largest = heapq.nlargest(self.workload_series_limit, workloads.items(),
+                                 key=lambda item: (item[1].watts("point"), item[0]))
+        power = GaugeMetricFamily(
+            "energetiscope_workload_predicted_watts",
+            "Predicted power of one workload (pods x point value per pod), W; only the largest "
+            "--workload-metrics-max-series workloads.",
+            labels=["namespace", "kind", "workload"])
+        for (namespace, kind, name), contribution in largest:
+            watts = contribution.watts("point")
+            if math.isfinite(watts):
+                power.add_metric([namespace, kind, name], watts)
+        yield power
+        dropped = GaugeMetricFamily(
+            "energetiscope_workload_series_dropped",
+            "Workloads whose energetiscope_workload_predicted_watts series was left out by the series bound.")
+        dropped.add_metric([], float(len(workloads) - len(largest)))
+        yield dropped
 
 
 class WebhookMetrics:
-    def __init__(self, service: PredictionService, reader: ObjectReader | None = None) -> None:
+    def __init__(self, service: PredictionService, reader: ObjectReader | None = None,
+                 budgets: Budgets | None = None, workload_series_limit: int = 0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "energetiscope_requests",
@@ -85,7 +227,16 @@ class WebhookMetrics:
             registry=self.registry,
         )
         self.ready = Gauge("energetiscope_ready", "1 when certificates and model are loaded.", registry=self.registry)
+        self.budget_decisions = Counter(
+            "energetiscope_budget_decisions",
+            "Budget webhook decisions, by namespace, the namespace's budget mode and result "
+            "(allowed, warned, audited, denied).",
+            ["namespace", "mode", "result"],
+            registry=self.registry,
+        )
         self.registry.register(_ModelCollector(service, reader))
+        if budgets is not None:
+            self.registry.register(_BudgetCollector(budgets, workload_series_limit))
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # Garbage-collector pauses and the process's CPU and memory: what explains a latency tail.
         GCCollector(registry=self.registry)
@@ -101,6 +252,14 @@ class WebhookMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def watch_certificate(self, expiry_timestamp_seconds: Callable[[], float]) -> None:
+        """Export the serving certificate's expiry, read from ``expiry_timestamp_seconds`` at each scrape."""
+        self.registry.register(_CertificateCollector(expiry_timestamp_seconds))
+
+    def record_budget_decision(self, namespace: str, mode: str, result: str) -> None:
+        if result in BUDGET_RESULTS:
+            self.budget_decisions.labels(namespace, mode, result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

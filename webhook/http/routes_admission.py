@@ -15,9 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from webhook.admission.policy import namespace_budget
 from webhook.admission.review import AdmissionRequest, NotAnAdmissionReview, parse_review
 from webhook.http.body import parse_json, read_body
 from webhook.http.endpoint import observed
+from webhook.http.metrics import BUDGET_RESULTS
 from webhook.http.problems import HTTPProblem
 from webhook.http.state import AppState
 
@@ -49,7 +51,14 @@ async def mutate(request: Request, state: AppState) -> tuple[Response, str]:
 
 
 async def validate(request: Request, state: AppState) -> tuple[Response, str]:
-    answer = await state.pipeline.review(state.validating, await _review_request(request, state))
+    review = await _review_request(request, state)
+    answer = await state.pipeline.review(state.validating, review)
+    if answer.outcome in BUDGET_RESULTS:
+        # The mode as the decision saw it: the namespace's annotation or the policy's default.
+        inventory = state.budgets.inventory
+        annotations = inventory.namespace_annotations(review.namespace) if inventory is not None else {}
+        mode = namespace_budget(state.budgets.policy.policy, review.namespace, annotations).mode
+        state.metrics.record_budget_decision(review.namespace, mode, answer.outcome)
     return ReviewResponse(answer.review), answer.outcome
 
 

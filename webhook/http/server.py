@@ -21,7 +21,7 @@ from webhook.admission.validate import Budgets
 from webhook.http.app import create_app
 from webhook.http.body import DEFAULT_MAX_BODY_BYTES
 from webhook.http.lifespan import Reloadable, WebhookLifespan
-from webhook.http.state import AppSettings
+from webhook.http.state import AppSettings, app_state
 from webhook.http.tls import ServingCertificates
 from webhook.model.prior import PriorCoefficients, PriorPredictor
 from webhook.model.service import PredictionService
@@ -52,6 +52,7 @@ class ServeSettings:
     # Connections beyond this get HTTP 503 at once, which the apiserver treats per failurePolicy.
     max_connections: int = 1000
     debug_endpoints: bool = True
+    workload_metrics_max_series: int = 0  # energetiscope_workload_predicted_watts series; 0: none
 
     @property
     def cert_file(self) -> Path:
@@ -88,7 +89,7 @@ def build_app(settings: ServeSettings, certificates: ServingCertificates | None 
     def inventory_watcher() -> InventoryWatcher | None:
         return InventoryWatcher(inventory, api_client) if inventory is not None else None
 
-    return create_app(
+    app = create_app(
         service,
         AppSettings(
             max_body_bytes=settings.max_body_bytes,
@@ -96,10 +97,15 @@ def build_app(settings: ServeSettings, certificates: ServingCertificates | None 
             review_timeout_seconds=settings.review_timeout_seconds,
             max_concurrent_reviews=settings.max_concurrent_reviews,
             debug_endpoints=settings.debug_endpoints,
+            workload_metrics_max_series=settings.workload_metrics_max_series,
         ),
         Budgets(policy=policy, inventory=inventory),
         lifespan=WebhookLifespan(reloadables, settings.watch_interval_seconds, inventory_watcher),
     )
+    if certificates is not None:
+        serving = certificates
+        app_state(app).metrics.watch_certificate(lambda: serving.not_after_timestamp)
+    return app
 
 
 class _RotatingTLSConfig(uvicorn.Config):

@@ -32,6 +32,8 @@ class AppSettings:
     # Model runs at once; more wait their turn (and their time budget still runs).
     max_concurrent_reviews: int = 8
     debug_endpoints: bool = True
+    # Series of energetiscope_workload_predicted_watts (the largest workloads); 0: none.
+    workload_metrics_max_series: int = 0
 
 
 @dataclass
@@ -58,7 +60,7 @@ class AppState:
             service=service,
             budgets=budgets,
             reader=reader,
-            metrics=WebhookMetrics(service, reader),
+            metrics=WebhookMetrics(service, reader, budgets, settings.workload_metrics_max_series),
             pipeline=ReviewPipeline(service, limits),
             mutating=MutatingHandler(settings.mutation, reader),
             validating=ValidatingHandler(budgets, reader),

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build the real kube-apiserver and etcd that the end-to-end tests run on loopback,
-# and the kustomize they render deploy/ with.
+# the kustomize they render deploy/ with, and the helm that lints, renders and installs
+# deploy/helm/energetiscope.
 #
 # All come from the Go module proxy through the wrapper modules beside this script
-# (go.mod here for Kubernetes, etcd/go.mod for etcd, kustomize/go.mod for kustomize),
+# (go.mod here for Kubernetes, etcd/go.mod for etcd, kustomize/go.mod for kustomize,
+# helm/go.mod for helm),
 # so a machine with Go and the module proxy needs nothing else. The versions are read
 # from those go.mod files: bump them there (and run `go mod tidy`), not here.
 #
@@ -33,6 +35,8 @@ apiserver_bin="$bin_dir/kube-apiserver-$kubernetes_version"
 etcd_bin="$bin_dir/etcd-$etcd_version"
 kustomize_version="$(required_version "$here/kustomize/go.mod" sigs.k8s.io/kustomize/kustomize/v5)"
 kustomize_bin="$bin_dir/kustomize-$kustomize_version"
+helm_version="$(required_version "$here/helm/go.mod" helm.sh/helm/v3)"
+helm_bin="$bin_dir/helm-$helm_version"
 
 now() { date +%s.%N; }
 elapsed() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1fs", end - start }'; }
@@ -97,6 +101,26 @@ main() {
         command -v go >/dev/null || { echo "build.sh: the go command is needed to build kustomize" >&2; exit 1; }
         # kustomize reads its own version from the build info of its module, so no -X is needed.
         build_binary "$here/kustomize" sigs.k8s.io/kustomize/kustomize/v5 "$kustomize_bin" "-s -w"
+    fi
+
+    if [[ -x "$helm_bin" ]]; then
+        echo "build.sh: $helm_bin exists, not rebuilding"
+    else
+        command -v go >/dev/null || { echo "build.sh: the go command is needed to build helm" >&2; exit 1; }
+        # `helm version` reports internal/version.version, and `helm template`/`lint` assume
+        # the Kubernetes release of the client-go helm is built with (v0.X.Y is 1.X), as
+        # helm's own Makefile sets them; a plain `go build` leaves v1.20, which charts'
+        # kubeVersion constraints reject.
+        local client_go minor_k8s
+        client_go="$(required_version "$here/helm/go.mod" k8s.io/client-go)"
+        minor_k8s="$(echo "$client_go" | cut -d. -f2)"
+        local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+        ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+        local pkg
+        for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+            ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor_k8s"
+        done
+        build_binary "$here/helm" helm.sh/helm/v3/cmd/helm "$helm_bin" "$ldflags"
     fi
 
     echo "build.sh: control plane binaries ready in $bin_dir ($(elapsed "$start"))"
