@@ -22,6 +22,7 @@ from webhook.admission.patch import annotations_patch, unmemoised_patch
 from webhook.admission.reading import ObjectReader
 from webhook.admission.review import parse_review
 from webhook.http.body import parse_json
+from webhook.model.carbon import CarbonSettings
 from webhook.model.extract import to_inference_request
 from webhook.model.prior import PriorPredictor
 from webhook.model.schema import spec_hash
@@ -51,7 +52,7 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
     for service in (cached, uncached):
         if not service.load():
             raise RuntimeError(f"model not loaded: {service.status().error}")
-    wanted = [annotations.render(cached.predict(r)) for r in requests]
+    wanted = [annotations.wanted(cached.predict(r), None, CarbonSettings()) for r in requests]  # as /mutate
     metadata = [obj["metadata"] for obj in objects]
     settings = MutationSettings()
     results = [mutate(request, cached, settings) for request in decoded]

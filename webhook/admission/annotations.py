@@ -85,6 +85,11 @@ def render(prediction: WorkloadPrediction) -> dict[str, str | None]:
     }
 
 
+def wanted(prediction: WorkloadPrediction, grid: GridIntensity | None, carbon: CarbonSettings) -> dict[str, str | None]:
+    """Every key the mutating webhook sets (a value) or removes (None) for this prediction."""
+    return {**render(prediction), **render_carbon(prediction, grid, carbon)}
+
+
 def render_carbon(prediction: WorkloadPrediction, grid: GridIntensity | None, carbon: CarbonSettings) -> dict[str, str | None]:
     """g CO2e per hour of running, per run and per day where those energies exist (times the
     configured PUE), and the grid that made them (``region@g/kWh``); every key None (removed)

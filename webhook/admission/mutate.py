@@ -56,8 +56,7 @@ class PendingMutation(PendingReview):
     carbon: CarbonSettings = CarbonSettings()
 
     def complete(self, prediction: WorkloadPrediction) -> AdmissionResponse:
-        wanted = {**annotations.render(prediction), **annotations.render_carbon(prediction, self.grid, self.carbon)}
-        patch = annotations_patch(self.metadata, wanted)
+        patch = annotations_patch(self.metadata, annotations.wanted(prediction, self.grid, self.carbon))
         # An invalid schedule or time zone costs only the per-day keys, and the user is told
         # which field; the apiserver's own validation decides whether the object is admitted.
         problem = prediction.runs.problem

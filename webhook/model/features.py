@@ -56,6 +56,7 @@ RUN_NUMERIC_FEATURES = (
     "indexed_completion",
 )
 DEFAULT_BACKOFF_LIMIT = 6
+DEFAULT_COEFFICIENTS = PriorCoefficients()  # the physics columns read the embedded defaults (100 m, 128 MiB)
 CATEGORICAL_FEATURES = ("workload_kind", "runtime_class", "instance_type", "node_type", "priority_class", "gpu_product")
 # Labels that name the application; the rest (versions, chart revisions, hashes) are noise.
 APP_NAME_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app", "k8s-app", "component")
@@ -198,7 +199,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
         if n == 0:
             return out
         n_physics = len(PHYSICS_COLUMNS)
-        out[:, :n_physics] = physics_rows(requests, PriorCoefficients())
+        out[:, :n_physics] = physics_rows(requests, DEFAULT_COEFFICIENTS)
         numeric_end = n_physics + len(self.numeric_features())
         out[:, n_physics:numeric_end] = (
             self.numeric_weight * (self._numeric(requests) - self.numeric_mean_) / self.numeric_scale_)
