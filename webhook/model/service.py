@@ -14,7 +14,6 @@ from pathlib import Path
 
 from webhook.files import WatchedFile
 from webhook.lru import LRUCache
-from webhook.model.artifact import ArtifactError, TrainedModel, load_model
 from webhook.model.prediction import PodPrediction, Predictor
 from webhook.model.kinds import kind_named
 from webhook.model.prior import PriorPredictor
@@ -93,12 +92,12 @@ class PredictionService:
 
     def status(self) -> ModelStatus:
         predictor = self._predictor
-        trained = isinstance(predictor, TrainedModel)
+        trained = predictor is not self.prior  # only a loaded artifact replaces the prior
         return ModelStatus(
             model_id=predictor.model_id,
             basis="model" if trained else "prior",
             path=str(self.model_path) if self.model_path else None,
-            sha256=predictor.sha256 if trained else None,
+            sha256=getattr(predictor, "sha256", None) if trained else None,
             error=self._error,
         )
 
@@ -110,11 +109,15 @@ class PredictionService:
                 self._predictor, self._error = self.prior, None
                 return True
             self._file.mark_seen()
+            # Here, not at import: scikit-learn takes ~1.2 s to import, which every offline
+            # `predict` and `diff` with the prior alone would pay for nothing.
+            from webhook.model.artifact import ArtifactError, load_model
+
             try:
                 model = load_model(self.model_path, prior=self.prior, expected_sha256=self.expected_sha256)
             except ArtifactError as exc:
                 self._error = str(exc)
-                if isinstance(self._predictor, TrainedModel):
+                if self._predictor is not self.prior:
                     log.error("model reload failed, keeping %s: %s", self._predictor.model_id, exc)
                 else:
                     log.error("model not loaded, serving the prior %s: %s", self.prior.model_id, exc)
