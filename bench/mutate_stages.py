@@ -87,3 +87,26 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
         StageCost("mutate(), cache miss", _mean_microseconds(lambda i: mutate(decoded[i % n], uncached, settings),
                                                              predictions)),
     ]
+
+
+def main() -> None:
+    """`python -m bench.mutate_stages [--rows 50000]`: the stages on a freshly built artifact."""
+    import argparse
+    import tempfile
+
+    from bench.admission_body import review_bodies
+    from bench.model_artifact import build_artifact
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rows", type=int, default=50_000, help="training rows of the artifact")
+    parser.add_argument("--bodies", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
+        artifact = Path(tmp) / "model.esmodel"
+        build_artifact(args.rows, artifact)
+        for cost in stage_costs(review_bodies(args.bodies), artifact):
+            print(f"{cost.microseconds:>10.1f} us  {cost.stage}")
+
+
+if __name__ == "__main__":
+    main()

@@ -241,3 +241,29 @@ def test_concurrent_searches_agree_with_one_at_a_time() -> None:
     for (d1, i1), (d2, i2) in zip(alone, together):
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_array_equal(d1, d2)
+
+
+def test_one_sparse_query_at_a_time_finds_the_exact_neighbours() -> None:
+    """The webhook's case: a query equal to most rows' typical value in most columns takes the
+    column-by-column path; it must rank exactly as the exact reference, twins and ties included."""
+    rng = np.random.default_rng(21)
+    training = np.zeros((3000, 150), dtype=np.float32)
+    training[:, :12] = rng.standard_normal((3000, 12))  # dense numeric columns
+    hot = rng.integers(12, 150, size=(3000, 6))  # a few one-hot / hashed-token columns per row
+    np.put_along_axis(training, hot, 1.0, axis=1)
+    training[100:140] = training[7]  # twins
+    index = BruteForceIndex(training)
+    near = training[[5, 9]].copy()
+    near[:, :12] += np.float32(1e-3)
+    queries = np.vstack([training[[0, 7, 120, 2999]], near])
+    stranger = np.zeros((1, 150), dtype=np.float32)
+    stranger[0, :12] = rng.standard_normal(12)
+    stranger[0, [20, 60, 140]] = 1.0
+    queries = np.vstack([queries, stranger]).astype(np.float32)
+    for query in queries:
+        shifted = query - index.offsets
+        assert np.count_nonzero(shifted) * 3 <= query.size  # the sparse path, not the GEMV
+        distances, rows = index.kneighbors(query[None, :], K)
+        expected_distances, expected_rows = _exact_reference(training, query[None, :], K)
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_allclose(distances, expected_distances, rtol=1e-12, atol=1e-12)

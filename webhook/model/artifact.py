@@ -129,7 +129,7 @@ class TrainedModel:
 
 def _array_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    np.lib.format.write_array(buffer, array, allow_pickle=False)  # C or Fortran order, as the estimator keeps it
     return buffer.getvalue()
 
 
