@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Built binaries (kube-apiserver, etcd) live outside the clone so a fresh clone reuses them.
+# Built binaries (kube-apiserver, etcd, kustomize, helm) live outside the clone so a fresh clone reuses them.
 export ENERGETISCOPE_CACHE ?= $(HOME)/.cache/energetiscope
 DEV_CERTS ?= .dev-certs
 PORT ?= 8443
