@@ -418,6 +418,39 @@ def test_metrics_show_the_namespace_power_the_webhook_admitted(installed: Instal
     assert samples[("energetiscope_certificate_expiry_timestamp_seconds", ())] == not_after.timestamp()
 
 
+@pytest.mark.parametrize("kind", sorted(WORKLOADS))
+def test_every_kind_is_annotated_through_the_chart(installed: Installed, kind: str) -> None:
+    namespace = create_namespace(installed.kube, "helm-kinds")
+    eventually(lambda: True if _mutated_by_us(installed, namespace, "probe") else None, "mutation through the chart")
+    before = installed.count("mutate")
+    reply = installed.kube.create(WORKLOADS[kind].collection(namespace), workload(kind, "w"), dry_run=True)
+    assert energetiscope_annotations(reply.expect_ok()), f"{kind} not annotated"
+    assert installed.count("mutate") > before, f"the chart's configuration did not send the {kind} to our webhook"
+
+
+def test_scaling_past_a_budget_is_checked_through_the_chart(installed: Installed) -> None:
+    """The scale subresource rules of the chart's validating configuration: our webhook sees
+    ``kubectl scale`` and denies past the namespace's per-workload limit, 2.5 pods' worth."""
+    namespace = create_namespace(installed.kube, "helm-scale", annotations={"energetiscope.io/budget-mode": "enforce"})
+    eventually(lambda: True if _mutated_by_us(installed, namespace, "probe") else None, "mutation through the chart")
+    created = installed.kube.create(WORKLOADS["Deployment"].collection(namespace),
+                                    workload("Deployment", "web", replicas=1)).expect_ok()
+    pod_watts = float(created["metadata"]["annotations"]["energetiscope.io/pod-power-watts"])
+    installed.kube.merge_patch(f"/api/v1/namespaces/{namespace}", {"metadata": {"annotations": {
+        "energetiscope.io/max-workload-watts": f"{2.5 * pod_watts:.3f}"}}}).expect_ok()
+    scale = WORKLOADS["Deployment"].item(namespace, "web") + "/scale"
+
+    def denied_by_us() -> bool | None:
+        before = installed.count("validate", "denied")
+        reply = installed.kube.merge_patch(scale + "?dryRun=All", {"spec": {"replicas": 3}})
+        return True if reply.status == 403 and installed.count("validate", "denied") > before else None
+
+    eventually(denied_by_us, f"our webhook denying a scale to 3 x {pod_watts} W past 2.5 pods' worth")
+    before = installed.count("validate", "allowed")
+    installed.kube.merge_patch(scale + "?dryRun=All", {"spec": {"replicas": 2}})
+    assert installed.count("validate", "allowed") > before, "a scale to 2 pods within the limit was not allowed by our webhook"
+
+
 def test_the_prometheus_rule_is_the_rules_file(helm: Helm) -> None:
     objects = helm.template("energetiscope", "energetiscope", {"prometheusRule.enabled": True,
                                                                 "prometheusRule.labels": {"release": "prom"}})
