@@ -13,7 +13,7 @@ become one row: the mean of their pods' powers. Why not thousands of windows, no
 pod: all windows and all pods of a workload have the same spec, i.e. the same features. As KNN
 rows, a 50-replica Deployment would fill every neighbour slot of a query with itself, weigh
 workloads by their replica count and age, and put training points at distance 0 from each
-other, which collapses LogPowerKNN's trust radius (twice the 99th percentile of nearest-neighbour
+other, which collapses AnchoredKNN's trust radius (twice the 99th percentile of nearest-neighbour
 distances) to 0, so that every new spec would get the prior. One row per spec gives each workload
 one vote and keeps distances between different specs. `pod` and `pod-day` (day-to-day variation
 of long-lived pods) are there for comparison and for data with one pod per spec.
