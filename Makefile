@@ -8,7 +8,7 @@ export ENERGETISCOPE_CACHE ?= $(HOME)/.cache/energetiscope
 DEV_CERTS ?= .dev-certs
 PORT ?= 8443
 
-.PHONY: run test install certs controlplane prometheus bench clean
+.PHONY: run test install certs controlplane prometheus chromium bench clean
 
 $(BIN)/energetiscope $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ controlplane:
 prometheus:
 	bash tests/tools/install-prometheus.sh
 
-test: install controlplane prometheus
+# Debian's chromium for the browser tests (tests/browser); where it cannot be installed they skip, saying why.
+chromium:
+	bash tests/tools/install-chromium.sh || echo "chromium not installed: tests/browser will be skipped"
+
+test: install controlplane prometheus chromium
 	$(BIN)/python -m pytest
 
 # All benchmarks, tables printed and JSON written to bench/results/ (see bench/README.md).

@@ -193,7 +193,8 @@ def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: 
             click.echo(f"{runs['scheme']}\n" + metrics_table([MethodMetrics(**m) for m in runs["run_seconds"]]))
             if runs["energy_joules_per_run"]:
                 click.echo(metrics_table([MethodMetrics(**m) for m in runs["energy_joules_per_run"]]))
-    click.echo(f"artifact {outcome.model_path} sha256 {outcome.sha256}; card {outcome.card_paths[0]}, {outcome.card_paths[1]}")
+    click.echo(f"artifact {outcome.model_path} sha256 {outcome.sha256}; card {outcome.card_paths[0]}, {outcome.card_paths[1]}"
+               f"; report {outcome.report_path}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -7,7 +7,9 @@ scored with the same metrics as cross-validation, next to the prior on the same 
 dataset is the model's own training data the report says so: that measures fit, not how the
 model does on new workloads (the cross-validation in the model card does).
 
-Writes `evaluation.json`, `evaluation.md`, `predicted_vs_measured.png` and `residuals.png`.
+Writes `evaluation.json`, `evaluation.md`, `predicted_vs_measured.png`, `residuals.png` and
+`evaluation.html` (`trainer.report_html`: all of it, with the model card's cross-validation and the
+dataset's join summary, in one self-contained page).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import numpy as np
 
 from webhook.files import write_text_atomically
 from trainer.baselines import from_pod_predictions
-from trainer.dataset import read_dataset
+from trainer.dataset import read_dataset, summary_path
 from trainer.metrics import MethodMetrics, metrics_table, score
 from trainer.plots import predicted_vs_measured, residuals
+from trainer.report_html import EvaluationSet, card_evaluation_sets, write_report
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
 from webhook.model.artifact import TrainedModel, load_model
-from webhook.model.prior import PriorPredictor
+from webhook.model.prior import PriorCoefficients, PriorPredictor
 
 
 @dataclass
@@ -52,17 +55,32 @@ def run_evaluate(model_path: str | os.PathLike[str], dataset_path: str | os.Path
     )
     if not table.requests:
         raise ValueError("no targets to evaluate: no pod in the dataset has enough windows with energy")
-    return evaluate(model, table, Path(out_dir), data_card)
+    return evaluate(model, table, Path(out_dir), data_card, join_summary_path=summary_path(dataset_path),
+                    artifact_file=Path(model_path).name)
 
 
-def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card: dict[str, Any]) -> EvaluationOutcome:
+def calibrated_prior_watts(model: TrainedModel, table: TrainingTable) -> np.ndarray:
+    """The model's own calibrated prior (what it answers beyond its trust radius) for every target."""
+    knn = model.pipeline[-1]
+    physics, _ = knn._split(model.pipeline[:-1].transform(list(table.requests)))
+    return np.asarray(knn.prior_.predict(physics), dtype=np.float64)
+
+
+def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card: dict[str, Any], *,
+             join_summary_path: Path | None = None, artifact_file: str | None = None) -> EvaluationOutcome:
     served = from_pod_predictions(model.predict(table.requests))
     assert served.p10_watts is not None and served.p90_watts is not None and served.prior_fallback is not None
-    prior = from_pod_predictions(PriorPredictor().predict(table.requests))
+    embedded = PriorPredictor()
+    first = PriorPredictor(PriorCoefficients(gpu_products=False))
+    prior = from_pod_predictions(embedded.predict(table.requests))
+    first_prior = from_pod_predictions(first.predict(table.requests))
     metrics = [
         score(f"{model.model_id} as served", table, served.power_watts, served.p10_watts, served.p90_watts,
               served.prior_fallback),
-        score("prior ccf-prior-v1", table, prior.power_watts, prior.p10_watts, prior.p90_watts),
+        score(f"prior {embedded.model_id} (embedded)", table, prior.power_watts, prior.p10_watts, prior.p90_watts),
+        score(f"prior {first.model_id} (first shipped)", table, first_prior.power_watts, first_prior.p10_watts,
+              first_prior.p90_watts),
+        score("calibrated prior (the model's own, no neighbours)", table, calibrated_prior_watts(model, table)),
     ]
     in_sample = data_card.get("training_data_sha256") == table.data_sha256()
     trained_on = set(data_card.get("workload_list") or [])
@@ -102,5 +120,27 @@ def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card
         "![residuals](residuals.png)", "",
     ])
     paths["markdown"] = write_text_atomically(out_dir / "evaluation.md", markdown)
+    paths["html"] = write_evaluation_report(out_dir / "evaluation.html", model, report, paths, join_summary_path,
+                                            artifact_file)
     return EvaluationOutcome(model_id=model.model_id, metrics=metrics, in_sample=in_sample,
                              workloads_seen_in_training=seen, paths=paths, report=report)
+
+
+def write_evaluation_report(path: Path, model: TrainedModel, report: dict[str, Any], paths: dict[str, Path],
+                            join_summary_path: Path | None, artifact_file: str | None = None) -> Path:
+    """`evaluation.html`: this evaluation next to the card's cross-validation, with the join summary."""
+    artifact = dict(model.metadata.get("artifact") or {})
+    artifact.update(sha256=model.sha256, file=artifact_file or artifact.get("file") or "")
+    card = {**model.metadata, "artifact": artifact}
+    sets = [EvaluationSet("evaluation", "Evaluation on the dataset", str(report["note"]), report["metrics"]),
+            *card_evaluation_sets(card)]
+    summary = None
+    if join_summary_path is not None and join_summary_path.is_file():
+        summary = json.loads(join_summary_path.read_text(encoding="utf-8"))
+    return write_report(path, title=f"Evaluation of {model.model_id}", note=f"Artifact sha256 {model.sha256}. "
+                        f"{report['note']}.", card=card, sets=sets, targets=report["targets"],
+                        targets_title="the served model on the evaluation dataset",
+                        plots={"predicted against measured (log axes, p10-p90 bars)": paths["scatter"],
+                               "residuals: log(measured / predicted) against measured power": paths["residuals"]},
+                        join_summary=summary,
+                        join_source=join_summary_path.name if join_summary_path is not None else "no dataset path")

@@ -6,17 +6,21 @@ windows), with the target, k and optionally the encoder's block weights chosen b
 cross-validation (`trainer.crossval`); `fit` itself calibrates p10/p90 (split-conformal on grouped
 folds). It is written as one data-only artifact with `webhook.model.artifact.save_model`, plus a
 model card (JSON and Markdown) beside it that says which candidate serves, how it compares with
-the priors and a constant on the same folds, and on how many workloads.
+the priors and a constant on the same folds, and on how many workloads; and the same as one HTML
+page (`model.report.html`, `trainer.report_html`) with the out-of-fold plots and the join summary.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from trainer.crossval import (
@@ -30,8 +34,10 @@ from trainer.crossval import (
     fit_pipeline,
     params_json,
 )
-from trainer.dataset import read_dataset
-from trainer.model_card import library_versions, write_card
+from trainer.dataset import read_dataset, summary_path
+from trainer.model_card import card_paths, library_versions, write_card
+from trainer.plots import predicted_vs_measured, residuals
+from trainer.report_html import card_evaluation_sets, write_report
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
 from trainer.text_embedding import default_text_embedding
 from webhook.model.features import CATEGORICAL_FEATURES, FEATURE_VERSION, NUMERIC_FEATURES
@@ -62,6 +68,7 @@ class FitOutcome:
     sha256: str
     card: dict[str, Any] = field(default_factory=dict)
     comparison: Comparison | None = None
+    report_path: Path | None = None
 
 
 def make_model_id(table: TrainingTable, created: datetime) -> str:
@@ -201,6 +208,48 @@ def run_fit(dataset_path: str | os.PathLike[str], out: str | os.PathLike[str], s
     sha256 = save_model(out_path, pipeline, card["model_id"], metadata=card, run_pipeline=run_pipeline)
     card["artifact"].update(file=out_path.name, sha256=sha256)
     paths = write_card(card, out_path)
+    report = write_fit_report(report_path(out_path), card, table, comparison, summary_path(dataset_path))
     return FitOutcome(model_path=out_path, card_paths=paths, model_id=card["model_id"], sha256=sha256, card=card,
-                      comparison=comparison)
+                      comparison=comparison, report_path=report)
+
+
+def report_path(artifact: str | os.PathLike[str]) -> Path:
+    """`model.joblib` -> `model.report.html` beside it."""
+    json_path, _ = card_paths(artifact)
+    return json_path.with_name(json_path.name.removesuffix(".card.json") + ".report.html")
+
+
+def write_fit_report(path: Path, card: dict[str, Any], table: TrainingTable, comparison: Comparison | None,
+                     join_summary_path: Path) -> Path:
+    """The card as one HTML page, plotting the served candidate's out-of-fold predictions: how it does
+    on workloads it was not fitted on, which in-sample predictions would not show."""
+    targets: list[dict[str, Any]] = []
+    plots: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="energetiscope-report-") as scratch:
+        oof = comparison.out_of_fold.get("served") if comparison is not None else None
+        if oof is not None and oof.p10_watts is not None and oof.p90_watts is not None:
+            fallback = oof.prior_fallback if oof.prior_fallback is not None else np.zeros(len(oof.power_watts), bool)
+            title = f"{card['model_id']} out of fold\n{len(table.requests)} targets, {table.workloads} workloads"
+            plots = {
+                "predicted against measured, out of fold (log axes, p10-p90 bars)": predicted_vs_measured(
+                    Path(scratch) / "scatter.png", table.power_watts, oof.power_watts, oof.p10_watts, oof.p90_watts,
+                    fallback, title),
+                "residuals out of fold: log(measured / predicted) against measured power": residuals(
+                    Path(scratch) / "residuals.png", table.power_watts, oof.power_watts, fallback, title,
+                    tuple(card["model"]["interval"]["log_offsets_p10_p90"] or ()) or None),
+            }
+            frame = table.frame[["namespace", "workload_kind", "workload_name", "pod"]].astype(str)
+            for i, row in enumerate(frame.itertuples(index=False)):
+                targets.append({"namespace": row.namespace, "workload_kind": row.workload_kind,
+                                "workload_name": row.workload_name, "pod": row.pod,
+                                "power_watts": float(table.power_watts[i]), "predicted_watts": float(oof.power_watts[i]),
+                                "p10_watts": float(oof.p10_watts[i]), "p90_watts": float(oof.p90_watts[i]),
+                                "basis": "prior" if fallback[i] else "model"})
+        summary = json.loads(join_summary_path.read_text(encoding="utf-8")) if join_summary_path.is_file() else None
+        return write_report(path, title=f"Model card and evaluation of {card['model_id']}",
+                            note=f"Artifact {card['artifact']['file']}, sha256 {card['artifact']['sha256']}. The plots, "
+                                 "coverage and largest errors are the served candidate's grouped cross-validation, "
+                                 "out of fold.", card=card, sets=card_evaluation_sets(card), targets=targets,
+                            targets_title="the served candidate, out of fold", plots=plots, join_summary=summary,
+                            join_source=join_summary_path.name)
 

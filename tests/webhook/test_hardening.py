@@ -204,6 +204,7 @@ def test_debug_endpoints_can_be_switched_off(tmp_path: Path) -> None:
     with WebhookProcess(certs, tmp_path / "log", "--no-debug-endpoints") as server, server.client() as client:
         assert client.post("/predict", json={}).status_code == 404
         assert client.post("/predict/from-yaml", content="").status_code == 404
+        assert client.get("/docs").status_code == 404 and client.get("/docs/assets/docs.js").status_code == 404
         assert patch_of(client.post("/mutate", json=review(DEPLOYMENT)).json())
 
 
@@ -229,7 +230,8 @@ def test_no_endpoint_takes_a_path_or_loads_files() -> None:
     app = create_app(PredictionService(PriorPredictor()))
     paths = {route.path for route in app.routes}
     assert paths == {"/mutate", "/validate", "/predict", "/infer/from-yaml", "/predict/from-yaml",
-                     "/healthz", "/readyz", "/metrics", "/openapi.json"}
+                     "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/assets/swagger-ui.css",
+                     "/docs/assets/swagger-ui-bundle.js", "/docs/assets/favicon-32x32.png", "/docs/assets/docs.js"}
     document = json.dumps(openapi_document())
     for word in ("model_path", "artifact", "filename", '"in": "query"', '"in": "path"'):
         assert word not in document

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from webhook.admission.policy import PolicyStore
 from webhook.admission.validate import Budgets
-from webhook.http import routes_admission, routes_debug, routes_health
+from webhook.http import routes_admission, routes_debug, routes_docs, routes_health
 from webhook.http.problems import HTTPProblem, problem_response
 from webhook.http.state import AppSettings, AppState
 from webhook.model.service import PredictionService
@@ -39,7 +39,8 @@ def create_app(
     """
     settings = settings or AppSettings()
     budgets = budgets or Budgets(policy=PolicyStore(None), inventory=None)
-    routes = routes_admission.ROUTES + (routes_debug.ROUTES if settings.debug_endpoints else []) + routes_health.ROUTES
+    debugging = routes_debug.ROUTES + routes_docs.ROUTES if settings.debug_endpoints else []
+    routes = routes_admission.ROUTES + debugging + routes_health.ROUTES
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPProblem: problem_response},

@@ -8,6 +8,58 @@ from webhook.model.schema import InferenceRequest, PredictOut
 
 _REF = "#/components/schemas/{model}"
 
+# The examples /docs starts "Try it out" from: what examples/deployment.yaml reads as, and a
+# multi-document YAML (a Deployment, a CronJob, and a ConfigMap that is skipped, with why).
+INFERENCE_REQUEST_EXAMPLE: dict[str, Any] = {
+    "namespace": "shop", "workload_kind": "Deployment", "workload_name": "web", "replicas": 3,
+    "labels": {"app.kubernetes.io/name": "web"}, "sidecar_count": 1,
+    "containers": [
+        {"name": "log-shipper", "image": "fluent/fluent-bit:3.1", "req_cpu_mcpu": 50, "req_mem_mib": 64,
+         "lim_mem_mib": 128, "native_sidecar": True},
+        {"name": "nginx", "image": "nginx:1.27", "req_cpu_mcpu": 500, "req_mem_mib": 256, "lim_cpu_mcpu": 1000,
+         "lim_mem_mib": 512},
+    ],
+}
+YAML_EXAMPLE = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: nginx
+          image: nginx:1.27
+          resources:
+            requests: {cpu: 500m, memory: 256Mi}
+            limits: {cpu: "1", memory: 512Mi}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly-report, namespace: shop}
+spec:
+  schedule: "0 2 * * *"
+  jobTemplate:
+    spec:
+      activeDeadlineSeconds: 1800
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+            - name: report
+              image: python:3.12
+              resources:
+                requests: {cpu: "2", memory: 1Gi}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: shop}
+data: {mode: fast}
+"""
+
 
 def _schema(model: Any, components: dict[str, Any]) -> dict[str, Any]:
     schema = model.model_json_schema(ref_template=_REF)
@@ -74,7 +126,10 @@ def openapi_document(debug_endpoints: bool = True) -> dict[str, Any]:
     review_in = _json({"$ref": "#/components/schemas/AdmissionReviewRequest"})
     review_out = _json({"$ref": "#/components/schemas/AdmissionReviewResponse"})
     skipped = {"type": "array", "items": {"$ref": "#/components/schemas/Skipped"}}
-    yaml_body = {"required": True, "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}}}
+    yaml_body = {"required": True, "content": {"text/plain": {
+        "schema": {"type": "string", "minLength": 1},
+        "examples": {"shop": {"summary": "a Deployment, a CronJob and a ConfigMap (skipped)", "value": YAML_EXAMPLE}},
+    }}}
     admission = {
         "requestBody": {"required": True, **review_in},
         "responses": {
@@ -94,7 +149,11 @@ def openapi_document(debug_endpoints: bool = True) -> dict[str, Any]:
         paths["/predict"] = {
             "post": {
                 "summary": "predict for one InferenceRequest",
-                "requestBody": {"required": True, **_json(request_ref)},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": request_ref,
+                    "examples": {"web": {"summary": "a Deployment of 3 pods with a native sidecar",
+                                         "value": INFERENCE_REQUEST_EXAMPLE}},
+                }}},
                 "responses": {
                     "200": {"description": "the prediction", **_json(out_ref)},
                     "400": {"description": "not JSON", **error},
