@@ -9,6 +9,10 @@ There is no controller manager and no scheduler: objects are stored and validate
 admission (including webhooks) runs, but nothing reconciles them (a Deployment gets
 no ReplicaSet, a deleted Namespace stays Terminating).
 
+``stop_apiserver()``/``start_apiserver()`` and ``stop_etcd()``/``start_etcd()`` stop and
+start one component again on the same ports (etcd on the same data directory), as a
+restart in a cluster does, so clients keep their URLs and everything stored survives.
+
 Typical use::
 
     with ControlPlane() as plane:
@@ -289,6 +293,7 @@ class ControlPlane:
         self._apiserver: _Process | None = None
         self._secure_port: int | None = None
         self._etcd_client_port: int | None = None
+        self._etcd_peer_port: int | None = None
         self._serving_ca: KeyPair | None = None
         self._client_ca: KeyPair | None = None
         self._issued_users: dict[tuple[str, tuple[str, ...]], tuple[Path, Path]] = {}
@@ -315,9 +320,34 @@ class ControlPlane:
         _running.add(self)
         self._directory = Path(tempfile.mkdtemp(prefix="energetiscope-controlplane-"))
         self._write_pki()
-        self._start_etcd()
-        self._start_apiserver()
+        # Fresh ports on every attempt: a retry after PortTaken must not reuse the taken one.
+        self._start_etcd(free_loopback_ports(2))
+        self._start_apiserver(free_loopback_ports(1)[0])
         self._write_kubeconfig()
+
+    # -- restarts: one component, same ports, same data ------------------------------
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (SIGTERM, as a rolling restart does); etcd and every file stay."""
+        if self._apiserver is not None:
+            self._apiserver.stop(self.stop_timeout)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again on its port; returns once /readyz answers ok."""
+        if self.running("kube-apiserver"):
+            raise ControlPlaneError("kube-apiserver is running")
+        self._start_apiserver(self._require(self._secure_port))
+
+    def stop_etcd(self) -> None:
+        """Stop etcd, keeping its data directory (stop the apiserver first for a clean restart)."""
+        if self._etcd is not None:
+            self._etcd.stop(self.stop_timeout)
+
+    def start_etcd(self) -> None:
+        """Start etcd again on its ports and data directory; returns once /health is ok."""
+        if self.running("etcd"):
+            raise ControlPlaneError("etcd is running")
+        self._start_etcd([self._require(self._etcd_client_port), self._require(self._etcd_peer_port)])
 
     def stop(self) -> None:
         """Stop the apiserver, then etcd (it must outlive its client), and remove the directory."""
@@ -399,6 +429,11 @@ class ControlPlane:
         """Process ids of the running components, by name."""
         return {p.name: p.pid for p in (self._etcd, self._apiserver) if p is not None}
 
+    def running(self, name: str) -> bool:
+        """Whether component ``name`` ("etcd" or "kube-apiserver") is running now."""
+        process = {"etcd": self._etcd, "kube-apiserver": self._apiserver}[name]
+        return process is not None and not process.exited()
+
     def issue_client_certificate(self, user: str, groups: Sequence[str] = ()) -> tuple[Path, Path]:
         """A client certificate the apiserver authenticates as ``user`` in ``groups``.
 
@@ -475,12 +510,12 @@ class ControlPlane:
         )
         (pki / "service-account.pub").write_bytes(public_pem)
 
-    def _start_etcd(self) -> None:
-        client_port, peer_port = free_loopback_ports(2)
+    def _start_etcd(self, ports: Sequence[int]) -> None:
+        client_port, peer_port = ports
         client_url = f"http://{LOOPBACK}:{client_port}"
         peer_url = f"http://{LOOPBACK}:{peer_port}"
         data_dir = self.directory / "etcd-data"
-        self._etcd_client_port = client_port
+        self._etcd_client_port, self._etcd_peer_port = client_port, peer_port
         self._etcd = _Process(
             "etcd",
             [
@@ -567,8 +602,8 @@ class ControlPlane:
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log_path}",
                 "--audit-log-format=json", "--audit-log-mode=blocking"]
 
-    def _start_apiserver(self) -> None:
-        (self._secure_port,) = free_loopback_ports(1)
+    def _start_apiserver(self, port: int) -> None:
+        self._secure_port = port
         self._apiserver = _Process("kube-apiserver", self._apiserver_argv(), self.apiserver_log_path)
         context = self._admin_tls_context()
         deadline = time.monotonic() + self.start_timeout

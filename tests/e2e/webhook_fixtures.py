@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import httpx
 import kubernetes.client
@@ -210,8 +210,10 @@ def wait_until_validating_webhook_is_called(kube: KubeRest) -> None:
 
 
 def start_wired_webhook(control_plane: ControlPlane, kube_api: kubernetes.client.ApiClient,
-                        work_dir: Path) -> WiredWebhook:
-    """Steps 1-5 of the module docstring; the caller stops it with ``teardown_wired_webhook``."""
+                        work_dir: Path, extra_args: Sequence[str] = ()) -> WiredWebhook:
+    """Steps 1-5 of the module docstring; the caller stops it with ``teardown_wired_webhook``.
+
+    ``extra_args`` go to ``energetiscope serve`` after the ones above."""
     kube = KubeRest(kube_api)
     cert_dir = create_certs(work_dir / "certs", "localhost", ips=("127.0.0.1",))
     policy_path = work_dir / "policy.yaml"
@@ -220,6 +222,7 @@ def start_wired_webhook(control_plane: ControlPlane, kube_api: kubernetes.client
         cert_dir, work_dir / "webhook.log",
         "--kube-access", str(control_plane.kubeconfig_path),
         "--policy-file", str(policy_path),
+        *extra_args,
         env={"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"},
     ).start()
     try:

@@ -4,6 +4,12 @@ The budget webhook must not call the API per admission request, so it keeps the 
 every annotated workload, and every namespace's budget annotations, current with one
 list+watch per kind. Objects that a controller owns (a Deployment's ReplicaSets, a
 CronJob's Jobs, any controller's Pods) are left out: their owner already counts them.
+
+The apiserver restarts, etcd restarts, connections drop and watches expire; the watcher
+re-lists on 410 Gone, retries a failed list or watch with capped exponential backoff, bounds
+every watch with ``timeoutSeconds`` (and a read timeout, for a stream that goes silent), and
+marks its kind unsynced from a failed list or watch until a list succeeds again, so that
+``whenInventoryNotSynced`` decides meanwhile instead of totals that may be stale.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -113,6 +120,16 @@ class WorkloadInventory:
         with self._lock:
             self._synced_kinds.add(kind)
 
+    def mark_unsynced(self, kind: str) -> None:
+        """The kind's list or watch failed: what it holds may miss changes until the next list."""
+        with self._lock:
+            self._synced_kinds.discard(kind)
+
+    @property
+    def unsynced_kinds(self) -> frozenset[str]:
+        with self._lock:
+            return self.expected_kinds - self._synced_kinds
+
     def apply(self, kind: str, event_type: str, obj: Mapping[str, Any]) -> None:
         metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
         name = str(metadata.get("name", ""))
@@ -121,8 +138,7 @@ class WorkloadInventory:
                 if event_type == "DELETED":
                     self._namespaces.pop(name, None)
                 else:
-                    raw = metadata.get("annotations") or {}
-                    self._namespaces[name] = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+                    self._namespaces[name] = _annotations_of(metadata)
                 return
             key = (str(metadata.get("namespace", "")), kind, name)
             contribution = None if event_type == "DELETED" else contribution_of(kind, obj)
@@ -132,15 +148,28 @@ class WorkloadInventory:
                 self._workloads[key] = contribution
 
     def replace(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
-        """A fresh list: everything of this kind not in it is gone."""
-        with self._lock:
-            if kind == "Namespace":
-                self._namespaces.clear()
-            else:
-                for key in [k for k in self._workloads if k[1] == kind]:
-                    del self._workloads[key]
+        """A fresh list: everything of this kind not in it is gone.
+
+        Built aside and swapped in under one lock: an admission during a re-list after an
+        outage must see the old total or the new one, never a namespace half emptied.
+        """
+        if kind == "Namespace":
+            namespaces: dict[str, dict[str, str]] = {}
+            for obj in objects:
+                metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+                namespaces[str(metadata.get("name", ""))] = _annotations_of(metadata)
+            with self._lock:
+                self._namespaces = namespaces
+            return
+        fresh: dict[WorkloadKey, Contribution] = {}
         for obj in objects:
-            self.apply(kind, "ADDED", obj)
+            metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+            contribution = contribution_of(kind, obj)
+            if contribution is not None:
+                fresh[(str(metadata.get("namespace", "")), kind, str(metadata.get("name", "")))] = contribution
+        with self._lock:
+            kept = {k: c for k, c in self._workloads.items() if k[1] != kind}
+            self._workloads = kept | fresh
 
     def namespace_annotations(self, namespace: str) -> dict[str, str]:
         with self._lock:
@@ -170,6 +199,31 @@ class WorkloadInventory:
             return {name: dict(notes) for name, notes in self._namespaces.items()}, dict(self._workloads)
 
 
+def _annotations_of(metadata: Mapping[str, Any]) -> dict[str, str]:
+    raw = metadata.get("annotations") or {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter, reset by a success.
+
+    The jitter keeps the webhook's replicas (and its kinds' threads) from re-listing in
+    step against an apiserver that has just come back.
+    """
+
+    initial_seconds: float = 0.25
+    max_seconds: float = 5.0
+    _next: float = 0.0
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+    def next_delay(self) -> float:
+        self._next = self.initial_seconds if self._next == 0.0 else min(self._next * 2, self.max_seconds)
+        return self._next / 2 + random.uniform(0.0, self._next / 2)
+
+
 def _watched_kinds() -> dict[str, tuple[type, str]]:
     """kind -> (API class, method listing it in every namespace): namespaces, then workloads."""
     from kubernetes import client
@@ -182,12 +236,25 @@ def _watched_kinds() -> dict[str, tuple[type, str]]:
 
 
 class InventoryWatcher:
-    """One thread per kind: list, then watch from the list's resourceVersion; relist on 410 Gone."""
+    """One thread per kind: list, then watch from the list's resourceVersion.
 
-    def __init__(self, inventory: WorkloadInventory, api_client: Any, watch_timeout_seconds: int = 300) -> None:
+    - 410 Gone (the resourceVersion is older than the apiserver keeps, as after a restart):
+      re-list at once.
+    - A watch that ends (``timeoutSeconds`` reached, the apiserver closing it): watch again
+      from the last resourceVersion seen; nothing was missed.
+    - A list or watch that fails (connection refused or reset, a timeout, a 5xx while etcd
+      is away): the kind is unsynced until a list succeeds, retried with backoff.
+    """
+
+    def __init__(self, inventory: WorkloadInventory, api_client: Any, watch_timeout_seconds: int = 300,
+                 list_timeout_seconds: float = 15.0, backoff_initial_seconds: float = 0.25,
+                 backoff_max_seconds: float = 5.0) -> None:
         self.inventory = inventory
         self.api_client = api_client
         self.watch_timeout_seconds = watch_timeout_seconds
+        self.list_timeout_seconds = list_timeout_seconds
+        self.backoff_initial_seconds = backoff_initial_seconds
+        self.backoff_max_seconds = backoff_max_seconds
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Each thread's open watch: stop() must close it, since a thread blocked reading a
@@ -215,42 +282,68 @@ class InventoryWatcher:
         api_class, method = self._kinds[kind]
         return getattr(api_class(self.api_client), method)
 
-    def _run(self, kind: str) -> None:
+    def _list(self, kind: str, list_function: Callable[..., Any]) -> str:
+        """List ``kind`` into the inventory; its resourceVersion, to watch from."""
+        # Raw JSON: the typed models cost far more to build than the few fields we read.
+        # A bounded wait: with etcd away the apiserver may hold a list for long.
+        response = list_function(_preload_content=False, _request_timeout=self.list_timeout_seconds)
+        listing = json.loads(response.data)
+        self.inventory.replace(kind, listing.get("items") or [])
+        self.inventory.mark_synced(kind)
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch(self, kind: str, list_function: Callable[..., Any], resource_version: str) -> str:
+        """One watch from ``resource_version`` until it ends; the last resourceVersion seen."""
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
+        watcher = watch.Watch()
+        self._watches[kind] = watcher
+        for event in watcher.stream(
+            list_function,
+            resource_version=resource_version,
+            # The apiserver ends the watch after this, so a watch lost without a word
+            # (a dropped connection nobody reset) is noticed within it...
+            timeout_seconds=self.watch_timeout_seconds,
+            allow_watch_bookmarks=True,
+            # ...and the read timeout catches a stream that goes silent past it.
+            _request_timeout=(self.list_timeout_seconds, self.watch_timeout_seconds + 10),
+        ):
+            if self._stop.is_set():
+                watcher.stop()
+                break
+            raw = event.get("raw_object") or {}
+            resource_version = (raw.get("metadata") or {}).get("resourceVersion", resource_version)
+            if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                self.inventory.apply(kind, event["type"], raw)
+            elif event["type"] == "ERROR":
+                raise ApiException(status=raw.get("code", 500), reason=raw.get("message"))
+        return resource_version
+
+    def _run(self, kind: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         list_function = self._list_function(kind)
+        backoff = Backoff(self.backoff_initial_seconds, self.backoff_max_seconds)
         while not self._stop.is_set():
             try:
-                # Raw JSON: the typed models cost far more to build than the few fields we read.
-                response = list_function(_preload_content=False, _request_timeout=30)
-                listing = json.loads(response.data)
-                self.inventory.replace(kind, listing.get("items") or [])
-                self.inventory.mark_synced(kind)
-                resource_version = listing["metadata"]["resourceVersion"]
+                resource_version = self._list(kind, list_function)
+                backoff.reset()
                 while not self._stop.is_set():
-                    watcher = watch.Watch()
-                    self._watches[kind] = watcher
-                    for event in watcher.stream(
-                        list_function,
-                        resource_version=resource_version,
-                        timeout_seconds=self.watch_timeout_seconds,
-                        allow_watch_bookmarks=True,
-                        _request_timeout=self.watch_timeout_seconds + 10,
-                    ):
-                        if self._stop.is_set():
-                            watcher.stop()
-                            break
-                        raw = event.get("raw_object") or {}
-                        resource_version = (raw.get("metadata") or {}).get("resourceVersion", resource_version)
-                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            self.inventory.apply(kind, event["type"], raw)
-                        elif event["type"] == "ERROR":
-                            raise ApiException(status=raw.get("code", 500), reason=raw.get("message"))
+                    resource_version = self._watch(kind, list_function, resource_version)
             except ApiException as exc:
-                if exc.status != 410:  # 410 Gone: our resourceVersion is too old; relisting is the cure
-                    log.warning("inventory %s: %s; relisting", kind, exc)
-                    self._stop.wait(2.0)
+                if exc.status == 410:  # our resourceVersion is too old: re-listing is the cure
+                    log.info("inventory %s: resourceVersion too old (410 Gone); relisting", kind)
+                    continue
+                self._failed(kind, f"{exc.status} {exc.reason}", backoff)
             except Exception as exc:  # the API may be unreachable for a while; keep trying
-                log.warning("inventory %s: %s: %s; retrying", kind, type(exc).__name__, exc)
-                self._stop.wait(2.0)
+                self._failed(kind, f"{type(exc).__name__}: {exc}", backoff)
+
+    def _failed(self, kind: str, problem: str, backoff: Backoff) -> None:
+        # Events may be missed from now until a list succeeds: budgets of this kind's
+        # namespaces follow whenInventoryNotSynced meanwhile.
+        was_synced = kind not in self.inventory.unsynced_kinds
+        self.inventory.mark_unsynced(kind)
+        delay = backoff.next_delay()
+        (log.warning if was_synced else log.info)("inventory %s: %s; unsynced, retrying in %.1f s", kind, problem, delay)
+        self._stop.wait(delay)
