@@ -105,14 +105,15 @@ class PrometheusHarness:
 
     # -- server ------------------------------------------------------------------------------
 
-    def start(self, ready_timeout_seconds: float = 120.0, attempts: int = 3) -> str:
-        """Start the server and wait until /-/ready answers; returns its base URL."""
+    def start(self, ready_timeout_seconds: float = 120.0, attempts: int = 3, port: int | None = None) -> str:
+        """Start the server and wait until /-/ready answers; returns its base URL. `port`: listen
+        there (one attempt), e.g. to restart a stopped server at the URL its clients know."""
         config = self.workdir / "prometheus.yml"
         config.write_text(self.config_yaml, encoding="utf-8")
         last_problem = ""
-        for _ in range(attempts):
-            port = free_loopback_port()
-            url = f"http://127.0.0.1:{port}"
+        for _ in range(1 if port is not None else attempts):
+            listen_port = port if port is not None else free_loopback_port()
+            url = f"http://127.0.0.1:{listen_port}"
             with open(self.log_path, "wb") as log:
                 self._process = subprocess.Popen(
                     [
@@ -120,7 +121,7 @@ class PrometheusHarness:
                         f"--config.file={config}",
                         f"--storage.tsdb.path={self.storage_dir}",
                         f"--storage.tsdb.retention.time={RETENTION}",
-                        f"--web.listen-address=127.0.0.1:{port}",
+                        f"--web.listen-address=127.0.0.1:{listen_port}",
                         "--log.level=warn",
                     ],
                     stdin=subprocess.DEVNULL,

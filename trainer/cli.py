@@ -35,6 +35,14 @@ from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_clie
 from trainer.labels import LabelsRunSummary, parse_duration_seconds, run_labels
 from trainer.measurements import run_measurement_dataset
 from trainer.metrics import MethodMetrics, metrics_table
+from trainer.inputs import InputFileError
+from trainer.prometheus import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF_SECONDS,
+    DEFAULT_RETRY_MAX_BACKOFF_SECONDS,
+    PrometheusError,
+    RetryPolicy,
+)
 from trainer.run_dataset import run_run_dataset
 from trainer.model_card import card_metrics
 from trainer.runs import run_runs
@@ -114,7 +122,23 @@ _prometheus_options = _options(
     click.option("--timeout", default="30s", help="Timeout of one Prometheus request."),
     click.option("--gpu", type=click.Choice([choice.value for choice in GpuChoice]), default="auto",
                  help="GPU energy added to each pod's: dcgm-exporter, Kepler's GPU series, auto (dcgm first), off."),
+    click.option("--retries", type=click.IntRange(0), default=DEFAULT_RETRIES,
+                 help="Tries again of a Prometheus request that got no answer (0: fail at once)."),
+    click.option("--retry-backoff", default=f"{DEFAULT_RETRY_BACKOFF_SECONDS:g}s",
+                 help="Wait before the first retry; it doubles for each next one."),
+    click.option("--retry-max-backoff", default=f"{DEFAULT_RETRY_MAX_BACKOFF_SECONDS:g}s",
+                 help="Longest wait between two retries."),
 )
+
+
+def _retry_policy(retries: int, retry_backoff: str, retry_max_backoff: str) -> RetryPolicy:
+    backoff = _duration(retry_backoff, "--retry-backoff")
+    try:
+        return RetryPolicy(retries=retries, backoff_seconds=backoff,
+                           max_backoff_seconds=_duration(retry_max_backoff, "--retry-max-backoff"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--retry-max-backoff") from None
+
 
 _labels_options = _options(
     _prometheus_options,
@@ -130,14 +154,19 @@ _labels_options = _options(
 def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kepler_line: str | None,
             modes: tuple[str, ...], components: tuple[str, ...], zones: tuple[str, ...], states: tuple[str, ...],
             chunk: str, timeout: str, progress: bool, kube_owner_fallback: bool, gpu: str, kubeconfig: str | None,
-            context: str | None, in_cluster: bool, request_timeout: str) -> LabelsRunSummary:
+            context: str | None, in_cluster: bool, request_timeout: str, retries: int, retry_backoff: str,
+            retry_max_backoff: str) -> LabelsRunSummary:
     from trainer.api_owners import KubernetesOwnerFallback
+
+    retry = _retry_policy(retries, retry_backoff, retry_max_backoff)
 
     def collect(owner_fallback: Any) -> LabelsRunSummary:
         try:
             return run_labels(prometheus_url, start, end, step, out, kepler_line=kepler_line, modes=modes,
                               components=components, zones=zones, states=states, chunk=chunk, timeout=timeout,
-                              progress=progress, owner_fallback=owner_fallback, gpu=gpu)
+                              progress=progress, owner_fallback=owner_fallback, gpu=gpu, retry=retry)
+        except PrometheusError as exc:
+            raise _prometheus_failed(exc, out) from None
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -197,7 +226,25 @@ def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: 
                f"; report {outcome.report_path}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def _prometheus_failed(error: PrometheusError, out: Path) -> click.ClickException:
+    """Prometheus failed for good (retries spent): say so, and that `out` was not written, since
+    outputs are written only after every read succeeded."""
+    kept = " (the previous file is unchanged)" if out.exists() else ""
+    return click.ClickException(f"{error}\nnothing written to {out}{kept}")
+
+
+class _TrainGroup(click.Group):
+    """The `train` group: an unreadable input file is a one-line error naming it, never a traceback,
+    in every step that reads one."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputFileError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_TrainGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def train() -> None:
     """Train the power model from Kepler measurements: collect, labels, dataset, fit, evaluate."""
 
@@ -242,11 +289,15 @@ def labels(out: Path, no_progress: bool, **options: Any) -> None:
 @click.option("--gpu-step", default="60s", help="Window of dcgm-exporter's per-pod GPU energy.")
 @click.option("--chunk", default="6h", help="Longest range of one raw-sample read.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("runs.parquet"))
-def runs(prometheus_url: str, start: str, end: str, out: Path, **options: Any) -> None:
+def runs(prometheus_url: str, start: str, end: str, out: Path, retries: int, retry_backoff: str,
+         retry_max_backoff: str, **options: Any) -> None:
     """One row per Job run: wall time, pod-seconds, energy (all pods and retries), outcome, and
     the pods whose energy Kepler does not have."""
+    retry = _retry_policy(retries, retry_backoff, retry_max_backoff)
     try:
-        summary = run_runs(prometheus_url, start, end, out, **options)
+        summary = run_runs(prometheus_url, start, end, out, retry=retry, **options)
+    except PrometheusError as exc:
+        raise _prometheus_failed(exc, out) from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(summary.describe())

@@ -29,6 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from webhook.files import write_text_atomically
+from trainer.inputs import InputFileError
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
 from webhook.model.extract import ExtractionError, to_inference_request
 from webhook.model import kinds as workload_kinds
@@ -180,14 +181,23 @@ def write_requests(requests: Iterable[InferenceRequest], path: str | os.PathLike
 def read_requests(path: str | os.PathLike[str]) -> list[InferenceRequest]:
     """InferenceRequests from NDJSON (ours or the prototype's); a bad line raises naming it."""
     requests: list[InferenceRequest] = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                requests.append(InferenceRequest.model_validate_json(line))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: not an InferenceRequest: {exc}") from None
+    try:
+        # Bytes, decoded line by line: a corrupt byte is then reported with its line number.
+        with open(path, "rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    requests.append(InferenceRequest.model_validate_json(raw.decode("utf-8")))
+                except ValueError as exc:  # bad UTF-8, bad JSON, a truncated last line, a wrong field
+                    problem = [part.strip() for part in str(exc).strip().splitlines()[:3]]
+                    # pydantic's last line is a link to its docs, not about this file.
+                    problem = [part for part in problem if part and not part.startswith("For further information")]
+                    raise InputFileError(
+                        path, "NDJSON InferenceRequests (train collect's output)", f"line {number}: {' '.join(problem)}"
+                    ) from None
+    except OSError as exc:
+        raise InputFileError(path, "NDJSON InferenceRequests (train collect's output)", str(exc)) from None
     return requests
 
 

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from webhook.files import write_atomically, write_text_atomically
 from trainer.collect import controller_of, read_requests
+from trainer.inputs import parquet_column_names, read_parquet_input
 from trainer.labels import LABEL_COLUMNS
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest, spec_hash
 
@@ -434,7 +434,7 @@ def read_dataset(path: str | os.PathLike[str], *, text_as_categories: bool = Fal
     (each distinct string held once, in no particular category order): for steps that only
     group millions of windows, such as fit."""
     text_columns = [c for c in DATASET_COLUMNS if c in _DATASET_TEXT_COLUMNS] if text_as_categories else None
-    frame = pd.read_parquet(path, read_dictionary=text_columns)
+    frame = read_parquet_input(path, "a trainer dataset (train dataset's output)", read_dictionary=text_columns)
     _release_arrow_memory()
     missing = [c for c in DATASET_COLUMNS if c not in frame.columns]
     if missing:
@@ -455,9 +455,10 @@ def write_summary(summary: Mapping[str, Any], dataset_path: str | os.PathLike[st
 def read_labels_for_join(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The label columns the join uses (not `kepler_line`), with the text columns read as
     categoricals: millions of rows name a few thousand pods, so each string is held once."""
-    present = set(pq.read_schema(path).names)
+    present = set(parquet_column_names(path, "a labels table (train labels' output)"))
     columns = [c for c in (*LABEL_COLUMNS, "spec_hash") if c in present and c != "kepler_line"]
-    labels = pd.read_parquet(path, columns=columns, read_dictionary=[c for c in columns if c in _TEXT_COLUMNS])
+    labels = read_parquet_input(path, "a labels table (train labels' output)", columns=columns,
+                                read_dictionary=[c for c in columns if c in _TEXT_COLUMNS])
     _release_arrow_memory()
     return labels
 

@@ -55,8 +55,10 @@ from trainer.owners import OwnerFallback, OwnerResolver, load_owner_index
 from trainer.prometheus import (
     DEFAULT_MAX_POINTS_PER_CHUNK,
     DEFAULT_TIMEOUT_SECONDS,
+    NO_RETRY,
     EvaluationChunk,
     PrometheusClient,
+    RetryPolicy,
     split_evaluation_range,
 )
 
@@ -134,6 +136,7 @@ def collect_labels_report(
     gpu: GpuChoice | str = GpuChoice.AUTO,
     max_windows_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    retry: RetryPolicy = NO_RETRY,
     progress: bool = False,
 ) -> LabelsCollection:
     """Per-pod energy and power per window between start and end (see the module docstring).
@@ -148,10 +151,12 @@ def collect_labels_report(
     gpu: where GPU energy comes from: auto (dcgm-exporter, else Kepler's GPU series), dcgm,
         kepler, or off (see `trainer.dcgm`).
     max_windows_per_chunk: windows per range query; long ranges become several queries.
+    retry: when Prometheus does not answer, how often to try a request again (with a URL; a ready
+        client brings its own). Chunks already read are kept: the run resumes where it stopped.
     progress: show a progress bar over the chunks (on stderr).
     """
     client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
-        prom_url, timeout_seconds=timeout_seconds
+        prom_url, timeout_seconds=timeout_seconds, retry=retry
     )
     start_seconds = parse_time_seconds(start)
     end_seconds = parse_time_seconds(end)
@@ -398,13 +403,15 @@ def run_labels(
     progress: bool = True,
     owner_fallback: OwnerFallback | None = None,
     gpu: str = GpuChoice.AUTO.value,
+    retry: RetryPolicy = RetryPolicy(),
 ) -> LabelsRunSummary:
     """`energetiscope train labels`: collect the labels table and write it to `out`.
 
     Plain strings in, so a click command can pass its options straight through: times as ISO 8601
     or Unix seconds, durations as `60s`, `5m`, `1h30m` or plain seconds. `modes`/`components`
     apply to Kepler <= 0.9, `zones`/`states` to Kepler >= 0.10 (`states=("all",)` reads every state).
-    `gpu` is auto, dcgm, kepler or off (`trainer.dcgm`).
+    `gpu` is auto, dcgm, kepler or off (`trainer.dcgm`). A request Prometheus does not answer is
+    tried again as `retry` says; nothing is written unless every read succeeded.
     """
     step_seconds = parse_duration_seconds(step)
     chunk_seconds = parse_duration_seconds(chunk)
@@ -430,6 +437,7 @@ def run_labels(
         gpu=gpu,
         max_windows_per_chunk=max(1, int(chunk_seconds // step_seconds)),
         timeout_seconds=parse_duration_seconds(timeout),
+        retry=retry,
         progress=progress,
     )
     frame = collection.frame

@@ -6,16 +6,28 @@ read in chunks), series lookups and label-value lookups.
 
 Every failure is raised as a `PrometheusError` whose message names the endpoint, the query and
 what went wrong (HTTP status and Prometheus' own `errorType`/`error`, or the connection problem),
-so a failed training run says which query broke and why.
+so a failed training run says which query broke and why. A request that covers a time range
+(a chunk of a range query, a raw-sample read) also names that range, so a user knows which chunk.
+
+A `RetryPolicy` makes a request that got no answer (connection refused or reset, timeout) or a
+gateway's 502/503/504 try again after a backoff that doubles up to a ceiling, a bounded number
+of times, each retry logged as a warning on the `trainer.prometheus` logger. Only the failed
+request is repeated: chunks already read are kept by their callers, so a run resumes with the
+remaining chunks once Prometheus is back. The client's default is no retry (a library call fails
+at once); `train labels` and `train runs` retry by default (`--retries`, `--retry-backoff`).
 
 Times are Unix seconds (float) throughout; durations are seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import requests
@@ -28,6 +40,14 @@ DEFAULT_MAX_POINTS_PER_CHUNK = 720
 # Longest range vector of one raw-sample read: 6 h of 15 s scrapes is 1,440 samples per series.
 DEFAULT_RAW_CHUNK_SECONDS = 21_600.0
 _BODY_EXCERPT_CHARS = 300
+DEFAULT_RETRIES = 5
+DEFAULT_RETRY_BACKOFF_SECONDS = 1.0
+DEFAULT_RETRY_MAX_BACKOFF_SECONDS = 30.0
+# A proxy or load balancer in front of a restarting Prometheus answers with these; any other
+# HTTP error is Prometheus' own verdict on the query and would only repeat.
+_RETRIED_HTTP_STATUSES = frozenset({502, 503, 504})
+
+_log = logging.getLogger(__name__)
 
 
 class PrometheusError(RuntimeError):
@@ -55,6 +75,38 @@ class PrometheusUnreachableError(PrometheusError):
 
 class PrometheusQueryError(PrometheusError):
     """Prometheus (or whatever sits at that URL) answered, but not with a successful result."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """After a request that got no answer: `retries` more attempts, waiting `backoff_seconds`,
+    then twice that, and so on, never more than `max_backoff_seconds` at a time. The longest a
+    request can wait in all is `total_wait_seconds`."""
+
+    retries: int = DEFAULT_RETRIES
+    backoff_seconds: float = DEFAULT_RETRY_BACKOFF_SECONDS
+    max_backoff_seconds: float = DEFAULT_RETRY_MAX_BACKOFF_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if not (self.backoff_seconds >= 0 and math.isfinite(self.backoff_seconds)):
+            raise ValueError(f"the retry backoff must be >= 0 seconds, got {self.backoff_seconds!r}")
+        if not self.max_backoff_seconds >= self.backoff_seconds:
+            raise ValueError(
+                f"the longest retry backoff ({self.max_backoff_seconds!r} s) is below the first ({self.backoff_seconds!r} s)"
+            )
+
+    def delays(self) -> list[float]:
+        """The waits before retry 1, 2, ..., `retries`."""
+        return [min(self.backoff_seconds * 2.0**index, self.max_backoff_seconds) for index in range(self.retries)]
+
+    @property
+    def total_wait_seconds(self) -> float:
+        return float(sum(self.delays()))
+
+
+NO_RETRY = RetryPolicy(retries=0)
 
 
 @dataclass(frozen=True)
@@ -130,6 +182,23 @@ def format_duration(seconds: float) -> str:
     return f"{milliseconds}ms"
 
 
+def _connection_problem(exc: requests.RequestException) -> str:
+    """The operating system's words (`[Errno 111] Connection refused`) when urllib3 wrapped them
+    in its pool and retry layers, whose text repeats the URL and the whole query string."""
+    found = re.search(r"\[Errno -?\d+\][^\"')]*", str(exc))
+    return found.group(0).strip() if found else str(exc)
+
+
+def _span(start_seconds: float, end_seconds: float) -> str:
+    """A request's time range in words, to name the chunk that failed."""
+    def iso(seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    if start_seconds == end_seconds:
+        return f"the time {iso(start_seconds)}"
+    return f"the chunk {iso(start_seconds)}..{iso(end_seconds)}"
+
+
 def _format_time(seconds: float) -> str:
     # Prometheus accepts float Unix seconds and keeps milliseconds: print exactly those.
     return f"{seconds:.3f}"
@@ -145,12 +214,19 @@ class PrometheusClient:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy = NO_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`retry`: what to do when Prometheus does not answer (default: fail at once); `sleep`
+        waits between attempts (a seam for tests)."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Prometheus URL must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self._session = session or requests.Session()
+        self.retry = retry
+        self._sleep = sleep
+        self.retries_done = 0  # retries over the client's life, for the run's report
         if headers:
             self._session.headers.update(headers)
 
@@ -162,7 +238,8 @@ class PrometheusClient:
         form = {"query": promql}
         if at_seconds is not None:
             form["time"] = _format_time(at_seconds)
-        data = self._call("POST", "/api/v1/query", form=form, query=promql)
+        span = None if at_seconds is None else _span(at_seconds, at_seconds)
+        data = self._call("POST", "/api/v1/query", form=form, query=promql, span=span)
         result_type = data.get("resultType")
         result = data.get("result")
         if result_type == "vector":
@@ -199,7 +276,8 @@ class PrometheusClient:
             "end": _format_time(end_seconds),
             "step": format_duration(step_seconds),
         }
-        data = self._call("POST", "/api/v1/query_range", form=form, query=promql)
+        data = self._call("POST", "/api/v1/query_range", form=form, query=promql,
+                          span=_span(start_seconds, end_seconds))
         if data.get("resultType") != "matrix":
             raise PrometheusQueryError(
                 f"Prometheus range query {promql!r} returned a {data.get('resultType')!r} result; "
@@ -241,7 +319,7 @@ class PrometheusClient:
             chunk_end = min(chunk_start + chunk_seconds, end_seconds)
             promql = f"{selector}[{format_duration(max(chunk_end - chunk_start, 0.001))}]"
             data = self._call("POST", "/api/v1/query", form={"query": promql, "time": _format_time(chunk_end)},
-                              query=promql)
+                              query=promql, span=_span(chunk_start, chunk_end))
             if data.get("resultType") != "matrix":
                 raise PrometheusQueryError(
                     f"Prometheus query {promql!r} returned a {data.get('resultType')!r} result; expected a matrix",
@@ -296,9 +374,47 @@ class PrometheusClient:
         query: str | None,
         form: Mapping[str, str] | list[tuple[str, str]] | None = None,
         params: Sequence[tuple[str, str]] | None = None,
+        span: str | None = None,
+    ) -> Any:
+        """One API call, tried again by the retry policy while Prometheus does not answer."""
+        delays = self.retry.delays()
+        started = time.monotonic()
+        for attempt in range(len(delays) + 1):
+            try:
+                return self._call_once(method, path, query=query, form=form, params=params, span=span)
+            except PrometheusError as exc:
+                retriable = isinstance(exc, PrometheusUnreachableError) or exc.http_status in _RETRIED_HTTP_STATUSES
+                if not retriable or not delays:
+                    raise
+                if attempt == len(delays):
+                    waited = time.monotonic() - started
+                    raise type(exc)(
+                        f"{exc} (gave up after {attempt + 1} attempts over {waited:.1f} s; "
+                        "more with --retries and --retry-backoff)",
+                        endpoint=exc.endpoint,
+                        query=exc.query,
+                        http_status=exc.http_status,
+                        error_type=exc.error_type,
+                    ) from exc
+                _log.warning("%s; retry %d of %d in %g s", exc, attempt + 1, len(delays), delays[attempt])
+                self.retries_done += 1
+                self._sleep(delays[attempt])
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str | None,
+        form: Mapping[str, str] | list[tuple[str, str]] | None,
+        params: Sequence[tuple[str, str]] | None,
+        span: str | None,
     ) -> Any:
         url = self.base_url + path
         what = f"Prometheus {path}" + (f" for query {query!r}" if query is not None else "")
+        if span is not None:
+            what += f" over {span}"
         try:
             response = self._session.request(
                 method, url, data=form, params=params, timeout=self.timeout_seconds
@@ -311,7 +427,7 @@ class PrometheusClient:
             ) from exc
         except requests.RequestException as exc:
             raise PrometheusUnreachableError(
-                f"{what}: cannot reach {url}: {exc}", endpoint=path, query=query
+                f"{what}: cannot reach {url}: {_connection_problem(exc)}", endpoint=path, query=query
             ) from exc
 
         try:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.inputs import InputFileError, read_parquet_input
 from trainer.crossval import DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, Folds, NotEnoughWorkloads, grouped_folds
 from trainer.metrics import MethodMetrics, score
 from webhook.model.artifact import build_run_pipeline
@@ -75,7 +76,10 @@ class RunTargets:
 
 def read_run_targets(path: Any) -> RunTargets:
     """The run dataset's finished runs with a positive wall time."""
-    frame = pd.read_parquet(path)
+    frame = read_parquet_input(path, "a run dataset (train dataset --runs' output)")
+    missing = [c for c in ("run_seconds", "request_json", "group") if c not in frame.columns]
+    if missing:
+        raise InputFileError(path, "a run dataset (train dataset --runs' output)", f"it lacks columns {missing}")
     seconds = frame["run_seconds"].to_numpy(dtype=np.float64)
     frame = frame[np.isfinite(seconds) & (seconds > 0)].reset_index(drop=True)
     requests = [InferenceRequest.model_validate_json(text) for text in frame["request_json"]]

@@ -76,7 +76,15 @@ from trainer.kepler import (
 )
 from trainer.labels import parse_duration_seconds, parse_time_seconds
 from trainer.owners import load_owner_index, object_label
-from trainer.prometheus import DEFAULT_RAW_CHUNK_SECONDS, DEFAULT_TIMEOUT_SECONDS, PrometheusClient, split_evaluation_range
+from trainer.inputs import read_parquet_input
+from trainer.prometheus import (
+    DEFAULT_RAW_CHUNK_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    NO_RETRY,
+    PrometheusClient,
+    RetryPolicy,
+    split_evaluation_range,
+)
 from webhook.files import write_atomically, write_text_atomically
 
 OUTCOMES = ("succeeded", "failed", "running", "unknown")
@@ -379,10 +387,12 @@ def collect_runs(
     lookup_chunk_seconds: float = DEFAULT_LOOKUP_CHUNK_SECONDS,
     raw_chunk_seconds: float = DEFAULT_RAW_CHUNK_SECONDS,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    retry: RetryPolicy = NO_RETRY,
 ) -> RunsCollection:
-    """The runs table for the Job runs that started in [start, end) (see the module docstring)."""
+    """The runs table for the Job runs that started in [start, end) (see the module docstring).
+    `retry` applies when a URL is given (a ready client brings its own)."""
     client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
-        prom_url, timeout_seconds=timeout_seconds)
+        prom_url, timeout_seconds=timeout_seconds, retry=retry)
     start_seconds, end_seconds = parse_time_seconds(start), parse_time_seconds(end)
     if not end_seconds > start_seconds:
         raise ValueError(f"the end ({end_seconds:.0f}) is not after the start ({start_seconds:.0f})")
@@ -532,7 +542,7 @@ def write_runs(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 
 def read_runs(path: str | os.PathLike[str]) -> pd.DataFrame:
-    frame = pd.read_parquet(path)
+    frame = read_parquet_input(path, "a runs table (train runs' output)")
     missing = [c for c in RUN_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} is not a runs table: it lacks columns {missing}")
@@ -543,9 +553,10 @@ def run_runs(prom_url: str, start: str | float, end: str | float, out: str | os.
              kepler_line: str | None = None, modes: Sequence[str] | None = None,
              components: Sequence[str] | None = None, zones: Sequence[str] | None = None,
              gpu: str = GpuChoice.AUTO.value, gpu_step: str | float = "60s", chunk: str | float = "6h",
-             timeout: str | float = "30s") -> RunsSummary:
+             timeout: str | float = "30s", retry: RetryPolicy = RetryPolicy()) -> RunsSummary:
     """`energetiscope train runs`: collect the runs table, write it to `out` and its summary to
-    `<out>.summary.json`. Plain strings in, as `trainer.labels.run_labels` takes them."""
+    `<out>.summary.json`. Plain strings in, as `trainer.labels.run_labels` takes them. Nothing is
+    written unless every read succeeded (within `retry`)."""
     defaults = ContainerEnergySelection()
     container_selection = ContainerEnergySelection(components=tuple(components) if components else defaults.components,
                                                    modes=tuple(modes) if modes else defaults.modes)
@@ -555,7 +566,7 @@ def run_runs(prom_url: str, start: str | float, end: str | float, out: str | os.
     collection = collect_runs(prom_url, start, end, kepler_line=kepler_line, container_selection=container_selection,
                               zones=tuple(zones) if zones else None, gpu=gpu, gpu_window_seconds=int(gpu_window),
                               raw_chunk_seconds=parse_duration_seconds(chunk),
-                              timeout_seconds=parse_duration_seconds(timeout))
+                              timeout_seconds=parse_duration_seconds(timeout), retry=retry)
     frame = collection.frame
     path = write_runs(frame, out)
     summary = RunsSummary(
