@@ -248,10 +248,13 @@ class InventoryWatcher:
 
     def __init__(self, inventory: WorkloadInventory, api_client: Any, watch_timeout_seconds: int = 300,
                  list_timeout_seconds: float = 15.0, backoff_initial_seconds: float = 0.25,
-                 backoff_max_seconds: float = 5.0) -> None:
+                 backoff_max_seconds: float = 5.0, silent_watch_margin_seconds: float = 10.0) -> None:
         self.inventory = inventory
         self.api_client = api_client
         self.watch_timeout_seconds = watch_timeout_seconds
+        # A watch stream silent this long past its timeoutSeconds is dead (a half-open
+        # connection, an apiserver that hung): the read times out and the kind re-lists.
+        self.silent_watch_margin_seconds = silent_watch_margin_seconds
         self.list_timeout_seconds = list_timeout_seconds
         self.backoff_initial_seconds = backoff_initial_seconds
         self.backoff_max_seconds = backoff_max_seconds
@@ -307,7 +310,8 @@ class InventoryWatcher:
             timeout_seconds=self.watch_timeout_seconds,
             allow_watch_bookmarks=True,
             # ...and the read timeout catches a stream that goes silent past it.
-            _request_timeout=(self.list_timeout_seconds, self.watch_timeout_seconds + 10),
+            _request_timeout=(self.list_timeout_seconds,
+                              self.watch_timeout_seconds + self.silent_watch_margin_seconds),
         ):
             if self._stop.is_set():
                 watcher.stop()
