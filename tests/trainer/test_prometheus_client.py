@@ -20,6 +20,7 @@ from trainer.prometheus import (
     PrometheusClient,
     PrometheusQueryError,
     PrometheusUnreachableError,
+    RetryPolicy,
     format_duration,
     split_evaluation_range,
 )
@@ -217,3 +218,59 @@ def test_an_unexpected_result_type_is_an_error() -> None:
     with fake_server(lambda h: _reply(h, 200, body, "application/json")) as url:
         with pytest.raises(PrometheusQueryError, match="expected an instant vector"):
             PrometheusClient(url).instant_query("up[5m]")
+
+
+# -- retries -----------------------------------------------------------------------------------
+
+
+def test_the_retry_policy_doubles_its_backoff_up_to_the_ceiling() -> None:
+    policy = RetryPolicy(retries=6, backoff_seconds=1.0, max_backoff_seconds=10.0)
+    assert policy.delays() == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert policy.total_wait_seconds == 35.0
+    assert RetryPolicy().total_wait_seconds == 31.0  # the commands' default: 1 + 2 + 4 + 8 + 16 s
+    assert RetryPolicy(retries=0).delays() == []
+    with pytest.raises(ValueError):
+        RetryPolicy(retries=-1)
+    with pytest.raises(ValueError):
+        RetryPolicy(backoff_seconds=5.0, max_backoff_seconds=1.0)
+
+
+def test_a_gateway_error_is_retried_until_prometheus_answers() -> None:
+    answers = [502, 503, 200]
+    body = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
+    slept: list[float] = []
+
+    def handler(h: BaseHTTPRequestHandler) -> None:
+        status = answers.pop(0)
+        _reply(h, status, body if status == 200 else b"<html>upstream down</html>", "application/json")
+
+    with fake_server(handler) as url:
+        client = PrometheusClient(url, retry=RetryPolicy(retries=3, backoff_seconds=0.5), sleep=slept.append)
+        assert client.instant_query("up") == []
+    assert slept == [0.5, 1.0] and client.retries_done == 2 and answers == []
+
+
+def test_a_query_error_is_not_retried() -> None:
+    calls: list[int] = []
+    body = b'{"status":"error","errorType":"bad_data","error":"parse error"}'
+
+    def handler(h: BaseHTTPRequestHandler) -> None:
+        calls.append(1)
+        _reply(h, 400, body, "application/json")
+
+    with fake_server(handler) as url:
+        with pytest.raises(PrometheusQueryError, match="bad_data"):
+            PrometheusClient(url, retry=RetryPolicy(retries=3), sleep=lambda _: None).instant_query("up{")
+    assert len(calls) == 1  # Prometheus' verdict on the query would only repeat
+
+
+def test_spent_retries_say_how_many_attempts_and_name_the_chunk() -> None:
+    url = f"http://127.0.0.1:{free_loopback_port()}"  # nothing listens there
+    slept: list[float] = []
+    client = PrometheusClient(url, retry=RetryPolicy(retries=2, backoff_seconds=0.1), sleep=slept.append)
+    with pytest.raises(PrometheusUnreachableError) as caught:
+        client.range_query("up", 1_800_000_000, 1_800_000_600, 60)
+    message = str(caught.value)
+    assert url in message and "Connection refused" in message and "gave up after 3 attempts" in message
+    assert "over the chunk 2027-01-15T08:00:00Z..2027-01-15T08:10:00Z" in message
+    assert slept == [0.1, 0.2]
