@@ -17,7 +17,7 @@ from webhook.lru import LRUCache
 from webhook.model.prediction import PodPrediction, Predictor
 from webhook.model.kinds import kind_named
 from webhook.model.prior import PriorPredictor
-from webhook.model.runs import NO_RUNS, Runs, RunTimeModel, predict_runs
+from webhook.model.runs import NO_RUNS, Runs, predict_runs, predicts_run_time
 from webhook.model.schema import InferenceRequest, spec_hash, workload_pods
 
 log = logging.getLogger(__name__)
@@ -148,18 +148,13 @@ class PredictionService:
         """The prediction when the cache holds it, else None: never runs the model, so it is
         cheap enough for the event loop."""
         predictor = self._predictor
-        if _predicts_runs(predictor) and _runs_to_completion(request):
+        if _runs_to_completion(request) and predicts_run_time(predictor):
             return None  # a run model's run time is not in the pod cache: it runs in a worker thread
         hash_ = hash_ or spec_hash(request)
         pod = self.cache.get((predictor.model_id, hash_), count_miss=False)
         if pod is None:
             return None
         return _workload(request, hash_, pod, predictor)
-
-
-def _predicts_runs(predictor: Predictor) -> bool:
-    # A trained artifact without a run model answers run times from the deadline, like the prior.
-    return isinstance(predictor, RunTimeModel) and getattr(predictor, "run_pipeline", True) is not None
 
 
 def _runs_to_completion(request: InferenceRequest) -> bool:
