@@ -123,7 +123,7 @@ _prometheus_options = _options(
     click.option("--gpu", type=click.Choice([choice.value for choice in GpuChoice]), default="auto",
                  help="GPU energy added to each pod's: dcgm-exporter, Kepler's GPU series, auto (dcgm first), off."),
     click.option("--retries", type=click.IntRange(0), default=DEFAULT_RETRIES,
-                 help="Tries again of a Prometheus request that got no answer (0: fail at once)."),
+                 help="How often a Prometheus request that got no answer is tried again (0: fail at once)."),
     click.option("--retry-backoff", default=f"{DEFAULT_RETRY_BACKOFF_SECONDS:g}s",
                  help="Wait before the first retry; it doubles for each next one."),
     click.option("--retry-max-backoff", default=f"{DEFAULT_RETRY_MAX_BACKOFF_SECONDS:g}s",
