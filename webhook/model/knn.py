@@ -316,7 +316,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
 
     def _split(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         X = checked_rows(self, X, np.float32)
-        return self._physics_of(X), np.ascontiguousarray(X[:, self.physics_columns:])
+        # A view: the search gathers the columns it reads (`_search`), so a copy here is wasted.
+        return self._physics_of(X), X[:, self.physics_columns:]
 
     def _physics_of(self, X: np.ndarray) -> np.ndarray:
         # No physics columns, or a constant anchor: the calibrated prior sees one column of zeros
@@ -336,7 +337,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         power = np.asarray(power, dtype=np.float64)
         if np.any(power <= 0):
             raise ValueError("power_watts targets must be > 0 W")
-        physics, space = self._physics_of(X), np.ascontiguousarray(X[:, self.physics_columns:])
+        physics, space = self._physics_of(X), X[:, self.physics_columns:]
         if self.prior is not None:
             self.prior_ = clone(self.prior)
         else:  # a constant anchor is the targets' own typical value, not pulled towards any prior
