@@ -208,7 +208,62 @@ def test_a_correction_fades_beyond_the_trust_radius_and_a_hard_stop_gives_the_ca
     assert hard_detail.prior_only[0] and hard_detail.power_watts[0] == pytest.approx(anchor)
 
 
-@parametrize_with_checks([AnchoredKNN(n_neighbors=3, interval_folds=2), CalibratedPrior()])
+def _kinds_of_different_sizes(seed: int, rows: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two kinds of pod told apart by one word column (column 9): idle services at about 0.1 W
+    per container whatever they request, and batch pods drawing 6 W per requested vCPU. Column 8
+    is the standardised log CPU request; physics first, as the encoder lays them out."""
+    rng = np.random.default_rng(seed)
+    batch = rng.random(rows) < 0.5
+    vcpu = rng.choice([0.25, 0.5, 1.0, 2.0, 4.0], rows)
+    power = np.where(batch, 6.0 * vcpu, 0.1) * np.exp(0.05 * rng.standard_normal(rows))
+    X = np.hstack([_physics(vcpu, np.zeros(rows)), np.log(vcpu)[:, None], batch[:, None].astype(float)])
+    return X.astype(np.float32), power, batch
+
+
+def test_local_slopes_answer_for_the_querys_own_size() -> None:
+    X, power, batch = _kinds_of_different_sizes(21)
+    query_vcpu = np.array([0.25, 4.0, 0.25, 4.0])
+    query_batch = np.array([1.0, 1.0, 0.0, 0.0])
+    query = np.hstack([_physics(query_vcpu, np.zeros(4)), np.log(query_vcpu)[:, None], query_batch[:, None]]).astype(np.float32)
+    expected = np.where(query_batch == 1, 6.0 * query_vcpu, 0.1)
+    # Neighbours by the word column alone: every neighbour is of the query's kind, of any size.
+    words_only = dict(n_neighbors=20, physics_columns=8, interval_folds=0, unsearched_columns=(8,), trust_factor=None)
+    mean_only = AnchoredKNN(target="log_power", **words_only).fit(X, power)
+    local = AnchoredKNN(target="log_power", local_columns=(8,), local_alpha=0.01, **words_only).fit(X, power)
+    assert np.allclose(local.predict(query), expected, rtol=0.15)
+    # Without slopes a batch pod gets its kind's typical size: off by far more at either end.
+    assert np.all(np.abs(np.log(mean_only.predict(query)[:2] / expected[:2])) > 0.9)
+    # The local ridge's slope is the neighbourhood's own: about 0 for the idle kind.
+    assert local.predict(query)[2] == pytest.approx(local.predict(query)[3], rel=0.15)
+
+
+def test_local_adjustment_is_the_weighted_ridge_fit_and_stays_within_the_neighbours_span() -> None:
+    weights = np.array([[1.0, 1.0, 1.0, 1.0]])
+    sizes = np.array([[[0.0], [1.0], [2.0], [3.0]]])
+    targets = 2.0 * sizes[:, :, 0]  # slope 2, mean 3 at size 1.5
+    move = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[2.5]]), alpha=1e-9)
+    assert move[0] == pytest.approx(2.0, rel=1e-6)  # 3 + 2 = the line at 2.5
+    far = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[100.0]]), alpha=1e-9)
+    assert far[0] == pytest.approx(6.0)  # bounded by the targets' span, not 197
+    flat = webhook.model.knn.local_adjustment(weights, np.zeros((1, 4)), sizes, np.array([[2.5]]), alpha=1e-9)
+    assert flat[0] == 0.0
+
+
+def test_auto_takes_the_scaling_the_neighbours_agree_on() -> None:
+    X, power, batch = _kinds_of_different_sizes(22, rows=400)
+    fresh_X, fresh_power, _ = _kinds_of_different_sizes(24, rows=400)
+    common = dict(n_neighbors=8, physics_columns=8, interval_folds=0, unsearched_columns=(8,), trust_factor=None)
+    errors = {}
+    for target in ("correction", "log_power", "auto"):
+        model = AnchoredKNN(target=target, **common).fit(X, power)
+        errors[target] = float(np.mean(np.abs(np.log(model.predict(fresh_X) / fresh_power))))
+    # Idle pods' log power agrees among neighbours of any size, batch pods' correction to the prior
+    # (which scales with the request) does: auto is better than either target alone.
+    assert errors["auto"] < 0.8 * min(errors["correction"], errors["log_power"]), errors
+
+
+@parametrize_with_checks([AnchoredKNN(n_neighbors=3, interval_folds=2), CalibratedPrior(),
+                          AnchoredKNN(n_neighbors=4, interval_folds=2, target="auto", local_columns=(0,), trust_factor=None)])
 def test_scikit_learn_estimator_contract(estimator, check) -> None:  # type: ignore[no-untyped-def]
     check(estimator)
 

@@ -221,6 +221,24 @@ def test_artifact_round_trip_predicts_identically(fitted_pipeline, tmp_path: Pat
     assert zipfile.is_zipfile(path)
 
 
+def test_a_model_with_local_slopes_and_the_auto_target_round_trips(tmp_path: Path) -> None:
+    from webhook.model.features import local_regression_columns, numeric_columns
+
+    requests, power = _training_set()
+    pipeline = build_pipeline(n_neighbors=8).set_params(
+        knn__target="auto", knn__local_columns=local_regression_columns(), knn__unsearched_columns=numeric_columns(),
+        knn__trust_factor=None).fit(requests, power)
+    path = tmp_path / "model.esmodel"
+    save_model(path, pipeline, "local", {})
+    loaded = load_model(path)
+    queries = [_request(cpu, 512, image) for cpu in (100, 777, 3000) for image in ("nginx:1.27", "postgres:16")]
+    direct = pipeline.predict(queries)
+    np.testing.assert_allclose([p.power_watts for p in loaded.predict(queries)], direct, rtol=1e-6)
+    # Power here follows the CPU request: the slopes carry a 777 m query between its neighbours' sizes.
+    assert direct[2] == pytest.approx(1.0 * 0.777 * 3.0, rel=0.15)  # nginx at 777 m
+    assert loaded.pipeline[-1].local_features_.shape == (len(requests), len(local_regression_columns()))
+
+
 def test_knn_rejects_non_positive_power() -> None:
     requests, power = _training_set(rows=10)
     power[3] = 0.0

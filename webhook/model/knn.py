@@ -7,6 +7,14 @@ the correction, a spec with close neighbours gets their correction and one with 
 physics: the model extrapolates where its neighbours are far (a GPU product it never saw still
 gets its datasheet power). `n_neighbors=0` is the calibrated prior alone.
 
+With `local_columns` (the encoder's resource columns, `webhook.model.features.LOCAL_REGRESSION_FEATURES`)
+the neighbours' answer is moved for the query's own size by a ridge regression fitted among those
+neighbours alone (`local_adjustment`), and `unsearched_columns` can leave the numerics out of the
+search, so that neighbours are pods of the same kind (words and classes) of any size.
+`target="auto"` answers each query from its neighbours' log power or from their correction,
+whichever they agree on more closely: an idle service's power ignores its request, a batch pod's
+follows it as the prior does, and no one anchor is right for both.
+
 Log scale because pod power spans orders of magnitude (a sidecar at 0.1 W, a GPU server at
 5 kW) and errors are multiplicative. Distance weighting lets an exact spec match dominate.
 The trust radius is learned from the training set itself: a query farther from every
@@ -241,7 +249,7 @@ def _nearest_other_spec_distances(distinct: np.ndarray, algorithm: str) -> np.nd
     return distances[:, 1]
 
 
-TARGETS = ("correction", "log_power")
+TARGETS = ("correction", "log_power", "auto")
 COLUMN_WEIGHTINGS = ("none", "correlation")
 ANCHORS = ("calibrated_prior", "constant")
 
@@ -256,6 +264,11 @@ class NeighbourPrediction:
     prior_only: np.ndarray  # rows answered by the calibrated prior alone (beyond the radius, correction not faded)
 
 
+def _weighted_std(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    mean = (weights * values).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
+    return np.sqrt((weights * (values - mean) ** 2).sum(axis=1) / weights.sum(axis=1))
+
+
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
     order = np.argsort(values, axis=1)
     v = np.take_along_axis(values, order, axis=1)
@@ -265,9 +278,39 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.
     return np.array([np.interp(q, cumulative[i], v[i]) for i in range(v.shape[0])])
 
 
+def local_adjustment(weights: np.ndarray, neighbour_targets: np.ndarray, neighbour_local: np.ndarray,
+                     query_local: np.ndarray, alpha: float) -> np.ndarray:
+    """How far each query's own local columns move its neighbours' weighted mean target: a weighted
+    ridge regression of the targets on those columns, fitted among each query's neighbours alone.
+
+    Neighbours of one kind still differ in size (a batch job asking 1 core or 4, a service with
+    or without a sidecar), and their weighted mean answers for their average size, not the
+    query's. The slope is the neighbourhood's own, so it can be 0 where power ignores requests
+    (idle services) and 1 where it follows them (batch), which no global anchor can be. Ridge
+    (`alpha`, on the encoder's standardised columns) keeps a slope from few neighbours small,
+    and the move is bounded by the spread of the neighbours' targets: the local fit never
+    answers beyond what its neighbours span. Shapes: weights and targets queries x k, local
+    values queries x k x m and queries x m.
+    """
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    centre = np.einsum("qk,qkm->qm", weights, neighbour_local)
+    mean_target = (weights * neighbour_targets).sum(axis=1)
+    centred = neighbour_local - centre[:, None, :]
+    gram = np.einsum("qkm,qk,qkn->qmn", centred, weights, centred) + alpha * np.eye(centred.shape[2])
+    moment = np.einsum("qkm,qk->qm", centred, weights * (neighbour_targets - mean_target[:, None]))
+    slopes = np.linalg.solve(gram, moment[:, :, None])[:, :, 0]
+    move = np.einsum("qm,qm->q", query_local - centre, slopes)
+    span = neighbour_targets.max(axis=1) - neighbour_targets.min(axis=1)
+    return np.clip(move, -span, span)
+
+
 class AnchoredKNN(RegressorMixin, BaseEstimator):
     """Fit on feature rows (the first `physics_columns` are `PHYSICS_COLUMNS`) and power in W
     (> 0); predict W.
+
+    ``local_columns`` are regressed among each query's neighbours (ridge ``local_alpha`` on the
+    encoder's standardised values); ``unsearched_columns`` do not choose neighbours; both are
+    column indices into X, after the physics columns. ``trust_factor=None``: no trust radius.
 
     ``algorithm`` is "brute" (the default "auto" means it, see :func:`resolve_algorithm`),
     "kd_tree" or "ball_tree". ``interval_folds`` grouped folds calibrate p10/p90 (0: none).
@@ -288,13 +331,16 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         physics_columns: int = 0,
         algorithm: str = "auto",
         trust_quantile: float = 0.99,
-        trust_factor: float = 2.0,
+        trust_factor: float | None = 2.0,
         interval_quantiles: tuple[float, float] = (0.1, 0.9),
         interval_folds: int = 5,
         prior: CalibratedPrior | None = None,
         correction_decay: float = 1.0,
         column_weighting: str = "none",
         anchor: str = "calibrated_prior",
+        local_columns: tuple[int, ...] = (),
+        local_alpha: float = 0.3,
+        unsearched_columns: tuple[int, ...] = (),
     ) -> None:
         self.n_neighbors = n_neighbors
         self.target = target
@@ -308,6 +354,9 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.correction_decay = correction_decay
         self.column_weighting = column_weighting
         self.anchor = anchor
+        self.local_columns = local_columns
+        self.local_alpha = local_alpha
+        self.unsearched_columns = unsearched_columns
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -338,21 +387,29 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         if np.any(power <= 0):
             raise ValueError("power_watts targets must be > 0 W")
         physics, space = self._physics_of(X), X[:, self.physics_columns:]
+        local = self._local_columns(X.shape[1])
+        if self.local_alpha <= 0:
+            raise ValueError(f"local_alpha must be > 0, got {self.local_alpha}")
         if self.prior is not None:
             self.prior_ = clone(self.prior)
         else:  # a constant anchor is the targets' own typical value, not pulled towards any prior
             self.prior_ = CalibratedPrior() if self.anchor == "calibrated_prior" else CalibratedPrior(penalty=0.0)
         self.prior_.fit(physics, power)
         log_power = np.log(power)
-        self.targets_ = log_power - np.log(self.prior_.predict(physics)) if self.target == "correction" else log_power
+        log_anchors = np.log(self.prior_.predict(physics))
+        self.targets_ = log_power if self.target == "log_power" else log_power - log_anchors
+        # "auto" answers some queries from their neighbours' log power: corrections plus these.
+        self.training_log_anchors_ = log_anchors if self.target == "auto" else np.zeros(0)
         # Columns constant over the training rows rank no neighbour: searched without them (a
         # 50,000-row CPU model has a dozen, the LLM-serving ones among them), added back to the
         # distances exactly, so a query that differs there is still as far as it is.
-        varying = np.ptp(space, axis=0) > 0 if space.shape[1] else np.zeros(0, dtype=bool)
-        if space.shape[1] and not varying.any():
-            varying[0] = True
+        searched = self._searched(X.shape[1])
+        varying = (np.ptp(space, axis=0) > 0) & searched if space.shape[1] else np.zeros(0, dtype=bool)
+        if searched.any() and not varying.any():
+            varying[np.flatnonzero(searched)[0]] = True
         self.varying_columns_ = np.flatnonzero(varying)
-        self.constant_columns_ = np.flatnonzero(~varying)
+        self.constant_columns_ = np.flatnonzero(~varying & searched)
+        self.local_features_ = np.ascontiguousarray(X[:, local], dtype=np.float32)
         self.constant_values_ = space[0, self.constant_columns_].astype(np.float32)
         self.column_weights_ = self._column_weights(space[:, self.varying_columns_], self.targets_)
         # Column-major, the layout BruteForceIndex searches (shared, not copied).
@@ -362,6 +419,25 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.trust_radius_ = self._trust_radius(self.training_features_) if self.n_neighbors_ else float("inf")
         self.interval_log_offsets_ = self._calibrate_intervals(X, power, groups)
         return self
+
+    def _columns(self, columns: tuple[int, ...], name: str, width: int) -> np.ndarray:
+        indices = np.asarray(tuple(columns), dtype=np.intp)
+        if indices.size and (indices.min() < self.physics_columns or indices.max() >= width
+                             or len(np.unique(indices)) != indices.size):
+            raise ValueError(f"{name} must be distinct columns between {self.physics_columns} and {width - 1}, "
+                             f"got {list(columns)}")
+        return indices
+
+    def _local_columns(self, width: int) -> np.ndarray:
+        return self._columns(self.local_columns, "local_columns", width)
+
+    def _searched(self, width: int) -> np.ndarray:
+        """Which columns after the physics ones choose neighbours: all but `unsearched_columns`."""
+        searched = np.ones(width - self.physics_columns, dtype=bool)
+        searched[self._columns(self.unsearched_columns, "unsearched_columns", width) - self.physics_columns] = False
+        if searched.size and not searched.any():
+            raise ValueError("unsearched_columns leaves no column to choose neighbours by")
+        return searched
 
     def _column_weights(self, varying: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Per searched column, its weight in the distance: 1, or with "correlation" the square
@@ -393,7 +469,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         # Distances between distinct specs: pods of one workload share a feature vector, and
         # counting those twins would shrink the radius to 0 and send every query to the prior.
         distinct = np.unique(space, axis=0)
-        if distinct.shape[0] < 2:
+        if self.trust_factor is None or distinct.shape[0] < 2:  # None: no radius, the neighbours answer anywhere
             return float("inf")
         nearest_other = _nearest_other_spec_distances(distinct, resolve_algorithm(self.algorithm))
         return float(np.quantile(nearest_other, self.trust_quantile) * self.trust_factor)
@@ -460,19 +536,29 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             spread = np.zeros((n, 1)), np.ones((n, 1))
         else:
             distances, indices = self._search(space)
+            weights = self._neighbour_weights(distances)
+            local = None
+            if self.local_features_.shape[1] and self.n_neighbors_ > 1:
+                local = (self.local_features_[indices],
+                         space[:, self._local_columns(self.n_features_in_) - self.physics_columns])
             neighbour_targets = self.targets_[indices]
-            exact = distances <= 1e-12
-            # Same rule as scikit-learn's distance weighting: exact matches take all the weight.
-            weights = np.where(exact.any(axis=1, keepdims=True), exact.astype(np.float64),
-                               1.0 / np.maximum(distances, 1e-12))
-            point = (weights * neighbour_targets).sum(axis=1) / weights.sum(axis=1)
-            spread = neighbour_targets, weights
-            if self.target == "correction":
-                point = point + log_anchor
+            point = self._answer(weights, neighbour_targets, local)
+            if self.target == "log_power":
+                spread = neighbour_targets, weights
+            else:
                 spread = neighbour_targets + log_anchor[:, None], weights
+                point = point + log_anchor
+            if self.target == "auto":
+                # The scaling the neighbours agree on: where their log powers are closer together than
+                # their corrections, size moves power less than the prior says (idle services), and
+                # the answer is their log power; otherwise the prior's scaling plus their correction.
+                neighbour_log_power = neighbour_targets + self.training_log_anchors_[indices]
+                by_log_power = _weighted_std(neighbour_log_power, weights) < _weighted_std(neighbour_targets, weights)
+                point = np.where(by_log_power, self._answer(weights, neighbour_log_power, local), point)
+                spread = np.where(by_log_power[:, None], neighbour_log_power, spread[0]), weights
         nearest = distances[:, 0]
         beyond = nearest > self.trust_radius_
-        fades = self.target == "correction" and self.correction_decay > 0
+        fades = self.target != "log_power" and self.correction_decay > 0
         if fades:
             # Beyond the radius the correction fades instead of stopping: (radius / distance) ** decay of it.
             with np.errstate(divide="ignore"):
@@ -490,6 +576,28 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         prior_only = np.zeros_like(beyond) if fades else beyond
         return NeighbourPrediction(np.exp(point), np.exp(low), np.exp(high), nearest, beyond, prior_only)
 
+    def _answer(self, weights: np.ndarray, neighbour_targets: np.ndarray,
+                local: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """The neighbours' weighted mean target, moved by the local slopes when there are any."""
+        point = (weights * neighbour_targets).sum(axis=1) / weights.sum(axis=1)
+        if local is not None:
+            point = point + local_adjustment(weights, neighbour_targets, local[0], local[1], self.local_alpha)
+        return point
+
+    def _neighbour_weights(self, distances: np.ndarray) -> np.ndarray:
+        """Each neighbour's weight. Exact matches take all of it (scikit-learn's rule for distance
+        weighting). Otherwise 1 / distance; with local columns a Gaussian kernel whose width is the
+        nearest neighbour's distance, so that the local fit sees several neighbours at comparable
+        weight instead of one dominating (grouped CV on the simulated cluster, local ridge at k=8:
+        mean |log error| 0.310 against 0.326 with 1 / distance)."""
+        exact = distances <= 1e-12
+        if self.local_features_.shape[1]:
+            scale = np.maximum(distances[:, :1], 1e-12)
+            smooth = np.exp(-0.5 * (distances / scale) ** 2)
+        else:
+            smooth = 1.0 / np.maximum(distances, 1e-12)
+        return np.where(exact.any(axis=1, keepdims=True), exact.astype(np.float64), smooth)
+
     def predict(self, X: Any) -> np.ndarray:
         return self.predict_detail(X).power_watts
 
@@ -506,7 +614,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             "varying_columns_": self.varying_columns_.tolist(),
             "constant_columns_": self.constant_columns_.tolist(),
         }, {"training_features": self.training_features_, "targets": self.targets_,
-            "constant_values": self.constant_values_, "column_weights": self.column_weights_})
+            "constant_values": self.constant_values_, "column_weights": self.column_weights_,
+            "local_features": self.local_features_, "training_log_anchors": self.training_log_anchors_})
 
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
         features = np.asfortranarray(arrays["training_features"], dtype=np.float32)
@@ -528,10 +637,18 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.column_weights_ = np.asarray(arrays["column_weights"], dtype=np.float32)
         if self.column_weights_.shape != self.varying_columns_.shape:
             raise ValueError("column_weights must hold one weight per searched column")
-        space_width = self.n_features_in_ - self.physics_columns
+        local = self._local_columns(self.n_features_in_)
+        self.local_features_ = np.ascontiguousarray(
+            arrays.get("local_features", np.zeros((features.shape[0], 0))), dtype=np.float32)
+        self.training_log_anchors_ = np.asarray(arrays.get("training_log_anchors", np.zeros(0)), dtype=np.float64)
+        if self.training_log_anchors_.shape != ((features.shape[0],) if self.target == "auto" else (0,)):
+            raise ValueError("training_log_anchors must hold one value per row with target='auto', none otherwise")
+        if self.local_features_.shape != (features.shape[0], local.size):
+            raise ValueError(f"local_features must be rows x {local.size} (one column per local column)")
+        searched = np.flatnonzero(self._searched(self.n_features_in_)).tolist()
         if (self.varying_columns_.size != features.shape[1] or self.constant_values_.shape != self.constant_columns_.shape
-                or sorted([*self.varying_columns_.tolist(), *self.constant_columns_.tolist()]) != list(range(space_width))):
-            raise ValueError("varying and constant columns must split the feature columns, with a value per constant one")
+                or sorted([*self.varying_columns_.tolist(), *self.constant_columns_.tolist()]) != searched):
+            raise ValueError("varying and constant columns must split the searched columns, with a value per constant one")
         self.prior_ = CalibratedPrior(**state["prior_params"]).set_state(state["prior_"])
         self._build_index()
         return self
