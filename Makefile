@@ -8,7 +8,7 @@ export ENERGETISCOPE_CACHE ?= $(HOME)/.cache/energetiscope
 DEV_CERTS ?= .dev-certs
 PORT ?= 8443
 
-.PHONY: run test install certs controlplane prometheus chromium bench clean
+.PHONY: run test install certs controlplane prometheus chromium haproxy bench clean
 
 $(BIN)/energetiscope $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ prometheus:
 chromium:
 	bash tests/tools/install-chromium.sh || echo "chromium not installed: tests/browser will be skipped"
 
-test: install controlplane prometheus chromium
+# Debian's haproxy for the replica tests (tests/e2e/test_replicas_e2e.py): two webhook processes
+# behind a load balancer; where it cannot be installed they skip, saying why.
+haproxy:
+	bash tests/tools/install-haproxy.sh || echo "haproxy not installed: tests/e2e/test_replicas_e2e.py will be skipped"
+
+test: install controlplane prometheus chromium haproxy
 	$(BIN)/python -m pytest
 
 # All benchmarks, tables printed and JSON written to bench/results/ (see bench/README.md).
