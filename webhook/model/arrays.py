@@ -1,4 +1,4 @@
-"""Checked feature arrays on the serving path.
+"""Checked feature arrays on the serving path, and the exact re-ranking both neighbour indexes share.
 
 The webhook predicts one row at a time. scikit-learn's `validate_data` costs about 0.35 ms a call
 there (measured with cProfile on a 50,000-row model: three calls per prediction, a third of a
@@ -24,3 +24,14 @@ def checked_rows(estimator: BaseEstimator, X: Any, dtype: type) -> np.ndarray:
             raise ValueError("Input X contains NaN or infinity.")
         return X
     return validate_data(estimator, X, dtype=dtype, reset=False)
+
+
+def exact_nearest(training: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k candidates (queries x candidates row indices) nearest each query by exact distance,
+    in float64, ties to the lowest row: (distances, row indices), each queries x k."""
+    # Cast as the ufunc goes: float64 copies of both sides would page-fault in fresh memory.
+    differences = np.subtract(training[candidates], queries[:, None, :], dtype=np.float64)
+    exact = np.sqrt(np.einsum("qcd,qcd->qc", differences, differences))
+    order = np.lexsort((candidates, exact), axis=-1)[:, :k]
+    return np.take_along_axis(exact, order, axis=1), np.take_along_axis(candidates, order, axis=1)

@@ -35,7 +35,7 @@ from sklearn.pipeline import Pipeline
 
 from webhook.files import write_atomically
 from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
-from webhook.model.knn import AnchoredKNN
+from webhook.model.knn import AnchoredKNN, NeighbourPrediction
 from webhook.model.prediction import PodPrediction
 from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
 from webhook.model.runs import Spread, run_waves
@@ -99,7 +99,7 @@ class TrainedModel:
         (`webhook.model.runs` then falls back to activeDeadlineSeconds)."""
         if self.run_pipeline is None:
             return None
-        detail = self.run_pipeline[-1].predict_detail(self.run_pipeline[:-1].transform([request]))
+        detail = _detail(self.run_pipeline, [request])
         waves = run_waves(request)  # the run model predicts one wave's seconds
         return Spread(waves * float(detail.power_watts_p10[0]), waves * float(detail.power_watts[0]),
                       waves * float(detail.power_watts_p90[0]))
@@ -107,9 +107,8 @@ class TrainedModel:
     def predict(self, requests: Sequence[InferenceRequest]) -> list[PodPrediction]:
         if not requests:
             return []
-        features = self.pipeline[:-1].transform(list(requests))
         knn: AnchoredKNN = self.pipeline[-1]
-        detail = knn.predict_detail(features)
+        detail = _detail(self.pipeline, requests)
         predictions: list[PodPrediction] = []
         for i in range(len(requests)):
             reason = None
@@ -125,6 +124,13 @@ class TrainedModel:
                 fallback_reason=reason,
             ))
         return predictions
+
+
+def _detail(pipeline: Pipeline, requests: Sequence[InferenceRequest]) -> NeighbourPrediction:
+    """The fitted steps called directly: slicing a Pipeline (`pipeline[:-1]`) builds a new one
+    and deep-copies its parameters, about 0.2 ms of a 1.1 ms cache miss (bench.mutate_stages)."""
+    encoder, knn = pipeline.steps[0][1], pipeline.steps[-1][1]
+    return knn.predict_detail(encoder.transform(requests))
 
 
 def _array_bytes(array: np.ndarray) -> bytes:

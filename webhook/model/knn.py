@@ -45,9 +45,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from scipy.linalg.blas import saxpy
 from threadpoolctl import threadpool_limits
 
-from webhook.model.arrays import checked_rows
+from webhook.model.arrays import checked_rows, exact_nearest
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.intervals import conformal_offsets
+from webhook.model.ivf import InvertedFileIndex, InvertedLists, fit_lists
 
 
 TRUST_SAMPLE_ROWS = 2000
@@ -55,7 +56,9 @@ OFFSET_SAMPLE_ROWS = 10_000
 # A query takes the sparse path when at most 1 / SPARSE_QUERY_SHARE of its shifted columns are nonzero.
 SPARSE_QUERY_SHARE = 3
 INTERVAL_SAMPLE_ROWS = 2000  # held-out rows whose residuals calibrate p10/p90, at most
-ALGORITHMS = ("auto", "brute", "kd_tree", "ball_tree")
+ALGORITHMS = ("auto", "brute", "ivf", "kd_tree", "ball_tree")
+# "auto" searches an inverted file from this many training rows on, exactly below it.
+IVF_MIN_ROWS = 20_000
 # The float32 scores of one block of queries against every training row stay within this.
 QUERY_BLOCK_BYTES = 64 * 2**20
 # Candidates re-ranked with exact distances; more than k, so that the bound below rarely fails.
@@ -193,11 +196,7 @@ class BruteForceIndex:
 
     def _nearest_exact(self, block: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k candidates nearest each query by exact distance, ties to the lowest row."""
-        # Cast as the ufunc goes: float64 copies of both sides would page-fault in fresh memory.
-        differences = np.subtract(self.training[candidates], block[:, None, :], dtype=np.float64)
-        exact = np.sqrt(np.einsum("qcd,qcd->qc", differences, differences))
-        order = np.lexsort((candidates, exact), axis=-1)[:, :k]
-        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(candidates, order, axis=1)
+        return exact_nearest(self.training, block, candidates, k)
 
 
 def _lowest_scores(scores: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +212,9 @@ def _lowest_scores(scores: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarr
     return candidates, least_excluded
 
 
-def resolve_algorithm(algorithm: str) -> str:
-    """"auto" is brute force, whatever the size.
+def resolve_algorithm(algorithm: str, rows: int = 0) -> str:
+    """"auto" is exact brute force below `IVF_MIN_ROWS` training rows and the inverted file
+    (`webhook.model.ivf`) from there on, where one exact pass over the rows is most of a cache miss.
 
     Measured on the served features (157 dimensions; bench/results/predictor_scale*.json, one
     BLAS thread): at 100k rows this search answers one query about as fast as the kd-tree
@@ -228,7 +228,9 @@ def resolve_algorithm(algorithm: str) -> str:
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-    return "brute" if algorithm == "auto" else algorithm
+    if algorithm == "auto":
+        return "ivf" if rows >= IVF_MIN_ROWS else "brute"
+    return algorithm
 
 
 def _nearest_other_spec_distances(distinct: np.ndarray, algorithm: str) -> np.ndarray:
@@ -241,7 +243,7 @@ def _nearest_other_spec_distances(distinct: np.ndarray, algorithm: str) -> np.nd
     if distinct.shape[0] > TRUST_SAMPLE_ROWS:
         chosen = np.random.default_rng(0).choice(distinct.shape[0], TRUST_SAMPLE_ROWS, replace=False)
         queries = distinct[chosen]
-    if algorithm == "brute":
+    if algorithm in ("brute", "ivf"):  # a fit-time estimate: exact, whatever serves
         distances, _ = BruteForceIndex(distinct).kneighbors(queries, 2)
     else:
         distances, _ = NearestNeighbors(n_neighbors=2, algorithm=algorithm).fit(distinct).kneighbors(queries)
@@ -415,6 +417,9 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         # Column-major, the layout BruteForceIndex searches (shared, not copied).
         self.training_features_ = np.asfortranarray(space[:, self.varying_columns_] * self.column_weights_)
         self.n_neighbors_ = min(self.n_neighbors, X.shape[0])
+        self.inverted_lists_ = None
+        if self.n_neighbors_ and resolve_algorithm(self.algorithm, X.shape[0]) == "ivf":
+            self._store_list_by_list(fit_lists(self.training_features_))
         self._build_index()
         self.trust_radius_ = self._trust_radius(self.training_features_) if self.n_neighbors_ else float("inf")
         self.interval_log_offsets_ = self._calibrate_intervals(X, power, groups)
@@ -455,12 +460,24 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         weights = np.sqrt(np.abs(r))
         return (weights if weights.any() else np.ones_like(weights)).astype(np.float32)
 
+    def _store_list_by_list(self, lists: InvertedLists) -> None:
+        """Every per-row array in the inverted file's order, which the index's row numbers follow."""
+        order = lists.order
+        self.training_features_ = np.ascontiguousarray(self.training_features_[order])
+        self.targets_ = self.targets_[order]
+        self.local_features_ = self.local_features_[order]
+        if self.training_log_anchors_.size:
+            self.training_log_anchors_ = self.training_log_anchors_[order]
+        self.inverted_lists_ = (lists.centroids, lists.offsets)
+
     def _build_index(self) -> None:
-        algorithm = resolve_algorithm(self.algorithm)
-        self.index_: BruteForceIndex | NearestNeighbors | None = None
+        algorithm = resolve_algorithm(self.algorithm, self.training_features_.shape[0])
+        self.index_: BruteForceIndex | InvertedFileIndex | NearestNeighbors | None = None
         if self.n_neighbors_ == 0:
             return
-        if algorithm == "brute":
+        if self.inverted_lists_ is not None:
+            self.index_ = InvertedFileIndex(self.training_features_, *self.inverted_lists_)
+        elif algorithm in ("brute", "ivf"):  # "ivf" without lists: an artifact from before them
             self.index_ = BruteForceIndex(self.training_features_)
         else:
             self.index_ = NearestNeighbors(n_neighbors=self.n_neighbors_, algorithm=algorithm).fit(self.training_features_)
@@ -514,7 +531,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     def _search(self, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         varying = np.ascontiguousarray(space[:, self.varying_columns_] * self.column_weights_)
         assert self.index_ is not None, "n_neighbors=0 has no neighbours"
-        if isinstance(self.index_, BruteForceIndex):
+        if isinstance(self.index_, (BruteForceIndex, InvertedFileIndex)):
             distances, indices = self.index_.kneighbors(varying, self.n_neighbors_)
         else:
             distances, indices = self.index_.kneighbors(varying)
@@ -615,7 +632,9 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             "constant_columns_": self.constant_columns_.tolist(),
         }, {"training_features": self.training_features_, "targets": self.targets_,
             "constant_values": self.constant_values_, "column_weights": self.column_weights_,
-            "local_features": self.local_features_, "training_log_anchors": self.training_log_anchors_})
+            "local_features": self.local_features_, "training_log_anchors": self.training_log_anchors_,
+            **({} if self.inverted_lists_ is None else
+               {"ivf_centroids": self.inverted_lists_[0], "ivf_offsets": self.inverted_lists_[1]})})
 
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
         features = np.asfortranarray(arrays["training_features"], dtype=np.float32)
@@ -650,5 +669,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
                 or sorted([*self.varying_columns_.tolist(), *self.constant_columns_.tolist()]) != searched):
             raise ValueError("varying and constant columns must split the searched columns, with a value per constant one")
         self.prior_ = CalibratedPrior(**state["prior_params"]).set_state(state["prior_"])
+        self.inverted_lists_ = None
+        if "ivf_centroids" in arrays:
+            self.inverted_lists_ = (np.asarray(arrays["ivf_centroids"], dtype=np.float32),
+                                    np.asarray(arrays["ivf_offsets"], dtype=np.int64))
+            self.training_features_ = np.ascontiguousarray(self.training_features_)
         self._build_index()
         return self
