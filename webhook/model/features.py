@@ -15,8 +15,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import murmurhash3_32
-from sklearn.utils.validation import check_is_fitted
 
+from webhook.model.arrays import require_fitted
 from webhook.model.extract import is_gpu_resource
 from webhook.model.gpus import gpu_product
 from webhook.model.llm import NUMERIC_FIELDS as LLM_NUMERIC_FEATURES
@@ -221,7 +221,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
         self.n_features_out_ = len(PHYSICS_COLUMNS) + len(self.numeric_features()) + offset + self.text_dimensions
 
     def transform(self, X: Iterable[Any]) -> np.ndarray:
-        check_is_fitted(self, "numeric_mean_")
+        require_fitted(self, "numeric_mean_")
         requests = as_requests(X)
         n = len(requests)
         out = np.zeros((n, self.n_features_out_), dtype=np.float32)
@@ -247,7 +247,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        check_is_fitted(self, "numeric_mean_")
+        require_fitted(self, "numeric_mean_")
         names = [f"physics:{name}" for name in PHYSICS_COLUMNS] + list(self.numeric_features())
         for column, values in zip(CATEGORICAL_FEATURES, self.categories_):
             names.extend(f"{column}={value}" for value in values)
@@ -256,7 +256,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Fitted state as (JSON, arrays), for `webhook.model.artifact`."""
-        check_is_fitted(self, "numeric_mean_")
+        require_fitted(self, "numeric_mean_")
         return ({"categories": self.categories_, "feature_version": self.feature_version_},
                 {"numeric_mean": self.numeric_mean_, "numeric_scale": self.numeric_scale_})
 

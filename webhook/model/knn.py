@@ -41,11 +41,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GroupKFold
 from sklearn.neighbors import NearestNeighbors
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 from scipy.linalg.blas import saxpy
 from threadpoolctl import threadpool_limits
 
-from webhook.model.arrays import checked_rows, exact_nearest
+from webhook.model.arrays import checked_rows, exact_nearest, require_fitted
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.intervals import conformal_offsets
 from webhook.model.ivf import InvertedFileIndex, InvertedLists, fit_lists
@@ -525,7 +525,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
 
     def kneighbors(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(distances, training row indices) of each row's n_neighbors_ nearest, nearest first."""
-        check_is_fitted(self, "training_features_")
+        require_fitted(self, "training_features_")
         return self._search(self._split(X)[1])
 
     def _search(self, space: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -543,7 +543,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         return distances, indices
 
     def predict_detail(self, X: Any) -> NeighbourPrediction:
-        check_is_fitted(self, "training_features_")
+        require_fitted(self, "training_features_")
         physics, space = self._split(X)
         log_anchor = np.log(self.prior_.predict(physics))
         n = log_anchor.shape[0]
@@ -620,7 +620,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Fitted state as (JSON, arrays), for `webhook.model.artifact`."""
-        check_is_fitted(self, "training_features_")
+        require_fitted(self, "training_features_")
         return ({
             "n_neighbors_": self.n_neighbors_,
             "trust_radius_": None if self.trust_radius_ == float("inf") else self.trust_radius_,
