@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the real kube-apiserver and etcd that the end-to-end tests run on loopback,
-# the kustomize they render deploy/ with, and the helm that lints, renders and installs
-# deploy/helm/energetiscope.
+# Build the real kube-apiserver and etcd that the end-to-end tests run on loopback, the
+# kube-controller-manager, kube-scheduler and kwok (fake nodes) that the controller tests
+# add to them, the kustomize they render deploy/ with, and the helm that lints, renders
+# and installs deploy/helm/energetiscope.
 #
 # All come from the Go module proxy through the wrapper modules beside this script
-# (go.mod here for Kubernetes, etcd/go.mod for etcd, kustomize/go.mod for kustomize,
-# helm/go.mod for helm),
+# (go.mod here for Kubernetes, etcd/go.mod for etcd, kwok/go.mod for kwok,
+# kustomize/go.mod for kustomize, helm/go.mod for helm),
 # so a machine with Go and the module proxy needs nothing else. The versions are read
 # from those go.mod files: bump them there (and run `go mod tidy`), not here.
 #
@@ -32,11 +33,15 @@ required_version() { # <go.mod> <module path>
 kubernetes_version="$(required_version "$here/go.mod" k8s.io/kubernetes)"
 etcd_version="$(required_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 apiserver_bin="$bin_dir/kube-apiserver-$kubernetes_version"
+controller_manager_bin="$bin_dir/kube-controller-manager-$kubernetes_version"
+scheduler_bin="$bin_dir/kube-scheduler-$kubernetes_version"
 etcd_bin="$bin_dir/etcd-$etcd_version"
 kustomize_version="$(required_version "$here/kustomize/go.mod" sigs.k8s.io/kustomize/kustomize/v5)"
 kustomize_bin="$bin_dir/kustomize-$kustomize_version"
 helm_version="$(required_version "$here/helm/go.mod" helm.sh/helm/v3)"
 helm_bin="$bin_dir/helm-$helm_version"
+kwok_version="$(required_version "$here/kwok/go.mod" sigs.k8s.io/kwok)"
+kwok_bin="$bin_dir/kwok-$kwok_version"
 
 now() { date +%s.%N; }
 elapsed() { awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1fs", end - start }'; }
@@ -73,19 +78,30 @@ main() {
     start="$(now)"
     mkdir -p "$bin_dir"
 
-    if [[ -x "$apiserver_bin" ]]; then
-        echo "build.sh: $apiserver_bin exists, not rebuilding"
-    else
-        command -v go >/dev/null || { echo "build.sh: the go command is needed to build kube-apiserver" >&2; exit 1; }
+    # kube-apiserver, kube-controller-manager and kube-scheduler, each from the same
+    # k8s.io/kubernetes module and each built only if its binary is missing.
+    local minor="${kubernetes_version#v1.}"
+    minor="${minor%%.*}"
+    # The version package is what /version reports and what the apiserver compares its
+    # emulation version against (and the controllers and scheduler theirs against the
+    # apiserver's); a plain `go build` leaves it at v0.0.0.
+    local version_pkg=k8s.io/component-base/version
+    local kube_ldflags="-s -w -X $version_pkg.gitVersion=$kubernetes_version -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor -X $version_pkg.gitTreeState=clean -X $version_pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    local command output
+    for command in kube-apiserver kube-controller-manager kube-scheduler; do
+        case "$command" in
+            kube-apiserver) output="$apiserver_bin" ;;
+            kube-controller-manager) output="$controller_manager_bin" ;;
+            kube-scheduler) output="$scheduler_bin" ;;
+        esac
+        if [[ -x "$output" ]]; then
+            echo "build.sh: $output exists, not rebuilding"
+            continue
+        fi
+        command -v go >/dev/null || { echo "build.sh: the go command is needed to build $command" >&2; exit 1; }
         check_staging_replaces
-        local minor="${kubernetes_version#v1.}"
-        minor="${minor%%.*}"
-        # The version package is what /version reports and what the apiserver
-        # compares its emulation version against; a plain `go build` leaves it at v0.0.0.
-        local version_pkg=k8s.io/component-base/version
-        build_binary "$here" k8s.io/kubernetes/cmd/kube-apiserver "$apiserver_bin" \
-            "-s -w -X $version_pkg.gitVersion=$kubernetes_version -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor -X $version_pkg.gitTreeState=clean -X $version_pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    fi
+        build_binary "$here" "k8s.io/kubernetes/cmd/$command" "$output" "$kube_ldflags"
+    done
 
     if [[ -x "$etcd_bin" ]]; then
         echo "build.sh: $etcd_bin exists, not rebuilding"
@@ -93,6 +109,15 @@ main() {
         command -v go >/dev/null || { echo "build.sh: the go command is needed to build etcd" >&2; exit 1; }
         # etcd's version is a constant in its api module, so no -X is needed.
         build_binary "$here/etcd" go.etcd.io/etcd/server/v3 "$etcd_bin" "-s -w"
+    fi
+
+    if [[ -x "$kwok_bin" ]]; then
+        echo "build.sh: $kwok_bin exists, not rebuilding"
+    else
+        command -v go >/dev/null || { echo "build.sh: the go command is needed to build kwok" >&2; exit 1; }
+        # `kwok --version` reports consts.Version, as kwok's own release script sets it.
+        build_binary "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "$kwok_bin" \
+            "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
     fi
 
     if [[ -x "$kustomize_bin" ]]; then
