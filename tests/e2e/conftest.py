@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import kubernetes.client
 import pytest
 
-from tests.e2e.controlplane import Binaries, BinariesMissing, ControlPlane
+from tests.e2e.controlplane import Binaries, BinariesMissing, ControllerBinaries, ControlPlane
 from tests.e2e.kube_rest import KubeRest
 from tests.e2e.webhook_fixtures import WiredWebhook, iterate_webhook
 
 SKIP_VARIABLE = "ENERGETISCOPE_SKIP_E2E"
 LOG_DIR_VARIABLE = "ENERGETISCOPE_E2E_LOG_DIR"
 E2E_DIR = Path(__file__).resolve().parent
+
+_B = TypeVar("_B")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -31,13 +33,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def locate_binaries_or_fail() -> Binaries:
-    """The built binaries; a missing build fails the test unless skipping was asked for.
+    """kube-apiserver and etcd, built; a missing build fails the test unless skipping was asked for."""
+    return locate_or_fail(Binaries.locate)
+
+
+def locate_or_fail(locate: Callable[[], _B]) -> _B:
+    """What ``locate()`` finds built; a missing build fails the test unless skipping was asked for.
 
     A silent skip would let a machine without the binaries report a green run that
     never touched an apiserver.
     """
     try:
-        return Binaries.locate()
+        return locate()
     except BinariesMissing as error:
         problem = str(error)
     # Outside the except block, so the report shows the reason once, not a chain.
@@ -49,6 +56,12 @@ def locate_binaries_or_fail() -> Binaries:
 @pytest.fixture(scope="session")
 def control_plane_binaries() -> Binaries:
     return locate_binaries_or_fail()
+
+
+@pytest.fixture(scope="session")
+def controller_binaries() -> ControllerBinaries:
+    """kube-controller-manager, kube-scheduler and kwok, for a ControlPlane(controllers=...)."""
+    return locate_or_fail(ControllerBinaries.locate)
 
 
 @pytest.fixture(scope="session")

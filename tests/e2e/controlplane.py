@@ -5,9 +5,14 @@ the cache directory; this module only runs them. Everything it starts listens on
 127.0.0.1 alone, on free ports, with its state, certificates and logs in one
 temporary directory that ``stop()`` removes.
 
-There is no controller manager and no scheduler: objects are stored and validated,
-admission (including webhooks) runs, but nothing reconciles them (a Deployment gets
-no ReplicaSet, a deleted Namespace stays Terminating).
+By default there is no controller manager and no scheduler: objects are stored and
+validated, admission (including webhooks) runs, but nothing reconciles them (a Deployment
+gets no ReplicaSet, a deleted Namespace stays Terminating). ``ControlPlane(controllers=
+ControllerBinaries.locate())`` also runs kube-controller-manager (the workload controllers,
+the garbage collector and the namespace controller), kube-scheduler and kwok, which keeps
+``fake_nodes`` fake Nodes Ready and moves the Pods bound to them to Running and, for a
+Job's, to Succeeded: a Deployment then gets its ReplicaSet and running Pods, a CronJob its
+Jobs, and they complete, with no kubelet and no container runtime.
 
 ``stop_apiserver()``/``start_apiserver()`` and ``stop_etcd()``/``start_etcd()`` stop and
 start one component again on the same ports (etcd on the same data directory), as a
@@ -54,6 +59,37 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 ADMIN_USER = "energetiscope-e2e-admin"
 # Bound to the cluster-admin ClusterRole by the apiserver's bootstrap RBAC policy.
 MASTERS_GROUP = "system:masters"
+# The controllers a control plane with controllers runs (kube-controller-manager
+# --controllers): what turns Deployments, ReplicaSets, Jobs and CronJobs into Pods, deletes
+# what an owner no longer holds, and empties deleted namespaces; and the node lifecycle
+# controller, which lifts the not-ready taint the apiserver puts on every new Node once
+# kwok reports it Ready (nothing schedules onto it before). Nothing else: no taint-based
+# eviction, no service accounts (the ServiceAccount admission plugin is off), no endpoints.
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "job-controller",
+    "cronjob-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "node-lifecycle-controller",
+)
+# The taints that keep the scheduler off a Node that is not (yet, or no longer) Ready.
+_NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+# Bound to the system:kube-scheduler ClusterRole by the bootstrap RBAC policy: the scheduler
+# runs with the permissions it has in a cluster.
+SCHEDULER_USER = "system:kube-scheduler"
+KWOK_USER = "energetiscope-e2e-kwok"
+# kwok manages only the Nodes with this annotation (--manage-nodes-with-annotation-selector),
+# the ones this module creates.
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODE_ANNOTATION_VALUE = "fake"
+KWOK_STAGES = BUILD_DIR / "kwok" / "stages.yaml"
+# The Pod IPs kwok hands out: apart from the Service range.
+KWOK_POD_CIDR = "10.244.0.0/16"
+# What each fake Node offers the scheduler: room for every test's Pods.
+FAKE_NODE_CAPACITY = {"cpu": "1000", "memory": "4Ti", "pods": "10000"}
 # Proxies from the environment must never see loopback traffic.
 _NO_PROXY = f"{LOOPBACK}/8,localhost"
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -67,7 +103,7 @@ class ControlPlaneError(RuntimeError):
 
 
 class BinariesMissing(ControlPlaneError):
-    """kube-apiserver or etcd has not been built yet."""
+    """A control plane binary has not been built yet."""
 
 
 class PortTaken(ControlPlaneError):
@@ -126,6 +162,11 @@ def etcd_version() -> str:
     return required_version(BUILD_DIR / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
 
 
+def kwok_version() -> str:
+    """The kwok release build.sh builds, e.g. ``v0.8.0``."""
+    return required_version(BUILD_DIR / "kwok" / "go.mod", "sigs.k8s.io/kwok")
+
+
 @dataclass(frozen=True)
 class Binaries:
     kube_apiserver: Path
@@ -143,6 +184,34 @@ class Binaries:
         k8s, etcd = kubernetes_version(), etcd_version()
         binaries = cls(bin_dir / f"kube-apiserver-{k8s}", bin_dir / f"etcd-{etcd}", k8s, etcd)
         missing = [str(path) for path in (binaries.kube_apiserver, binaries.etcd) if not os.access(path, os.X_OK)]
+        if missing:
+            raise BinariesMissing(
+                f"control plane binaries not built: {', '.join(missing)}; "
+                "run `make controlplane` (tests/e2e/controlplane/build.sh) first"
+            )
+        return binaries
+
+
+@dataclass(frozen=True)
+class ControllerBinaries:
+    """What a control plane with controllers runs beside etcd and kube-apiserver."""
+
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kwok: Path
+    kwok_version: str
+
+    @classmethod
+    def locate(cls, directory: Path | None = None) -> ControllerBinaries:
+        """Find them for the versions in the wrapper go.mod files (the controller manager and
+        scheduler are the apiserver's release); raises BinariesMissing, naming
+        ``make controlplane``, when one is not built."""
+        bin_dir = (directory or cache_dir()) / "bin"
+        k8s, kwok = kubernetes_version(), kwok_version()
+        binaries = cls(bin_dir / f"kube-controller-manager-{k8s}", bin_dir / f"kube-scheduler-{k8s}",
+                       bin_dir / f"kwok-{kwok}", kwok)
+        missing = [str(path) for path in (binaries.kube_controller_manager, binaries.kube_scheduler, binaries.kwok)
+                   if not os.access(path, os.X_OK)]
         if missing:
             raise BinariesMissing(
                 f"control plane binaries not built: {', '.join(missing)}; "
@@ -179,16 +248,18 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _child_environment() -> dict[str, str]:
+def _child_environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if key not in _PROXY_VARIABLES}
     environment["NO_PROXY"] = environment["no_proxy"] = _NO_PROXY
+    environment.update(overrides or {})
     return environment
 
 
 class _Process:
     """One child process whose stdout and stderr go to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
+                 environment: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_path
         with open(log_path, "ab") as log:
@@ -197,7 +268,7 @@ class _Process:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_child_environment(),
+                env=_child_environment(environment),
                 # Own session: a Ctrl-C at the terminal reaches pytest only, whose
                 # teardown then stops the apiserver before etcd.
                 start_new_session=True,
@@ -272,25 +343,39 @@ class ControlPlane:
         extra_apiserver_args: Sequence[str] = (),
         keep_logs_in: Path | None = None,
         audit_workloads: bool = False,
+        controllers: ControllerBinaries | None = None,
+        fake_nodes: int = 1,
     ) -> None:
         """``extra_apiserver_args`` come last, so they override the defaults below.
+
+        ``controllers``: also run kube-controller-manager (``CONTROLLERS``), kube-scheduler and
+        kwok with ``fake_nodes`` Nodes (``fake_node_names``), each started after the apiserver
+        and stopped before it. ``start()`` returns once the controller manager and scheduler
+        answer their health checks and every fake Node is Ready, with no not-ready taint left.
 
         ``audit_workloads``: the apiserver writes an audit log (``audit_log_path``) with a
         Metadata-level event, webhooks' audit annotations included, for every request on a
         workload kind.
 
-        ``keep_logs_in``: a directory that ``stop()`` copies the etcd and kube-apiserver
-        logs into before it removes everything else (the logs are otherwise lost).
+        ``keep_logs_in``: a directory that ``stop()`` copies the components' logs into
+        before it removes everything else (the logs are otherwise lost).
         """
+        if controllers is not None and fake_nodes < 1:
+            raise ValueError("a control plane with controllers needs at least one fake node")
         self.binaries = binaries or Binaries.locate()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.keep_logs_in = keep_logs_in
         self.audit_workloads = audit_workloads
+        self.controllers = controllers
+        self.fake_nodes = fake_nodes if controllers is not None else 0
         self._directory: Path | None = None
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
+        self._controller_manager: _Process | None = None
+        self._scheduler: _Process | None = None
+        self._kwok: _Process | None = None
         self._secure_port: int | None = None
         self._etcd_client_port: int | None = None
         self._etcd_peer_port: int | None = None
@@ -324,6 +409,8 @@ class ControlPlane:
         self._start_etcd(free_loopback_ports(2))
         self._start_apiserver(free_loopback_ports(1)[0])
         self._write_kubeconfig()
+        if self.controllers is not None:
+            self._start_controllers(self.controllers)
 
     # -- restarts: one component, same ports, same data ------------------------------
 
@@ -350,28 +437,25 @@ class ControlPlane:
         self._start_etcd([self._require(self._etcd_client_port), self._require(self._etcd_peer_port)])
 
     def stop(self) -> None:
-        """Stop the apiserver, then etcd (it must outlive its client), and remove the directory."""
+        """Stop kwok, the scheduler and the controller manager, then the apiserver, then etcd
+        (each must outlive its clients), and remove the directory."""
         try:
-            if self._apiserver is not None:
-                self._apiserver.stop(self.stop_timeout)
+            _stop_in_order(self._processes(), self.stop_timeout)
         finally:
-            try:
-                if self._etcd is not None:
-                    self._etcd.stop(self.stop_timeout)
-            finally:
-                self._apiserver = self._etcd = None
-                if self._directory is not None:
-                    self._keep_logs()
-                    shutil.rmtree(self._directory, ignore_errors=True)
-                    self._directory = None
-                self._issued_users.clear()
-                _running.discard(self)
+            self._kwok = self._scheduler = self._controller_manager = None
+            self._apiserver = self._etcd = None
+            if self._directory is not None:
+                self._keep_logs()
+                shutil.rmtree(self._directory, ignore_errors=True)
+                self._directory = None
+            self._issued_users.clear()
+            _running.discard(self)
 
     def _keep_logs(self) -> None:
         if self.keep_logs_in is None:
             return
         self.keep_logs_in.mkdir(parents=True, exist_ok=True)
-        for log in (self.etcd_log_path, self.apiserver_log_path):
+        for log in (self.etcd_log_path, self.apiserver_log_path, *self.controller_log_paths.values()):
             if log.exists():
                 # The temporary directory's unique name keeps several runs' logs apart.
                 shutil.copyfile(log, self.keep_logs_in / f"{self.directory.name}-{log.name}")
@@ -425,14 +509,32 @@ class ControlPlane:
         return self.directory / "etcd.log"
 
     @property
+    def controller_log_paths(self) -> dict[str, Path]:
+        """The logs of kube-controller-manager, kube-scheduler and kwok, by name (whether or
+        not this plane runs them)."""
+        return {name: self.directory / f"{name}.log" for name in ("kube-controller-manager", "kube-scheduler", "kwok")}
+
+    @property
+    def fake_node_names(self) -> list[str]:
+        """The Nodes kwok keeps Ready (none without controllers)."""
+        return [f"kwok-node-{index}" for index in range(self.fake_nodes)]
+
+    @property
     def pids(self) -> dict[str, int]:
         """Process ids of the running components, by name."""
-        return {p.name: p.pid for p in (self._etcd, self._apiserver) if p is not None}
+        return {p.name: p.pid for p in self._processes() if p is not None}
 
     def running(self, name: str) -> bool:
-        """Whether component ``name`` ("etcd" or "kube-apiserver") is running now."""
-        process = {"etcd": self._etcd, "kube-apiserver": self._apiserver}[name]
+        """Whether component ``name`` ("etcd", "kube-apiserver", "kube-controller-manager",
+        "kube-scheduler" or "kwok") is running now."""
+        process = {"etcd": self._etcd, "kube-apiserver": self._apiserver,
+                   "kube-controller-manager": self._controller_manager, "kube-scheduler": self._scheduler,
+                   "kwok": self._kwok}[name]
         return process is not None and not process.exited()
+
+    def _processes(self) -> list[_Process | None]:
+        """Every component, in the order they are stopped: clients before their servers."""
+        return [self._kwok, self._scheduler, self._controller_manager, self._apiserver, self._etcd]
 
     def issue_client_certificate(self, user: str, groups: Sequence[str] = ()) -> tuple[Path, Path]:
         """A client certificate the apiserver authenticates as ``user`` in ``groups``.
@@ -632,19 +734,162 @@ class ControlPlane:
         context.load_cert_chain(str(cert_path), str(key_path))
         return context
 
-    def _get(self, path: str, context: ssl.SSLContext) -> tuple[int, str]:
-        port = self._require(self._secure_port)
+    def _get(self, path: str, context: ssl.SSLContext, port: int | None = None) -> tuple[int, str]:
+        """GET ``path`` from the apiserver, or from another component serving on ``port``."""
+        return self._request("GET", path, context, port=port)
+
+    def _request(self, method: str, path: str, context: ssl.SSLContext, body: dict[str, object] | None = None,
+                 port: int | None = None) -> tuple[int, str]:
+        port = port or self._require(self._secure_port)
         # Loopback address, "localhost" for verification: both are in the serving SANs.
         connection = http.client.HTTPSConnection(LOOPBACK, port, context=context, timeout=5)
         try:
-            connection.request("GET", path)
+            if body is None:
+                connection.request(method, path)
+            else:
+                connection.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
             response = connection.getresponse()
             return response.status, response.read().decode(errors="replace")
         finally:
             connection.close()
 
-    def _write_kubeconfig(self) -> None:
-        cert_path, key_path = self.issue_client_certificate(ADMIN_USER, (MASTERS_GROUP,))
+    # -- controllers, scheduler, fake nodes ----------------------------------------------
+
+    def _start_controllers(self, binaries: ControllerBinaries) -> None:
+        pki = self.directory / "pki"
+        serving = issue_certificate(self._require(self._serving_ca), "kube-controllers",
+                                    dns_names=["localhost"], ip_addresses=[LOOPBACK], server=True)
+        write_pair(serving, pki, "controllers")
+        controller_manager_port, scheduler_port = free_loopback_ports(2)
+        serving_args = [f"--bind-address={LOOPBACK}", f"--tls-cert-file={pki / 'controllers.crt'}",
+                        f"--tls-private-key-file={pki / 'controllers.key'}"]
+
+        kubeconfig = self._write_kubeconfig(CONTROLLER_MANAGER_USER, (MASTERS_GROUP,), "kube-controller-manager")
+        self._controller_manager = _Process("kube-controller-manager", [
+            str(binaries.kube_controller_manager),
+            f"--kubeconfig={kubeconfig}",
+            # Its own /healthz authenticates and authorizes through the apiserver.
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--secure-port={controller_manager_port}",
+            *serving_args,
+            f"--controllers={','.join(CONTROLLERS)}",
+            # Every controller acts as the controller manager's own user (in system:masters),
+            # not as a service account of its own: nothing here issues their tokens.
+            "--use-service-account-credentials=false",
+            f"--service-account-private-key-file={pki / 'service-account.key'}",
+            f"--root-ca-file={self.ca_path}",
+            # One instance: no lease to take first, so it starts reconciling at once.
+            "--leader-elect=false",
+            # A rollout or a burst creates Pods faster than the default 20 requests a second.
+            "--kube-api-qps=100",
+            "--kube-api-burst=200",
+        ], self.controller_log_paths["kube-controller-manager"])
+        self._wait_until_healthy(self._controller_manager, controller_manager_port, "/healthz")
+
+        kubeconfig = self._write_kubeconfig(SCHEDULER_USER, (), "kube-scheduler")
+        self._scheduler = _Process("kube-scheduler", [
+            str(binaries.kube_scheduler),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--secure-port={scheduler_port}",
+            *serving_args,
+            "--leader-elect=false",
+        ], self.controller_log_paths["kube-scheduler"])
+        # /readyz includes the scheduler's informers having synced.
+        self._wait_until_healthy(self._scheduler, scheduler_port, "/readyz")
+
+        self._create_fake_nodes()
+        kubeconfig = self._write_kubeconfig(KWOK_USER, (MASTERS_GROUP,), "kwok")
+        self._kwok = _Process("kwok", [
+            str(binaries.kwok),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={KWOK_STAGES}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
+            # kwok renews each Node's Lease as a kubelet does (node-heartbeat-with-lease).
+            "--node-lease-duration-seconds=40",
+            f"--cidr={KWOK_POD_CIDR}",
+        ], self.controller_log_paths["kwok"],
+            # kwok also reads ~/.kwok/kwok.yaml when it exists: not a developer's.
+            environment={"HOME": str(self.directory / "kwok-home")})
+        self._wait_until_nodes_ready(self._kwok)
+
+    def _wait_until_healthy(self, process: _Process, port: int, path: str) -> None:
+        context = self._admin_tls_context()
+        deadline = time.monotonic() + self.start_timeout
+        last_problem = "no answer yet"
+        while True:
+            if process.exited():
+                raise process.startup_failure()
+            try:
+                status, body = self._get(f"{path}?verbose", context, port=port)
+                if status == 200:
+                    return
+                failing = [line for line in body.splitlines() if "failed" in line]
+                last_problem = f"{path} answered {status}: {'; '.join(failing) or body[:300]}"
+            except (OSError, http.client.HTTPException) as error:
+                last_problem = repr(error)
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"{process.name} not healthy after {self.start_timeout:.0f}s ({last_problem}); "
+                    f"last lines of {process.log_path}:\n{process.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _create_fake_nodes(self) -> None:
+        context = self._admin_tls_context()
+        for name in self.fake_node_names:
+            node = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {KWOK_NODE_ANNOTATION: KWOK_NODE_ANNOTATION_VALUE},
+                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                               "kubernetes.io/arch": "amd64", "type": "kwok"},
+                },
+                "status": {"capacity": FAKE_NODE_CAPACITY, "allocatable": FAKE_NODE_CAPACITY},
+            }
+            status, body = self._request("POST", "/api/v1/nodes", context, node)
+            if status != 201:
+                raise ControlPlaneError(f"creating fake node {name} answered {status}: {body[:300]}")
+
+    def _wait_until_nodes_ready(self, kwok: _Process) -> None:
+        context = self._admin_tls_context()
+        deadline = time.monotonic() + self.start_timeout
+        waiting = list(self.fake_node_names)
+        while True:
+            if kwok.exited():
+                raise kwok.startup_failure()
+            for name in list(waiting):
+                try:
+                    status, body = self._get(f"/api/v1/nodes/{name}", context)
+                except (OSError, http.client.HTTPException):
+                    continue
+                if status != 200:
+                    continue
+                node = json.loads(body)
+                conditions = node.get("status", {}).get("conditions") or []
+                taints = node.get("spec", {}).get("taints") or []
+                if (any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+                        and not any(t.get("key") in _NOT_READY_TAINTS for t in taints)):
+                    waiting.remove(name)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"fake nodes not Ready and untainted after {self.start_timeout:.0f}s: {', '.join(waiting)}; "
+                    f"last lines of {kwok.log_path}:\n{kwok.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _write_kubeconfig(self, user: str = ADMIN_USER, groups: Sequence[str] = (MASTERS_GROUP,),
+                          file_name: str = "kubeconfig") -> Path:
+        """A kubeconfig for ``user`` in ``groups`` (by default the admin's, ``kubeconfig_path``),
+        certificates embedded; returns its path."""
+        cert_path, key_path = self.issue_client_certificate(user, groups)
         name = "energetiscope-e2e"
         kubeconfig = {
             "apiVersion": "v1",
@@ -660,25 +905,37 @@ class ControlPlane:
             ],
             "users": [
                 {
-                    "name": ADMIN_USER,
+                    "name": user,
                     "user": {
                         "client-certificate-data": _b64(cert_path.read_bytes()),
                         "client-key-data": _b64(key_path.read_bytes()),
                     },
                 }
             ],
-            "contexts": [{"name": name, "context": {"cluster": name, "user": ADMIN_USER}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
             "current-context": name,
         }
-        path = self.kubeconfig_path
+        path = self.directory / file_name
         path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
         path.chmod(0o600)
+        return path
 
     @staticmethod
     def _require(value: _T | None) -> _T:
         if value is None:
             raise ControlPlaneError("the control plane is not started")
         return value
+
+
+def _stop_in_order(processes: Sequence[_Process | None], timeout: float) -> None:
+    """Stop each in turn; the later ones are stopped even when stopping an earlier one raises."""
+    if not processes:
+        return
+    try:
+        if processes[0] is not None:
+            processes[0].stop(timeout)
+    finally:
+        _stop_in_order(processes[1:], timeout)
 
 
 def _b64(data: bytes) -> str:
