@@ -9,6 +9,7 @@ Each block has a weight so the trainer can trade them off.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable, Sequence
 
@@ -238,12 +239,16 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator):
                 index = self.category_index_[column].get(value)
                 if index is not None:
                     out[row, numeric_end + index] = self.categorical_weight
-            counts = np.zeros(self.text_dimensions, dtype=np.float64)
+            # A pod has a handful of tokens: counted in a dict, not a 128-wide array and its norm
+            # (np.linalg.norm alone was 3.6% of a loaded server's CPU on cache misses, py-spy).
+            counts: dict[int, float] = {}
             for token in request_tokens(request):
-                counts[murmurhash3_32(token, positive=True) % self.text_dimensions] += 1.0
-            norm = np.linalg.norm(counts)
-            if norm > 0:
-                out[row, text_start:] = self.text_weight * counts / norm
+                bucket = murmurhash3_32(token, positive=True) % self.text_dimensions
+                counts[bucket] = counts.get(bucket, 0.0) + 1.0
+            if counts:
+                scale = self.text_weight / math.sqrt(sum(c * c for c in counts.values()))
+                for bucket, count in counts.items():
+                    out[row, text_start + bucket] = count * scale
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

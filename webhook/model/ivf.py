@@ -87,6 +87,7 @@ class InvertedFileIndex:
         self.squared_norms = np.einsum("ij,ij->i", self.training, self.training)
         self.centroid_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
         self.sizes = np.diff(self.offsets)
+        self.row_numbers = np.arange(self.rows)
 
     @property
     def rows(self) -> int:
@@ -125,7 +126,7 @@ class InvertedFileIndex:
             stops.append(self.offsets[i + 1])
         # A list is a contiguous block of rows: a GEMV on each slice reads the rows in place, where
         # gathering ~2,000 rows of 155 columns first cost more than the products (cProfile, 50k rows).
-        candidates = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+        candidates = np.concatenate([self.row_numbers[a:b] for a, b in zip(starts, stops)])
         dots = np.empty(candidates.size, dtype=np.float32)
         position = 0
         for a, b in zip(starts, stops):

@@ -577,10 +577,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         beyond = nearest > self.trust_radius_
         fades = self.target != "log_power" and self.correction_decay > 0
         if fades:
-            # Beyond the radius the correction fades instead of stopping: (radius / distance) ** decay of it.
-            with np.errstate(divide="ignore"):
+            if beyond.any():  # most queries are within the radius: no work for them
+                # Beyond the radius the correction fades instead of stopping: (radius / distance) ** decay of it.
                 kept = np.where(beyond, (self.trust_radius_ / np.maximum(nearest, 1e-12)) ** self.correction_decay, 1.0)
-            point = log_anchor + kept * (point - log_anchor)
+                point = log_anchor + kept * (point - log_anchor)
         else:
             point = np.where(beyond, log_anchor, point)
         if self.interval_log_offsets_ is not None:
