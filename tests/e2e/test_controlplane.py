@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from certs.authority import create_ca, issue_certificate, write_pair
 from tests.e2e import controlplane
-from tests.e2e.controlplane import Binaries, ControlPlane, ControlPlaneError, kubernetes_version
+from tests.e2e.controlplane import Binaries, ControllerBinaries, ControlPlane, ControlPlaneError, kubernetes_version
 
 pytestmark = pytest.mark.e2e
 
@@ -291,6 +291,33 @@ def test_stop_leaves_no_process_port_or_directory(control_plane_binaries: Binari
     assert not directory.exists()
     assert plane.pids == {}
     plane.stop()  # idempotent
+
+
+def test_a_plane_with_controllers_runs_them_on_ready_fake_nodes_and_stop_ends_them(
+    control_plane_binaries: Binaries, controller_binaries: ControllerBinaries, tmp_path: Path
+) -> None:
+    plane = ControlPlane(binaries=control_plane_binaries, controllers=controller_binaries, fake_nodes=2,
+                         keep_logs_in=tmp_path / "logs").start()
+    try:
+        pids = plane.pids
+        directory = plane.directory
+        assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+        assert all(plane.running(name) for name in pids)
+        with plane.api_client() as client:
+            core = kubernetes.client.CoreV1Api(client)
+            nodes = {node.metadata.name: node for node in core.list_node().items}
+            # Only the plane's own Nodes, each kwok's (by annotation), Ready and schedulable.
+            assert sorted(nodes) == plane.fake_node_names == ["kwok-node-0", "kwok-node-1"]
+            for node in nodes.values():
+                assert node.metadata.annotations[controlplane.KWOK_NODE_ANNOTATION] == "fake"
+                assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
+                assert not node.spec.taints
+    finally:
+        plane.stop()
+    assert [name for name, pid in pids.items() if process_exists(pid)] == []
+    assert not directory.exists()
+    assert sorted(log.name.removeprefix(f"{directory.name}-") for log in (tmp_path / "logs").iterdir()) == [
+        "etcd.log", "kube-apiserver.log", "kube-controller-manager.log", "kube-scheduler.log", "kwok.log"]
 
 
 def test_start_retries_when_a_chosen_port_was_taken(
