@@ -142,10 +142,18 @@ class EnergyQuery:
 
 
 def detect_kepler_line(client: PrometheusClient, start_seconds: float, end_seconds: float) -> KeplerLine:
-    """Which Kepler line has series between start and end (an index lookup, no sample read)."""
+    """Which Kepler line has series between start and end.
+
+    First an index lookup (no sample read). Prometheus answers it per TSDB block, so once it has
+    compacted blocks into larger ones (6 h, 18 h, ... after a while) the lookup also names metrics
+    whose samples lie outside the range but inside a block that overlaps it. When it names both
+    lines, each is confirmed by reading its samples in the range (`_has_samples_in`); only a
+    range that truly holds both is ambiguous."""
     names = "|".join(MARKER_METRIC.values())
     present = set(client.label_values("__name__", [f'{{__name__=~"{names}"}}'], start_seconds, end_seconds))
     lines = [line for line, metric in MARKER_METRIC.items() if metric in present]
+    if len(lines) > 1:
+        lines = [line for line in lines if _has_samples_in(client, MARKER_METRIC[line], start_seconds, end_seconds)] or lines
     if not lines:
         raise KeplerMetricsNotFoundError(
             f"no Kepler energy metrics ({' or '.join(MARKER_METRIC.values())}) in Prometheus at "
@@ -158,6 +166,13 @@ def detect_kepler_line(client: PrometheusClient, start_seconds: float, end_secon
             f"{end_seconds:.0f}: choose one Kepler line explicitly, or split the time range at the upgrade"
         )
     return lines[0]
+
+
+def _has_samples_in(client: PrometheusClient, metric: str, start_seconds: float, end_seconds: float) -> bool:
+    """Whether any series of `metric` has a sample in [start, end]: a sample read over the range,
+    so only for the rare case the index lookup cannot settle."""
+    span = format_duration(max(end_seconds - start_seconds, 0.001))
+    return bool(client.instant_query(f'count(present_over_time({{__name__="{metric}"}}[{span}]))', end_seconds))
 
 
 def build_energy_query(
