@@ -37,7 +37,8 @@ class FixedRateResult:
     max_send_lag_ms: float  # how late the generator itself dispatched (its own health)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer whose body has a Content-Length (uvicorn's always do): (status, body)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -74,7 +75,7 @@ async def _run(host: str, port: int, context: ssl.SSLContext, server_hostname: s
             writer.write(b"POST /mutate HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n" % (server_hostname.encode(), port, len(body)) + body)
             try:
-                status, answer = await asyncio.wait_for(_read_response(reader), ANSWER_TIMEOUT_SECONDS)
+                status, answer = await asyncio.wait_for(read_response(reader), ANSWER_TIMEOUT_SECONDS)
             except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 failures += 1
                 return  # this connection is unusable; the others go on

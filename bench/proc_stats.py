@@ -3,7 +3,8 @@
 `run_measured` runs a command to completion and reads its peak RSS from `wait4`'s rusage (the
 kernel's high-water mark of the child, so nothing between two polls is missed). For a server
 that keeps running, `peak_rss_mib` reads VmHWM from /proc/PID/status and `cpu_seconds` its
-user + system time from /proc/PID/stat.
+user + system time from /proc/PID/stat; `resident_sample` reads what a soak watches for leaks:
+resident memory now (VmRSS), open file descriptors (/proc/PID/fd) and threads.
 """
 
 from __future__ import annotations
@@ -64,3 +65,19 @@ def cpu_seconds(pid: int) -> float:
     # Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_SECOND
+
+
+@dataclass(frozen=True)
+class ResidentSample:
+    rss_mib: float  # VmRSS: resident now, not the high-water mark
+    open_fds: int  # entries of /proc/PID/fd: sockets, files, pipes, epoll and event fds
+    threads: int
+
+
+def resident_sample(pid: int) -> ResidentSample:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return ResidentSample(
+        rss_mib=int(status["VmRSS"].split()[0]) / KIB_PER_MIB,
+        open_fds=len(os.listdir(f"/proc/{pid}/fd")),
+        threads=int(status["Threads"]),
+    )

@@ -117,9 +117,65 @@ def accuracy(result: dict[str, Any]) -> str:
     return "\n".join(parts) + f"\n{_context(result)}"
 
 
+def soak_tables(result: dict[str, Any]) -> str:
+    """The soak's two tables (requests and reloads; memory, file descriptors and threads), from its
+    summary: `python -m bench.soak` prints the same."""
+    settings, requests = result["settings"], result["requests"]
+    reloads = result["reloads"]
+
+    def latency(part: dict[str, Any]) -> str:
+        return f"{cell(part['p50_ms'], 2)} / {cell(part['p99_ms'], 2)} / {cell(part['max_ms'], 1)}"
+
+    def pickups(kind: str) -> str:
+        r = reloads[kind]
+        return (f"{r['count']}, {r['picked_up']} picked up, after {cell(r['pickup_seconds_median'], 1)} s "
+                f"(median), at most {cell(r['pickup_seconds_max'], 1)} s")
+
+    reasons = "; ".join(f"{k}: {v}" for k, v in requests["failures_by_reason"].items()) or "none"
+    rows = [
+        ["load", f"{settings['duration_seconds'] / 60:g} min at {settings['rate_per_second']:g} reviews/s, "
+                 f"{settings['connections']} TLS connections each reopened every {settings['requests_per_connection']} "
+                 f"requests ({cell(requests['connections_opened'])} opened); 1 in {settings['new_spec_every']} a new spec"],
+        ["requests: scheduled / answered / failed", f"{cell(requests['scheduled'])} / {cell(requests['answered'])} / "
+                                                    f"**{cell(requests['failed'])}** ({reasons})"],
+        ["latency after warm-up: p50 / p99 / max ms", latency(result["latency_after_warmup"])],
+        [f"within 15 s of a model reload / otherwise", f"{latency(result['latency_within_15s_of_a_model_reload'])} / "
+                                                       f"{latency(result['latency_otherwise'])}"],
+        [f"model reloads (every {settings['model_every_seconds']:g} s, {settings['rows']:,}-row models)",
+         pickups("model") + f"; every new model id in the answers: {cell(result['every_new_model_answered'])}"],
+        [f"certificate rotations (every {settings['certificate_every_seconds']:g} s)",
+         pickups("certificate") + " (new handshake's serial)"],
+        ["server reload counters", ", ".join(f"{k} {v:g}" for k, v in sorted(result["server_reload_counters"].items()))],
+        ["generator health", f"max send lag {cell(requests['max_send_lag_ms'], 1)} ms, "
+                             f"{cell(requests['late_sends'])} sends > 10 ms late"],
+    ]
+    trend_rows = []
+    for name, label, digits in (("rss_mib", "resident memory (MiB)", 1), ("open_fds", "open file descriptors", 0),
+                                ("threads", "threads", 0)):
+        t = result["trends"][name]
+        trend_rows.append([label, cell(t["at_start"], digits), cell(t["first"], digits), cell(t["last"], digits),
+                           f"{cell(t['min'], digits)}-{cell(t['max'], digits)}",
+                           f"{t['slope_per_hour']:+.2f} +- {t['slope_standard_error_per_hour']:.2f}",
+                           f"{t['growth_over_window']:+.2f}"])
+    warmup = settings["warmup_seconds"]
+    header = ["server process", "at start", f"at {warmup:g} s", "at the end", "range after warm-up",
+              "slope per hour +- s.e.", "fitted growth over the measured window"]
+    before = result["rss_mib_before_each_model_reload"]
+    rss_line = ("\nResident memory just before each model reload after warm-up: "
+                + ", ".join(cell(b["rss_mib"], 1) for b in before)
+                + f" MiB ({result['rss_mib_per_model_reload']:+.2f} MiB per reload, least squares).")
+    return "\n".join([markdown_table(["soak", "result"], rows), "", markdown_table(header, trend_rows), rss_line])
+
+
+def soak(result: dict[str, Any]) -> str:
+    load = result["load_average_1m"]
+    return (f"{soak_tables(result)}\n\nLoad average (1 min) sampled during the run: mean {load['mean']}, max {load['max']}."
+            f"\n\n{_context(result)}")
+
+
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
             ("trainer_scale", trainer), ("trainer_scale_full", trainer), ("accuracy", accuracy),
-            ("accuracy_full", accuracy))
+            ("accuracy_full", accuracy), ("soak", soak))
 
 
 def main() -> None:
