@@ -22,6 +22,16 @@ power over it (watts = joules / W). Columns, one row per (window, pod):
 tables from before it still read. A pod appears in a window only if one of its counters has two
 samples inside it, so its first partial window (and its last, after its final scrape) is not in
 the table. A pod with GPU series and no Kepler CPU series has rows too (its CPU energy is 0).
+
+Streaming: `train labels` never holds the table. `LabelsReader` reads Prometheus one chunk of
+windows at a time and yields that chunk's rows; `run_labels` writes each as one row group of the
+output's temporary file, which replaces the output only when every chunk was read (the same
+atomic write as before: an interrupted run leaves no file, or the old one). Between chunks only
+the pods (integer codes, their names and owners) are kept. A chunk's windows are chosen so that
+one range query returns at most `max_points_per_chunk` points (series x windows): on a large
+cluster a chunk is shorter, so the memory of one chunk stays the same from 200 to 20,000
+workloads. Chunks are consecutive in time and each is sorted, so the file is in
+(window_start, namespace, pod) order as the in-memory table (`collect_labels`) is.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from webhook.files import write_atomically
@@ -51,7 +63,7 @@ from trainer.kepler import (
     detect_kepler_line,
     selection_counts_gpu,
 )
-from trainer.owners import OwnerFallback, OwnerResolver, load_owner_index
+from trainer.owners import OwnerFallback, OwnerResolver, WorkloadRef, load_owner_index
 from trainer.prometheus import (
     DEFAULT_MAX_POINTS_PER_CHUNK,
     DEFAULT_TIMEOUT_SECONDS,
@@ -76,6 +88,11 @@ LABEL_COLUMNS: tuple[str, ...] = (
 GPU_ENERGY_COLUMN = "gpu_energy_joules"
 OUTPUT_COLUMNS: tuple[str, ...] = (*LABEL_COLUMNS, GPU_ENERGY_COLUMN)
 DEFAULT_WINDOW_SECONDS = 60
+# Points (series x windows) one range query may return. Python holds a parsed answer at ~300 bytes
+# a point (the JSON text, its lists and strings, the (time, value) tuples), so 500,000 points keep
+# a chunk near 150 MB whatever the cluster's size; at 2,000 workloads (~1,650 pods a window) that
+# is ~300 windows a query. See bench/README.md (trainer_scale) for the measured peaks.
+DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST = 500_000
 
 
 @dataclass(frozen=True)
@@ -128,18 +145,23 @@ def collect_labels_report(
     start: datetime | float | str,
     end: datetime | float | str,
     step_seconds: float = DEFAULT_WINDOW_SECONDS,
-    *,
-    kepler_line: KeplerLine | str | None = None,
-    container_selection: ContainerEnergySelection | None = None,
-    pod_selection: PodEnergySelection | None = None,
-    owner_fallback: OwnerFallback | None = None,
-    gpu: GpuChoice | str = GpuChoice.AUTO,
-    max_windows_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    retry: RetryPolicy = NO_RETRY,
-    progress: bool = False,
+    **options: Any,
 ) -> LabelsCollection:
-    """Per-pod energy and power per window between start and end (see the module docstring).
+    """The whole labels table in memory, with what its GPU part came from: the chunks of
+    `LabelsReader` (whose options these are) put together. For tests and small ranges;
+    `run_labels` streams the same chunks to its file instead."""
+    reader = LabelsReader(prom_url, start, end, step_seconds, **options)
+    frames = [frame for frame in reader.chunks() if len(frame)]
+    frame = pd.concat(frames, ignore_index=True) if frames else empty_labels_frame(reader.window_seconds)
+    return LabelsCollection(frame, reader.gpu_source, reader.gpu_power_gauge_joules)
+
+
+class LabelsReader:
+    """Per-pod energy and power per window between start and end (see the module docstring), read
+    from Prometheus one chunk of windows at a time: `chunks()` yields each chunk's rows as a
+    labels frame, sorted by (window_start, namespace, pod), and keeps nothing per window between
+    chunks. The chunks are consecutive in time, so the frames put end to end are the whole table
+    in that order.
 
     prom_url: the Prometheus base URL, or a ready `PrometheusClient`.
     start, end: datetimes (naive ones are taken as UTC), Unix seconds, or strings accepted by
@@ -150,79 +172,164 @@ def collect_labels_report(
     owner_fallback: called for pods unknown to kube-state-metrics (the Kubernetes API seam).
     gpu: where GPU energy comes from: auto (dcgm-exporter, else Kepler's GPU series), dcgm,
         kepler, or off (see `trainer.dcgm`).
-    max_windows_per_chunk: windows per range query; long ranges become several queries.
+    max_windows_per_chunk: the most windows in one range query (`--chunk` / W).
+    max_points_per_chunk: the most points (series x windows) one range query should return. A
+        chunk's answer is parsed into Python objects (~300 bytes a point, `DEFAULT_MAX_POINTS_PER_CHUNK`),
+        so the windows of the next chunk are chosen from the points per window seen so far (the
+        first from the pods present at the first window): memory follows this budget, not the
+        cluster. The rows do not depend on where chunks are cut.
     retry: when Prometheus does not answer, how often to try a request again (with a URL; a ready
         client brings its own). Chunks already read are kept: the run resumes where it stopped.
     progress: show a progress bar over the chunks (on stderr).
     """
-    client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
-        prom_url, timeout_seconds=timeout_seconds, retry=retry
-    )
-    start_seconds = parse_time_seconds(start)
-    end_seconds = parse_time_seconds(end)
-    if not step_seconds >= 1 or not float(step_seconds).is_integer():
-        raise ValueError(f"the window (step) must be a whole number of seconds >= 1, got {step_seconds!r}")
-    window_seconds = int(step_seconds)
-    window_count = int(math.floor((end_seconds - start_seconds) / window_seconds + 1e-9))
-    if window_count < 1:
-        raise ValueError(
-            f"the range {start_seconds:.0f}..{end_seconds:.0f} is shorter than one {window_seconds:g} s window"
+
+    def __init__(
+        self,
+        prom_url: str | PrometheusClient,
+        start: datetime | float | str,
+        end: datetime | float | str,
+        step_seconds: float = DEFAULT_WINDOW_SECONDS,
+        *,
+        kepler_line: KeplerLine | str | None = None,
+        container_selection: ContainerEnergySelection | None = None,
+        pod_selection: PodEnergySelection | None = None,
+        owner_fallback: OwnerFallback | None = None,
+        gpu: GpuChoice | str = GpuChoice.AUTO,
+        max_windows_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK,
+        max_points_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        retry: RetryPolicy = NO_RETRY,
+        progress: bool = False,
+    ) -> None:
+        self.client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
+            prom_url, timeout_seconds=timeout_seconds, retry=retry
         )
-    last_window_end = start_seconds + window_count * window_seconds
+        self.start_seconds = parse_time_seconds(start)
+        end_seconds = parse_time_seconds(end)
+        if not step_seconds >= 1 or not float(step_seconds).is_integer():
+            raise ValueError(f"the window (step) must be a whole number of seconds >= 1, got {step_seconds!r}")
+        if max_windows_per_chunk < 1 or max_points_per_chunk < 1:
+            raise ValueError("a chunk holds at least one window and one point")
+        self.window_seconds = int(step_seconds)
+        self.window_count = int(math.floor((end_seconds - self.start_seconds) / self.window_seconds + 1e-9))
+        if self.window_count < 1:
+            raise ValueError(
+                f"the range {self.start_seconds:.0f}..{end_seconds:.0f} is shorter than one {self.window_seconds:g} s window"
+            )
+        self.last_window_end = self.start_seconds + self.window_count * self.window_seconds
+        self.line = KeplerLine(kepler_line) if kepler_line is not None else detect_kepler_line(
+            self.client, self.start_seconds, self.last_window_end
+        )
+        self.container_selection = container_selection
+        self.pod_selection = pod_selection
+        self.query = build_energy_query(self.line, self.window_seconds, container_selection, pod_selection)
+        self.owner_fallback = owner_fallback
+        self.gpu = gpu
+        self.max_windows_per_chunk = max_windows_per_chunk
+        self.max_points_per_chunk = max_points_per_chunk
+        self.progress = progress
+        self.gpu_source: GpuSource | None = None
+        self.gpu_power_gauge_joules = 0.0
 
-    line = KeplerLine(kepler_line) if kepler_line is not None else detect_kepler_line(
-        client, start_seconds, last_window_end
-    )
-    query = build_energy_query(line, window_seconds, container_selection, pod_selection)
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """Each chunk's rows (finite energy only), sorted by (window_start, namespace, pod)."""
+        client, window_seconds = self.client, self.window_seconds
+        # Evaluation times are the window ends: start+W, start+2W, ..., start+n*W.
+        first_end = self.start_seconds + window_seconds
+        self.gpu_source = choose_gpu_source(client, self.gpu, self.line, self.start_seconds, self.last_window_end)
+        read_kepler_gpu = self.gpu_source is not None and (
+            self.gpu_source is GpuSource.KEPLER or selection_counts_gpu(self.line, self.container_selection))
+        kepler_gpu_query = build_gpu_energy_query(
+            self.line, window_seconds, self.container_selection, self.pod_selection) if read_kepler_gpu else None
+        # Pods are small integer codes into `pods` (namespace, pod) and `workloads`, so rows carry
+        # integers until a chunk's frame is built.
+        pod_codes = _PodCodes()
+        workloads: list[WorkloadRef] = []
+        dcgm_rows = _PodRows.empty()
+        if self.gpu_source is GpuSource.DCGM:
+            # dcgm-exporter's per-device choice of counter or gauge and its exporter pods span the
+            # whole range: read at once (GPU pods only), then cut per chunk below.
+            dcgm = read_dcgm_energy(client, split_evaluation_range(
+                first_end, self.last_window_end, window_seconds, self.max_windows_per_chunk), window_seconds)
+            codes = [pod_codes.code(key) for key in zip(dcgm.namespaces, dcgm.pods)]
+            dcgm_rows = _PodRows(np.asarray(codes, dtype=np.int64), dcgm.window_end_seconds, dcgm.energy_joules)
+            self.gpu_power_gauge_joules = dcgm.power_gauge_joules
+        # Owners are read before the first chunk (an index lookup over the range), so that from
+        # then on every request is a chunk's and a failure names the chunk it stopped at.
+        resolver = OwnerResolver(load_owner_index(client, self.start_seconds, self.last_window_end), self.owner_fallback)
 
-    # Evaluation times are the window ends: start+W, start+2W, ..., start+n*W.
-    chunks = split_evaluation_range(
-        start_seconds + window_seconds, last_window_end, window_seconds, max_windows_per_chunk
-    )
-    # Rows are gathered as arrays per series; pods are small integer codes into `pod_keys` so a
-    # week of a large cluster does not become tens of millions of Python strings.
-    pod_codes: dict[tuple[str, str], int] = {}
-    with tqdm(total=len(chunks), desc="kepler energy", unit="chunk", disable=not progress) as bar:
-        cpu = _read_pod_energy(client, query, chunks, window_seconds, pod_codes, bar.update)
+        windows_done = 0
+        windows = min(self.max_windows_per_chunk, self._first_chunk_windows(first_end))
+        with tqdm(total=math.ceil(self.window_count / windows), desc="kepler energy", unit="chunk",
+                  disable=not self.progress) as bar:
+            while windows_done < self.window_count:
+                windows = min(windows, self.window_count - windows_done)
+                chunk = EvaluationChunk(start_seconds=first_end + windows_done * window_seconds,
+                                        end_seconds=first_end + (windows_done + windows - 1) * window_seconds,
+                                        step_seconds=window_seconds)
+                cpu = _read_pod_energy(client, self.query, [chunk], window_seconds, pod_codes)
+                kepler_gpu = (_read_pod_energy(client, kepler_gpu_query, [chunk], window_seconds, pod_codes)
+                              if kepler_gpu_query is not None else _PodRows.empty())
+                gpu_rows = kepler_gpu if self.gpu_source is GpuSource.KEPLER else dcgm_rows.between(
+                    chunk.start_seconds, chunk.end_seconds)
+                kepler_gpu_inside = kepler_gpu if selection_counts_gpu(self.line, self.container_selection) and \
+                    self.gpu_source is not None else _PodRows.empty()
+                rows = _combine(cpu, kepler_gpu_inside, gpu_rows)
+                windows_done += windows
+                if len(rows.codes):
+                    keys = pod_codes.keys
+                    workloads.extend(resolver.resolve(namespace, pod) for namespace, pod in keys[len(workloads):])
+                    yield self._frame(rows, keys, workloads)
+                # The next chunk's windows: as many as the budget of points allows at the points
+                # per window this chunk returned.
+                points_per_window = max(len(cpu.codes), len(kepler_gpu.codes)) / windows
+                if points_per_window > 0:
+                    windows = max(1, min(self.max_windows_per_chunk, int(self.max_points_per_chunk // points_per_window)))
+                bar.total = bar.n + 1 + math.ceil((self.window_count - windows_done) / windows)
+                bar.update(1)
+                if windows_done >= self.window_count:
+                    bar.total = bar.n
+                    bar.refresh()
 
-    gpu_source = choose_gpu_source(client, gpu, line, start_seconds, last_window_end)
-    gpu_rows = _PodRows.empty()
-    kepler_gpu_inside = _PodRows.empty()  # Kepler's GPU energy inside the CPU-side query
-    power_gauge_joules = 0.0
-    if gpu_source is not None:
-        if gpu_source is GpuSource.KEPLER or selection_counts_gpu(line, container_selection):
-            kepler_gpu_query = build_gpu_energy_query(line, window_seconds, container_selection, pod_selection)
-            kepler_gpu = _read_pod_energy(client, kepler_gpu_query, chunks, window_seconds, pod_codes)
-            gpu_rows = kepler_gpu if gpu_source is GpuSource.KEPLER else gpu_rows
-            kepler_gpu_inside = kepler_gpu if selection_counts_gpu(line, container_selection) else kepler_gpu_inside
-        if gpu_source is GpuSource.DCGM:
-            dcgm = read_dcgm_energy(client, chunks, window_seconds)
-            codes = [pod_codes.setdefault(key, len(pod_codes)) for key in zip(dcgm.namespaces, dcgm.pods)]
-            gpu_rows = _PodRows(np.asarray(codes, dtype=np.int64), dcgm.window_end_seconds, dcgm.energy_joules)
-            power_gauge_joules = dcgm.power_gauge_joules
+    def _first_chunk_windows(self, first_end: float) -> int:
+        """Windows in the first chunk: the budget of points over the pods present at the first
+        window (one instant query of the energy query's series count)."""
+        found = self.client.instant_query(f"count({self.query.promql})", first_end)
+        pods = int(found[0].value) if found and math.isfinite(found[0].value) else 0
+        return max(1, self.max_points_per_chunk // pods) if pods else self.max_windows_per_chunk
 
-    rows = _combine(cpu, kepler_gpu_inside, gpu_rows)
-    if not len(rows.codes):
-        return LabelsCollection(empty_labels_frame(window_seconds), gpu_source, power_gauge_joules)
+    def _frame(self, rows: _PodRows, keys: Sequence[tuple[str, str]], workloads: Sequence[WorkloadRef]) -> pd.DataFrame:
+        """One chunk's rows as a labels frame: pods looked up by code, finite rows only, sorted."""
+        present, local = np.unique(rows.codes, return_inverse=True)
+        frame = _labels_frame(
+            window_ends=rows.window_end_seconds,
+            window_seconds=self.window_seconds,
+            codes=local,
+            namespaces=[keys[code][0] for code in present],
+            pods=[keys[code][1] for code in present],
+            workload_kinds=[workloads[code].kind for code in present],
+            workload_names=[workloads[code].name for code in present],
+            energy_joules=rows.energy_joules,
+            gpu_energy_joules=rows.gpu_energy_joules,
+            kepler_line=self.line.value,
+        )
+        frame = frame[np.isfinite(frame["energy_joules"].to_numpy())]
+        return frame.sort_values(["window_start", "namespace", "pod"], kind="stable").reset_index(drop=True)
 
-    resolver = OwnerResolver(load_owner_index(client, start_seconds, last_window_end), owner_fallback)
-    pod_keys = list(pod_codes)
-    workloads = [resolver.resolve(namespace, pod) for namespace, pod in pod_keys]
-    frame = _labels_frame(
-        window_ends=rows.window_end_seconds,
-        window_seconds=window_seconds,
-        codes=rows.codes,
-        namespaces=[namespace for namespace, _ in pod_keys],
-        pods=[pod for _, pod in pod_keys],
-        workload_kinds=[w.kind for w in workloads],
-        workload_names=[w.name for w in workloads],
-        energy_joules=rows.energy_joules,
-        gpu_energy_joules=rows.gpu_energy_joules,
-        kepler_line=line.value,
-    )
-    frame = frame[np.isfinite(frame["energy_joules"].to_numpy())]
-    frame = frame.sort_values(["window_start", "namespace", "pod"], kind="stable").reset_index(drop=True)
-    return LabelsCollection(frame, gpu_source, power_gauge_joules)
+
+class _PodCodes:
+    """(namespace, pod) -> a small integer, numbered in order of first sight; `keys[code]` is the pod."""
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[str, str], int] = {}
+        self.keys: list[tuple[str, str]] = []
+
+    def code(self, key: tuple[str, str]) -> int:
+        found = self._codes.get(key)
+        if found is None:
+            found = self._codes[key] = len(self.keys)
+            self.keys.append(key)
+        return found
 
 
 @dataclass(frozen=True)
@@ -238,14 +345,21 @@ class _PodRows:
     def empty(cls) -> _PodRows:
         return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
 
+    def between(self, first_end_seconds: float, last_end_seconds: float) -> _PodRows:
+        """The rows whose window ends in [first_end, last_end]: one chunk's."""
+        if not len(self.codes):
+            return self
+        inside = (self.window_end_seconds >= first_end_seconds) & (self.window_end_seconds <= last_end_seconds)
+        return _PodRows(self.codes[inside], self.window_end_seconds[inside], self.energy_joules[inside],
+                        None if self.gpu_energy_joules is None else self.gpu_energy_joules[inside])
+
 
 def _read_pod_energy(
     client: PrometheusClient,
     query: EnergyQuery,
     chunks: Sequence[EvaluationChunk],
     window_seconds: int,
-    pod_codes: dict[tuple[str, str], int],
-    chunk_done: Callable[[int], object] | None = None,
+    pod_codes: _PodCodes,
 ) -> _PodRows:
     """Run a per-pod energy query over the chunks; new pods get the next codes in `pod_codes`."""
     code_parts: list[np.ndarray] = []
@@ -255,13 +369,11 @@ def _read_pod_energy(
         for series in client.range_query(query.promql, chunk.start_seconds, chunk.end_seconds, window_seconds):
             if not series.points:
                 continue
-            code = pod_codes.setdefault(_pod_identity(query, series.labels), len(pod_codes))
+            code = pod_codes.code(_pod_identity(query, series.labels))
             points = np.asarray(series.points, dtype=np.float64)
             code_parts.append(np.full(len(points), code, dtype=np.int64))
             window_end_parts.append(points[:, 0])
             energy_parts.append(points[:, 1])
-        if chunk_done is not None:
-            chunk_done(1)
     if not energy_parts:
         return _PodRows.empty()
     return _PodRows(np.concatenate(code_parts), np.concatenate(window_end_parts), np.concatenate(energy_parts))
@@ -383,6 +495,56 @@ def write_labels(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return write_atomically(path, lambda temp: frame[columns].to_parquet(temp, index=False))
 
 
+@dataclass
+class _StreamTally:
+    """What `run_labels` reports, added up chunk by chunk (chunks never share a window)."""
+
+    rows: int = 0
+    windows: int = 0
+    energy_joules: float = 0.0
+    gpu_energy_joules: float = 0.0
+    pods: set[tuple[str, str]] | None = None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.rows += len(frame)
+        self.windows += int(frame["window_start"].nunique())
+        self.energy_joules += float(frame["energy_joules"].sum())
+        self.gpu_energy_joules += float(frame[GPU_ENERGY_COLUMN].sum())
+        pods = self.pods if self.pods is not None else set()
+        pods.update(frame[["namespace", "pod"]].drop_duplicates().itertuples(index=False, name=None))
+        self.pods = pods
+
+
+def write_label_chunks(frames: Iterable[pd.DataFrame], path: str | os.PathLike[str],
+                       window_seconds: int = DEFAULT_WINDOW_SECONDS) -> _StreamTally:
+    """Write labels frames, one Parquet row group each, to `path` atomically, as they arrive:
+    only one chunk is in memory at a time. The file reads back as `write_labels` of the frames
+    put together would (same columns, dtypes and pandas metadata). If the frames stop with an
+    exception (Prometheus gone for good, Ctrl-C), the temporary file is removed and `path` keeps
+    its old content, or stays absent."""
+    tally = _StreamTally()
+
+    def write(temp: Path) -> None:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for frame in frames:
+                if not len(frame):
+                    continue
+                table = pa.Table.from_pandas(frame[list(OUTPUT_COLUMNS)], preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(temp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                tally.add(frame)
+            if writer is None:  # no row at all: the empty table, as before
+                empty_labels_frame(window_seconds).to_parquet(temp, index=False)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    write_atomically(path, write)
+    return tally
+
+
 # -- command line ----------------------------------------------------------------------------
 
 
@@ -404,14 +566,17 @@ def run_labels(
     owner_fallback: OwnerFallback | None = None,
     gpu: str = GpuChoice.AUTO.value,
     retry: RetryPolicy = RetryPolicy(),
+    max_points_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST,
 ) -> LabelsRunSummary:
-    """`energetiscope train labels`: collect the labels table and write it to `out`.
+    """`energetiscope train labels`: read the labels chunk by chunk and stream them to `out`.
 
     Plain strings in, so a click command can pass its options straight through: times as ISO 8601
     or Unix seconds, durations as `60s`, `5m`, `1h30m` or plain seconds. `modes`/`components`
     apply to Kepler <= 0.9, `zones`/`states` to Kepler >= 0.10 (`states=("all",)` reads every state).
     `gpu` is auto, dcgm, kepler or off (`trainer.dcgm`). A request Prometheus does not answer is
-    tried again as `retry` says; nothing is written unless every read succeeded.
+    tried again as `retry` says. Each chunk's rows go to the output's temporary file as one row
+    group (`write_label_chunks`), so memory follows a chunk (`max_points_per_chunk`), not the
+    cluster; the file replaces `out` only when every read succeeded.
     """
     step_seconds = parse_duration_seconds(step)
     chunk_seconds = parse_duration_seconds(chunk)
@@ -425,7 +590,7 @@ def run_labels(
         zones=tuple(zones) if zones else pod_defaults.zones,
         states=None if states and tuple(states) == ("all",) else (tuple(states) if states else pod_defaults.states),
     )
-    collection = collect_labels_report(
+    reader = LabelsReader(
         prom_url,
         start,
         end,
@@ -436,22 +601,22 @@ def run_labels(
         owner_fallback=owner_fallback,
         gpu=gpu,
         max_windows_per_chunk=max(1, int(chunk_seconds // step_seconds)),
+        max_points_per_chunk=max_points_per_chunk,
         timeout_seconds=parse_duration_seconds(timeout),
         retry=retry,
         progress=progress,
     )
-    frame = collection.frame
-    path = write_labels(frame, out)
+    tally = write_label_chunks(reader.chunks(), out, reader.window_seconds)
     return LabelsRunSummary(
-        path=path,
-        row_count=len(frame),
-        pod_count=int(frame[["namespace", "pod"]].drop_duplicates().shape[0]),
-        window_count=int(frame["window_start"].nunique()),
-        kepler_line=str(frame["kepler_line"].iloc[0]) if len(frame) else None,
-        total_energy_joules=float(frame["energy_joules"].sum()),
-        gpu_source=collection.gpu_source.value if collection.gpu_source is not None else None,
-        gpu_energy_joules=float(frame[GPU_ENERGY_COLUMN].sum()),
-        gpu_power_gauge_joules=collection.gpu_power_gauge_joules,
+        path=Path(out),
+        row_count=tally.rows,
+        pod_count=len(tally.pods or ()),
+        window_count=tally.windows,
+        kepler_line=reader.line.value if tally.rows else None,
+        total_energy_joules=tally.energy_joules,
+        gpu_source=reader.gpu_source.value if reader.gpu_source is not None else None,
+        gpu_energy_joules=tally.gpu_energy_joules,
+        gpu_power_gauge_joules=reader.gpu_power_gauge_joules,
     )
 
 
