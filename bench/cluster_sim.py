@@ -12,9 +12,9 @@ kind lives:
 * bare Pod: starts at a random time in the first third, runs to the end.
 * Job: one run, from a random start. CronJob: a run every 1, 2, 6 or 24 h from a random offset.
   A run (`SimRun`) follows its Job spec: `completions` pods (default `parallelism`), at most
-  `parallelism` at once; each pod runs for the workload's spec-driven time (the profile's
-  minutes, longer for a smaller CPU request, times the workload's own size, with +-15% per
-  pod); a pod fails part-way with the profile's probability and is replaced by a retry until
+  `parallelism` at once; each pod runs for the workload's spec-driven time (the work its
+  arguments state, `--partitions 16`, `--epochs 3`, `TEST_SHARDS=4`, times the profile's minutes
+  per unit, +-20% per workload; longer for a smaller CPU request; +-15% per pod); a pod fails part-way with the profile's probability and is replaced by a retry until
   `backoffLimit` failures fail the run (BackoffLimitExceeded); `activeDeadlineSeconds` cuts a
   run that outlasts it (DeadlineExceeded); a run still going at the end of the range is running.
   Kepler's counters of a run's pods start at 0 (Kepler counts a pod from when it first sees it).
@@ -54,6 +54,7 @@ DEFAULT_JOB_RUN_MINUTES = (15, 90)
 REFERENCE_CPU_MILLICORES = 1000
 CPU_SPEEDUP_EXPONENT = 0.5
 POD_TIME_SIGMA = 0.15  # per pod, log scale
+WORK_MINUTES_SIGMA = 0.2  # per workload, log scale: the same stated work runs faster or slower on other data
 FAILURE_PROBABILITY = {"ci-runner": 0.15, "batch-etl": 0.08, "ml-training": 0.10}
 DEFAULT_FAILURE_PROBABILITY = 0.05
 DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default
@@ -151,7 +152,7 @@ def _draw_single_pod_workloads(count: int, seed: int) -> list[WorkloadDraw]:
             spec["replicas"] = 1
         pods = draw.pods if draw.manifest["kind"] in ("Job", "CronJob") else 1
         draws.append(WorkloadDraw(draw.manifest, draw.profile, to_inference_request(draw.manifest),
-                                  draw.spec_power_watts, draw.workload_factor, pods))
+                                  draw.spec_power_watts, draw.workload_factor, pods, draw.work_units))
     return draws
 
 
@@ -201,10 +202,16 @@ def _lives(draw: WorkloadDraw, index: int, node: Node, steps: int, rng: np.rando
 
 
 def _pod_minutes(draw: WorkloadDraw, bounds: tuple[int, int], rng: np.random.Generator) -> float:
-    """The workload's pod time (minutes): its own size within the profile's bounds, scaled by
-    its CPU request (a pod with half the CPU takes ~1.4x as long)."""
+    """The workload's pod time (minutes), scaled by its CPU request (a pod with half the CPU takes
+    ~1.4x as long). Batch work whose arguments state its size (`--partitions 16`, `--epochs 3`,
+    `TEST_SHARDS=4`: `bench.workloads`) takes the profile's minutes per unit times the units,
+    with a per-workload spread of WORK_MINUTES_SIGMA the spec does not show; other work a size
+    drawn within the profile's bounds, which the spec does not show at all."""
     cpu_millicores = sum(c.req_cpu_mcpu or 100 for c in draw.request.containers)
     speed = (REFERENCE_CPU_MILLICORES / max(cpu_millicores, 10)) ** CPU_SPEEDUP_EXPONENT
+    if draw.work_units is not None:
+        minutes = draw.profile.minutes_per_work_unit * draw.work_units * math.exp(rng.normal(0.0, WORK_MINUTES_SIGMA))
+        return max(1.0, minutes * speed)
     return max(1.0, _minutes(rng, bounds) * speed)
 
 

@@ -63,6 +63,11 @@ class Profile:
     # Busy cores of a long-running service whatever it requests (None: batch work, by its request).
     idle_busy_cores: float | None = None
     at_limit: bool = False  # an agent that runs at its CPU limit
+    # Batch work: the argument that states how much (appended to the command as "--flag N" or
+    # "NAME=N"), its choices, and the minutes one unit takes at 1 core (bench.cluster_sim).
+    work_argument: str | None = None
+    work_units: tuple[int, ...] = ()
+    minutes_per_work_unit: float = 0.0
 
 
 PROFILES: tuple[Profile, ...] = (
@@ -85,11 +90,12 @@ PROFILES: tuple[Profile, ...] = (
     Profile("batch-etl", 0.10, ("CronJob", "Job"), ("registry.example.com/{team}/{service}-etl:0.9.3", "apache/spark:3.5.1"),
             (("python", "-m", "etl.run", "--full"), ("spark-submit", "--master", "local[*]", "/jobs/aggregate.py")),
             ("etl", "export", "rollup"), (500, 1000, 2000, 4000), (1024, 2048, 4096), 0.85, ("secret", "emptyDir"),
-            diurnal=False),
+            diurnal=False, work_argument="--partitions", work_units=(2, 4, 8, 16, 32), minutes_per_work_unit=1.5),
     Profile("ml-training", 0.03, ("Job",), ("nvcr.io/nvidia/pytorch:24.05-py3",),
             (("torchrun", "--nproc_per_node", "auto", "train.py"),), ("train", "finetune"), (4000, 8000, 16000),
             (16384, 32768, 65536), 0.50, ("persistentVolumeClaim", "emptyDir"), gpus=(1, 2, 4, 8), gpu_utilisation=0.85,
-            diurnal=False, runtime_class="nvidia", instance_types=("p4d.24xlarge", "g5.12xlarge")),
+            diurnal=False, runtime_class="nvidia", instance_types=("p4d.24xlarge", "g5.12xlarge"),
+            work_argument="--epochs", work_units=(1, 2, 3, 5, 8), minutes_per_work_unit=90.0),
     Profile("ml-inference", 0.04, ("Deployment",), ("nvcr.io/nvidia/tritonserver:24.05-py3",),
             (("tritonserver", "--model-repository", "/models"),), ("inference", "embeddings"), (1000, 2000, 4000),
             (4096, 8192, 16384), 0.25, ("persistentVolumeClaim", "configMap"), gpus=(1,), gpu_utilisation=0.35,
@@ -101,7 +107,8 @@ PROFILES: tuple[Profile, ...] = (
             priority_class="system-node-critical", idle_busy_cores=0.005),
     Profile("ci-runner", 0.08, ("Pod", "Job"), ("gitlab/gitlab-runner:v17.0.0", "registry.example.com/{team}/builder:5"),
             (("make", "test"), ("bazel", "build", "//...")), ("ci", "build"), (1000, 2000, 4000), (2048, 4096, 8192), 0.70,
-            ("emptyDir", "secret"), diurnal=False),
+            ("emptyDir", "secret"), diurnal=False, work_argument="TEST_SHARDS", work_units=(1, 2, 4, 8),
+            minutes_per_work_unit=5.0),
     Profile("node-agent", 0.03, ("DaemonSet",), ("cilium/cilium:v1.15.6", "falcosecurity/falco:0.38.1"), ((),),
             ("cni", "scanner"), (100, 250), (256, 512), 0.9, ("hostPath", "configMap"),
             priority_class="system-node-critical", at_limit=True),
@@ -121,6 +128,7 @@ class WorkloadDraw:
     spec_power_watts: float  # the truth for this spec, workload_factor 1
     workload_factor: float  # this workload's own traffic level (unknowable from the spec)
     pods: int
+    work_units: int | None = None  # batch work its arguments state (bench.cluster_sim times it)
 
     @property
     def mean_power_watts(self) -> float:
@@ -166,14 +174,22 @@ def _container(name: str, image: str, command: tuple[str, ...], cpu_millicores: 
     return container
 
 
-def _pod_spec(profile: Profile, rng: np.random.Generator, team: str, service: str) -> tuple[dict[str, Any], list[power_model.ContainerLoad], int]:
-    """The pod template's spec, the truth's view of its containers, and its memory request."""
+def _pod_spec(profile: Profile, rng: np.random.Generator, team: str,
+              service: str) -> tuple[dict[str, Any], list[power_model.ContainerLoad], int, int | None]:
+    """The pod template's spec, the truth's view of its containers, its memory request, and its
+    units of batch work (None for a service)."""
     image = _pick(rng, profile.images).format(team=team, service=service)
     cpu = max(10, int(round(_pick(rng, profile.cpu_request_millicores) * _pick(rng, CPU_JITTER) / 10) * 10))
     memory = max(16, int(round(_pick(rng, profile.memory_request_mib) * _pick(rng, MEMORY_JITTER) / 16) * 16))
     gpus = int(_pick(rng, profile.gpus))
     cpu_limit = bool(rng.random() < 0.5)
-    main = _container(service.split("-")[-1] or "main", image, _pick(rng, profile.commands), cpu, memory, cpu_limit, gpus)
+    command = _pick(rng, profile.commands)
+    work_units = None
+    if profile.work_argument:
+        work_units = int(_pick(rng, profile.work_units))
+        flag = profile.work_argument
+        command = (*command, f"{flag}={work_units}") if not flag.startswith("-") else (*command, flag, str(work_units))
+    main = _container(service.split("-")[-1] or "main", image, command, cpu, memory, cpu_limit, gpus)
     containers = [main]
     loads = [power_model.ContainerLoad(cpu, cpu * 2 if cpu_limit else None)]
     memory_total = memory
@@ -204,7 +220,7 @@ def _pod_spec(profile: Profile, rng: np.random.Generator, team: str, service: st
         spec["nodeSelector"] = {"node.kubernetes.io/instance-type": _pick(rng, profile.instance_types)}
     if profile.kinds[0] in ("Job", "CronJob", "Pod"):
         spec["restartPolicy"] = "Never" if profile.kinds[0] != "Pod" else "Always"
-    return spec, loads, memory_total
+    return spec, loads, memory_total, work_units
 
 
 def _wrap(kind: str, name: str, namespace: str, labels: dict[str, str], pod_spec: dict[str, Any], pods: int) -> dict[str, Any]:
@@ -235,7 +251,7 @@ def draw_workload(rng: np.random.Generator, index: int) -> WorkloadDraw:
     kind = _pick(rng, profile.kinds)
     name = f"{service}-{index:06d}"
     labels = {"app.kubernetes.io/name": service, "app.kubernetes.io/component": profile.key, "team": team}
-    pod_spec, loads, memory_mib = _pod_spec(profile, rng, team, service)
+    pod_spec, loads, memory_mib, work_units = _pod_spec(profile, rng, team, service)
     pods = 1 if kind in ("Pod", "DaemonSet") else int(rng.choice([1, 1, 2, 2, 3, 4]))
     manifest = _wrap(kind, name, team, labels, pod_spec, pods)
     request = to_inference_request(manifest)
@@ -244,7 +260,7 @@ def draw_workload(rng: np.random.Generator, index: int) -> WorkloadDraw:
         loads, memory_mib, request.gpu_count, profile.cpu_utilisation, profile.gpu_utilisation, profile.idle_busy_cores,
         profile.at_limit, gpu.idle_watts if gpu else power_model.GPU_IDLE_WATTS,
         gpu.max_watts if gpu else power_model.GPU_MAX_WATTS)
-    return WorkloadDraw(manifest, profile, request, spec_power, power_model.workload_factor(rng), pods)
+    return WorkloadDraw(manifest, profile, request, spec_power, power_model.workload_factor(rng), pods, work_units)
 
 
 def draw_workloads(count: int, seed: int) -> list[WorkloadDraw]:

@@ -13,7 +13,8 @@ parallelism, backoffLimit, activeDeadlineSeconds, completion mode) and its `run_
 Folds are grouped by the dataset's `group`, the Job template (all runs of one CronJob spec are one
 group), so no run is predicted by a model that saw its template. Candidates are
 `webhook.model.artifact.build_run_pipeline`'s typical wave alone (k = 0) and its k grid, with plain
-or correlation-weighted columns, chosen by the out-of-fold mean |log error| of run seconds. Reported on the same folds, for the
+or correlation-weighted columns or with local slopes over the run fields (the numbers in a
+template's arguments among them) and resources, chosen by the out-of-fold mean |log error| of run seconds. Reported on the same folds, for the
 run time and for the energy per run (served pod power x run time, against the measured joules of
 runs whose energy is complete):
 
@@ -35,9 +36,11 @@ import numpy as np
 import pandas as pd
 
 from trainer.inputs import InputFileError, read_parquet_input
-from trainer.crossval import DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, Folds, NotEnoughWorkloads, grouped_folds
+from trainer.crossval import (DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, LOCAL_MIN_K, Folds, NotEnoughWorkloads,
+                              grouped_folds)
 from trainer.metrics import MethodMetrics, score
 from webhook.model.artifact import build_run_pipeline
+from webhook.model.features import numeric_columns, run_local_columns
 from webhook.model.knn import COLUMN_WEIGHTINGS
 from webhook.model.prediction import Predictor
 from webhook.model.runs import run_waves
@@ -91,14 +94,23 @@ def run_candidates(k_grid: Sequence[int], largest_train: int) -> list[dict[str, 
     """The typical wave alone (no neighbours: the served model is then never worse than it out of
     fold), then the k grid with plain or correlation-weighted columns."""
     ks = sorted({max(1, min(int(k), largest_train)) for k in k_grid})
-    return [{"knn__n_neighbors": 0, "knn__column_weighting": "none"}] + [
+    candidates: list[dict[str, Any]] = [{"knn__n_neighbors": 0, "knn__column_weighting": "none"}] + [
         {"knn__n_neighbors": k, "knn__column_weighting": weighting} for weighting, k in itertools.product(COLUMN_WEIGHTINGS, ks)]
+    # Local slopes over the run fields and resources (a template's arguments say how much work a
+    # run is), neighbours by every column or by words and classes alone, as the pod model tries.
+    for unsearched, k in itertools.product(((), numeric_columns(run_fields=True)), [k for k in ks if k >= LOCAL_MIN_K]):
+        candidates.append({"knn__n_neighbors": k, "knn__column_weighting": "none", "knn__local_columns": run_local_columns(),
+                           "knn__unsearched_columns": unsearched, "knn__trust_factor": None})
+    return candidates
 
 
 def describe_run_params(params: dict[str, Any]) -> str:
     if params["knn__n_neighbors"] == 0:
         return "the typical wave (geometric mean of one wave's seconds) x the run's waves"
     weighting = ", columns weighted by correlation" if params.get("knn__column_weighting") == "correlation" else ""
+    if params.get("knn__local_columns"):
+        chosen_by = "words and classes" if params.get("knn__unsearched_columns") else "every column"
+        weighting += f", local slopes over the run fields and resources, neighbours by {chosen_by}"
     return f"knn k={params['knn__n_neighbors']} on log seconds per wave{weighting}"
 
 
@@ -120,7 +132,7 @@ def _out_of_fold(table: RunTargets, folds: Folds, params: dict[str, Any], interv
         mask[train_index] = True
         pipeline = fit_run_pipeline(params, table.subset(mask), interval_folds=interval_folds)
         tested = [table.requests[i] for i in test_index]
-        detail = pipeline[-1].predict_detail(pipeline[:-1].transform(tested))
+        detail = pipeline.steps[-1][1].predict_detail(pipeline.steps[0][1].transform(tested))
         predicted[test_index] = _waves(tested)[:, None] * np.column_stack(
             [detail.power_watts_p10, detail.power_watts, detail.power_watts_p90])
     return predicted

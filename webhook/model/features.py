@@ -49,12 +49,18 @@ NUMERIC_FEATURES = (
 )
 # What a run's length depends on besides its pods (Jobs, CronJobs' job templates), for the run model:
 # the apiserver's defaults where unset (completions and parallelism 1, backoffLimit 6), no deadline 0.
+# Numbers in a batch pod's arguments often state its work (`--epochs 3`, `--partitions 64`,
+# `--max-steps 10000`, `SHARDS=8`): each flag's value is summed into one of a few slots by the
+# flag's hashed name, so that the run model can learn a run's length from them without a table
+# of tools. A number that states no work (a port) lands in a slot whose slope the data leaves at 0.
+ARGUMENT_NUMBER_SLOTS = 16
 RUN_NUMERIC_FEATURES = (
     "completions",
     "parallelism",
     "backoff_limit",
     "active_deadline_seconds",
     "indexed_completion",
+    *(f"argument_number_{slot}" for slot in range(ARGUMENT_NUMBER_SLOTS)),
 )
 DEFAULT_BACKOFF_LIMIT = 6
 # The numerics that say how much of a thing a pod is, rather than what it is: among neighbours of
@@ -101,6 +107,13 @@ def local_regression_columns() -> tuple[int, ...]:
     """Where `LOCAL_REGRESSION_FEATURES` sit in the encoder's output (the same with `run_fields`:
     the run numerics come after the pod's)."""
     return tuple(len(PHYSICS_COLUMNS) + NUMERIC_FEATURES.index(name) for name in LOCAL_REGRESSION_FEATURES)
+
+
+def run_local_columns() -> tuple[int, ...]:
+    """The run model's local slope columns: the run fields (argument numbers among them) and the
+    pod's resource columns, where the run pipeline's encoder puts them."""
+    start = len(PHYSICS_COLUMNS) + len(NUMERIC_FEATURES)
+    return local_regression_columns() + tuple(range(start, start + len(RUN_NUMERIC_FEATURES)))
 
 
 def numeric_columns(run_fields: bool = False) -> tuple[int, ...]:
@@ -154,7 +167,31 @@ def run_numeric_row(request: InferenceRequest) -> list[float]:
         float(DEFAULT_BACKOFF_LIMIT if request.backoff_limit is None else request.backoff_limit),
         float(request.active_deadline_seconds or 0.0),
         1.0 if request.completion_mode == "Indexed" else 0.0,
+        *argument_numbers(request),
     ]
+
+
+_ASSIGNMENT = re.compile(r"^-{0,2}([A-Za-z][\w.-]*)=([0-9][0-9_]*(?:\.[0-9]+)?)$")
+_NUMBER = re.compile(r"^[0-9][0-9_]*(?:\.[0-9]+)?$")
+
+
+def argument_numbers(request: InferenceRequest) -> list[float]:
+    """The numeric values of `--flag N`, `--flag=N` and `NAME=N` in the containers' commands and
+    arguments, summed per slot of `ARGUMENT_NUMBER_SLOTS` by the flag's hashed name."""
+    slots = [0.0] * ARGUMENT_NUMBER_SLOTS
+    for container in request.containers:
+        words = [part for word in [*(container.command or []), *(container.args or [])] for part in word.split()]
+        for i, word in enumerate(words):
+            assigned = _ASSIGNMENT.match(word)
+            if assigned:
+                name, value = assigned.groups()
+            elif word.startswith("-") and i + 1 < len(words) and _NUMBER.match(words[i + 1]):
+                name, value = word.lstrip("-"), words[i + 1]
+            else:
+                continue
+            slot = murmurhash3_32(name.lower(), positive=True) % ARGUMENT_NUMBER_SLOTS
+            slots[slot] += float(value.replace("_", ""))
+    return slots
 
 
 def categorical_row(request: InferenceRequest) -> list[str]:
