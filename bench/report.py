@@ -120,7 +120,7 @@ def accuracy(result: dict[str, Any]) -> str:
 def soak_tables(result: dict[str, Any]) -> str:
     """The soak's two tables (requests and reloads; memory, file descriptors and threads), from its
     summary: `python -m bench.soak` prints the same."""
-    settings, requests = result["settings"], result["requests"]
+    settings, requests, fill = result["settings"], result["requests"], result["fill"]
     reloads = result["reloads"]
 
     def latency(part: dict[str, Any]) -> str:
@@ -138,6 +138,8 @@ def soak_tables(result: dict[str, Any]) -> str:
                  f"requests ({cell(requests['connections_opened'])} opened); 1 in {settings['new_spec_every']} a new spec"],
         ["requests: scheduled / answered / failed", f"{cell(requests['scheduled'])} / {cell(requests['answered'])} / "
                                                     f"**{cell(requests['failed'])}** ({reasons})"],
+        ["before them, filling both caches (closed loop)",
+         f"{cell(fill['reviews'])} new specs in {cell(fill['seconds'], 0)} s, **{cell(fill['failed'])}** failed"],
         ["latency after warm-up: p50 / p99 / max ms", latency(result["latency_after_warmup"])],
         [f"within 15 s of a model reload / otherwise", f"{latency(result['latency_within_15s_of_a_model_reload'])} / "
                                                        f"{latency(result['latency_otherwise'])}"],
@@ -153,12 +155,14 @@ def soak_tables(result: dict[str, Any]) -> str:
     for name, label, digits in (("rss_mib", "resident memory (MiB)", 1), ("open_fds", "open file descriptors", 0),
                                 ("threads", "threads", 0)):
         t = result["trends"][name]
-        trend_rows.append([label, cell(t["at_start"], digits), cell(t["first"], digits), cell(t["last"], digits),
+        trend_rows.append([label, cell(fill["before"][name], digits), cell(t["at_start"], digits), cell(t["first"], digits),
+                           cell(t["last"], digits),
                            f"{cell(t['min'], digits)}-{cell(t['max'], digits)}",
                            f"{t['slope_per_hour']:+.2f} +- {t['slope_standard_error_per_hour']:.2f}",
                            f"{t['growth_over_window']:+.2f}"])
     warmup = settings["warmup_seconds"]
-    header = ["server process", "at start", f"at {warmup:g} s", "at the end", "range after warm-up",
+    header = ["server process", "ready, before the fill", "load starts", f"at {warmup:g} s", "at the end",
+              "range after warm-up",
               "slope per hour +- s.e.", "fitted growth over the measured window"]
     before = result["rss_mib_before_each_model_reload"]
     rss_line = ("\nResident memory just before each model reload after warm-up: "

@@ -12,7 +12,10 @@ flat, and does every review get a valid answer?
   new handshakes meet each new certificate); one request in 10 has a spec never sent before
   (a cache miss), the rest repeat 256 specs. Every answer that is not HTTP 200 with the
   request's uid, `allowed: true` and a JSONPatch writing `energetiscope.io/model` is a failure,
-  and so is every broken or timed-out connection.
+  and so is every broken or timed-out connection. Before the timed load, 4,352 reviews of new
+  specs (closed loop) fill the prediction cache and the memo of objects read to their bound
+  (`--cache-entries 4096`, the default): filled at the timed load's 10 new specs a second they
+  would grow for 7 minutes, bounded growth a slope would take for a leak.
 * Model reloads: every `model_every_seconds` a model is written over the served artifact the way
   `train fit` writes it (`save_model`: a temporary file in the same directory, fsync, rename),
   under a new model id. The models are fitted before the run, each on its own draw of the
@@ -24,7 +27,7 @@ flat, and does every review get a valid answer?
   Picked up when a new TLS handshake presents the new serial.
 * Samples: the server process's resident memory (VmRSS), open file descriptors (/proc/PID/fd)
   and threads every `sample_every_seconds`. After `warmup_seconds` (the first reloads, the
-  cache and the thread pool filling) a least-squares line through each gives its slope per hour;
+  worker threads and the allocator settling) a least-squares line through each gives its slope per hour;
   the resident memory just before each model reload gives the growth per reload.
 * Latency (from when each request was due) and failures, overall and in the 15 s after each
   model reload (the cache is cold then: its key holds the model id).
@@ -86,6 +89,12 @@ class SoakSettings:
     requests_per_connection: int = 100
     variants: int = 256
     new_spec_every: int = 10
+    cache_entries: int = 4096  # the server's default, passed explicitly: the fill depends on it
+
+    @property
+    def fill_specs(self) -> int:
+        """Enough new specs to fill the prediction cache and the memo of objects read."""
+        return self.cache_entries + self.variants
 
     @classmethod
     def for_mode(cls, quick: bool, minutes: float | None, rate: float | None, rows: int | None) -> SoakSettings:
@@ -344,16 +353,20 @@ def main() -> None:
         model_path = workdir / "model" / "model.esmodel"
         write_model(model_path, pipelines[0], "soak-model-000", settings.rows)
         args_for_server = ("--model", str(model_path), "--kube-access", "off",
-                           "--watch-interval", f"{settings.watch_interval_seconds:g}")
+                           "--watch-interval", f"{settings.watch_interval_seconds:g}",
+                           "--cache-entries", str(settings.cache_entries))
         plan = LoadPlan("127.0.0.1", 0, str(certs / "ca.crt"), settings.rate_per_second, settings.duration_seconds,
                         settings.connections, settings.requests_per_connection, settings.variants,
-                        settings.new_spec_every)
+                        settings.new_spec_every, fill_specs=settings.fill_specs)
         with servers.server_process(servers.WEBHOOK, certs, workdir / "webhook.log", *args_for_server) as server:
             assert server.process is not None
             load = LoadProcess(LoadPlan(**{**asdict(plan), "port": server.port}))
             print(f"soak: {settings.duration_seconds / 60:g} min at {settings.rate_per_second:g}/s ...", flush=True)
+            before_fill = resident_sample(server.process.pid)
             try:
-                start = load.start()
+                fill, start = load.start()
+                print(f"  filled the caches: {fill.reviews:,} new specs in {fill.seconds:.0f} s, {fill.failed} failed",
+                      flush=True)
                 sampler = Sampler(server.process.pid, start, settings.duration_seconds, settings.sample_every_seconds)
                 sampler.start()
                 events = run_schedule(server, settings, model_path, pipelines, start)
@@ -367,6 +380,7 @@ def main() -> None:
         log_errors = Counter(_error_kind(line) for line in server.log_path.read_text(errors="replace").splitlines()
                              if " ERROR " in line or line.startswith("ERROR"))
     summary = summarise(settings, outcome, sampler.samples, events, counters)
+    summary["fill"] = {**asdict(fill), "before": asdict(before_fill)}
     summary["server_exit_code"] = exit_code
     print(soak_tables({"settings": asdict(settings), **summary}))
     path = record.write({

@@ -14,6 +14,11 @@ cache hits; every `new_spec_every`-th carries a value never sent before, so its 
 and the model runs (and the object is read afresh). After a model reload every spec is new to
 the cache, whose key holds the model id.
 
+Before the timed load, `fill_specs` reviews of specs never sent before go as fast as the server
+answers them (closed loop), so the prediction cache and the memo of objects read (both
+`--cache-entries` long) are at their bound when the timed load starts: their filling is memory
+that grows for minutes at a tenth of the rate, and is not a leak.
+
 An answer counts as a failure unless it is HTTP 200 with an `admission.k8s.io/v1`
 AdmissionReview whose response has the request's uid, `allowed: true` and a JSONPatch writing
 `energetiscope.io/model`: a fail-open answer (allowed, no patch) is a failure here. A connection
@@ -63,6 +68,16 @@ class LoadPlan:
     answer_timeout_seconds: float = 10.0
     server_hostname: str = "localhost"
     progress_every_seconds: float = 60.0
+    fill_specs: int = 0  # new specs sent before the timed load (closed loop)
+    fill_connections: int = 8
+
+
+@dataclass(frozen=True)
+class FillOutcome:
+    reviews: int
+    failed: int
+    failures_by_reason: dict[str, int]
+    seconds: float
 
 
 @dataclass
@@ -220,17 +235,46 @@ async def _drive(plan: LoadPlan, bodies: list[bytes], start: float) -> LoadOutco
     )
 
 
+async def _fill(plan: LoadPlan, bodies: list[bytes]) -> FillOutcome:
+    """`plan.fill_specs` reviews, each of a spec never sent before, closed loop; every answer checked."""
+    context = ssl.create_default_context(cafile=plan.ca_file)
+    started = time.monotonic()
+    indexes = iter(range(plan.fill_specs))
+    reasons: Counter[str] = Counter()
+    uid_bytes, variant_bytes = UID_PLACEHOLDER.encode(), VARIANT_PLACEHOLDER.encode()
+    host_header = b"Host: %s:%d\r\n" % (plan.server_hostname.encode(), plan.port)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(plan.host, plan.port, ssl=context,
+                                                       server_hostname=plan.server_hostname)
+        try:
+            for index in indexes:
+                uid = str(uuid.uuid4())
+                body = bodies[index % len(bodies)].replace(uid_bytes, uid.encode()).replace(variant_bytes, b"f%d" % index)
+                writer.write(b"POST /mutate HTTP/1.1\r\n" + host_header
+                             + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                status, answer = await asyncio.wait_for(read_response(reader), plan.answer_timeout_seconds)
+                _, problem = check_answer(status, answer, uid)
+                if problem is not None:
+                    reasons[problem.split(":", 1)[0]] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(plan.fill_connections)))
+    return FillOutcome(plan.fill_specs, sum(reasons.values()), dict(reasons), round(time.monotonic() - started, 2))
+
+
 def _child(plan: LoadPlan, inbox: Any, outbox: Any) -> None:
     bodies = soak_bodies(plan.variants)
-    outbox.put("ready")
+    outbox.put(asyncio.run(_fill(plan, bodies)))
     start = inbox.get()
     outbox.put(asyncio.run(_drive(plan, bodies, start)))
 
 
 class LoadProcess:
-    """The load in a spawned process: ``start()`` returns once its bodies are built, with the
-    monotonic time the first request is due (the same clock in every process on Linux);
-    ``result()`` waits for its outcome."""
+    """The load in a spawned process: ``start()`` returns once its bodies are built and the caches
+    filled, with the fill's outcome and the monotonic time the first timed request is due (the
+    same clock in every process on Linux); ``result()`` waits for the timed load's outcome."""
 
     def __init__(self, plan: LoadPlan) -> None:
         self.plan = plan
@@ -238,13 +282,14 @@ class LoadProcess:
         self._inbox, self._outbox = context.Queue(), context.Queue()
         self._process = context.Process(target=_child, args=(plan, self._inbox, self._outbox), daemon=True)
 
-    def start(self, ready_timeout_seconds: float = 120.0, lead_seconds: float = 0.5) -> float:
+    def start(self, ready_timeout_seconds: float = 600.0, lead_seconds: float = 0.5) -> tuple[FillOutcome, float]:
         self._process.start()
-        if self._outbox.get(timeout=ready_timeout_seconds) != "ready":
-            raise RuntimeError("the load process did not get ready")
+        fill = self._outbox.get(timeout=ready_timeout_seconds)
+        if not isinstance(fill, FillOutcome):
+            raise RuntimeError(f"the load process did not get ready: {fill!r}")
         start = time.monotonic() + lead_seconds
         self._inbox.put(start)
-        return start
+        return fill, start
 
     def result(self, timeout_seconds: float) -> LoadOutcome:
         outcome = self._outbox.get(timeout=timeout_seconds)  # before join: a large result fills the pipe
