@@ -707,26 +707,7 @@ class ControlPlane:
     def _start_apiserver(self, port: int) -> None:
         self._secure_port = port
         self._apiserver = _Process("kube-apiserver", self._apiserver_argv(), self.apiserver_log_path)
-        context = self._admin_tls_context()
-        deadline = time.monotonic() + self.start_timeout
-        last_problem = "no answer yet"
-        while True:
-            if self._apiserver.exited():
-                raise self._apiserver.startup_failure()
-            try:
-                status, body = self._get("/readyz?verbose", context)
-                if status == 200:
-                    return
-                failing = [line for line in body.splitlines() if "failed" in line]
-                last_problem = f"/readyz answered {status}: {'; '.join(failing) or body[:300]}"
-            except (OSError, http.client.HTTPException) as error:
-                last_problem = repr(error)
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(
-                    f"kube-apiserver not ready after {self.start_timeout:.0f}s ({last_problem}); "
-                    f"last lines of {self.apiserver_log_path}:\n{self._apiserver.log_tail()}"
-                )
-            time.sleep(0.1)
+        self._wait_until_healthy(self._apiserver, None, "/readyz")
 
     def _admin_tls_context(self) -> ssl.SSLContext:
         cert_path, key_path = self.issue_client_certificate(ADMIN_USER, (MASTERS_GROUP,))
@@ -816,7 +797,9 @@ class ControlPlane:
             environment={"HOME": str(self.directory / "kwok-home")})
         self._wait_until_nodes_ready(self._kwok)
 
-    def _wait_until_healthy(self, process: _Process, port: int, path: str) -> None:
+    def _wait_until_healthy(self, process: _Process, port: int | None, path: str) -> None:
+        """Poll ``path`` (on ``port``, or the apiserver's) until it answers 200, the process exits
+        (its startup failure) or the start timeout passes (the last problem and the log's tail)."""
         context = self._admin_tls_context()
         deadline = time.monotonic() + self.start_timeout
         last_problem = "no answer yet"
@@ -833,7 +816,7 @@ class ControlPlane:
                 last_problem = repr(error)
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
-                    f"{process.name} not healthy after {self.start_timeout:.0f}s ({last_problem}); "
+                    f"{process.name} not ready after {self.start_timeout:.0f}s ({last_problem}); "
                     f"last lines of {process.log_path}:\n{process.log_tail()}"
                 )
             time.sleep(0.1)
