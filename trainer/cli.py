@@ -26,7 +26,7 @@ import click
 
 from trainer.collect import run_collect
 from trainer.crossval import DEFAULT_K_GRID
-from trainer.dataset import run_dataset
+from trainer.dataset import DEFAULT_MEMORY_LIMIT, run_dataset
 from trainer.dcgm import GpuChoice
 from trainer.evaluate import run_evaluate
 from trainer.fit import FitSettings, run_fit
@@ -317,8 +317,12 @@ def runs(prometheus_url: str, start: str, end: str, out: Path, retries: int, ret
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("dataset.parquet"))
 @click.option("--pod-spec-fallback", is_flag=True,
               help="Join a pod whose workload has no spec to the pod's own spec (marked join_rule=pod-spec).")
+@click.option("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
+              help="With --labels: DuckDB's memory for the join and sort (e.g. 512MB, 4GB); beyond it, it spills to a "
+                   "temporary directory beside --out.")
 def dataset(labels_path: Path | None, runs_path: Path | None, measurements_path: Path | None,
-            manifest_paths: tuple[str, ...], requests_paths: tuple[Path, ...], out: Path, pod_spec_fallback: bool) -> None:
+            manifest_paths: tuple[str, ...], requests_paths: tuple[Path, ...], out: Path, pod_spec_fallback: bool,
+            memory_limit: str) -> None:
     """Join labels (or runs, or a measurement table) to specs, with what did not join and why."""
     if sum(path is not None for path in (labels_path, runs_path, measurements_path)) != 1:
         raise click.UsageError("give --labels (Kepler), --runs (Job runs) or --measurements (a measurement table), one of them")
@@ -329,7 +333,11 @@ def dataset(labels_path: Path | None, runs_path: Path | None, measurements_path:
     elif labels_path is not None:
         if manifest_paths or not requests_paths:
             raise click.UsageError("--labels takes its specs from --requests (NDJSON from `train collect`)")
-        summary = run_dataset(labels_path, requests_paths, out, pod_spec_fallback=pod_spec_fallback)
+        try:
+            summary = run_dataset(labels_path, requests_paths, out, pod_spec_fallback=pod_spec_fallback,
+                                  memory_limit=memory_limit)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     else:
         assert measurements_path is not None
         if not manifest_paths and not requests_paths:

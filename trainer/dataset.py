@@ -25,26 +25,38 @@ The dataset has one row per (window_start, namespace, pod). Columns: see DATASET
 `request_json` is the joined InferenceRequest as JSON (`model_dump(mode="json")`), a categorical
 holding each distinct spec once.
 
-Millions of label rows name a few thousand (workload, pod, spec hash) keys: each key is resolved
-once, and the rows only ever carry integer codes of their key (see `LabelRows`).
+Out of core: millions of label rows (165M for 20,000 workloads over a week) name a few thousand
+(workload, pod, spec hash) keys. DuckDB reads the labels (the Parquet file `train labels` writes,
+or a registered frame) and lists the keys with their row counts; each key is resolved once, in
+Python, by the rules above; DuckDB then joins the rows to their key's integer id and sorts them
+into the dataset's order (window_start, namespace, pod, then label order) under a memory limit
+(`DEFAULT_MEMORY_LIMIT`), spilling to a temporary directory beside the output. The sorted rows
+come back in Arrow batches: a row whose (window_start, namespace, pod) equals the one before it
+repeats an earlier pod-window (`duplicate-row`), and the others are written, each batch one
+Parquet row group, with their key's joined columns taken by id. No per-window row is ever in
+Python memory all at once, and no string is built per row.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from webhook.files import write_atomically, write_text_atomically
 from trainer.collect import controller_of, read_requests
-from trainer.inputs import parquet_column_names, read_parquet_input
+from trainer.inputs import InputFileError, parquet_column_names, read_parquet_input
 from trainer.labels import LABEL_COLUMNS
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest, spec_hash
 
@@ -69,6 +81,13 @@ _TEXT_COLUMNS = ("namespace", "pod", "workload_kind", "workload_name", "spec_has
 _DATASET_TEXT_COLUMNS = (*_TEXT_COLUMNS, "join_rule")  # request_json is a categorical already
 MAX_CONTROLLER_HOPS = 3
 EXAMPLES_PER_REASON = 10
+# DuckDB's memory limit for the join and sort (it spills beyond it). At 2,000 workloads x 7 days
+# (16.5M rows) the whole step peaked at ~1.4 GiB RSS with this limit (bench/README.md).
+DEFAULT_MEMORY_LIMIT = "1GB"
+# Rows per Arrow batch from the sort, and per Parquet row group written: ~170 bytes a row in
+# Python while a batch is turned into the dataset's columns, ~90 MB.
+OUTPUT_BATCH_ROWS = 1 << 19
+LABELS_WHAT = "a labels table (train labels' output)"
 
 WorkloadKey = tuple[str, str, str]  # namespace, kind, name
 
@@ -114,6 +133,7 @@ class Resolution:
     rule: str = ""
     reason: str = ""  # set when it does not join
     detail: str = ""
+    spec_key: WorkloadKey | None = None  # the SpecIndex key of the spec used (a stand-in's is the pod's)
 
 
 def _pick_version(versions: Mapping[str, InferenceRequest], wanted_hash: str | None) -> tuple[InferenceRequest | None, str, str]:
@@ -139,7 +159,7 @@ def resolve(index: SpecIndex, label_workload: WorkloadKey, pod: str, wanted_hash
         request, reason, detail = _pick_version(versions, wanted_hash)
         if request is not None:
             index.used.add(key)
-            return Resolution(workload=key, request=request, spec_hash=spec_hash(request), rule=rule)
+            return Resolution(workload=key, request=request, spec_hash=spec_hash(request), rule=rule, spec_key=key)
         return Resolution(reason=reason, detail=detail)
     reason = "owner-without-spec" if rule == "controller" else "no-spec"
     detail = f"no spec for {key[1]}/{key[2]}" + (f" (owner of {label_workload[1]}/{label_workload[2]})" if rule == "controller" else "")
@@ -150,7 +170,8 @@ def resolve(index: SpecIndex, label_workload: WorkloadKey, pod: str, wanted_hash
             index.used.add(pod_key)
             kind = label_workload[1] if label_workload[1] in WORKLOAD_KINDS else "Pod"
             stand_in = request.model_copy(update={"workload_kind": kind, "workload_name": label_workload[2]})
-            return Resolution(workload=label_workload, request=stand_in, spec_hash=spec_hash(stand_in), rule="pod-spec")
+            return Resolution(workload=label_workload, request=stand_in, spec_hash=spec_hash(stand_in), rule="pod-spec",
+                              spec_key=pod_key)
     return Resolution(reason=reason, detail=detail)
 
 
@@ -190,169 +211,237 @@ class JoinSummary:
         return "\n".join(lines)
 
 
-def _check_label_columns(labels: pd.DataFrame) -> None:
-    missing = [c for c in LABEL_COLUMNS if c not in labels.columns and c != "kepler_line"]
+def _check_label_columns(columns: Iterable[str], path: str | os.PathLike[str] | None = None) -> None:
+    present = set(columns)
+    missing = [c for c in LABEL_COLUMNS if c not in present and c != "kepler_line"]
     if missing:
+        if path is not None:
+            raise InputFileError(path, LABELS_WHAT, f"it lacks columns {missing}")
         raise ValueError(f"labels table lacks columns {missing}")
 
 
-# -- label rows as integer codes --------------------------------------------------------------
-# The labels have millions of rows but only thousands of distinct keys. Every per-row step below
-# works on integer arrays; strings are only looked at once per distinct key.
-
-
-def _sorted_codes(column: pd.Series) -> np.ndarray:
-    """One integer per row, equal for equal values and ordered as the values sort (missing last)."""
-    if isinstance(column.dtype, pd.CategoricalDtype) and not column.cat.categories.is_monotonic_increasing:
-        # factorize sorts a categorical by its categories' order, not by their values.
-        column = column.cat.reorder_categories(column.cat.categories.sort_values())
-    codes, uniques = pd.factorize(column, sort=True)
-    return np.where(codes < 0, len(uniques), codes).astype(np.int64)
-
-
-def _tuple_codes(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """One integer per row for its tuple of codes, ordered as the tuples sort. The running code
-    is renumbered densely (below the row count) before each product, so none outgrows int64."""
-    codes = parts[0]
-    for step, part in enumerate(parts[1:]):
-        if step:
-            codes = pd.factorize(codes, sort=True)[0]
-        codes = codes * (int(part.max(initial=0)) + 1) + part
-    return codes
-
-
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """Where each code first occurs, for codes numbered in order of first appearance (as
-    `pd.factorize` numbers them): exactly where the running maximum grows."""
-    grows = np.ones(len(codes), dtype=bool)
-    grows[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
-    return np.flatnonzero(grows)
+# -- the labels in DuckDB ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class LabelRows:
-    """The label rows reduced to integers: each row's identity (workload, pod, wanted spec hash),
-    which rows repeat an earlier pod-window, and the order of the rest in the dataset."""
+class _LabelsSource:
+    """The labels as DuckDB reads them: the view `labels` over a Parquet file or a registered
+    Arrow table, with `rn`, each row's position in the labels (the order `duplicate-row` keeps
+    the first of), and `wanted_hash`, the labels' spec hash or "" without one."""
 
-    identity: np.ndarray  # per row: dense code of (namespace, kind, name, pod, wanted hash)
-    identity_first_rows: np.ndarray  # per identity: its first row
-    duplicated: np.ndarray  # per row: the same (window_start, namespace, pod) as an earlier row
-    kept_in_order: np.ndarray  # the rows that are not duplicated, sorted by ROW_KEY
+    window_type: pa.DataType  # window_start's type in the labels, which the dataset keeps
+    path: Path | None  # the file, to name it in errors
 
-    @classmethod
-    def of(cls, labels: pd.DataFrame, wanted_hash: pd.Series | None) -> "LabelRows":
-        text_codes = {c: _sorted_codes(labels[c]) for c in ["namespace", "pod", "workload_kind", "workload_name"]}
-        row_key = _tuple_codes([_sorted_codes(labels["window_start"]), text_codes["namespace"], text_codes["pod"]])
-        # A stable sort keeps repeats in label order, so the first of each run is the row `keep="first"` keeps.
-        order = np.argsort(row_key, kind="stable")
-        sorted_key = row_key[order]
-        first_of_key = np.ones(len(order), dtype=bool)
-        first_of_key[1:] = sorted_key[1:] != sorted_key[:-1]
-        duplicated = np.ones(len(order), dtype=bool)
-        duplicated[order[first_of_key]] = False
-        identity_parts = [text_codes[c] for c in ["namespace", "workload_kind", "workload_name", "pod"]]
-        if wanted_hash is not None:
-            identity_parts.append(_sorted_codes(wanted_hash))
-        identity = pd.factorize(_tuple_codes(identity_parts))[0]
-        return cls(identity=identity, identity_first_rows=_first_rows(identity), duplicated=duplicated,
-                   kept_in_order=order[first_of_key])
 
-    def rows_per_identity(self, duplicated: bool) -> np.ndarray:
-        rows = self.identity[self.duplicated] if duplicated else self.identity[~self.duplicated]
-        return np.bincount(rows, minlength=len(self.identity_first_rows))
+def _connect(memory_limit: str, spill_directory: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill_directory)})
+    except duckdb.Error as exc:
+        raise ValueError(f"memory limit {memory_limit!r}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _labels_view(con: duckdb.DuckDBPyConnection, relation: str, columns: Sequence[str]) -> None:
+    wanted = "coalesce(CAST(spec_hash AS VARCHAR), '')" if "spec_hash" in columns else "''"
+    texts = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in ("namespace", "pod", "workload_kind", "workload_name"))
+    con.execute(f"""
+        CREATE TEMP VIEW labels AS SELECT
+            window_start, CAST(window_seconds AS BIGINT) AS window_seconds, {texts},
+            CAST(energy_joules AS DOUBLE) AS energy_joules, CAST(power_watts AS DOUBLE) AS power_watts,
+            {wanted} AS wanted_hash, rn
+        FROM {relation}""")
+
+
+def _file_source(con: duckdb.DuckDBPyConnection, path: Path) -> _LabelsSource:
+    columns = parquet_column_names(path, LABELS_WHAT)
+    _check_label_columns(columns, path)
+    quoted = str(path).replace("'", "''")
+    _labels_view(con, f"(SELECT *, file_row_number AS rn FROM read_parquet('{quoted}', file_row_number = true))", columns)
+    try:
+        window_type = pq.read_schema(path).field("window_start").type
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        raise InputFileError(path, LABELS_WHAT, str(exc)) from None
+    return _LabelsSource(window_type=window_type, path=path)
+
+
+def _frame_source(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame) -> _LabelsSource:
+    _check_label_columns(labels.columns)
+    columns = [c for c in (*LABEL_COLUMNS, "spec_hash") if c in labels.columns and c != "kepler_line"]
+    table = pa.Table.from_pandas(labels[columns], preserve_index=False)
+    table = table.append_column("rn", pa.array(np.arange(len(labels), dtype=np.int64)))
+    con.register("labels_frame", table)
+    _labels_view(con, "labels_frame", columns)
+    return _LabelsSource(window_type=table.schema.field("window_start").type, path=None)
 
 
 # -- one resolution per identity --------------------------------------------------------------
 
 
-def _wanted_hash(value: object) -> str:
-    return "" if pd.isna(value) else str(value)  # as the label's text; missing means none
+@dataclass
+class _Identities:
+    """The labels' distinct (namespace, workload_kind, workload_name, pod, wanted hash), sorted,
+    each with its resolution; ids are positions in `table`. `pod_id` numbers (namespace, pod) in
+    sorted order, so that sorting rows by it sorts them by namespace and pod."""
+
+    table: pd.DataFrame
+    resolutions: list[Resolution]
+    pods: list[tuple[str, str]]  # by pod_id
+    texts: list[str]  # the sorted JSON of every spec some identity joins to: the dictionary written
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection, index: SpecIndex, pod_spec_fallback: bool) -> "_Identities":
+        keys = [*_WORKLOAD, "pod", "wanted_hash"]
+        table = con.sql(f"SELECT {', '.join(keys)}, count(*) AS label_rows FROM labels GROUP BY ALL").to_arrow_table()
+        frame = table.to_pandas().sort_values(keys, kind="stable").reset_index(drop=True)
+        for column in [*_WORKLOAD, "pod"]:
+            if frame[column].isna().any():
+                raise ValueError(f"labels table has rows without {column}")
+        resolutions = [resolve(index, (ns, kind, name), pod, wanted or None, pod_spec_fallback)
+                       for ns, kind, name, pod, wanted in frame[keys].itertuples(index=False)]
+        pods = sorted(set(zip(frame["namespace"], frame["pod"])))
+        pod_ids = {pod: number for number, pod in enumerate(pods)}
+        frame["identity_id"] = np.arange(len(frame), dtype=np.int32)
+        frame["pod_id"] = np.array([pod_ids[key] for key in zip(frame["namespace"], frame["pod"])], dtype=np.int32)
+        texts = _request_texts(resolutions)
+        distinct = sorted({text for text in texts if text is not None})
+        position = {text: number for number, text in enumerate(distinct)}
+        frame = frame.assign(
+            joinable=np.array([r.request is not None for r in resolutions], dtype=bool),
+            joined_kind=[r.workload[1] if r.workload else "" for r in resolutions],
+            joined_name=[r.workload[2] if r.workload else "" for r in resolutions],
+            join_rule=[r.rule for r in resolutions],
+            spec_hash=[r.spec_hash for r in resolutions],
+            request_code=np.array([position[t] if t is not None else -1 for t in texts], dtype=np.int64),
+            request_json=texts,
+            reason=[r.reason for r in resolutions],
+            detail=[r.detail for r in resolutions],
+        )
+        return cls(table=frame, resolutions=resolutions, pods=pods, texts=distinct)
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        keys = self.table[[*_WORKLOAD, "pod", "wanted_hash", "identity_id", "pod_id"]]
+        con.register("identities", pa.Table.from_pandas(keys, preserve_index=False))
 
 
-def _identity_table(labels: pd.DataFrame, rows: LabelRows, has_hash: bool) -> pd.DataFrame:
-    """One row per distinct (workload, pod, wanted hash) of the labels, with its label rows kept
-    and duplicated."""
-    first = labels.iloc[rows.identity_first_rows]
-    table = pd.DataFrame({c: first[c].astype(object).to_numpy() for c in [*_WORKLOAD, "pod"]})
-    table["wanted_hash"] = [_wanted_hash(v) for v in first["spec_hash"]] if has_hash else ""
-    table["kept_rows"] = rows.rows_per_identity(duplicated=False)
-    table["duplicate_rows"] = rows.rows_per_identity(duplicated=True)
-    return table
-
-
-def _resolve_identities(table: pd.DataFrame, index: SpecIndex, pod_spec_fallback: bool) -> list[Resolution | None]:
-    """Each identity's resolution; None for one seen only in duplicated rows (never joined)."""
-    return [resolve(index, (ns, kind, name), pod, wanted or None, pod_spec_fallback) if kept else None
-            for ns, kind, name, pod, wanted, kept in
-            table[[*_WORKLOAD, "pod", "wanted_hash", "kept_rows"]].itertuples(index=False)]
-
-
-def _request_texts(joined: Sequence[Resolution | None]) -> list[str | None]:
-    """Each joined identity's request as JSON (None where it does not join), dumped once per
-    distinct request object: the identities of one workload share its spec."""
+def _request_texts(resolutions: Sequence[Resolution]) -> list[str | None]:
+    """Each resolution's request as JSON (None where it does not join), dumped once per distinct
+    request object: the identities of one workload share its spec."""
     by_request: dict[int, str] = {}
     texts: list[str | None] = []
-    for resolution in joined:
-        request = resolution.request if resolution is not None else None
+    for resolution in resolutions:
+        request = resolution.request
         if request is not None and id(request) not in by_request:
             by_request[id(request)] = request_json(request)
         texts.append(by_request[id(request)] if request is not None else None)
     return texts
 
 
-def _with_resolutions(table: pd.DataFrame, resolutions: Sequence[Resolution | None]) -> tuple[pd.DataFrame, list[str]]:
-    """The identity table with where each identity joins (`joined_*`, `request_code`) or why not
-    (`reason`, `detail`), and the distinct request JSON texts, sorted, that request_code indexes."""
-    joined = [r if r is not None and r.request is not None else None for r in resolutions]
-    request_code, texts = pd.factorize(pd.Series(_request_texts(joined), dtype=object), sort=True)
-    table = table.assign(
-        joined=np.array([r is not None for r in joined], dtype=bool),
-        joined_kind=[r.workload[1] if r is not None and r.workload else "" for r in joined],
-        joined_name=[r.workload[2] if r is not None and r.workload else "" for r in joined],
-        join_rule=[r.rule if r is not None else "" for r in joined],
-        spec_hash=[r.spec_hash if r is not None else "" for r in joined],
-        request_code=request_code,
-        reason=[r.reason if r is not None else "" for r in resolutions],
-        detail=[r.detail if r is not None else "" for r in resolutions],
-    )
-    return table, [str(text) for text in texts]
+# -- the dataset's rows -----------------------------------------------------------------------
 
 
-# -- the dataset frame ------------------------------------------------------------------------
+def dataset_schema(window_type: pa.DataType, request_texts: Sequence[str]) -> pa.Schema:
+    """The dataset's Arrow schema with its pandas metadata, as `write_dataset` of the same frame
+    writes it: window_start as in the labels, text columns str, request_json a categorical of
+    `request_texts`."""
+    window_dtype = pd.Series(pa.array([], type=window_type).to_pandas()).dtype
+    empty = pd.DataFrame({
+        "window_start": pd.Series([], dtype=window_dtype),
+        "window_seconds": pd.Series([], dtype="int64"),
+        **{c: pd.Series([], dtype="str") for c in ("namespace", "pod", "workload_kind", "workload_name", "join_rule",
+                                                    "spec_hash")},
+        "request_json": pd.Categorical.from_codes([], categories=pd.Index(list(request_texts), dtype="str")),
+        "power_watts": pd.Series([], dtype="float64"),
+        "energy_joules": pd.Series([], dtype="float64"),
+    }, columns=list(DATASET_COLUMNS))
+    return pa.Schema.from_pandas(empty, preserve_index=False)
 
 
-def _texts(values: Sequence[str], codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    return pd.array(list(values), dtype="str").take(codes)
+def _strings(values: Sequence[str], type_: pa.DataType) -> pa.Array:
+    return pa.array(list(values), type=pa.large_string()).cast(type_)
 
 
-def _label_texts(column: pd.Series, positions: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    """A label text column at `positions`, as str. A categorical (as read_labels_for_join reads
-    it) is taken by its codes: Arrow copies bytes, where astype would build a str object per row."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        categories = pd.array(column.cat.categories.astype("str"), dtype="str")
-        return categories.take(column.cat.codes.to_numpy()[positions], allow_fill=True)
-    return column.iloc[positions].astype("str").array
+@dataclass
+class _JoinPass:
+    """The sorted label rows, batch by batch, turned into dataset row groups; it counts each
+    identity's kept and repeated rows as they pass."""
 
+    identities: _Identities
+    window_type: pa.DataType
+    schema: pa.Schema = field(init=False)
+    kept_rows: np.ndarray = field(init=False)
+    duplicate_rows: np.ndarray = field(init=False)
+    duplicates_first: list[tuple[int, int, int]] = field(default_factory=list)  # (rn, window_start, pod_id)
 
-def _dataset_frame(labels: pd.DataFrame, rows: LabelRows, table: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
-    """The joined label rows in ROW_KEY order, each identity's join taken by code: no string is
-    built per row, and request_json stores each distinct spec once."""
-    positions = rows.kept_in_order[table["joined"].to_numpy()[rows.identity[rows.kept_in_order]]]
-    identity = rows.identity[positions]
-    columns: dict[str, Any] = {
-        "window_start": labels["window_start"].array.take(positions),
-        "window_seconds": labels["window_seconds"].to_numpy()[positions].astype("int64"),
-        "namespace": _label_texts(labels["namespace"], positions),
-        "pod": _label_texts(labels["pod"], positions),
-        "request_json": pd.Categorical.from_codes(table["request_code"].to_numpy()[identity],
-                                                  categories=pd.Index(categories, dtype="str")),
-        "power_watts": labels["power_watts"].to_numpy()[positions].astype("float64"),
-        "energy_joules": labels["energy_joules"].to_numpy()[positions].astype("float64"),
-    }
-    for column, source in [("workload_kind", "joined_kind"), ("workload_name", "joined_name"),
-                           ("join_rule", "join_rule"), ("spec_hash", "spec_hash")]:
-        columns[column] = _texts(table[source], identity)
-    return pd.DataFrame(columns, columns=list(DATASET_COLUMNS))
+    def __post_init__(self) -> None:
+        table = self.identities.table
+        self.schema = dataset_schema(self.window_type, self.identities.texts)
+        string_type = self.schema.field("namespace").type
+        self.kept_rows = np.zeros(len(table), dtype=np.int64)
+        self.duplicate_rows = np.zeros(len(table), dtype=np.int64)
+        self._namespace = _strings([ns for ns, _ in self.identities.pods], string_type)
+        self._pod = _strings([pod for _, pod in self.identities.pods], string_type)
+        self._by_identity = {
+            column: _strings(table[source].tolist(), string_type)
+            for column, source in [("workload_kind", "joined_kind"), ("workload_name", "joined_name"),
+                                   ("join_rule", "join_rule"), ("spec_hash", "spec_hash")]
+        }
+        self._joinable = table["joinable"].to_numpy()
+        self._request_code = table["request_code"].to_numpy()
+        request_type = self.schema.field("request_json").type
+        self._request_type = request_type
+        self._dictionary = _strings(self.identities.texts, request_type.value_type)
+        self._previous: tuple[int, int] | None = None
+
+    def rows(self, con: duckdb.DuckDBPyConnection, batch_rows: int = OUTPUT_BATCH_ROWS) -> Iterable[pa.Table]:
+        """Every label row joined to its identity, sorted by DuckDB (out of core), as dataset tables."""
+        reader = con.sql("""
+            SELECT l.window_start, l.window_seconds, i.identity_id, i.pod_id, l.power_watts, l.energy_joules, l.rn
+            FROM labels AS l JOIN identities AS i
+              ON l.namespace = i.namespace AND l.workload_kind = i.workload_kind
+             AND l.workload_name = i.workload_name AND l.pod = i.pod AND l.wanted_hash = i.wanted_hash
+            ORDER BY l.window_start, i.pod_id, l.rn""").to_arrow_reader(batch_rows)
+        for batch in reader:
+            if batch.num_rows:
+                table = self._batch(batch)
+                if table.num_rows:
+                    yield table
+
+    def _batch(self, batch: pa.RecordBatch) -> pa.Table:
+        window = batch.column("window_start")
+        start = pc.cast(window, pa.int64()).to_numpy(zero_copy_only=False)
+        pod = batch.column("pod_id").to_numpy(zero_copy_only=False)
+        identity = batch.column("identity_id").to_numpy(zero_copy_only=False)
+        # Sorted by (window_start, pod, label order): a row equal to the one before it on
+        # (window_start, namespace, pod) repeats an earlier pod-window.
+        repeat = np.empty(len(start), dtype=bool)
+        repeat[0] = self._previous == (int(start[0]), int(pod[0]))
+        repeat[1:] = (start[1:] == start[:-1]) & (pod[1:] == pod[:-1])
+        self._previous = (int(start[-1]), int(pod[-1]))
+        self.kept_rows += np.bincount(identity[~repeat], minlength=len(self.kept_rows))
+        if repeat.any():
+            self.duplicate_rows += np.bincount(identity[repeat], minlength=len(self.duplicate_rows))
+            rn = batch.column("rn").to_numpy(zero_copy_only=False)
+            found = list(zip(rn[repeat].tolist(), start[repeat].tolist(), pod[repeat].tolist()))
+            self.duplicates_first = sorted(self.duplicates_first + found)[:EXAMPLES_PER_REASON]
+        positions = pa.array(np.flatnonzero(~repeat & self._joinable[identity]))
+        kept_identity = pa.array(identity).take(positions)
+        kept_pod = pa.array(pod).take(positions)
+        codes = pa.array(self._request_code[kept_identity.to_numpy()]).cast(self._request_type.index_type)
+        columns = {
+            "window_start": window.take(positions).cast(self.window_type),
+            "window_seconds": batch.column("window_seconds").take(positions),
+            "namespace": self._namespace.take(kept_pod),
+            "pod": self._pod.take(kept_pod),
+            **{column: values.take(kept_identity) for column, values in self._by_identity.items()},
+            "request_json": pa.DictionaryArray.from_arrays(codes, self._dictionary),
+            "power_watts": batch.column("power_watts").take(positions),
+            "energy_joules": batch.column("energy_joules").take(positions),
+        }
+        return pa.Table.from_arrays([columns[c] for c in DATASET_COLUMNS], schema=self.schema)
+
+    def duplicate_examples(self) -> list[str]:
+        unit, zone = self.window_type.unit, getattr(self.window_type, "tz", None)
+        return [f"{ns}/{pod} at {pd.Timestamp(start, unit=unit, tz=zone)}"
+                for _, start, pod_id in self.duplicates_first for ns, pod in [self.identities.pods[pod_id]]]
 
 
 # -- the join summary -------------------------------------------------------------------------
@@ -369,14 +458,12 @@ def _identity_tally(table: pd.DataFrame, row_counts: np.ndarray, workload: Seque
                  examples=list(examples)[:EXAMPLES_PER_REASON])
 
 
-def _unjoined(labels: pd.DataFrame, rows: LabelRows, table: pd.DataFrame) -> dict[str, Tally]:
+def _unjoined(table: pd.DataFrame, duplicate_examples: Sequence[str]) -> dict[str, Tally]:
     """Per reason, the label rows that do not join; repeated pod-windows first."""
     unjoined: dict[str, Tally] = {}
     duplicate_rows = table["duplicate_rows"].to_numpy()
     if duplicate_rows.any():
-        first = np.flatnonzero(rows.duplicated)[:EXAMPLES_PER_REASON]
-        examples = [f"{ns}/{pod} at {ts}" for ts, ns, pod in labels[ROW_KEY].iloc[first].itertuples(index=False)]
-        unjoined["duplicate-row"] = _identity_tally(table, duplicate_rows, examples=examples)
+        unjoined["duplicate-row"] = _identity_tally(table, duplicate_rows, examples=duplicate_examples)
     failed = table.loc[(table["kept_rows"] > 0) & ~table["joined"]]
     for reason, identities in failed.groupby("reason", sort=True):
         details = sorted({f"{ns}/{kind}/{name}: {detail}"
@@ -385,7 +472,8 @@ def _unjoined(labels: pd.DataFrame, rows: LabelRows, table: pd.DataFrame) -> dic
     return unjoined
 
 
-def _summary(labels: pd.DataFrame, rows: LabelRows, table: pd.DataFrame, index: SpecIndex) -> JoinSummary:
+def _summary(table: pd.DataFrame, duplicate_examples: Sequence[str], index: SpecIndex) -> JoinSummary:
+    """`table`: one row per identity with its rows kept and repeated and whether it joined."""
     joined = table.loc[table["joined"]]
     joined_workload = ["namespace", "joined_kind", "joined_name"]  # the dataset's workload, not the label's
     by_rule = {str(rule): _identity_tally(identities, identities["kept_rows"].to_numpy(), joined_workload)
@@ -393,31 +481,126 @@ def _summary(labels: pd.DataFrame, rows: LabelRows, table: pd.DataFrame, index: 
     unused = [f"{ns}/{kind}/{name}" for ns, kind, name in index.keys() if (ns, kind, name) not in index.used]
     all_rows = (table["kept_rows"] + table["duplicate_rows"]).to_numpy()
     return JoinSummary(
-        label_rows=len(labels),
+        label_rows=int(all_rows.sum()),
         label_pods=int(table.loc[all_rows > 0, ["namespace", "pod"]].drop_duplicates().shape[0]),
         label_workloads=int(table.loc[all_rows > 0, _WORKLOAD].drop_duplicates().shape[0]),
         joined=_identity_tally(joined, joined["kept_rows"].to_numpy(), joined_workload),
         by_rule=by_rule,
-        unjoined=_unjoined(labels, rows, table),
+        unjoined=_unjoined(table, duplicate_examples),
         specs=len(index),
         specs_joined=len(index.used),
         specs_unused_examples=unused[:EXAMPLES_PER_REASON],
     )
 
 
-def build_dataset(labels: pd.DataFrame, requests: Iterable[InferenceRequest], *,
-                  pod_spec_fallback: bool = False) -> tuple[pd.DataFrame, JoinSummary]:
-    """Join the labels table (trainer.labels columns, optionally `spec_hash`) to the specs.
-    Text columns may be str, object or categorical."""
-    _check_label_columns(labels)
-    index = SpecIndex(requests)
-    has_hash = "spec_hash" in labels.columns
-    rows = LabelRows.of(labels, labels["spec_hash"] if has_hash else None)
-    table = _identity_table(labels, rows, has_hash)
-    table, categories = _with_resolutions(table, _resolve_identities(table, index, pod_spec_fallback))
-    frame = _dataset_frame(labels, rows, table, categories)
-    return frame, _summary(labels, rows, table, index)
+@dataclass(frozen=True)
+class _JoinOutcome:
+    summary: JoinSummary
+    texts_written: list[str]  # the dictionary the row groups were written with
+    texts_used: list[str]  # the specs the kept rows join to: the dataset's categories
 
+
+def _finish(join: _JoinPass, index: SpecIndex) -> _JoinOutcome:
+    """The summary once every row has passed. An identity whose rows all repeat earlier
+    pod-windows joins nothing: it neither marks its spec used nor adds it to the categories."""
+    identities = join.identities
+    table = identities.table.assign(kept_rows=join.kept_rows, duplicate_rows=join.duplicate_rows)
+    table["joined"] = table["joinable"] & (table["kept_rows"] > 0)
+    index.used = {r.spec_key for r, joined in zip(identities.resolutions, table["joined"]) if joined and r.spec_key}
+    used = sorted(set(table.loc[table["joined"], "request_json"]))
+    return _JoinOutcome(_summary(table, join.duplicate_examples(), index), identities.texts, used)
+
+
+def _join(con: duckdb.DuckDBPyConnection, source: _LabelsSource, requests: Iterable[InferenceRequest],
+          pod_spec_fallback: bool) -> tuple[_JoinPass, SpecIndex]:
+    index = SpecIndex(requests)
+    identities = _Identities.read(con, index, pod_spec_fallback)
+    identities.register(con)
+    return _JoinPass(identities, source.window_type), index
+
+
+def _recode_requests(table: pa.Table, outcome: _JoinOutcome) -> pa.Table:
+    """A dataset table written with every joinable spec in its dictionary, with only the specs
+    its dataset uses (sorted): what `write_dataset` of the joined frame would hold."""
+    column = table.column("request_json").combine_chunks()
+    position = {text: number for number, text in enumerate(outcome.texts_used)}
+    dictionary = column.dictionary.to_pylist()
+    mapping = np.array([position.get(text, -1) for text in dictionary], dtype=np.int64)
+    schema = dataset_schema(table.schema.field("window_start").type, outcome.texts_used)
+    codes = pa.array(mapping[column.indices.to_numpy(zero_copy_only=False)]).cast(schema.field("request_json").type.index_type)
+    recoded = pa.DictionaryArray.from_arrays(codes, _strings(outcome.texts_used, schema.field("request_json").type.value_type))
+    return pa.Table.from_arrays([recoded if c == "request_json" else table.column(c) for c in DATASET_COLUMNS],
+                                schema=schema)
+
+
+def build_dataset(labels: pd.DataFrame, requests: Iterable[InferenceRequest], *, pod_spec_fallback: bool = False,
+                  memory_limit: str = DEFAULT_MEMORY_LIMIT,
+                  batch_rows: int = OUTPUT_BATCH_ROWS) -> tuple[pd.DataFrame, JoinSummary]:
+    """Join the labels table (trainer.labels columns, optionally `spec_hash`) to the specs, in
+    memory: the same DuckDB join as `run_dataset`, its rows collected into one frame. Text
+    columns may be str, object or categorical."""
+    with tempfile.TemporaryDirectory(prefix="energetiscope-join-") as spill:
+        con = _connect(memory_limit, Path(spill))
+        try:
+            source = _frame_source(con, labels)
+            join, index = _join(con, source, requests, pod_spec_fallback)
+            tables = list(join.rows(con, batch_rows))
+            outcome = _finish(join, index)
+        finally:
+            con.close()
+    table = pa.concat_tables(tables) if tables else join.schema.empty_table()
+    if outcome.texts_used != outcome.texts_written:
+        table = _recode_requests(table, outcome)
+    return table.to_pandas(), outcome.summary
+
+
+def join_labels_file(labels_path: str | os.PathLike[str], requests: Iterable[InferenceRequest],
+                     out: str | os.PathLike[str], *, pod_spec_fallback: bool = False,
+                     memory_limit: str = DEFAULT_MEMORY_LIMIT, batch_rows: int = OUTPUT_BATCH_ROWS) -> JoinSummary:
+    """The join of `build_dataset`, out of core: DuckDB reads the labels file and sorts under
+    `memory_limit` (spilling into a temporary directory beside `out`), and each sorted batch is
+    written to `out` as a row group as it arrives. `out` is written atomically: an interrupted
+    run leaves the old file, or none."""
+    path, target = Path(labels_path), Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    outcome: _JoinOutcome | None = None
+
+    def write(temp: Path) -> None:
+        nonlocal outcome
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.spill-", dir=target.parent) as spill:
+            con = _connect(memory_limit, Path(spill))
+            try:
+                source = _file_source(con, path)
+                join, index = _join(con, source, requests, pod_spec_fallback)
+                with pq.ParquetWriter(temp, join.schema) as writer:
+                    for table in join.rows(con, batch_rows):
+                        writer.write_table(table)
+                outcome = _finish(join, index)
+            except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+                raise InputFileError(path, LABELS_WHAT, str(exc).strip().splitlines()[0]) from None
+            finally:
+                con.close()
+        if outcome.texts_used != outcome.texts_written:
+            _recode_file(temp, outcome)
+
+    write_atomically(target, write)
+    assert outcome is not None
+    return outcome.summary
+
+
+def _recode_file(path: Path, outcome: _JoinOutcome) -> None:
+    """Rewrite a written dataset with only the specs it uses in request_json's dictionary, one
+    row group at a time (rare: only when some identity's rows all repeat earlier pod-windows)."""
+    recoded = path.with_name(path.name + ".recode")
+    try:
+        source = pq.ParquetFile(path)
+        with pq.ParquetWriter(recoded, dataset_schema(source.schema_arrow.field("window_start").type,
+                                                       outcome.texts_used)) as writer:
+            for group in range(source.num_row_groups):
+                writer.write_table(_recode_requests(source.read_row_group(group), outcome))
+        os.replace(recoded, path)
+    finally:
+        recoded.unlink(missing_ok=True)
 
 # -- files ------------------------------------------------------------------------------------
 
@@ -452,17 +635,6 @@ def write_summary(summary: Mapping[str, Any], dataset_path: str | os.PathLike[st
     return write_text_atomically(summary_path(dataset_path), json.dumps(summary, indent=2) + "\n")
 
 
-def read_labels_for_join(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The label columns the join uses (not `kepler_line`), with the text columns read as
-    categoricals: millions of rows name a few thousand pods, so each string is held once."""
-    present = set(parquet_column_names(path, "a labels table (train labels' output)"))
-    columns = [c for c in (*LABEL_COLUMNS, "spec_hash") if c in present and c != "kepler_line"]
-    labels = read_parquet_input(path, "a labels table (train labels' output)", columns=columns,
-                                read_dictionary=[c for c in columns if c in _TEXT_COLUMNS])
-    _release_arrow_memory()
-    return labels
-
-
 def _release_arrow_memory() -> None:
     """Hand the memory Arrow's allocator kept from reading back to the system: after a large
     read it holds about as much again as the frame (GBs at millions of rows)."""
@@ -470,12 +642,12 @@ def _release_arrow_memory() -> None:
 
 
 def run_dataset(labels_path: str | os.PathLike[str], requests_paths: Sequence[str | os.PathLike[str]],
-                out: str | os.PathLike[str], *, pod_spec_fallback: bool = False) -> JoinSummary:
-    """`energetiscope train dataset`: read labels and NDJSON specs, join, write the dataset and
-    its join summary (`<out>.summary.json`)."""
-    labels = read_labels_for_join(labels_path)
+                out: str | os.PathLike[str], *, pod_spec_fallback: bool = False,
+                memory_limit: str = DEFAULT_MEMORY_LIMIT) -> JoinSummary:
+    """`energetiscope train dataset`: read the NDJSON specs, join the labels file to them out of
+    core (`join_labels_file`), write the dataset and its join summary (`<out>.summary.json`)."""
     requests = [r for path in requests_paths for r in read_requests(path)]
-    frame, summary = build_dataset(labels, requests, pod_spec_fallback=pod_spec_fallback)
-    write_dataset(frame, out)
+    summary = join_labels_file(labels_path, requests, out, pod_spec_fallback=pod_spec_fallback,
+                               memory_limit=memory_limit)
     write_summary(summary.to_dict(), out)
     return summary
