@@ -117,6 +117,12 @@ def accuracy(result: dict[str, Any]) -> str:
     return "\n".join(parts) + f"\n{_context(result)}"
 
 
+def ivf_recall(result: dict[str, Any]) -> str:
+    from bench.ivf_recall import table  # its own table, so the README and the run print the same
+
+    return table(result["results"]) + f"\n\n{_context(result)}"
+
+
 def soak_tables(result: dict[str, Any]) -> str:
     """The soak's two tables (requests and reloads; memory, file descriptors and threads), from its
     summary: `python -m bench.soak` prints the same."""
@@ -179,7 +185,7 @@ def soak(result: dict[str, Any]) -> str:
 
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
             ("trainer_scale", trainer), ("trainer_scale_full", trainer), ("accuracy", accuracy),
-            ("accuracy_full", accuracy), ("soak", soak))
+            ("accuracy_full", accuracy), ("ivf_recall", ivf_recall), ("soak", soak))
 
 
 def main() -> None:
