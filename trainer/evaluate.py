@@ -24,11 +24,11 @@ import numpy as np
 
 from webhook.files import write_text_atomically
 from trainer.baselines import from_pod_predictions
-from trainer.dataset import read_dataset, summary_path
+from trainer.dataset import summary_path
 from trainer.metrics import MethodMetrics, metrics_table, score
 from trainer.plots import predicted_vs_measured, residuals
 from trainer.report_html import EvaluationSet, card_evaluation_sets, write_report
-from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
+from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, read_targets
 from webhook.model.artifact import TrainedModel, load_model
 from webhook.model.prior import PriorCoefficients, PriorPredictor
 
@@ -48,8 +48,8 @@ def run_evaluate(model_path: str | os.PathLike[str], dataset_path: str | os.Path
                  target_unit: str | None = None, min_active_windows: int | None = None) -> EvaluationOutcome:
     model = load_model(Path(model_path), expected_sha256=expected_sha256)
     data_card = dict(model.metadata.get("data") or {})
-    table = build_targets(
-        read_dataset(dataset_path),
+    table, _ = read_targets(
+        dataset_path,
         target_unit or str(data_card.get("target_unit") or DEFAULT_TARGET_UNIT),
         min_active_windows or int(data_card.get("min_active_windows") or DEFAULT_MIN_ACTIVE_WINDOWS),
     )

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from trainer.crossval import (
     DEFAULT_K_GRID,
@@ -34,11 +33,11 @@ from trainer.crossval import (
     fit_pipeline,
     params_json,
 )
-from trainer.dataset import read_dataset, summary_path
+from trainer.dataset import summary_path
 from trainer.model_card import card_paths, library_versions, write_card
 from trainer.plots import predicted_vs_measured, residuals
 from trainer.report_html import card_evaluation_sets, write_report
-from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, build_targets
+from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, DatasetFacts, TrainingTable, read_targets
 from trainer.text_embedding import default_text_embedding
 from webhook.model.features import CATEGORICAL_FEATURES, FEATURE_VERSION, NUMERIC_FEATURES
 from trainer.run_fit import fit_runs, read_run_targets
@@ -82,13 +81,11 @@ def compare(table: TrainingTable, settings: FitSettings, prior: PriorPredictor |
                            progress=settings.progress)
 
 
-def _data_section(table: TrainingTable, dataset: pd.DataFrame) -> dict[str, Any]:
-    starts = pd.to_datetime(dataset["window_start"], utc=True)
-    # As text: a categorical's value_counts would also list categories without rows, and order ties apart.
-    join_rules = dataset[["namespace", "pod", "join_rule"]].drop_duplicates()["join_rule"].astype("str").value_counts()
+def _data_section(table: TrainingTable, facts: DatasetFacts) -> dict[str, Any]:
+    first, last = facts.first_window_start, facts.last_window_start
     return {
-        "first_window_start": starts.min().isoformat() if len(starts) else None,
-        "last_window_start": starts.max().isoformat() if len(starts) else None,
+        "first_window_start": first.isoformat() if first is not None else None,
+        "last_window_start": last.isoformat() if last is not None else None,
         "target": table.describe_target(),
         "target_unit": table.unit,
         "min_active_windows": table.min_active_windows,
@@ -99,7 +96,7 @@ def _data_section(table: TrainingTable, dataset: pd.DataFrame) -> dict[str, Any]
         "workloads": table.workloads,
         "excluded_pods": table.excluded_pods,
         "excluded_pod_windows": table.excluded_rows,
-        "join_rules": {str(k): int(v) for k, v in join_rules.items()},
+        "join_rules": dict(facts.join_rule_pods),
         "workload_list": sorted(set(table.workload_keys.tolist())),
     }
 
@@ -150,7 +147,7 @@ def versus_priors(comparison: Comparison) -> dict[str, Any]:
     return result
 
 
-def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFrame, model_id: str | None = None,
+def fit_table(table: TrainingTable, settings: FitSettings, *, facts: DatasetFacts, model_id: str | None = None,
               created: datetime | None = None) -> tuple[Any, dict[str, Any], Comparison | None]:
     """Fit the chosen pipeline (intervals calibrated inside fit) on all targets; return it with its card (no sha yet)."""
     if len(table.requests) == 0:
@@ -172,7 +169,7 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, dataset: pd.DataFr
         "warnings": fit_warnings(table, knn.trust_radius_, offsets, comparison),
         "created_at": created.isoformat(timespec="seconds"),
         "artifact": {"file": "", "sha256": "", "feature_version": FEATURE_VERSION},
-        "data": _data_section(table, dataset),
+        "data": _data_section(table, facts),
         "model": {
             "description": f"PodFeatureEncoder -> AnchoredKNN: {describe_params(params)}, distance weighted",
             "params": params_json(params),
@@ -197,9 +194,9 @@ def run_fit(dataset_path: str | os.PathLike[str], out: str | os.PathLike[str], s
             runs_dataset_path: str | os.PathLike[str] | None = None) -> FitOutcome:
     """`energetiscope train fit`: dataset -> artifact (atomic, via save_model) + model card; with a run
     dataset (`train dataset --runs`) the artifact also holds the run model (`trainer.run_fit`)."""
-    dataset = read_dataset(dataset_path, text_as_categories=True)  # millions of windows name a few thousand pods
-    table = build_targets(dataset, settings.target_unit, settings.min_active_windows)
-    pipeline, card, comparison = fit_table(table, settings, dataset=dataset, model_id=model_id, created=created)
+    # The dataset's rows pass in batches: only the per-pod sums behind the targets are kept.
+    table, facts = read_targets(dataset_path, settings.target_unit, settings.min_active_windows)
+    pipeline, card, comparison = fit_table(table, settings, facts=facts, model_id=model_id, created=created)
     run_pipeline = None
     if runs_dataset_path is not None:
         pod_model = TrainedModel(pipeline=pipeline, model_id=card["model_id"])

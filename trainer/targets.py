@@ -23,17 +23,31 @@ dataset row standing for many pods and windows): `window_count`, the windows a r
 (counted by the `min_active_windows` gate and in `windows`; 1 without the column), `pod_count`,
 the pods it stands for (summed into `pods`; 1 without it), and `group`, the cross-validation
 group of its workload (`TrainingTable.groups`; the workload itself without it).
+
+Out of core: `read_targets` (what `train fit` and `train evaluate` use) reads a dataset file in
+batches of rows, texts as Arrow dictionaries, and adds each batch's windows into per-pod sums
+(`_PodSums`), so the per-window rows are never all in memory; `build_targets` does the same with
+a frame in memory as one batch. Within a batch pandas sums a pod's windows (compensated
+summation, as one groupby over the whole dataset did); the batches' sums are then added, so a
+pod split across batches may differ from the one-groupby sum in the last bits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from trainer.inputs import InputFileError, parquet_column_names
 from webhook.model.schema import InferenceRequest
 
 TARGET_UNITS: tuple[str, ...] = ("workload", "pod", "pod-day")
@@ -124,65 +138,229 @@ class TrainingTable:
         )
 
 
-def _sorted_categorical(texts: pd.Series) -> pd.Series:
-    """A text column as a categorical whose categories are in sorted order, so that grouping on
-    its codes orders groups as grouping on the texts would."""
-    categorical = texts.astype("category")
-    categories = categorical.cat.categories
-    return categorical if categories.is_monotonic_increasing else categorical.cat.reorder_categories(categories.sort_values())
-
-
 _TEXT_KEYS = [*GROUP_COLUMNS, "pod", "spec_hash", "request_json"]
+# Rows per batch when reading a dataset file for its targets: ~100 bytes a row in flight.
+READ_BATCH_ROWS = 1 << 19
+DATASET_WHAT = "a trainer dataset (train dataset's output)"
 
 
-def _text_keys(dataset: pd.DataFrame) -> list[str]:
+def _text_keys(columns: Iterable[str]) -> list[str]:
     """The text columns a target is keyed by: `group` too where the dataset has it (one per workload)."""
-    return [*_TEXT_KEYS, CV_GROUP_COLUMN] if CV_GROUP_COLUMN in dataset.columns else list(_TEXT_KEYS)
+    return [*_TEXT_KEYS, CV_GROUP_COLUMN] if CV_GROUP_COLUMN in set(columns) else list(_TEXT_KEYS)
 
 
-def _row_counts(dataset: pd.DataFrame, column: str) -> np.ndarray:
+class _Codes:
+    """Texts -> integer codes, numbered in order of first sight, from Arrow dictionary arrays: a
+    batch's dictionary (each distinct text of the batch, once) is looked up, never a row's text.
+    The mapping of the last dictionary is kept, as consecutive batches of a row group share it."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._lookup: dict[str, int] = {}
+        self._last: tuple[pa.Array, np.ndarray] | None = None
+
+    def of(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each row's code; -1 where the text is missing."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        dictionary = column.dictionary
+        if self._last is not None and self._last[0].equals(dictionary):
+            mapping = self._last[1]
+        else:
+            mapping = np.array([-1 if text is None else self._code(str(text)) for text in dictionary.to_pylist()],
+                               dtype=np.int64)
+            self._last = (dictionary, mapping)
+        indices = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.where(indices >= 0, mapping[np.maximum(indices, 0)] if len(mapping) else -1, -1)
+
+    def _code(self, text: str) -> int:
+        code = self._lookup.get(text)
+        if code is None:
+            code = self._lookup[text] = len(self.texts)
+            self.texts.append(text)
+        return code
+
+
+def _dense(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """One integer per row for its tuple of non-negative codes, equal for equal tuples; the
+    running code is renumbered densely before each product, so none outgrows int64."""
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = pd.factorize(combined)[0].astype(np.int64) * (int(part.max(initial=0)) + 1) + part
+    return pd.factorize(combined)[0]
+
+
+class _Growing:
+    """A per-group numpy array that grows as groups appear."""
+
+    def __init__(self, dtype: Any, fill: Any) -> None:
+        self.values = np.full(1024, fill, dtype=dtype)
+        self._fill = fill
+
+    def fit(self, size: int) -> np.ndarray:
+        if size > len(self.values):
+            grown = np.full(max(size, 2 * len(self.values)), self._fill, dtype=self.values.dtype)
+            grown[: len(self.values)] = self.values
+            self.values = grown
+        return self.values
+
+
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+class _PodSums:
+    """Per pod (and UTC day for `pod-day`) and spec, the sums of its windows, added up batch by
+    batch: only the per-pod sums are kept, however many windows pass. Also what the model card
+    says of the dataset (`DatasetFacts`): its first and last window and the pods per join rule."""
+
+    def __init__(self, text_keys: Sequence[str], unit: str, window_type: pa.DataType) -> None:
+        self.text_keys = list(text_keys)
+        self.unit = unit
+        self.window_type = window_type if pa.types.is_timestamp(window_type) else pa.timestamp("ns", tz="UTC")
+        self.codes = {c: _Codes() for c in [*self.text_keys, "join_rule"]}
+        self._units_per_day = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000,
+                               "ns": 86_400_000_000_000}[self.window_type.unit]
+        self._groups: dict[tuple[int, ...], int] = {}
+        self._windows = _Growing(np.int64, 0)
+        self._active_windows = _Growing(np.int64, 0)
+        self._pod_count = _Growing(np.int64, _INT64_MIN)
+        self._energy = _Growing(np.float64, 0.0)
+        self._active_seconds = _Growing(np.int64, 0)
+        self._first = _Growing(np.int64, _INT64_MAX)
+        self._last = _Growing(np.int64, _INT64_MIN)
+        self._rule_pods: dict[tuple[int, int, int], None] = {}  # (namespace, pod, join rule), in order of first sight
+        self.first_window = _INT64_MAX
+        self.last_window = _INT64_MIN
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if not batch.num_rows:
+            return
+        names = set(batch.schema.names)
+        start = pc.cast(batch.column("window_start"), self.window_type).cast(pa.int64())
+        start = pc.fill_null(start, _INT64_MIN).to_numpy(zero_copy_only=False)
+        present = start != _INT64_MIN
+        if present.any():
+            self.first_window = min(self.first_window, int(start[present].min()))
+            self.last_window = max(self.last_window, int(start[present].max()))
+        codes = [self.codes[c].of(batch.column(c)) for c in self.text_keys]
+        if "join_rule" in names:
+            self._add_rule_pods(codes[0], codes[3], self.codes["join_rule"].of(batch.column("join_rule")))
+        keys = list(codes)
+        if self.unit == "pod-day":
+            keys.append(np.where(present, np.floor_divide(start, self._units_per_day), -1))
+        valid = np.logical_and.reduce([k >= 0 for k in keys])
+        if not valid.all():
+            keys, start = [k[valid] for k in keys], start[valid]
+        if not len(start):
+            return
+        energy = _column(batch, "energy_joules", np.float64)[valid]
+        active = energy > 0
+        window_counts = _counts(batch, WINDOW_COUNT_COLUMN, names)[valid]
+        local = _dense(keys)
+        rows = pd.DataFrame({
+            "local": local,
+            "window_count": window_counts,
+            "active_window_count": np.where(active, window_counts, 0),
+            "pod_count": _counts(batch, POD_COUNT_COLUMN, names)[valid],
+            "active_joules": np.where(active, energy, 0.0),
+            "active_seconds": np.where(active, _column(batch, "window_seconds", np.int64)[valid], 0),
+            "start": start,
+        })
+        part = rows.groupby("local", sort=True).agg(
+            windows=("window_count", "sum"), active_windows=("active_window_count", "sum"),
+            pod_count=("pod_count", "max"), energy_joules=("active_joules", "sum"),
+            active_seconds=("active_seconds", "sum"), first=("start", "min"), last=("start", "max"))
+        first_rows = np.unique(local, return_index=True)[1]  # local codes are 0..n-1 by first sight
+        groups = np.array([self._group(tuple(int(k[row]) for k in keys)) for row in first_rows], dtype=np.int64)
+        size = len(self._groups)
+        np.add.at(self._windows.fit(size), groups, part["windows"].to_numpy())
+        np.add.at(self._active_windows.fit(size), groups, part["active_windows"].to_numpy())
+        np.maximum.at(self._pod_count.fit(size), groups, part["pod_count"].to_numpy())
+        np.add.at(self._energy.fit(size), groups, part["energy_joules"].to_numpy())
+        np.add.at(self._active_seconds.fit(size), groups, part["active_seconds"].to_numpy())
+        np.minimum.at(self._first.fit(size), groups, part["first"].to_numpy())
+        np.maximum.at(self._last.fit(size), groups, part["last"].to_numpy())
+
+    def _group(self, key: tuple[int, ...]) -> int:
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = len(self._groups)
+        return group
+
+    def _add_rule_pods(self, namespaces: np.ndarray, pods: np.ndarray, rules: np.ndarray) -> None:
+        valid = (namespaces >= 0) & (pods >= 0) & (rules >= 0)
+        combined = pd.unique(pd.MultiIndex.from_arrays([namespaces[valid], pods[valid], rules[valid]]))
+        for key in combined:
+            self._rule_pods.setdefault(tuple(int(k) for k in key), None)
+
+    def _timestamps(self, values: np.ndarray) -> pd.Series:
+        return pd.Series(pa.array(values, type=pa.int64()).cast(self.window_type).to_pandas()).dt.tz_convert("UTC") \
+            if self.window_type.tz is not None else pd.Series(
+                pa.array(values, type=pa.int64()).cast(self.window_type).to_pandas()).dt.tz_localize("UTC")
+
+    def pods(self) -> pd.DataFrame:
+        """One row per pod (and day) and spec, sorted by its texts (and day), as the texts group."""
+        size = len(self._groups)
+        keys = np.array(list(self._groups), dtype=np.int64).reshape(size, len(self.text_keys) + (self.unit == "pod-day"))
+        pods = pd.DataFrame({c: pd.array(self.codes[c].texts, dtype="str").take(keys[:, i]) if size else
+                             pd.array([], dtype="str") for i, c in enumerate(self.text_keys)})
+        if self.unit == "pod-day":
+            days = pd.to_datetime(keys[:, -1] * 86_400, unit="s", utc=True)
+            pods.insert(len(self.text_keys), "period", pd.array(days.strftime("%Y-%m-%d"), dtype="str"))
+        else:
+            pods.insert(len(self.text_keys), "period", pd.array(["all"] * size, dtype="str"))
+        pods["windows"] = self._windows.fit(size)[:size]
+        pods["active_windows"] = self._active_windows.fit(size)[:size]
+        pods["pod_count"] = self._pod_count.fit(size)[:size]
+        pods["energy_joules"] = self._energy.fit(size)[:size]
+        pods["active_seconds"] = self._active_seconds.fit(size)[:size]
+        pods["first_window"] = self._timestamps(self._first.fit(size)[:size])
+        pods["last_window"] = self._timestamps(self._last.fit(size)[:size])
+        pods = pods.sort_values([*self.text_keys, "period"], kind="stable").reset_index(drop=True)
+        pods["power_watts"] = pods["energy_joules"] / pods["active_seconds"].where(pods["active_seconds"] > 0)
+        return pods
+
+    def facts(self) -> DatasetFacts:
+        seen = self.first_window != _INT64_MAX
+        first, last = (self._timestamps(np.array([self.first_window, self.last_window])) if seen else (None, None))
+        rules = pd.Series([self.codes["join_rule"].texts[rule] for _, _, rule in self._rule_pods], dtype="str")
+        return DatasetFacts(first_window_start=first, last_window_start=last,
+                            join_rule_pods={str(k): int(v) for k, v in rules.value_counts().items()})
+
+
+def _column(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any) -> np.ndarray:
+    return np.asarray(batch.column(name).to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _counts(batch: pa.RecordBatch | pa.Table, column: str, names: set[str]) -> np.ndarray:
     """Per dataset row, the windows or pods it stands for: the column where present, 1 otherwise."""
-    if column in dataset.columns:
-        return dataset[column].to_numpy(dtype=np.int64)
-    return np.ones(len(dataset), dtype=np.int64)
+    if column in names:
+        return _column(batch, column, np.int64)
+    return np.ones(batch.num_rows, dtype=np.int64)
 
 
-def _per_pod(dataset: pd.DataFrame, unit: str) -> pd.DataFrame:
-    """One row per pod (and UTC day for `pod-day`) and spec. Grouped on integer codes (texts as
-    categoricals, the day as a timestamp), never on a string per window: the dataset has millions
-    of windows and a spec's JSON is ~1 KB. The texts come back once per pod."""
-    start = pd.to_datetime(dataset["window_start"], utc=True)
-    active = dataset["energy_joules"].to_numpy(dtype=np.float64) > 0
-    text_keys = _text_keys(dataset)
-    window_counts = _row_counts(dataset, WINDOW_COUNT_COLUMN)
-    rows = pd.DataFrame({
-        **{c: _sorted_categorical(dataset[c]) for c in text_keys},
-        "window_count": window_counts,
-        "active_window_count": np.where(active, window_counts, 0),
-        "pod_count": _row_counts(dataset, POD_COUNT_COLUMN),
-        "active_joules": np.where(active, dataset["energy_joules"], 0.0),
-        "active_seconds": np.where(active, dataset["window_seconds"], 0),
-        "first_window": start,
-    })
-    keys = list(text_keys)
-    if unit == "pod-day":
-        rows["day"] = start.dt.floor("D")
-        keys.append("day")
-    pods = (
-        rows.groupby(keys, sort=True, observed=True)
-        .agg(windows=("window_count", "sum"), active_windows=("active_window_count", "sum"),
-             pod_count=("pod_count", "max"), energy_joules=("active_joules", "sum"),
-             active_seconds=("active_seconds", "sum"), first_window=("first_window", "min"),
-             last_window=("first_window", "max"))
-        .reset_index()
-    )
-    for column in text_keys:
-        pods[column] = pods[column].astype("str")
-    # A UTC day sorts as its "%Y-%m-%d" text does: the groups are in the order grouping on the text gives.
-    period = pods.pop("day").dt.strftime("%Y-%m-%d") if unit == "pod-day" else "all"
-    pods.insert(len(text_keys), "period", period)
-    pods["power_watts"] = pods["energy_joules"] / pods["active_seconds"].where(pods["active_seconds"] > 0)
-    return pods
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the model card says of the dataset beyond its targets."""
+
+    first_window_start: pd.Timestamp | None
+    last_window_start: pd.Timestamp | None
+    join_rule_pods: dict[str, int]  # pods per join rule (a pod counted once per rule it joined by)
+
+
+def _per_pod(dataset: pd.DataFrame, unit: str) -> tuple[pd.DataFrame, DatasetFacts]:
+    """One row per pod (and UTC day for `pod-day`) and spec, from a dataset in memory: its rows
+    are one batch of `_PodSums`, as a file's row groups are in `read_targets`."""
+    text_keys = _text_keys(dataset.columns)
+    columns = [c for c in [*text_keys, "join_rule", "window_start", "energy_joules", "window_seconds",
+                           WINDOW_COUNT_COLUMN, POD_COUNT_COLUMN] if c in dataset.columns]
+    table = pa.Table.from_pandas(dataset[columns], preserve_index=False)
+    sums = _PodSums(text_keys, unit, table.schema.field("window_start").type)
+    sums.add(table)
+    return sums.pods(), sums.facts()
 
 
 def _per_spec(pods: pd.DataFrame) -> pd.DataFrame:
@@ -200,15 +378,49 @@ def _per_spec(pods: pd.DataFrame) -> pd.DataFrame:
     return specs
 
 
-def build_targets(dataset: pd.DataFrame, unit: str = DEFAULT_TARGET_UNIT,
-                  min_active_windows: int = DEFAULT_MIN_ACTIVE_WINDOWS) -> TrainingTable:
-    """Aggregate the dataset's pod-windows into targets (see the module docstring). For the
-    `workload` unit, `pod` holds one of the spec's pods and `pods` how many there are."""
+def _check_target_options(unit: str, min_active_windows: int) -> None:
     if unit not in TARGET_UNITS:
         raise ValueError(f"target unit must be one of {TARGET_UNITS}, got {unit!r}")
     if min_active_windows < 1:
         raise ValueError("min_active_windows must be at least 1")
-    pods = _per_pod(dataset, unit)
+
+
+def build_targets(dataset: pd.DataFrame, unit: str = DEFAULT_TARGET_UNIT,
+                  min_active_windows: int = DEFAULT_MIN_ACTIVE_WINDOWS) -> TrainingTable:
+    """Aggregate the dataset's pod-windows into targets (see the module docstring). For the
+    `workload` unit, `pod` holds one of the spec's pods and `pods` how many there are."""
+    _check_target_options(unit, min_active_windows)
+    return _targets(_per_pod(dataset, unit)[0], unit, min_active_windows)
+
+
+def read_targets(path: str | os.PathLike[str], unit: str = DEFAULT_TARGET_UNIT,
+                 min_active_windows: int = DEFAULT_MIN_ACTIVE_WINDOWS,
+                 batch_rows: int = READ_BATCH_ROWS) -> tuple[TrainingTable, DatasetFacts]:
+    """`build_targets` of a dataset file, without reading it into memory: its rows pass in
+    batches (text columns as dictionaries) and only the per-pod sums stay. With the dataset's
+    facts for the model card."""
+    _check_target_options(unit, min_active_windows)
+    from trainer.dataset import DATASET_COLUMNS  # the dataset step's module imports nothing from here
+
+    columns = parquet_column_names(path, DATASET_WHAT)
+    missing = [c for c in DATASET_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"{path} is not a trainer dataset: it lacks columns {missing}")
+    text_keys = _text_keys(columns)
+    wanted = [c for c in [*text_keys, "join_rule", "window_start", "energy_joules", "window_seconds",
+                          WINDOW_COUNT_COLUMN, POD_COUNT_COLUMN] if c in columns]
+    text_columns = [*text_keys, "join_rule"]
+    try:
+        source = pq.ParquetFile(path, read_dictionary=text_columns)
+        sums = _PodSums(text_keys, unit, source.schema_arrow.field("window_start").type)
+        for batch in source.iter_batches(batch_size=batch_rows, columns=wanted):
+            sums.add(batch)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputFileError(path, DATASET_WHAT, str(exc).strip().splitlines()[0]) from None
+    return _targets(sums.pods(), unit, min_active_windows), sums.facts()
+
+
+def _targets(pods: pd.DataFrame, unit: str, min_active_windows: int) -> TrainingTable:
     enough = pods["active_windows"].to_numpy() >= min_active_windows
     excluded = pods.loc[~enough]
     pods = pods.loc[enough].reset_index(drop=True)
