@@ -185,7 +185,8 @@ def soak(result: dict[str, Any]) -> str:
 
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
             ("trainer_scale", trainer), ("trainer_scale_full", trainer), ("accuracy", accuracy),
-            ("accuracy_full", accuracy), ("ivf_recall", ivf_recall), ("soak", soak))
+            ("accuracy_full", accuracy), ("ivf_recall", ivf_recall), ("soak", soak), ("soak_6min", soak),
+            ("soak_mmap_threshold", soak))
 
 
 def main() -> None:

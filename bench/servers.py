@@ -16,5 +16,7 @@ ECHO = ("bench.echo_server",)
 START_TIMEOUT_SECONDS = 60.0  # a 50,000-row model loads in a few seconds on a busy machine
 
 
-def server_process(module: tuple[str, ...], cert_dir: Path, log_path: Path, *extra_args: str) -> WebhookProcess:
-    return WebhookProcess(cert_dir, log_path, *extra_args, module=module, start_timeout=START_TIMEOUT_SECONDS)
+def server_process(module: tuple[str, ...], cert_dir: Path, log_path: Path, *extra_args: str,
+                   env: dict[str, str] | None = None) -> WebhookProcess:
+    """`env` is added to this process's environment for the server (e.g. allocator settings)."""
+    return WebhookProcess(cert_dir, log_path, *extra_args, module=module, start_timeout=START_TIMEOUT_SECONDS, env=env)

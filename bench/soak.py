@@ -2,7 +2,7 @@
 serving certificate rotated on disk all the while; do memory, file descriptors and threads stay
 flat, and does every review get a valid answer?
 
-    python -m bench.soak [--minutes 10] [--rate 100] [--quick]
+    python -m bench.soak [--minutes 10] [--rate 100] [--quick] [--server-env NAME=VALUE ...]
 
 * Server: `energetiscope serve` (TLS, one uvicorn worker, `--kube-access off`, the shipped
   `--watch-interval` of 5 s) with a trained model (`bench.model_artifact`'s synthetic training
@@ -341,8 +341,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="admission reviews a second (default 100)")
     parser.add_argument("--rows", type=int, default=None, help="training rows of each model (default 20,000)")
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke test (results/quick/, not for the README)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server only, e.g. MALLOC_MMAP_THRESHOLD_=65536 (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="result file (default bench/results/soak.json)")
     args = parser.parse_args()
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     settings = SoakSettings.for_mode(args.quick, args.minutes, args.rate, args.rows)
     record = RunRecord("soak", quick=args.quick)
     with tempfile.TemporaryDirectory(prefix="energetiscope-soak-") as tmp:
@@ -358,7 +361,8 @@ def main() -> None:
         plan = LoadPlan("127.0.0.1", 0, str(certs / "ca.crt"), settings.rate_per_second, settings.duration_seconds,
                         settings.connections, settings.requests_per_connection, settings.variants,
                         settings.new_spec_every, fill_specs=settings.fill_specs)
-        with servers.server_process(servers.WEBHOOK, certs, workdir / "webhook.log", *args_for_server) as server:
+        with servers.server_process(servers.WEBHOOK, certs, workdir / "webhook.log", *args_for_server,
+                                    env=server_env) as server:
             assert server.process is not None
             load = LoadProcess(LoadPlan(**{**asdict(plan), "port": server.port}))
             print(f"soak: {settings.duration_seconds / 60:g} min at {settings.rate_per_second:g}/s ...", flush=True)
@@ -386,6 +390,7 @@ def main() -> None:
     path = record.write({
         "mode": "quick" if args.quick else "default",
         "settings": asdict(settings),
+        "server_env": server_env,
         "model_fit_seconds": round(fit_seconds, 1),
         **summary,
         "events": [asdict(e) for e in events],
