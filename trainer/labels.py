@@ -299,22 +299,28 @@ class LabelsReader:
         return max(1, self.max_points_per_chunk // pods) if pods else self.max_windows_per_chunk
 
     def _frame(self, rows: _PodRows, keys: Sequence[tuple[str, str]], workloads: Sequence[WorkloadRef]) -> pd.DataFrame:
-        """One chunk's rows as a labels frame: pods looked up by code, finite rows only, sorted."""
-        present, local = np.unique(rows.codes, return_inverse=True)
-        frame = _labels_frame(
-            window_ends=rows.window_end_seconds,
+        """One chunk's rows as a labels frame: pods looked up by code, finite rows only, in
+        (window_start, namespace, pod) order (sorted on integers: a pod's rank among the chunk's)."""
+        finite = np.isfinite(rows.energy_joules)
+        present, local = np.unique(rows.codes[finite], return_inverse=True)
+        by_name = sorted(range(len(present)), key=lambda i: keys[present[i]])
+        rank = np.empty(len(present), dtype=np.int64)
+        rank[by_name] = np.arange(len(present))
+        window_ends = rows.window_end_seconds[finite]
+        order = np.lexsort((rank[local], window_ends))
+        gpu = rows.gpu_energy_joules
+        return _labels_frame(
+            window_ends=window_ends[order],
             window_seconds=self.window_seconds,
-            codes=local,
+            codes=local[order],
             namespaces=[keys[code][0] for code in present],
             pods=[keys[code][1] for code in present],
             workload_kinds=[workloads[code].kind for code in present],
             workload_names=[workloads[code].name for code in present],
-            energy_joules=rows.energy_joules,
-            gpu_energy_joules=rows.gpu_energy_joules,
+            energy_joules=rows.energy_joules[finite][order],
+            gpu_energy_joules=None if gpu is None else gpu[finite][order],
             kepler_line=self.line.value,
         )
-        frame = frame[np.isfinite(frame["energy_joules"].to_numpy())]
-        return frame.sort_values(["window_start", "namespace", "pod"], kind="stable").reset_index(drop=True)
 
 
 class _PodCodes:
@@ -366,14 +372,13 @@ def _read_pod_energy(
     window_end_parts: list[np.ndarray] = []
     energy_parts: list[np.ndarray] = []
     for chunk in chunks:
-        for series in client.range_query(query.promql, chunk.start_seconds, chunk.end_seconds, window_seconds):
-            if not series.points:
+        for series in client.range_query_arrays(query.promql, chunk.start_seconds, chunk.end_seconds, window_seconds):
+            if not len(series.values):
                 continue
             code = pod_codes.code(_pod_identity(query, series.labels))
-            points = np.asarray(series.points, dtype=np.float64)
-            code_parts.append(np.full(len(points), code, dtype=np.int64))
-            window_end_parts.append(points[:, 0])
-            energy_parts.append(points[:, 1])
+            code_parts.append(np.full(len(series.values), code, dtype=np.int64))
+            window_end_parts.append(series.times_seconds)
+            energy_parts.append(series.values)
     if not energy_parts:
         return _PodRows.empty()
     return _PodRows(np.concatenate(code_parts), np.concatenate(window_end_parts), np.concatenate(energy_parts))
@@ -432,7 +437,8 @@ def _labels_frame(
     """Rows from per-row pod codes; the per-pod columns are looked up by code."""
 
     def per_row(values: Sequence[str]) -> pd.Series:
-        return pd.Series(np.asarray(values, dtype=object)[codes] if len(codes) else [], dtype="str")
+        # Each pod's text once, taken per row by Arrow: no Python string per row.
+        return pd.Series(pd.array(list(values), dtype="str").take(codes) if len(codes) else [], dtype="str")
 
     # Window starts to the millisecond, Prometheus' own resolution.
     window_start_ms = np.round((window_ends - window_seconds) * 1000.0).astype("int64")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import tracemalloc
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import pytest
 from tests.trainer.conftest import KeplerPrometheus
 from trainer.kepler import KeplerLine
 from trainer.labels import collect_labels, empty_labels_frame, run_labels, write_labels
-from trainer.prometheus import InstantSample, PrometheusClient, PrometheusUnreachableError, RangeSeries
+from trainer.prometheus import InstantSample, PrometheusClient, PrometheusUnreachableError, RangeArrays
 
 
 @pytest.mark.prometheus
@@ -80,17 +79,16 @@ class SyntheticKepler(PrometheusClient):
     def series(self, matchers: object, start_seconds: float, end_seconds: float) -> list[dict[str, str]]:
         return []
 
-    def range_query(self, promql: str, start_seconds: float, end_seconds: float,
-                    step_seconds: float) -> list[RangeSeries]:
+    def range_query_arrays(self, promql: str, start_seconds: float, end_seconds: float,
+                           step_seconds: float) -> list[RangeArrays]:
         if self.fail_after_chunks is not None and self.range_queries >= self.fail_after_chunks:
             assert self.failure is not None
             raise self.failure
         self.range_queries += 1
         times = np.arange(start_seconds, end_seconds + step_seconds / 2, step_seconds)
-        joules = self.pod_watts * step_seconds
-        labels: list[Mapping[str, str]] = [{"pod_namespace": f"ns-{p % 7}", "pod_name": f"pod-{p:05d}"}
-                                           for p in range(self.pods)]
-        return [RangeSeries(labels=label, points=tuple((float(t), joules) for t in times)) for label in labels]
+        joules = np.full(len(times), self.pod_watts * step_seconds)
+        return [RangeArrays({"pod_namespace": f"ns-{p % 7}", "pod_name": f"pod-{p:05d}"}, times, joules)
+                for p in range(self.pods)]
 
 
 START_SECONDS = 1_800_000_000.0

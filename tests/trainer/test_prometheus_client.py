@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -274,3 +275,50 @@ def test_spent_retries_say_how_many_attempts_and_name_the_chunk() -> None:
     assert url in message and "Connection refused" in message and "gave up after 3 attempts" in message
     assert "over the chunk 2027-01-15T08:00:00Z..2027-01-15T08:10:00Z" in message
     assert slept == [0.1, 0.2]
+
+
+# -- the lean range query (range_query_arrays) ---------------------------------------------------
+
+
+@pytest.mark.prometheus
+def test_the_lean_range_query_equals_the_plain_one_on_the_real_server(kepler_prometheus: KeplerPrometheus) -> None:
+    client = PrometheusClient(kepler_prometheus.url)
+    pods = kepler_prometheus.pods
+    promql = "sum by (pod_namespace, pod_name) (increase(kepler_pod_cpu_joules_total[60s]))"
+    plain = client.range_query(promql, pods.start_seconds + 60, pods.end_seconds, 60)
+    lean = client.range_query_arrays(promql, pods.start_seconds + 60, pods.end_seconds, 60)
+    assert [s.labels for s in lean] == [s.labels for s in plain] and len(lean) >= 4
+    for got, want in zip(lean, plain):
+        assert got.times_seconds.tolist() == [t for t, _ in want.points]
+        assert got.values.tolist() == [v for _, v in want.points]  # the same floats, bit for bit
+
+
+def test_the_lean_range_query_reads_nan_infinities_and_exponents() -> None:
+    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"pod": "a"}, "values": [[1700000000, "NaN"], [1700000060.5, "+Inf"], [1700000120, "-Inf"],
+                                              [1700000180, "1.5e-07"], [1700000240, "123456789.125"]]},
+        {"metric": {}, "values": []},
+    ]}}).encode()
+    with fake_server(lambda h: _reply(h, 200, body, "application/json")) as url:
+        series = PrometheusClient(url).range_query_arrays("x", 0, 240, 60)
+    assert series[0].labels == {"pod": "a"} and series[1].labels == {} and len(series[1].values) == 0
+    assert series[0].times_seconds.tolist() == [1700000000, 1700000060.5, 1700000120, 1700000180, 1700000240]
+    values = series[0].values.tolist()
+    assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, 1.5e-07, 123456789.125]
+
+
+def test_the_lean_range_query_reports_errors_and_odd_answers_as_the_plain_one_does() -> None:
+    error = json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"}).encode()
+    with fake_server(lambda h: _reply(h, 400, error, "application/json")) as url:
+        with pytest.raises(PrometheusQueryError, match="HTTP 400.*bad_data.*parse error"):
+            PrometheusClient(url).range_query_arrays("sum(", 0, 60, 60)
+    vector = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+    with fake_server(lambda h: _reply(h, 200, vector, "application/json")) as url:
+        with pytest.raises(PrometheusQueryError, match="'vector' result; expected a matrix"):
+            PrometheusClient(url).range_query_arrays("up", 0, 60, 60)
+    # Values numpy cannot read as pairs: read one by one, as range_query would.
+    odd = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {}, "values": [[60, "1"], [120, "1_000"]]}]}}).encode()
+    with fake_server(lambda h: _reply(h, 200, odd, "application/json")) as url:
+        [series] = PrometheusClient(url).range_query_arrays("up", 0, 120, 60)
+    assert series.values.tolist() == [1.0, 1000.0]
