@@ -39,7 +39,9 @@ import json
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -50,9 +52,11 @@ from bench.results import RunRecord, cell, markdown_table
 from bench.trainer_scale import run_size
 from trainer.collect import read_requests
 from trainer.run_dataset import build_run_dataset, write_run_dataset
-from trainer.run_fit import compare_runs, read_run_targets
+from trainer.run_fit import RunTargets, compare_runs, read_run_targets
 from trainer.runs import read_runs
 from webhook.model.artifact import TrainedModel
+from webhook.model.runs import Spread, capped_run_seconds
+from webhook.model.schema import InferenceRequest, workload_pods
 from webhook.model.prior import PriorPredictor
 from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params, fit_pipeline, params_json
 from trainer.dataset import build_dataset, read_dataset
@@ -143,14 +147,38 @@ def evaluate(directory: Path, text_embedding: str) -> dict[str, Any]:
     }
     runs_path = directory / RUNS_FILE
     if runs_path.exists():
-        pod_model = TrainedModel(fit_pipeline(comparison.chosen, table), "bench")
-        result["runs"] = evaluate_runs(runs_path, directory / REQUESTS_FILE, pod_model)
+        pod_model = OutOfFoldPods(dict(zip(keys, comparison.out_of_fold["served"].power_watts)),
+                                  TrainedModel(fit_pipeline(comparison.chosen, table), "bench"))
+        result["runs"] = evaluate_runs(runs_path, directory / REQUESTS_FILE, pod_model, truth)
     return result
 
 
-def evaluate_runs(runs_path: Path, requests_path: Path, pod_model: TrainedModel) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OutOfFoldPods:
+    """The served pod model's out-of-fold power of each workload, as a predictor: energy per run
+    is scored with a pod power that never saw the run's workload (a pod model fitted on every
+    workload would score the run model's energy with power it had learned from those very pods).
+    A workload the pod dataset lacks (too few windows to be a target) is predicted by the model
+    fitted on every target, which never saw it either."""
+
+    power_watts: dict[tuple[str, str, str], float]
+    unseen: TrainedModel
+
+    def predict(self, requests: list[InferenceRequest]) -> list[SimpleNamespace]:
+        keys = [(r.namespace, r.workload_kind, r.workload_name) for r in requests]
+        unseen = [r for r, key in zip(requests, keys) if key not in self.power_watts]
+        fallback = iter(self.unseen.predict(unseen)) if unseen else iter(())
+        return [SimpleNamespace(power_watts=self.power_watts[key]) if key in self.power_watts
+                else SimpleNamespace(power_watts=next(fallback).power_watts) for key in keys]
+
+
+def evaluate_runs(runs_path: Path, requests_path: Path, pod_model: Any,
+                  truth: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any]:
     """Energy per run on the simulated Jobs and CronJobs: `train dataset --runs`'s join, then the run
-    model's comparison (`trainer.run_fit`, grouped by Job template), as `train fit --runs-dataset` runs it."""
+    model's comparison (`trainer.run_fit`, grouped by Job template), as `train fit --runs-dataset` runs
+    it, with the simulator's truth of the spec as a reference row: the stated work's pod time without
+    the workload's own spread (`bench.cluster_sim.spec_pod_minutes`) x the run's waves, capped at its
+    deadline, and for energy x the spec's true power x the pods at once: what no spec-only model beats."""
     frame, _ = build_run_dataset(read_runs(runs_path), read_requests(requests_path))
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-runs-") as tmp:
         path = write_run_dataset(frame, Path(tmp) / "runs_dataset.parquet")
@@ -159,7 +187,20 @@ def evaluate_runs(runs_path: Path, requests_path: Path, pod_model: TrainedModel)
         comparison = compare_runs(table, pod_model, PriorPredictor())
     except NotEnoughWorkloads as exc:
         return {"skipped": str(exc), "runs": len(table.requests)}
-    return {**comparison.to_dict(), "runs": len(table.requests), "templates": int(len(np.unique(table.groups)))}
+    result = {**comparison.to_dict(), "runs": len(table.requests), "templates": int(len(np.unique(table.groups)))}
+    of_run = [truth[(r.namespace, r.workload_kind, r.workload_name)] for r in table.requests]
+    spec_seconds = np.array([capped_run_seconds(r, Spread(*[t["spec_pod_seconds"]] * 3)).p50
+                             for r, t in zip(table.requests, of_run)])
+    reference = "simulator: truth of the spec (stated work, no workload spread)"
+    result["run_seconds"].append(score(reference, table, spec_seconds).to_dict())
+    joules = table.frame["energy_joules_per_run"].to_numpy(dtype=np.float64)
+    complete = np.isfinite(joules) & (joules > 0)
+    if complete.any():
+        spec_joules = np.array([t["spec_power_watts"] * workload_pods(r) for r, t in zip(table.requests, of_run)]) * spec_seconds
+        measured = RunTargets(table.frame[complete].reset_index(drop=True),
+                              [r for r, keep in zip(table.requests, complete) if keep], joules[complete], table.groups[complete])
+        result["energy_joules_per_run"].append(score(reference, measured, spec_joules[complete]).to_dict())
+    return result
 
 
 def table_of(result: dict[str, Any]) -> str:

@@ -189,30 +189,48 @@ def _lives(draw: WorkloadDraw, index: int, node: Node, steps: int, rng: np.rando
     if kind == "Pod":
         return [SimPod(index, namespace, name, node, int(rng.integers(0, steps // 3)), last, None)]
     if kind == "Job":
-        minutes = _pod_minutes(draw, JOB_RUN_MINUTES.get(draw.profile.key, DEFAULT_JOB_RUN_MINUTES), rng)
+        minutes = _pod_minutes(draw, rng)
         first = int(rng.integers(0, max(1, steps - int(minutes) - 1)))
         return _job_run(draw, index, node, name, "", first, minutes, last, rng, runs).pods
     # CronJob: a run every `period` hours, from a random offset.
     period = int(rng.choice(CRONJOB_PERIODS_HOURS)) * 60
-    minutes = _pod_minutes(draw, CRONJOB_RUN_MINUTES, rng)
+    minutes = _pod_minutes(draw, rng)
     pods = []
     for first in range(int(rng.integers(0, period)), steps - 1, period):
         pods.extend(_job_run(draw, index, node, f"{name}-{first}", name, first, minutes, last, rng, runs).pods)
     return pods
 
 
-def _pod_minutes(draw: WorkloadDraw, bounds: tuple[int, int], rng: np.random.Generator) -> float:
+def _run_minutes_bounds(draw: WorkloadDraw) -> tuple[int, int]:
+    if draw.request.workload_kind == "CronJob":
+        return CRONJOB_RUN_MINUTES
+    return JOB_RUN_MINUTES.get(draw.profile.key, DEFAULT_JOB_RUN_MINUTES)
+
+
+def _speed(draw: WorkloadDraw) -> float:
+    cpu_millicores = sum(c.req_cpu_mcpu or 100 for c in draw.request.containers)
+    return (REFERENCE_CPU_MILLICORES / max(cpu_millicores, 10)) ** CPU_SPEEDUP_EXPONENT
+
+
+def _pod_minutes(draw: WorkloadDraw, rng: np.random.Generator) -> float:
     """The workload's pod time (minutes), scaled by its CPU request (a pod with half the CPU takes
     ~1.4x as long). Batch work whose arguments state its size (`--partitions 16`, `--epochs 3`,
     `TEST_SHARDS=4`: `bench.workloads`) takes the profile's minutes per unit times the units,
     with a per-workload spread of WORK_MINUTES_SIGMA the spec does not show; other work a size
     drawn within the profile's bounds, which the spec does not show at all."""
-    cpu_millicores = sum(c.req_cpu_mcpu or 100 for c in draw.request.containers)
-    speed = (REFERENCE_CPU_MILLICORES / max(cpu_millicores, 10)) ** CPU_SPEEDUP_EXPONENT
     if draw.work_units is not None:
         minutes = draw.profile.minutes_per_work_unit * draw.work_units * math.exp(rng.normal(0.0, WORK_MINUTES_SIGMA))
-        return max(1.0, minutes * speed)
-    return max(1.0, _minutes(rng, bounds) * speed)
+        return max(1.0, minutes * _speed(draw))
+    return max(1.0, _minutes(rng, _run_minutes_bounds(draw)) * _speed(draw))
+
+
+def spec_pod_minutes(draw: WorkloadDraw) -> float:
+    """What the spec alone says of `_pod_minutes`: the stated work without the workload's spread,
+    or the geometric middle of the profile's bounds (the truth of the spec for a run's length)."""
+    if draw.work_units is not None:
+        return max(1.0, draw.profile.minutes_per_work_unit * draw.work_units * _speed(draw))
+    low, high = _run_minutes_bounds(draw)
+    return max(1.0, math.sqrt(low * high) * _speed(draw))
 
 
 def _job_spec(draw: WorkloadDraw) -> dict[str, Any]:
@@ -307,7 +325,9 @@ def truth_table(cluster: SimulatedCluster) -> list[dict[str, object]]:
     return [{"namespace": d.request.namespace, "workload_kind": d.request.workload_kind,
              "workload_name": d.request.workload_name, "profile": d.profile.key,
              "spec_power_watts": d.spec_power_watts, "workload_factor": d.workload_factor,
-             "mean_power_watts": d.mean_power_watts} for d in cluster.workloads]
+             "mean_power_watts": d.mean_power_watts,
+             **({"spec_pod_seconds": spec_pod_minutes(d) * 60.0} if d.request.workload_kind in ("Job", "CronJob") else {})}
+            for d in cluster.workloads]
 
 
 def run_truth_table(cluster: SimulatedCluster) -> list[dict[str, object]]:

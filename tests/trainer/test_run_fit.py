@@ -123,3 +123,46 @@ def _save_plain(tmp_path: Path, pipeline) -> Path:  # type: ignore[no-untyped-de
     path = tmp_path / "plain.esmodel"
     save_model(path, pipeline, "plain")
     return path
+
+
+def test_a_run_never_outlasts_its_deadline() -> None:
+    from webhook.model.runs import Spread, capped_run_seconds
+
+    job = _job("registry.example.com/etl/export", completions=6, parallelism=2, name="capped", deadline=3600)
+    # Three waves of 1,000 / 1,500 / 2,000 s: 3,000 s at p10, the rest stopped by the Job controller at 3,600 s.
+    assert capped_run_seconds(job, Spread(1000.0, 1500.0, 2000.0)) == Spread(3000.0, 3600.0, 3600.0)
+    unbounded = _job("registry.example.com/etl/export", completions=6, parallelism=2, name="free")
+    assert capped_run_seconds(unbounded, Spread(1000.0, 1500.0, 2000.0)) == Spread(3000.0, 4500.0, 6000.0)
+
+
+def test_a_templates_runs_are_one_training_row_at_their_geometric_mean() -> None:
+    from trainer.run_fit import template_targets
+
+    one = _job("registry.example.com/etl/export", completions=4, parallelism=2, name="a")  # 2 waves
+    other = _job("registry.example.com/ml/train", completions=1, parallelism=1, name="b")
+    frame = pd.DataFrame({"namespace": "batch", "workload_kind": "Job", "workload_name": ["a", "a", "b"], "pods": 1,
+                          "energy_joules_per_run": 1.0})
+    table = RunTargets(frame, [one, one, other], np.array([200.0, 800.0, 50.0]), np.array(["a", "a", "b"]))
+    requests, wave_seconds, groups = template_targets(table)
+    assert list(groups) == ["a", "b"] and requests == [one, other]
+    assert wave_seconds == pytest.approx([200.0, 50.0])  # a: sqrt(100 x 400) s a wave; b: its one run
+
+
+def test_run_intervals_are_calibrated_on_runs_not_on_template_means() -> None:
+    from trainer.run_fit import fit_run_pipeline
+
+    # Each template's runs spread x/÷ e^0.5 around its mean: an interval for one run must span that
+    # spread, which the templates' means (the training rows) do not show.
+    rng = np.random.default_rng(11)
+    requests, seconds, groups = [], [], []
+    for template in range(30):
+        request = _job("registry.example.com/etl/export", completions=1, parallelism=1, name=f"t{template}")
+        for _ in range(6):
+            requests.append(request)
+            seconds.append(600.0 * math.exp(rng.choice([-0.5, 0.5]) + rng.normal(0, 0.02)))
+            groups.append(f"t{template}")
+    frame = pd.DataFrame({"namespace": "batch", "workload_kind": "Job", "workload_name": groups, "pods": 1,
+                          "energy_joules_per_run": 1.0})
+    table = RunTargets(frame, requests, np.asarray(seconds), np.asarray(groups))
+    low, high = fit_run_pipeline({"knn__n_neighbors": 5}, table)[-1].interval_log_offsets_
+    assert low < -0.4 and high > 0.4, (low, high)

@@ -38,7 +38,7 @@ from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
 from webhook.model.knn import AnchoredKNN, NeighbourPrediction
 from webhook.model.prediction import PodPrediction
 from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
-from webhook.model.runs import Spread, run_waves
+from webhook.model.runs import Spread, capped_run_seconds
 from webhook.model.schema import InferenceRequest
 
 ARTIFACT_FORMAT = "energetiscope.model"
@@ -99,10 +99,9 @@ class TrainedModel:
         (`webhook.model.runs` then falls back to activeDeadlineSeconds)."""
         if self.run_pipeline is None:
             return None
-        detail = _detail(self.run_pipeline, [request])
-        waves = run_waves(request)  # the run model predicts one wave's seconds
-        return Spread(waves * float(detail.power_watts_p10[0]), waves * float(detail.power_watts[0]),
-                      waves * float(detail.power_watts_p90[0]))
+        detail = _detail(self.run_pipeline, [request])  # one wave's seconds
+        return capped_run_seconds(request, Spread(float(detail.power_watts_p10[0]), float(detail.power_watts[0]),
+                                           float(detail.power_watts_p90[0])))
 
     def predict(self, requests: Sequence[InferenceRequest]) -> list[PodPrediction]:
         if not requests:

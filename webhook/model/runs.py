@@ -19,6 +19,7 @@ spec hash alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -96,6 +97,19 @@ def run_waves(request: InferenceRequest) -> int:
     if completions <= 0 or parallelism <= 0:
         return 1
     return max(1, -(-completions // parallelism))
+
+
+def capped_run_seconds(request: InferenceRequest, wave_seconds: Spread) -> Spread:
+    """A run's wall time, s, from one wave's: x the run's waves, and never beyond
+    ``activeDeadlineSeconds``, after which the Job controller stops the run whatever its work (the
+    simulated cluster's CronJobs stop at an hour: a run model that learns their typical wave
+    otherwise answers past the deadline for templates with more work than their deadline allows).
+    The trainer scores the run model through this function and the webhook serves through it."""
+    waves = run_waves(request)
+    deadline = request.active_deadline_seconds
+    cap = float(deadline) if deadline is not None and deadline > 0 else math.inf
+    return Spread(min(waves * wave_seconds.p10, cap), min(waves * wave_seconds.p50, cap),
+                  min(waves * wave_seconds.p90, cap))
 
 
 def scheduled_joules_per_day(runs: float | None, joules_per_run: float | None) -> float | None:
