@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from webhook.admission import annotations
 from webhook.admission.mutate import MutatingHandler, MutationSettings, mutate
-from webhook.admission.patch import annotations_patch, unmemoised_patch
+from webhook.admission.patch import annotations_patch
 from webhook.admission.reading import ObjectReader
 from webhook.admission.review import parse_review
 from webhook.http.body import parse_json
@@ -75,22 +75,38 @@ def stage_costs(bodies: list[bytes], model_path: Path, predictions: int = 200) -
                   _mean_microseconds(lambda i: reader.read(objects[i]), n)),
         StageCost("prediction, cache miss (encode + KNN + interval)",
                   _mean_microseconds(lambda i: model.predict([requests[i % n]]), predictions)),
-        StageCost("JSON patch, first time (jsonpatch diff of the annotations)",
-                  _mean_microseconds(lambda i: unmemoised_patch(metadata[i], wanted[i]), n)),
-        StageCost("JSON patch, repeated (memoised)",
+        *_prediction_steps(model, requests, predictions),
+        StageCost("JSON patch (direct diff of the annotations)",
                   _mean_microseconds(lambda i: annotations_patch(metadata[i], wanted[i]), n)),
         StageCost("response JSON encode", _mean_microseconds(lambda i: JSONResponse(results[i].review), n)),
         StageCost("mutate(), cache hit, object read afresh",
                   _mean_microseconds(lambda i: mutate(decoded[i], cached, settings), n)),
-        StageCost("as /mutate serves a repeated object: remembered read, cached prediction, memoised patch",
+        StageCost("as /mutate serves a repeated object: remembered read, cached prediction, patch",
                   _mean_microseconds(answered_as_served, n)),
         StageCost("mutate(), cache miss", _mean_microseconds(lambda i: mutate(decoded[i % n], uncached, settings),
                                                              predictions)),
     ]
 
 
+def _prediction_steps(model: Any, requests: list[Any], predictions: int) -> list[StageCost]:
+    """A trained model's prediction in its two steps (the prior has none to split)."""
+    pipeline = getattr(model, "pipeline", None)
+    if pipeline is None:
+        return []
+    encoder, knn = pipeline.steps[0][1], pipeline.steps[-1][1]
+    n = len(requests)
+    encoded = [encoder.transform([r]) for r in requests]
+    return [
+        StageCost("  of which: encode (PodFeatureEncoder.transform)",
+                  _mean_microseconds(lambda i: encoder.transform([requests[i % n]]), predictions)),
+        StageCost("  of which: search, calibrated prior, interval (AnchoredKNN.predict_detail)",
+                  _mean_microseconds(lambda i: knn.predict_detail(encoded[i % n]), predictions)),
+    ]
+
+
 def main() -> None:
-    """`python -m bench.mutate_stages [--rows 50000]`: the stages on a freshly built artifact."""
+    """`python -m bench.mutate_stages [--rows 50000] [--model FILE]`: the stages on a freshly built
+    artifact (or on FILE, an artifact already built, e.g. by `python -m bench.model_artifact`)."""
     import argparse
     import tempfile
 
@@ -100,11 +116,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--rows", type=int, default=50_000, help="training rows of the artifact")
     parser.add_argument("--bodies", type=int, default=64)
+    parser.add_argument("--model", type=Path, default=None, help="an artifact already built (--rows is then ignored)")
+    parser.add_argument("--predictions", type=int, default=200, help="predictions timed per model stage")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
-        artifact = Path(tmp) / "model.esmodel"
-        build_artifact(args.rows, artifact)
-        for cost in stage_costs(review_bodies(args.bodies), artifact):
+        artifact = args.model
+        if artifact is None:
+            artifact = Path(tmp) / "model.esmodel"
+            build_artifact(args.rows, artifact)
+        for cost in stage_costs(review_bodies(args.bodies), artifact, args.predictions):
             print(f"{cost.microseconds:>10.1f} us  {cost.stage}")
 
 
