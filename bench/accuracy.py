@@ -176,9 +176,11 @@ def evaluate_runs(runs_path: Path, requests_path: Path, pod_model: Any,
                   truth: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any]:
     """Energy per run on the simulated Jobs and CronJobs: `train dataset --runs`'s join, then the run
     model's comparison (`trainer.run_fit`, grouped by Job template), as `train fit --runs-dataset` runs
-    it, with the simulator's truth of the spec as a reference row: the stated work's pod time without
-    the workload's own spread (`bench.cluster_sim.spec_pod_minutes`) x the run's waves, capped at its
-    deadline, and for energy x the spec's true power x the pods at once: what no spec-only model beats."""
+    it, with the simulator's formula as a reference row: the stated work's pod time without the
+    workload's own spread (`bench.cluster_sim.spec_pod_minutes`) x the run's waves, capped at its
+    deadline, and for energy x the spec's true power x the pods at once. It is not a floor: it
+    leaves out what retries, a wave's slowest pod and pods that end early do to a run, which a
+    model learns from the runs (the served run model beats it)."""
     frame, _ = build_run_dataset(read_runs(runs_path), read_requests(requests_path))
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-runs-") as tmp:
         path = write_run_dataset(frame, Path(tmp) / "runs_dataset.parquet")
@@ -191,7 +193,7 @@ def evaluate_runs(runs_path: Path, requests_path: Path, pod_model: Any,
     of_run = [truth[(r.namespace, r.workload_kind, r.workload_name)] for r in table.requests]
     spec_seconds = np.array([capped_run_seconds(r, Spread(*[t["spec_pod_seconds"]] * 3)).p50
                              for r, t in zip(table.requests, of_run)])
-    reference = "simulator: truth of the spec (stated work, no workload spread)"
+    reference = "simulator: the spec's stated work and true power (no retries, no workload spread)"
     result["run_seconds"].append(score(reference, table, spec_seconds).to_dict())
     joules = table.frame["energy_joules_per_run"].to_numpy(dtype=np.float64)
     complete = np.isfinite(joules) & (joules > 0)
