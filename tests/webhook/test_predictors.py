@@ -271,3 +271,42 @@ def test_prediction_cache_is_bounded_and_keyed_by_model() -> None:
     assert service.cache.hits == hits + 1
     service.predict(_request(100, 128))  # the oldest was evicted
     assert service.cache.hits == hits + 1
+
+
+def _maps_a_file(array: np.ndarray) -> bool:
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base  # type: ignore[assignment]
+    return False
+
+
+def test_large_arrays_are_mapped_in_place_aligned_and_survive_the_file_being_replaced(tmp_path: Path) -> None:
+    import os
+
+    rng = np.random.default_rng(4)
+    images = ("nginx:1.27", "redis:7", "postgres:16", "registry.example.com/shop/api:1", "busybox:1.36")
+    # Many image words, so that most hashed token columns vary and the training rows pass 1 MiB.
+    requests = [_request(int(rng.integers(10, 4000)), float(rng.integers(16, 8192)),
+                         f"registry.example.com/team{i % 53}/service{i % 97}-{images[i % 5].split(':')[0]}:1")
+                for i in range(3000)]
+    power = np.array([0.05 + r.containers[0].req_cpu_mcpu / 1000 * 3.0 for r in requests])
+    pipeline = build_pipeline(n_neighbors=5).set_params(knn__interval_folds=0).fit(requests, power)
+    assert pipeline[-1].training_features_.nbytes > 1 << 20  # large enough to be mapped
+    path = tmp_path / "model.esmodel"
+    save_model(path, pipeline, "big", {})
+    loaded = load_model(path)
+    features = loaded.pipeline[-1].training_features_
+    assert _maps_a_file(features) and not features.flags.writeable
+    assert features.ctypes.data % 64 == 0 and features.flags.f_contiguous  # brute force searches columns in place
+    assert not _maps_a_file(loaded.pipeline[-1].column_weights_)  # a small array is read
+    queries = [_request(cpu, 512, image) for cpu in (100, 777, 3000) for image in images]
+    before = [p.power_watts for p in loaded.predict(queries)]
+    np.testing.assert_allclose(before, pipeline.predict(queries), rtol=1e-6)
+    # A reload's new model replaces the file by rename: the loaded one keeps reading the file it mapped.
+    other = build_pipeline(n_neighbors=5).set_params(knn__interval_folds=0).fit(requests, power * 10)
+    save_model(tmp_path / "next.esmodel", other, "next", {})
+    os.replace(tmp_path / "next.esmodel", path)
+    assert [p.power_watts for p in loaded.predict(queries)] == before
+    np.testing.assert_allclose([p.power_watts for p in load_model(path).predict(queries)], other.predict(queries), rtol=1e-6)
+    assert load_model(path).predict(queries)[0].power_watts > 5 * before[0]

@@ -644,7 +644,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
                {"ivf_centroids": self.inverted_lists_[0], "ivf_offsets": self.inverted_lists_[1]})})
 
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
-        features = np.asfortranarray(arrays["training_features"], dtype=np.float32)
+        # The layout its index searches, as `to_state` stored it (row-major list by list for the
+        # inverted file, column-major otherwise): a mapped artifact's rows are then used in place.
+        layout = np.ascontiguousarray if "ivf_centroids" in arrays else np.asfortranarray
+        features = layout(arrays["training_features"], dtype=np.float32)
         targets = np.asarray(arrays["targets"], dtype=np.float64)
         if features.ndim != 2 or targets.shape != (features.shape[0],):
             raise ValueError("training_features must be rows x columns and targets one value per row")
@@ -680,6 +683,5 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         if "ivf_centroids" in arrays:
             self.inverted_lists_ = (np.asarray(arrays["ivf_centroids"], dtype=np.float32),
                                     np.asarray(arrays["ivf_offsets"], dtype=np.int64))
-            self.training_features_ = np.ascontiguousarray(self.training_features_)
         self._build_index()
         return self
