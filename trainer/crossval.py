@@ -135,7 +135,7 @@ def describe_params(params: Params) -> str:
     if k == 0:
         return "calibrated prior (no neighbours)"
     what = {"correction": "correction to the calibrated prior", "log_power": "log power",
-            "auto": "correction or log power, whichever the neighbours agree on"}[params["knn__target"]]
+            "auto": "correction and log power, weighted by how closely the neighbours agree on each"}[params["knn__target"]]
     weights = [params.get(f"features__{b}_weight", 1.0) for b in ("numeric", "categorical", "text")]
     blocks = "" if weights == [1.0, 1.0, 1.0] else " (weights numeric {:g} / categorical {:g} / text {:g})".format(*weights)
     columns = ", columns weighted by correlation" if params.get("knn__column_weighting") == "correlation" else ""
