@@ -89,22 +89,28 @@ PHYSICS_COLUMNS = (
 _PRODUCT_INDEX = {product.name: index for index, product in enumerate(GPU_PRODUCTS)}
 
 
+def physics_row(request: InferenceRequest, coefficients: "PriorCoefficients") -> tuple[float, ...]:
+    """One request's `PHYSICS_COLUMNS`, as Python numbers (the encoder builds a single row from them
+    without a numpy array per request)."""
+    totals = pod_totals(request, coefficients.default_cpu_millicores, coefficients.default_memory_mib)
+    product = gpu_product(request.gpu_product if coefficients.gpu_products else None)
+    return (
+        totals.cpu_request_millicores / 1000,
+        totals.cpu_limit_millicores / 1000,
+        totals.memory_request_mib * BYTES_PER_MIB / BYTES_PER_GB,
+        totals.memory_limit_mib * BYTES_PER_MIB / BYTES_PER_GB,
+        request.gpu_count,
+        product.idle_watts if coefficients.gpu_products else coefficients.gpu_min_watts,
+        product.max_watts if coefficients.gpu_products else coefficients.gpu_max_watts,
+        _PRODUCT_INDEX.get(product.name, -1),
+    )
+
+
 def physics_rows(requests: Sequence[InferenceRequest], coefficients: "PriorCoefficients") -> np.ndarray:
     """The numbers the prior's formula reads, one row per request (`PHYSICS_COLUMNS`)."""
     rows = np.zeros((len(requests), len(PHYSICS_COLUMNS)), dtype=np.float64)
     for i, request in enumerate(requests):
-        totals = pod_totals(request, coefficients.default_cpu_millicores, coefficients.default_memory_mib)
-        product = gpu_product(request.gpu_product if coefficients.gpu_products else None)
-        rows[i] = (
-            totals.cpu_request_millicores / 1000,
-            totals.cpu_limit_millicores / 1000,
-            totals.memory_request_mib * BYTES_PER_MIB / BYTES_PER_GB,
-            totals.memory_limit_mib * BYTES_PER_MIB / BYTES_PER_GB,
-            request.gpu_count,
-            product.idle_watts if coefficients.gpu_products else coefficients.gpu_min_watts,
-            product.max_watts if coefficients.gpu_products else coefficients.gpu_max_watts,
-            _PRODUCT_INDEX.get(product.name, -1),
-        )
+        rows[i] = physics_row(request, coefficients)
     return rows
 
 
