@@ -23,7 +23,6 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("feature encoding (PodFeatureEncoder)", ("PodFeatureEncoder",)),
     ("rest of the prediction (TrainedModel.predict)", ("TrainedModel.predict", "predict_detail")),
     ("planning the review (MutatingHandler, annotations patch)", ("MutatingHandler", "PendingMutation", "annotations_patch")),
-    ("JSON patch diff (jsonpatch.make_patch)", ("jsonpatch.py",)),
     ("spec hash (model_dump + json + sha256)", ("spec_hash",)),
     ("object -> InferenceRequest (ObjectReader: read_part + digest; extract on a miss)",
      ("ObjectReader", "read_part", "to_inference_request")),
