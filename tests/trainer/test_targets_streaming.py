@@ -120,3 +120,35 @@ def test_reading_targets_keeps_no_row_per_window(tmp_path: Path) -> None:
             tracemalloc.stop()
         assert table.source_rows == len(frame)
     assert peaks[1] < 2 * peaks[0] + 2**20, [p / 2**20 for p in peaks]
+
+
+def test_reading_targets_releases_each_row_group_arrow_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrow's own memory (which tracemalloc does not see) stays flat from the first batches to the
+    last: no row group's buffers are kept once its rows have been summed. With pyarrow's default
+    pre-buffering every row group read stayed allocated until the file was closed, so `train fit`
+    peaked higher the longer the dataset (839 MiB at 2,000 workloads x 7 days against 498 at 1 day)."""
+    import pyarrow as pa
+
+    from trainer.dataset import DATASET_COLUMNS
+    from trainer import targets
+
+    rng = np.random.default_rng(3)
+    spec = request("api", 500)
+    frame = dataset([(spec, f"api-{p}", list(rng.uniform(1.0, 100.0, 2000))) for p in range(50)])  # 100,000 rows
+    path = tmp_path / "dataset.parquet"
+    frame[list(DATASET_COLUMNS)].to_parquet(path, index=False, row_group_size=1000)  # 100 row groups
+    pool = pa.default_memory_pool()
+    allocated: list[int] = []
+    add = targets._PodSums.add
+
+    def watched(self: targets._PodSums, batch: pa.RecordBatch) -> None:
+        add(self, batch)
+        allocated.append(pool.bytes_allocated())
+
+    monkeypatch.setattr(targets._PodSums, "add", watched)
+    table, _ = read_targets(path, "pod", batch_rows=1000)
+    assert table.source_rows == len(frame) and len(allocated) == 100
+    # The energy and window columns alone are 1.6 MB over the file; what is held after the last
+    # batch may not grow by more than a row group's worth over what was held after the tenth.
+    growth = max(allocated[10:]) - allocated[10]
+    assert growth < 100_000, f"Arrow memory grew by {growth:,} bytes over 90 row groups"
