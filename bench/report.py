@@ -72,8 +72,8 @@ def predictor(result: dict[str, Any]) -> str:
 
 def trainer(result: dict[str, Any]) -> str:
     header = ["workloads x days", "Kepler", "pods", "samples", "OpenMetrics GiB", "backfill s (promtool s)", "TSDB MiB",
-              "labels s / peak MiB", "Prometheus peak MiB", "dataset s / peak MiB", "fit s / peak MiB", "label rows",
-              "energy recovered"]
+              "labels s / peak MiB", "runs s / peak MiB", "Prometheus peak MiB", "dataset s / peak MiB", "fit s / peak MiB",
+              "label rows", "energy recovered"]
     rows = []
     for r in result["results"]:
         steps = {s["step"]: s for s in r["steps"]}
@@ -89,7 +89,7 @@ def trainer(result: dict[str, Any]) -> str:
         row = [f"{r['workloads']:,} x {r['days']:g}", r["kepler_line"], cell(r["pods"]), cell(backfill["samples"]),
                cell(backfill["openmetrics_bytes"] / 2**30, 2),
                f"{cell(backfill['wall_seconds'])} ({cell(backfill['promtool_seconds'])})",
-               cell(backfill["tsdb_bytes"] / 2**20, 0), step("labels"), cell(r["prometheus_peak_rss_mib"], 0),
+               cell(backfill["tsdb_bytes"] / 2**20, 0), step("labels"), step("runs"), cell(r["prometheus_peak_rss_mib"], 0),
                step("dataset"), step("fit"), cell(r["label_rows"]),
                f"{r['recovered_energy_joules'] / r['simulated_energy_joules']:.4%}"]
         rows.append(row)
@@ -184,7 +184,8 @@ def soak(result: dict[str, Any]) -> str:
 
 
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
-            ("trainer_scale", trainer), ("trainer_scale_full", trainer), ("accuracy", accuracy),
+            ("predictor_scale_1m_ivf", predictor), ("predictor_scale_1m_mapped", predictor), ("trainer_scale", trainer), ("trainer_scale_full", trainer),
+            ("trainer_scale_20000x1d", trainer), ("accuracy", accuracy),
             ("accuracy_full", accuracy), ("ivf_recall", ivf_recall), ("soak", soak), ("soak_6min", soak),
             ("soak_mmap_threshold", soak))
 
