@@ -1,7 +1,12 @@
 """Time, CPU and peak memory of processes, from Linux's own accounting (no extra dependency).
 
 `run_measured` runs a command to completion and reads its peak RSS from `wait4`'s rusage (the
-kernel's high-water mark of the child, so nothing between two polls is missed). For a server
+kernel's high-water mark of the child, so nothing between two polls is missed). Linux carries the
+high-water mark of the process that forks into the child: fork copies the memory map with its
+mark, and exec records the old map's mark in the process's maximum (`exec_mmap`), so a child
+started straight from a benchmark holding GBs (the simulated cluster) reported at least the
+benchmark's own RSS however little it used. The command is therefore started by a small launcher
+(`python -S`, ~10 MiB) that waits for it and passes its rusage back. For a server
 that keeps running, `peak_rss_mib` reads VmHWM from /proc/PID/status and `cpu_seconds` its
 user + system time from /proc/PID/stat; `resident_sample` reads what a soak watches for leaks:
 resident memory now (VmRSS), open file descriptors (/proc/PID/fd) and threads.
@@ -10,8 +15,8 @@ resident memory now (VmRSS), open file descriptors (/proc/PID/fd) and threads.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,26 +35,55 @@ class MeasuredRun:
     output: str  # stdout and stderr, interleaved
 
 
+# Started from the measuring process; spawns the command, waits for it and writes its status,
+# peak RSS (KiB) and CPU seconds to the file descriptor it is given; RLIMIT_AS set first, so the
+# command inherits it.
+_LAUNCHER = """
+import os, resource, sys
+limit, report = int(sys.argv[1]), int(sys.argv[2])
+os.set_inheritable(report, False)
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+pid = os.posix_spawnp(sys.argv[3], sys.argv[3:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, f"{status} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}".encode())
+os.close(report)
+"""
+
+
 def run_measured(command: list[str], log_path: Path, env: dict[str, str] | None = None,
                  cwd: Path | None = None, address_space_limit_bytes: int | None = None) -> MeasuredRun:
     """Run to completion; with `address_space_limit_bytes` the child gets RLIMIT_AS, so that
-    outgrowing it is a MemoryError in the child, not the kernel's OOM killer picking a victim."""
-
-    def limit() -> None:
-        if address_space_limit_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (address_space_limit_bytes, address_space_limit_bytes))
-
+    outgrowing it is a MemoryError in the child, not the kernel's OOM killer picking a victim.
+    The peak RSS is the command's own (see the module docstring), above the launcher's ~10 MiB."""
     started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=limit)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_path, "wb") as log:
+            launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(address_space_limit_bytes or 0), str(write_end),
+                        *command]
+            process = subprocess.Popen(launcher, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                       pass_fds=(write_end,))
+            os.close(write_end)
+            write_end = -1
+            with os.fdopen(read_end, "rb") as report:
+                read_end = -1
+                answer = report.read().decode()
+            launcher_exit = process.wait()
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    if not answer:  # the launcher itself failed (the command not found, ...): its own words are in the log
+        return MeasuredRun(command=command, exit_code=launcher_exit or 1, wall_seconds=time.perf_counter() - started,
+                           cpu_seconds=0.0, peak_rss_mib=0.0, output=log_path.read_text(errors="replace"))
+    status, max_rss_kib, cpu = answer.split()
     return MeasuredRun(
         command=command,
-        exit_code=process.returncode,
+        exit_code=os.waitstatus_to_exitcode(int(status)),
         wall_seconds=time.perf_counter() - started,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
-        peak_rss_mib=usage.ru_maxrss / KIB_PER_MIB,  # ru_maxrss is KiB on Linux
+        cpu_seconds=float(cpu),
+        peak_rss_mib=int(max_rss_kib) / KIB_PER_MIB,  # ru_maxrss is KiB on Linux
         output=log_path.read_text(errors="replace"),
     )
 
