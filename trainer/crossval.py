@@ -19,8 +19,9 @@ choose. The comparison also scores, on the same folds: the embedded prior as shi
 first shipped (`ccf-prior-v1`), gradient-boosted trees over the same features, the research
 prototype's text KNN and a constant (the geometric mean).
 
-Intervals: each fitted candidate calibrates its own p10/p90 inside `fit` (split-conformal on its
-own grouped folds, `webhook.model.intervals`), so the coverage reported is out of sample twice over.
+Intervals: each fitted candidate calibrates its own p10/p90 (split-conformal on its own grouped
+folds, each refitting the whole Pipeline, groups weighing alike: `webhook.model.intervals`), so
+the coverage reported is out of sample twice over.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from trainer.baselines import (
 from trainer.metrics import MethodMetrics, score
 from trainer.targets import TrainingTable
 from webhook.model.artifact import TrainedModel, build_pipeline
+from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import local_regression_columns, numeric_columns
 from webhook.model.knn import COLUMN_WEIGHTINGS
@@ -147,9 +149,23 @@ def describe_params(params: Params) -> str:
 
 
 def fit_pipeline(params: Params, table: TrainingTable, *, interval_folds: int = 5) -> Any:
-    """The served Pipeline with `params`, fitted on the table (intervals calibrated on its groups)."""
-    pipeline = build_pipeline().set_params(**params, knn__interval_folds=interval_folds)
-    return pipeline.fit(table.requests, table.power_watts, knn__groups=table.groups)
+    """The served Pipeline with `params`, fitted on the table; its p10/p90 offsets are split-conformal
+    on `interval_folds` folds grouped by the table's groups, each fold refitting the whole Pipeline
+    (`grouped_conformal_offsets`): the encoder too, so a held-out family's words are as unknown to
+    the calibrating model as a new workload's are to the served one."""
+    pipeline = build_pipeline().set_params(**params, knn__interval_folds=0)
+    pipeline.fit(table.requests, table.power_watts)
+    n = len(table.requests)
+
+    def held_out_residuals(train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+        inner = fit_pipeline(params, table.subset(_mask(n, train_index)), interval_folds=0)
+        predicted = inner.predict([table.requests[i] for i in test_index])
+        return np.log(table.power_watts[test_index]) - np.log(predicted)
+
+    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds)
+    if offsets is not None:
+        pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
+    return pipeline
 
 
 def served(params: Params, prior: PriorPredictor, *, interval_folds: int = 5) -> FoldPredictor:

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold
 
 from trainer.inputs import InputFileError, read_parquet_input
 from trainer.crossval import (DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, LOCAL_MIN_K, Folds, NotEnoughWorkloads,
@@ -46,7 +45,7 @@ from webhook.model.artifact import build_run_pipeline
 from webhook.model.features import numeric_columns, run_local_columns
 from webhook.model.knn import COLUMN_WEIGHTINGS
 from webhook.model.prediction import Predictor
-from webhook.model.intervals import conformal_offsets
+from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.runs import Spread, capped_run_seconds, run_waves
 from webhook.model.schema import InferenceRequest, workload_pods
 
@@ -147,20 +146,21 @@ def fit_run_pipeline(params: dict[str, Any], table: RunTargets, *, interval_fold
     calibrated on runs: split-conformal over `interval_folds` folds grouped by template, on the
     residuals of each held-out template's every run against `capped_run_seconds` of a model that did not
     see it, so the interval covers one run (its spread from retries and slow pods included), not a
-    template's mean."""
+    template's mean; each template's runs together weigh alike (`grouped_conformal_offsets`)."""
     pipeline = build_run_pipeline().set_params(**params, knn__interval_folds=0)
-    requests, wave_seconds, groups = template_targets(table)
+    requests, wave_seconds, _ = template_targets(table)
     pipeline.fit(requests, wave_seconds)
-    folds = min(interval_folds, len(groups))
-    if folds >= 2:
-        residuals = []
-        for train_index, test_index in GroupKFold(n_splits=folds).split(table.requests, groups=table.groups):
-            mask = np.zeros(len(table.requests), dtype=bool)
-            mask[train_index] = True
-            inner = fit_run_pipeline(params, table.subset(mask), interval_folds=0)
-            predicted = _predicted_seconds(inner, [table.requests[i] for i in test_index])[:, 1]
-            residuals.append(np.log(table.power_watts[test_index]) - np.log(predicted))
-        offsets = conformal_offsets(np.concatenate(residuals))
+    n = len(table.requests)
+
+    def held_out_residuals(train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+        mask = np.zeros(n, dtype=bool)
+        mask[train_index] = True
+        inner = fit_run_pipeline(params, table.subset(mask), interval_folds=0)
+        predicted = _predicted_seconds(inner, [table.requests[i] for i in test_index])[:, 1]
+        return np.log(table.power_watts[test_index]) - np.log(predicted)
+
+    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds)
+    if offsets is not None:
         pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
     return pipeline
 

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.model_selection import GroupKFold
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import validate_data
 from scipy.linalg.blas import saxpy
@@ -47,7 +46,7 @@ from threadpoolctl import threadpool_limits
 
 from webhook.model.arrays import checked_rows, exact_nearest, require_fitted
 from webhook.model.calibration import CalibratedPrior
-from webhook.model.intervals import conformal_offsets
+from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.ivf import InvertedFileIndex, InvertedLists, fit_lists
 
 
@@ -55,7 +54,6 @@ TRUST_SAMPLE_ROWS = 2000
 OFFSET_SAMPLE_ROWS = 10_000
 # A query takes the sparse path when at most 1 / SPARSE_QUERY_SHARE of its shifted columns are nonzero.
 SPARSE_QUERY_SHARE = 3
-INTERVAL_SAMPLE_ROWS = 2000  # held-out rows whose residuals calibrate p10/p90, at most
 ALGORITHMS = ("auto", "brute", "ivf", "kd_tree", "ball_tree")
 # "auto" searches an inverted file from this many training rows on, exactly below it.
 IVF_MIN_ROWS = 20_000
@@ -492,25 +490,19 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         return float(np.quantile(nearest_other, self.trust_quantile) * self.trust_factor)
 
     def _calibrate_intervals(self, X: np.ndarray, power: np.ndarray, groups: Any) -> tuple[float, float] | None:
-        """Conformal offsets from grouped out-of-fold residuals of this same estimator."""
+        """Conformal offsets from grouped out-of-fold residuals of this same estimator (the trainer
+        calibrates the whole Pipeline instead, `trainer.crossval.fit_pipeline`)."""
         if self.interval_folds < 2:
             return None
-        groups = np.arange(len(power)) if groups is None else np.asarray(groups)
-        n_groups = len(np.unique(groups))
-        if n_groups < 2:
-            return None
-        residuals: list[np.ndarray] = []
         inner = clone(self).set_params(interval_folds=0)
-        folds = min(self.interval_folds, n_groups)
-        per_fold = -(-INTERVAL_SAMPLE_ROWS // folds)
-        sampler = np.random.default_rng(0)
-        for train, test in GroupKFold(n_splits=folds).split(X, power, groups):
-            if len(test) > per_fold:  # a seeded sample keeps fit linear in the rows (1M rows: 2,000 queries)
-                test = np.sort(sampler.choice(test, per_fold, replace=False))
-            predicted = clone(inner).fit(X[train], power[train]).predict(X[test])
-            residuals.append(np.log(power[test]) - np.log(predicted))
-        offsets = conformal_offsets(np.concatenate(residuals), self.interval_quantiles)
-        return offsets.log_offset_p10, offsets.log_offset_p90
+
+        def held_out_residuals(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+            return np.log(power[test]) - np.log(clone(inner).fit(X[train], power[train]).predict(X[test]))
+
+        offsets = grouped_conformal_offsets(np.arange(len(power)) if groups is None else np.asarray(groups),
+                                            held_out_residuals, folds=self.interval_folds,
+                                            quantiles=self.interval_quantiles)
+        return None if offsets is None else (offsets.log_offset_p10, offsets.log_offset_p90)
 
     def __getstate__(self) -> dict[str, Any]:
         # The search index is derived from training_features_: rebuilt, never stored.
