@@ -146,7 +146,7 @@ def fit_run_pipeline(params: dict[str, Any], table: RunTargets, *, interval_fold
     calibrated on runs: split-conformal over `interval_folds` folds grouped by template, on the
     residuals of each held-out template's every run against `capped_run_seconds` of a model that did not
     see it, so the interval covers one run (its spread from retries and slow pods included), not a
-    template's mean; each template's runs together weigh alike (`grouped_conformal_offsets`)."""
+    template's mean; every run weighs the same, as runs are what a user counts (`grouped_conformal_offsets`)."""
     pipeline = build_run_pipeline().set_params(**params, knn__interval_folds=0)
     requests, wave_seconds, _ = template_targets(table)
     pipeline.fit(requests, wave_seconds)
@@ -159,7 +159,8 @@ def fit_run_pipeline(params: dict[str, Any], table: RunTargets, *, interval_fold
         predicted = _predicted_seconds(inner, [table.requests[i] for i in test_index])[:, 1]
         return np.log(table.power_watts[test_index]) - np.log(predicted)
 
-    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds)
+    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds,
+                                        groups_weigh_alike=False)
     if offsets is not None:
         pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
     return pipeline

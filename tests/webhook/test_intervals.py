@@ -65,3 +65,13 @@ def test_grouped_offsets_sample_large_folds_and_need_two_groups() -> None:
     offsets = grouped_conformal_offsets(groups, lambda _, test: np.zeros(len(test)), folds=2, sample_rows=300)
     assert offsets is not None and offsets.residuals == 300
     assert grouped_conformal_offsets(np.array(["a"] * 10), lambda _, test: np.zeros(len(test))) is None
+
+
+def test_rows_can_weigh_alike_instead_of_groups() -> None:
+    groups = np.array(["big"] * 910 + [f"small-{i // 10}" for i in range(90)])
+    residuals = np.concatenate([np.zeros(910), np.ones(90)])
+    by_row = grouped_conformal_offsets(groups, lambda _, test: residuals[test], folds=5, sample_rows=10_000,
+                                      groups_weigh_alike=False)
+    by_group = grouped_conformal_offsets(groups, lambda _, test: residuals[test], folds=5, sample_rows=10_000)
+    assert by_row is not None and by_group is not None
+    assert (by_row.log_offset_p90, by_group.log_offset_p90) == (0.0, 1.0)

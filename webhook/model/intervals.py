@@ -18,6 +18,10 @@ for two-layer hierarchical models, JASA 2022), and the ranks above become weight
 weights w summing to 1 and a new residual weighing 1/n, p90 is the smallest residual whose
 cumulative weight reaches 0.9 * (1 + 1/n) (uniform weights give exactly the ranks above).
 
+A Job template's runs are the exception (`trainer.run_fit`): its groups are templates, but what
+a user counts is runs (a CronJob every 10 minutes is most of a namespace's runs), and there
+each run weighs the same.
+
 `grouped_conformal_offsets` is the one loop that produces the residuals for every model here:
 the caller refits whatever must not see the held-out groups (the whole Pipeline, so a text
 vocabulary never knows a held-out family's words) and returns their log residuals.
@@ -100,12 +104,14 @@ FoldResiduals = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def grouped_conformal_offsets(groups: np.ndarray, fold_residuals: FoldResiduals, *, folds: int = 5,
                               quantiles: tuple[float, float] = INTERVAL_QUANTILES,
-                              sample_rows: int = INTERVAL_SAMPLE_ROWS) -> ConformalOffsets | None:
-    """Offsets from out-of-fold residuals over `folds` folds grouped by `groups`, groups weighing alike.
+                              sample_rows: int = INTERVAL_SAMPLE_ROWS,
+                              groups_weigh_alike: bool = True) -> ConformalOffsets | None:
+    """Offsets from out-of-fold residuals over `folds` folds grouped by `groups`.
 
     `fold_residuals(train_index, test_index)` fits on the training rows and returns the log
-    residuals (log measured - log predicted) of the test rows. None with fewer than two groups
-    or folds: there is nothing held out to calibrate on."""
+    residuals (log measured - log predicted) of the test rows. Groups weigh alike unless
+    `groups_weigh_alike` is False (then every row weighs the same). None with fewer than two
+    groups or folds: there is nothing held out to calibrate on."""
     groups = np.asarray(groups)
     folds = min(folds, len(np.unique(groups)))
     if folds < 2:
@@ -120,5 +126,5 @@ def grouped_conformal_offsets(groups: np.ndarray, fold_residuals: FoldResiduals,
         residuals.append(np.asarray(fold_residuals(train_index, test_index), dtype=np.float64))
         tested.append(test_index)
     # Weighted by the groups' sizes among the rows calibrated on (after sampling).
-    weights = group_balanced_weights(groups[np.concatenate(tested)])
+    weights = group_balanced_weights(groups[np.concatenate(tested)]) if groups_weigh_alike else None
     return conformal_offsets(np.concatenate(residuals), quantiles, weights)
