@@ -178,7 +178,8 @@ def fit_table(table: TrainingTable, settings: FitSettings, *, facts: DatasetFact
                          "categorical": list(CATEGORICAL_FEATURES), "text_dimensions": pipeline[0].text_dimensions},
             "trust_radius": None if knn.trust_radius_ == float("inf") else float(knn.trust_radius_),
             "interval": {
-                "method": "split-conformal offsets on log power from grouped out-of-fold residuals, inside fit"
+                "method": "split-conformal offsets on log power from grouped out-of-fold residuals of the "
+                          "whole Pipeline, groups weighing alike, inside fit"
                 if offsets else "weighted 10th/90th percentile of the neighbours' power (not calibrated)",
                 "log_offsets_p10_p90": list(offsets) if offsets else None,
             },
