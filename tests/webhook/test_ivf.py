@@ -3,13 +3,14 @@ AnchoredKNN that keeps every per-row array in the index's order through an artif
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import webhook.model.knn
-from webhook.model.ivf import InvertedFileIndex, fit_lists
+from webhook.model.ivf import InvertedFileIndex, fit_lists, max_list_rows
 from webhook.model.knn import AnchoredKNN, BruteForceIndex
 
 
@@ -75,3 +76,54 @@ def test_ivf_is_an_algorithm_and_auto_is_exact_below_the_threshold() -> None:
     forced = AnchoredKNN(n_neighbors=3, interval_folds=0, algorithm="ivf").fit(X, power)
     assert isinstance(forced.index_, InvertedFileIndex)
     np.testing.assert_allclose(forced.predict(X[:20]), power[:20], rtol=1e-5)  # exact matches take all weight
+
+
+def _skewed(rows: int, columns: int, seed: int) -> np.ndarray:
+    """Most rows in one tight cluster and a block of identical rows: k-means gives them one list
+    each, many times the mean, and the identical ones cannot be split by any centroid."""
+    rng = np.random.default_rng(seed)
+    spread = _clustered(rows, columns, seed)
+    crowded = rng.random(rows) < 0.5
+    spread[crowded] = 0.05 * rng.standard_normal((int(crowded.sum()), columns)).astype(np.float32)
+    spread[:rows // 10] = 7.0  # a tenth of the rows are one spec
+    return spread
+
+
+def test_no_list_exceeds_the_bound_after_fit_and_every_row_is_in_one_list() -> None:
+    drawn = _skewed(8200, 12, 6)
+    training, queries = drawn[:8000], drawn[8000:]
+    lists = fit_lists(training, lists=40)
+    sizes = np.diff(lists.offsets)
+    assert sizes.max() <= max_list_rows(8000, 40) == 400
+    assert lists.centroids.shape == (sizes.size, 12) and sizes.size > 40  # the large lists were split
+    np.testing.assert_array_equal(np.sort(lists.order), np.arange(8000))
+    # The split lists are searched like any: the rows named are at the distances reported.
+    index = InvertedFileIndex(training[lists.order], lists.centroids, lists.offsets)
+    distances, rows = index.kneighbors(queries, 5)
+    true = np.linalg.norm(training[lists.order][rows] - queries[:, None, :], axis=2)
+    np.testing.assert_allclose(distances, true, rtol=1e-5)
+    assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+def test_a_query_scores_its_row_budget_and_less_than_one_more_list() -> None:
+    drawn = _skewed(8300, 12, 8)
+    training, queries = drawn[:8000], drawn[8000:]
+    lists = fit_lists(training, lists=40)
+    index = InvertedFileIndex(training[lists.order], lists.centroids, lists.offsets, probes=3)
+    assert index.row_budget == math.ceil(3 * 8000 / index.sizes.size)  # 3 mean lists, split ones counted
+    scores = index.centroid_norms - 2.0 * (queries @ index.centroids.T)
+    for row in scores:
+        scored = int(index.sizes[index._probed_lists(row, 20)].sum())
+        assert index.row_budget <= scored < index.row_budget + index.sizes.max()
+
+
+def test_the_search_runs_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in webhook.model.knn.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(webhook.model.knn, "_blas_threads_set", False)
+    limits: list[int] = []
+    monkeypatch.setattr(webhook.model.knn, "threadpool_limits", lambda limits_=None, **kw: limits.append(kw["limits"]))
+    training = _clustered(500, 6, 10)
+    lists = fit_lists(training, lists=10)
+    InvertedFileIndex(training[lists.order], lists.centroids, lists.offsets).kneighbors(training[:2], 3)
+    assert limits == [1] and webhook.model.knn._blas_threads_set
