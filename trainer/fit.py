@@ -197,11 +197,13 @@ def run_fit(dataset_path: str | os.PathLike[str], out: str | os.PathLike[str], s
     dataset (`train dataset --runs`) the artifact also holds the run model (`trainer.run_fit`)."""
     # The dataset's rows pass in batches: only the per-pod sums behind the targets are kept.
     table, facts = read_targets(dataset_path, settings.target_unit, settings.min_active_windows)
+    # Read before the pod model's cross-validation: a wrong file must fail in seconds, not after it.
+    run_targets = read_run_targets(runs_dataset_path) if runs_dataset_path is not None else None
     pipeline, card, comparison = fit_table(table, settings, facts=facts, model_id=model_id, created=created)
     run_pipeline = None
-    if runs_dataset_path is not None:
+    if run_targets is not None:
         pod_model = TrainedModel(pipeline=pipeline, model_id=card["model_id"])
-        run_pipeline, card["runs"] = fit_runs(read_run_targets(runs_dataset_path), pod_model, PriorPredictor())
+        run_pipeline, card["runs"] = fit_runs(run_targets, pod_model, PriorPredictor())
     out_path = Path(out)
     sha256 = save_model(out_path, pipeline, card["model_id"], metadata=card, run_pipeline=run_pipeline)
     card["artifact"].update(file=out_path.name, sha256=sha256)

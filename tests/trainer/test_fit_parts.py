@@ -115,3 +115,18 @@ def test_specs_with_one_hash_but_different_json_stay_apart() -> None:
     table = build_targets(dataset([(web, "web-1", [60] * 5), (annotated, "web-2", [180] * 5)]))
     assert len(set(table.frame["spec_hash"])) == 1
     assert dict(zip((r.annotations.get("team", "") for r in table.requests), table.power_watts)) == {"": 1.0, "shop": 3.0}
+
+
+def test_fit_reads_the_run_dataset_before_the_pod_models_cross_validation(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import trainer.fit as fit
+
+    wrong = tmp_path / "runs.parquet"  # `train runs` output, not `train dataset --runs`'
+    pd.DataFrame({"namespace": ["a"], "run_seconds": [60.0]}).to_parquet(wrong)
+    monkeypatch.setattr(fit, "read_targets", lambda *args: (None, {}))
+
+    def cross_validation_started(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the pod model was fitted before the run dataset was read")
+
+    monkeypatch.setattr(fit, "fit_table", cross_validation_started)
+    with pytest.raises(ValueError, match="cannot read it as a run dataset"):
+        fit.run_fit(tmp_path / "dataset.parquet", tmp_path / "model.esmodel", runs_dataset_path=wrong)
