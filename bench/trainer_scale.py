@@ -187,8 +187,14 @@ def main() -> None:
     parser.add_argument("--kepler-line", choices=KEPLER_LINES, default="kepler-0.10", help="with --workloads")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each size's files (requests, truth, labels, dataset, model) under this directory")
+    parser.add_argument("--keep-prometheus", action="store_true",
+                        help="with --keep, keep each size's backfilled TSDB too (prometheus/ in its directory, GBs "
+                             "at 2,000 workloads x 7 days), so that single steps can be run again against it with "
+                             "harness.prometheus.PrometheusHarness")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.keep_prometheus and not args.keep:
+        parser.error("--keep-prometheus needs --keep DIR")
     sizes = [(args.workloads, args.days, args.kepler_line)] if args.workloads else list(
         FULL_SIZES if args.full else QUICK_SIZES if args.quick else DEFAULT_SIZES)
     record = RunRecord("trainer_scale", quick=args.quick)
@@ -199,8 +205,10 @@ def main() -> None:
             name = f"{workloads}x{days:g}d-{line}"
             workdir = (args.keep / name) if args.keep else Path(tmp) / name
             result = run_size(workloads, days, line, workdir)
-            # The TSDB of the largest size is GBs: drop it before the next size, even when keeping the rest.
-            shutil.rmtree(workdir / "prometheus", ignore_errors=True)
+            # The TSDB of the largest size is GBs: drop it before the next size, even when keeping the
+            # rest, unless asked to keep it.
+            if not (args.keep and args.keep_prometheus):
+                shutil.rmtree(workdir / "prometheus", ignore_errors=True)
             if args.keep:
                 result.workdir = name
             else:
