@@ -48,9 +48,9 @@ from trainer.baselines import (
 from trainer.metrics import MethodMetrics, score
 from trainer.targets import TrainingTable
 from webhook.model.artifact import TrainedModel, build_pipeline
-from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import local_regression_columns, numeric_columns
+from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.knn import COLUMN_WEIGHTINGS
 from webhook.model.prior import PriorCoefficients, PriorPredictor
 
@@ -158,11 +158,12 @@ def fit_pipeline(params: Params, table: TrainingTable, *, interval_folds: int = 
     n = len(table.requests)
 
     def held_out_residuals(train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
-        inner = fit_pipeline(params, table.subset(_mask(n, train_index)), interval_folds=0)
+        inner = fit_pipeline(params, table.subset(index_mask(n, train_index)), interval_folds=0)
         predicted = inner.predict([table.requests[i] for i in test_index])
         return np.log(table.power_watts[test_index]) - np.log(predicted)
 
-    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds)
+    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds,
+                                        quantiles=pipeline[-1].interval_quantiles)
     if offsets is not None:
         pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
     return pipeline
@@ -184,7 +185,7 @@ def out_of_fold(table: TrainingTable, folds: Folds, method: FoldPredictor) -> Fo
     n = len(table.requests)
     parts: dict[str, np.ndarray] = {}
     for train_index, test_index in folds.splits:
-        train, test = table.subset(_mask(n, train_index)), table.subset(_mask(n, test_index))
+        train, test = table.subset(index_mask(n, train_index)), table.subset(index_mask(n, test_index))
         prediction = method(train, test)
         for name, values in asdict(prediction).items():
             if values is not None:
@@ -192,7 +193,8 @@ def out_of_fold(table: TrainingTable, folds: Folds, method: FoldPredictor) -> Fo
     return FoldPrediction(**parts)
 
 
-def _mask(n: int, index: np.ndarray) -> np.ndarray:
+def index_mask(n: int, index: np.ndarray) -> np.ndarray:
+    """A boolean mask of n rows, true at `index` (what `subset` takes)."""
     mask = np.zeros(n, dtype=bool)
     mask[index] = True
     return mask

@@ -39,7 +39,7 @@ import pandas as pd
 
 from trainer.inputs import InputFileError, read_parquet_input
 from trainer.crossval import (DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, LOCAL_MIN_K, Folds, NotEnoughWorkloads,
-                              grouped_folds)
+                              grouped_folds, index_mask)
 from trainer.metrics import MethodMetrics, score
 from webhook.model.artifact import build_run_pipeline
 from webhook.model.features import numeric_columns, run_local_columns
@@ -153,14 +153,12 @@ def fit_run_pipeline(params: dict[str, Any], table: RunTargets, *, interval_fold
     n = len(table.requests)
 
     def held_out_residuals(train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
-        mask = np.zeros(n, dtype=bool)
-        mask[train_index] = True
-        inner = fit_run_pipeline(params, table.subset(mask), interval_folds=0)
+        inner = fit_run_pipeline(params, table.subset(index_mask(n, train_index)), interval_folds=0)
         predicted = _predicted_seconds(inner, [table.requests[i] for i in test_index])[:, 1]
         return np.log(table.power_watts[test_index]) - np.log(predicted)
 
     offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds,
-                                        groups_weigh_alike=False)
+                                        quantiles=pipeline[-1].interval_quantiles, groups_weigh_alike=False)
     if offsets is not None:
         pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
     return pipeline
@@ -178,9 +176,8 @@ def _out_of_fold(table: RunTargets, folds: Folds, params: dict[str, Any], interv
     """Per run: (p10, p50, p90) seconds from the candidate fitted on the other folds."""
     predicted = np.zeros((len(table.requests), 3))
     for train_index, test_index in folds.splits:
-        mask = np.zeros(len(table.requests), dtype=bool)
-        mask[train_index] = True
-        pipeline = fit_run_pipeline(params, table.subset(mask), interval_folds=interval_folds)
+        pipeline = fit_run_pipeline(params, table.subset(index_mask(len(table.requests), train_index)),
+                                    interval_folds=interval_folds)
         predicted[test_index] = _predicted_seconds(pipeline, [table.requests[i] for i in test_index])
     return predicted
 

@@ -29,9 +29,8 @@ vocabulary never knows a held-out family's words) and returns their log residual
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
