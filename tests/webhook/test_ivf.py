@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import webhook.model.arrays
 import webhook.model.knn
 from webhook.model.ivf import InvertedFileIndex, fit_lists, max_list_rows
 from webhook.model.knn import AnchoredKNN, BruteForceIndex
@@ -118,12 +119,12 @@ def test_a_query_scores_its_row_budget_and_less_than_one_more_list() -> None:
 
 
 def test_the_search_runs_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in webhook.model.knn.BLAS_THREAD_VARIABLES:
+    for name in webhook.model.arrays.BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(webhook.model.knn, "_blas_threads_set", False)
+    monkeypatch.setattr(webhook.model.arrays, "_blas_threads_set", False)
     limits: list[int] = []
-    monkeypatch.setattr(webhook.model.knn, "threadpool_limits", lambda limits_=None, **kw: limits.append(kw["limits"]))
+    monkeypatch.setattr(webhook.model.arrays, "threadpool_limits", lambda limits_=None, **kw: limits.append(kw["limits"]))
     training = _clustered(500, 6, 10)
     lists = fit_lists(training, lists=10)
     InvertedFileIndex(training[lists.order], lists.centroids, lists.offsets).kneighbors(training[:2], 3)
-    assert limits == [1] and webhook.model.knn._blas_threads_set
+    assert limits == [1] and webhook.model.arrays._blas_threads_set

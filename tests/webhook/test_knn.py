@@ -15,6 +15,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import webhook.model.arrays
 import webhook.model.knn
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.knn import AnchoredKNN, BruteForceIndex
@@ -275,7 +276,7 @@ def _blas_threads_after_a_search(environment: dict[str, str]) -> list[int]:
         "BruteForceIndex(np.eye(3, dtype=np.float32)).kneighbors(np.ones((1, 3)), 1)\n"
         "print(json.dumps([p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']))\n"
     )
-    inherited = {k: v for k, v in os.environ.items() if k not in webhook.model.knn.BLAS_THREAD_VARIABLES}
+    inherited = {k: v for k, v in os.environ.items() if k not in webhook.model.arrays.BLAS_THREAD_VARIABLES}
     completed = subprocess.run([sys.executable, "-c", script], env={**inherited, **environment}, capture_output=True,
                                text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     return json.loads(completed.stdout)

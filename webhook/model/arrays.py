@@ -1,4 +1,5 @@
-"""Checked feature arrays on the serving path, and the exact re-ranking both neighbour indexes share.
+"""Checked feature arrays on the serving path, and what both neighbour indexes share: the exact
+re-ranking, and one BLAS thread per process for their searches.
 
 The webhook predicts one row at a time. scikit-learn's `validate_data` costs about 0.35 ms a call
 there (measured with cProfile on a 50,000-row model: three calls per prediction, a third of a
@@ -8,11 +9,44 @@ cache miss), so an array of the right shape takes a fast path with the checks th
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
+
+
+# Set by the operator, a BLAS thread count is theirs to choose; otherwise the search uses one.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+SEARCH_BLAS_THREADS = 1
+
+_blas_threads_lock = threading.Lock()
+_blas_threads_set = False
+
+
+def limit_blas_threads_once() -> None:
+    """One BLAS thread per process, from the first search on (brute force or inverted file).
+
+    The webhook predicts in a pool of worker threads: concurrent reviews are its parallelism.
+    On its 2 cores a 2-thread GEMV started by each of several reviews at once oversubscribes
+    them (bench/admission_load.py: a third of the throughput), and waiting for OpenBLAS's helper
+    thread made even a lone query slower on this shared machine (a 100k x 157 float32 GEMV:
+    2.6 ms on one thread, 7.5 ms on two; a product with 100 queries, 36 against 54 ms; the
+    inverted file at 1M rows, 1,000 single predictions at load average ~6: p99 19.6 ms on two
+    threads, 6.3 ms on one). The limit
+    is process-wide (BLAS has no per-call setting), so it is set once, before any search runs,
+    and never changed under a running product.
+    """
+    global _blas_threads_set
+    with _blas_threads_lock:
+        if _blas_threads_set:
+            return
+        if not any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
+            threadpool_limits(limits=SEARCH_BLAS_THREADS, user_api="blas")
+        _blas_threads_set = True
 
 
 def require_fitted(estimator: BaseEstimator, attribute: str) -> None:

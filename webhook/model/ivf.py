@@ -30,7 +30,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from webhook.model.arrays import exact_nearest
+from webhook.model.arrays import exact_nearest, limit_blas_threads_once
 
 # Rows per list about sqrt(rows): the centroid scan and the probed rows then cost about the same.
 # A query scores this many mean lists' worth of rows. On the 1M-row benchmark model (2,000 unseen
@@ -189,7 +189,7 @@ class InvertedFileIndex:
             raise ValueError(f"queries must be n x {self.training.shape[1]}, got shape {queries.shape}")
         if not 1 <= k <= self.rows:
             raise ValueError(f"k must be between 1 and the {self.rows} training rows, got {k}")
-        _limit_blas_threads_once()
+        limit_blas_threads_once()
         centroid_scores = self.centroid_norms - 2.0 * (queries @ self.centroids.T)
         if queries.shape[0] == 1:  # the webhook's one query: its answer is already 1 x k
             return self._one(queries[0], centroid_scores[0], k)
@@ -233,13 +233,3 @@ class InvertedFileIndex:
             candidates = candidates[scores.argpartition(width - 1)[:width]]
         return exact_nearest(self.training, query[None, :], candidates[None, :], k)
 
-
-def _limit_blas_threads_once() -> None:
-    """The brute-force search's one BLAS thread per process (`webhook.model.knn`), which this
-    index's products need as much: OPENBLAS ran them on 2 threads before (the 1M-row probe
-    reported blas_threads [2]). On that model, 1,000 single predictions in one process while
-    other jobs loaded the 2 cores (load average ~6): p99 19.6 ms on 2 threads, 6.3 ms on one; the
-    calling thread's CPU time p99 4.8 and 2.2 ms."""
-    from webhook.model.knn import limit_blas_threads_once  # knn imports this module
-
-    limit_blas_threads_once()

@@ -32,8 +32,6 @@ faster than scikit-learn's brute force (bench/README.md). kd and ball trees stay
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +40,8 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import validate_data
 from scipy.linalg.blas import saxpy
-from threadpoolctl import threadpool_limits
 
-from webhook.model.arrays import checked_rows, exact_nearest, require_fitted
+from webhook.model.arrays import checked_rows, exact_nearest, limit_blas_threads_once, require_fitted
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.ivf import InvertedFileIndex, InvertedLists, fit_lists
@@ -62,32 +59,6 @@ QUERY_BLOCK_BYTES = 64 * 2**20
 # Candidates re-ranked with exact distances; more than k, so that the bound below rarely fails.
 CANDIDATES_PER_NEIGHBOUR = 4
 FLOAT32_UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
-# Set by the operator, a BLAS thread count is theirs to choose; otherwise the search uses one.
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
-SEARCH_BLAS_THREADS = 1
-
-_blas_threads_lock = threading.Lock()
-_blas_threads_set = False
-
-
-def limit_blas_threads_once() -> None:
-    """One BLAS thread per process, from the first brute-force search on.
-
-    The webhook predicts in a pool of worker threads: concurrent reviews are its parallelism.
-    On its 2 cores a 2-thread GEMV started by each of several reviews at once oversubscribes
-    them (bench/admission_load.py: a third of the throughput), and waiting for OpenBLAS's helper
-    thread made even a lone query slower on this shared machine (a 100k x 157 float32 GEMV:
-    2.6 ms on one thread, 7.5 ms on two; a product with 100 queries, 36 against 54 ms). The limit
-    is process-wide (BLAS has no per-call setting), so it is set once, before any search runs,
-    and never changed under a running product.
-    """
-    global _blas_threads_set
-    with _blas_threads_lock:
-        if _blas_threads_set:
-            return
-        if not any(os.environ.get(name) for name in BLAS_THREAD_VARIABLES):
-            threadpool_limits(limits=SEARCH_BLAS_THREADS, user_api="blas")
-        _blas_threads_set = True
 
 
 class BruteForceIndex:
