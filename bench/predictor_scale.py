@@ -95,7 +95,8 @@ def _probe(model: Path, queries: Path, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def measure(sizes: list[int], algorithms: list[str], max_fit_seconds: float, workdir: Path) -> list[dict[str, Any]]:
+def measure(sizes: list[int], algorithms: list[str], max_fit_seconds: float, workdir: Path,
+            keep: bool = False) -> list[dict[str, Any]]:
     queries = workdir / "queries.ndjson"
     queries.write_text("".join(d.request.model_dump_json() + "\n" for d in draw_workloads(QUERY_COUNT, QUERY_SEED)))
     history: dict[str, list[tuple[int, float]]] = {}
@@ -122,7 +123,8 @@ def measure(sizes: list[int], algorithms: list[str], max_fit_seconds: float, wor
             row.update({k: fitted[k] for k in ("knn_fit_seconds", "save_seconds", "artifact_bytes", "trust_radius")})
             row.update(_probe(model, queries, workdir))
             rows_out.append(row)
-            model.unlink()
+            if not keep:
+                model.unlink()
     return rows_out
 
 
@@ -150,6 +152,9 @@ def main() -> None:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--max-fit-seconds", type=float, default=None)
     parser.add_argument("--json", type=Path, default=None, help="result file (default bench/results/predictor_scale.json)")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep the artifacts and queries in DIR, to probe again on a quieter machine with "
+                             "`python -m bench.predictor_probe --model DIR/model-N-ALG.esmodel --queries DIR/queries.ndjson`")
     # The child's side (one size, in its own process):
     parser.add_argument("--one-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -168,8 +173,12 @@ def main() -> None:
         FULL_SIZES if args.full else QUICK_SIZES if args.quick else DEFAULT_SIZES)
     record = RunRecord("predictor_scale", quick=args.quick)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
-        rows = measure(sizes, algorithms, max_fit, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        rows = measure(sizes, algorithms, max_fit, args.keep.resolve(), keep=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
+            rows = measure(sizes, algorithms, max_fit, Path(tmp))
     print_table(rows)
     path = record.write({"mode": "full" if args.full else "quick" if args.quick else "default", "sizes": sizes,
                          "algorithms": algorithms, "max_fit_seconds": max_fit, "queries": QUERY_COUNT,
