@@ -21,6 +21,7 @@ from webhook.admission.validate import Budgets
 from webhook.http.app import create_app
 from webhook.http.body import DEFAULT_MAX_BODY_BYTES
 from webhook.http.lifespan import Reloadable, WebhookLifespan
+from webhook.http.protocol import ReviewHttpProtocol
 from webhook.http.state import AppSettings, app_state
 from webhook.http.tls import ServingCertificates
 from webhook.model.prior import PriorCoefficients, PriorPredictor
@@ -135,10 +136,10 @@ def tls_server_config(
         log_level=log_level,
         access_log=access_log,
         lifespan="on",
-        # uvloop and httptools when installed (they are dependencies): the pure-Python h11 and
-        # asyncio double the CPU per review (bench/README.md).
+        # uvloop and httptools (dependencies): the pure-Python h11 and asyncio double the CPU per
+        # review (bench/README.md). The httptools protocol writes each answer at once (protocol.py).
         loop="auto",
-        http="auto",
+        http=ReviewHttpProtocol,
         server_header=False,
         limit_concurrency=max_connections,
         # SIGTERM: stop accepting, let reviews in flight finish, then exit.
