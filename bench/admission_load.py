@@ -39,7 +39,7 @@ from bench.mutate_stages import StageCost, stage_costs
 from bench.proc_stats import cpu_seconds, peak_rss_mib
 from bench.profile_webhook import Profile, start_recording, summarise
 from bench.results import RunRecord, cell, markdown_table
-from bench.wrk_runner import WrkResult, ensure_wrk, run_wrk
+from bench.wrk_runner import WrkResult, ensure_wrk, run_wrk, scheduler_seconds
 from harness.webhook_process import WebhookProcess, create_certs
 
 TRAINING_ROWS = 50_000
@@ -48,6 +48,7 @@ CONNECTIONS = 16
 FIXED_RATES_PER_SECOND = (45.0, 100.0)
 TARGET_SHARE_OF_ECHO = 0.30
 TARGET_P99_MS = 5.0
+TARGET_P99_OVER_P50 = 3.0
 PROTOTYPE = {"requests_per_second": 45.0, "p50_ms": 21.8, "endpoint": "/predict"}
 
 
@@ -88,6 +89,13 @@ class CaseResult:
     cache: dict[str, float] = field(default_factory=dict)
     predictions_by_basis: dict[str, float] = field(default_factory=dict)
     profile: Profile | None = None
+    # What a closed loop's tail is made of, during the wrk run: the server's event-loop thread
+    # and wrk runnable but waiting for a core (shares of the run's wall time: the machine), and
+    # the server's garbage collections by generation (webhook only, from its /metrics).
+    server_run_delay_share: float = 0.0
+    wrk_run_delay_share: float = 0.0
+    wrk_cpu_microseconds_per_request: float = 0.0
+    gc_collections: dict[str, float] = field(default_factory=dict)
 
 
 def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[ServerCase]:
@@ -119,17 +127,20 @@ def _check_and_prime(server: WebhookProcess, bodies: list[bytes], case: ServerCa
                 raise RuntimeError(f"{case.key}: bad answer {answer.status_code} {answer.text[:300]}")
 
 
-def _webhook_metrics(server: WebhookProcess) -> tuple[dict[str, float], dict[str, float]]:
+def _webhook_metrics(server: WebhookProcess) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     with server.client() as client:
         text = client.get("/metrics").text
     cache: dict[str, float] = {}
     basis: dict[str, float] = {}
+    collections: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("energetiscope_prediction_cache_lookups{"):
             cache[line.split('result="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("energetiscope_predictions_total{"):
             basis[line.split('basis="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-    return cache, basis
+        elif line.startswith("python_gc_collections_total{"):
+            collections[line.split('generation="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return cache, basis, collections
 
 
 def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], bodies_file: Path,
@@ -140,11 +151,13 @@ def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], 
         _check_and_prime(server, bodies, case)
         url = f"https://127.0.0.1:{server.port}"
         run_wrk(url, bodies_file, CONNECTIONS, durations.warmup_seconds)
-        cache_before, _ = _webhook_metrics(server) if case.is_webhook else ({}, {})
+        cache_before, _, gc_before = _webhook_metrics(server) if case.is_webhook else ({}, {}, {})
         cpu_before = cpu_seconds(pid)
+        _, delay_before = scheduler_seconds(pid, pid)  # the main thread: the event loop
         wrk = run_wrk(url, bodies_file, CONNECTIONS, durations.wrk_seconds)
+        _, delay_after = scheduler_seconds(pid, pid)
         cpu_per_request = (cpu_seconds(pid) - cpu_before) / max(wrk.requests, 1) * 1e6
-        cache_after, basis = _webhook_metrics(server) if case.is_webhook else ({}, {})
+        cache_after, basis, gc_after = _webhook_metrics(server) if case.is_webhook else ({}, {}, {})
         fixed = [run_fixed_rate("127.0.0.1", server.port, str(certs / "ca.crt"), bodies, rate,
                                 durations.fixed_rate_seconds, CONNECTIONS) for rate in FIXED_RATES_PER_SECOND]
         recorded: Profile | None = None
@@ -160,6 +173,10 @@ def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], 
             cpu_microseconds_per_request=round(cpu_per_request, 1), peak_rss_mib=round(peak_rss_mib(pid), 1),
             cache={k: cache_after.get(k, 0.0) - cache_before.get(k, 0.0) for k in cache_after},
             predictions_by_basis=basis, profile=recorded,
+            server_run_delay_share=round((delay_after - delay_before) / wrk.duration_seconds, 4),
+            wrk_run_delay_share=round(wrk.wrk_run_delay_seconds / wrk.duration_seconds, 4),
+            wrk_cpu_microseconds_per_request=round(wrk.wrk_cpu_seconds / max(wrk.requests, 1) * 1e6, 1),
+            gc_collections={k: gc_after[k] - gc_before.get(k, 0.0) for k in gc_after},
         )
     return result
 
@@ -175,6 +192,15 @@ def print_tables(results: list[CaseResult], stages: list[StageCost] | None) -> N
         rows.append([r.label, cell(r.wrk.requests_per_second), share, cell(r.wrk.p50_ms, 2), cell(r.wrk.p99_ms, 2),
                      *fixed, cell(r.cpu_microseconds_per_request, 0), cell(r.peak_rss_mib, 0)])
     print(markdown_table(header, rows))
+    print("\nwhat the closed loop's tail was made of, during the wrk run:")
+    print(markdown_table(
+        ["server", "p99 / p50", "server loop waiting for a core", "wrk waiting for a core", "wrk CPU us/req",
+         "GC collections gen0/1/2"],
+        [[r.label, cell(r.wrk.p99_ms / r.wrk.p50_ms if r.wrk.p50_ms else None, 2),
+          f"{100 * r.server_run_delay_share:.1f}%", f"{100 * r.wrk_run_delay_share:.1f}%",
+          cell(r.wrk_cpu_microseconds_per_request, 0),
+          "/".join(f"{r.gc_collections.get(g, 0):.0f}" for g in "012") if r.gc_collections else "-"]
+         for r in results]))
     for r in results:
         if r.profile is not None:
             print(f"\nprofile of {r.label} ({r.profile.samples - r.profile.idle_samples} busy samples):")
@@ -223,7 +249,9 @@ def main() -> None:
     targets = {
         f"throughput >= {TARGET_SHARE_OF_ECHO:.0%} of echo, cache hit": stock["webhook-cached"].share_of_echo >= TARGET_SHARE_OF_ECHO,
         f"throughput >= {TARGET_SHARE_OF_ECHO:.0%} of echo, cache miss": stock["webhook-uncached"].share_of_echo >= TARGET_SHARE_OF_ECHO,
-        f"p99 < {TARGET_P99_MS:g} ms at {CONNECTIONS} connections, cache hit": stock["webhook-cached"].wrk.p99_ms < TARGET_P99_MS,
+        f"p99 <= {TARGET_P99_MS:g} ms at {CONNECTIONS} connections, cache hit": stock["webhook-cached"].wrk.p99_ms <= TARGET_P99_MS,
+        f"p99 <= {TARGET_P99_OVER_P50:g} x p50 at {CONNECTIONS} connections, cache hit":
+            stock["webhook-cached"].wrk.p99_ms <= TARGET_P99_OVER_P50 * stock["webhook-cached"].wrk.p50_ms,
         f"p99 < {TARGET_P99_MS:g} ms at {CONNECTIONS} connections, cache miss": stock["webhook-uncached"].wrk.p99_ms < TARGET_P99_MS,
         f"p99 < {TARGET_P99_MS:g} ms at {CONNECTIONS} connections, echo server itself": stock["echo"].wrk.p99_ms < TARGET_P99_MS,
     }

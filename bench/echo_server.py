@@ -2,7 +2,8 @@
 
     python -m bench.echo_server --cert-dir DIR --port 8444
 
-Same stack as `energetiscope serve` (Starlette on one uvicorn worker), same TLS context
+Same stack as `energetiscope serve` (Starlette on one uvicorn worker, `POST /mutate` handed straight to
+its endpoint as the webhook's `WebhookApp` does), same TLS context
 (`webhook.http.tls.ServingCertificates`, so the same TLS floor and cipher suites), the same
 certificate files and the same uvicorn settings (`webhook.http.server.tls_server_config`). It parses the JSON
 body (with the webhook's parser), because no webhook can answer without reading the uid, and does nothing else: the
@@ -20,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from webhook.http.app import WebhookApp
 from webhook.http.body import parse_json
+from webhook.http.problems import HTTPProblem, problem_response
 from webhook.http.server import tls_server_config
 from webhook.http.tls import ServingCertificates
 
@@ -35,7 +38,8 @@ def create_echo_app() -> Starlette:
     async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"ready": True})
 
-    return Starlette(routes=[Route("/mutate", mutate, methods=["POST"]), Route("/readyz", readyz, methods=["GET"])])
+    return WebhookApp(routes=[Route("/mutate", mutate, methods=["POST"]), Route("/readyz", readyz, methods=["GET"])],
+                      direct=("/mutate",), exception_handlers={HTTPProblem: problem_response})
 
 
 def serve(cert_dir: Path, host: str, port: int) -> None:

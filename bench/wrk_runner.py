@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,25 @@ class WrkResult:
     mean_ms: float
     errors: dict[str, int]
     command: str
+    # wrk's own threads, from the kernel's scheduler statistics: CPU time, and time runnable but
+    # waiting for a core (a load generator that waits makes latency the server did not).
+    wrk_cpu_seconds: float = 0.0
+    wrk_run_delay_seconds: float = 0.0
+
+
+def scheduler_seconds(pid: int, thread: int | None = None) -> tuple[float, float]:
+    """(CPU seconds, run delay seconds) of one thread of a process, or of all its threads
+    (/proc/PID/task/TID/schedstat: time on a core, time runnable and waiting for one)."""
+    tasks = [Path(f"/proc/{pid}/task/{thread}")] if thread is not None else list(Path(f"/proc/{pid}/task").iterdir())
+    cpu = delay = 0.0
+    for task in tasks:
+        try:
+            on_core, waiting, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        cpu += int(on_core) / 1e9
+        delay += int(waiting) / 1e9
+    return cpu, delay
 
 
 def run_wrk(url: str, bodies_file: Path, connections: int, duration_seconds: int, threads: int = 1,
@@ -75,10 +95,23 @@ def run_wrk(url: str, bodies_file: Path, connections: int, duration_seconds: int
     wrk = ensure_wrk()
     args = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_seconds}s", f"--timeout={timeout_seconds}s",
             "-s", str(LUA_SCRIPT), url, "--", str(bodies_file)]
-    completed = subprocess.run(args, capture_output=True, text=True, timeout=duration_seconds + 60, check=False)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if completed.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed (exit {completed.returncode}): {completed.stderr[-1000:]}{completed.stdout[-1000:]}")
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + duration_seconds + 60
+    scheduled = (0.0, 0.0)
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            scheduled = scheduler_seconds(process.pid)  # cumulative: the last reading before wrk exits
+        except OSError:
+            pass
+        time.sleep(0.05)
+    try:
+        stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed (exit {process.returncode}): {stderr[-1000:]}{stdout[-1000:]}")
     raw = json.loads(lines[-1][len(RESULT_MARKER):])
     seconds = raw["duration_us"] / 1e6
     latency = raw["latency_us"]
@@ -88,4 +121,5 @@ def run_wrk(url: str, bodies_file: Path, connections: int, duration_seconds: int
         requests_per_second=round(raw["requests"] / seconds, 1), p50_ms=latency["p50"] / 1000,
         p90_ms=latency["p90"] / 1000, p99_ms=latency["p99"] / 1000, max_ms=latency["max"] / 1000,
         mean_ms=round(latency["mean"] / 1000, 3), errors=raw["errors"], command=f"wrk {shown}",
+        wrk_cpu_seconds=round(scheduled[0], 3), wrk_run_delay_seconds=round(scheduled[1], 3),
     )
