@@ -18,8 +18,8 @@ Around each wrk run the driver also reads, from the kernel: the server thread's 
 runnable but not running, ``/proc/PID/task/TID/schedstat``) and involuntary context switches,
 wrk's own CPU and involuntary switches (``getrusage`` of children), the machine's steal and busy
 time (``/proc/stat``) and the load average. ``--before-tree DIR`` adds, after each server, the same
-server run with the ``webhook`` package of another checkout (``git worktree add DIR COMMIT``, or
-``git archive COMMIT webhook | tar -x -C DIR``): before/after rounds, alternating.
+server run from another checkout (``git archive COMMIT webhook bench certs harness | tar -x -C DIR``):
+before/after rounds, alternating.
 
 ``python -m bench.tail_probe serve OUT [--tree DIR] MODULE [ARGS...]`` is the recorder itself:
 it runs ``python -m MODULE ARGS...`` with the probes installed; SIGUSR1 writes what was recorded
@@ -163,8 +163,8 @@ def serve(argv: list[str]) -> None:
     args, rest = parser.parse_known_args(argv)
     if args.tree is not None:
         sys.path.insert(0, str(args.tree.resolve()))
-        for name in [n for n in sys.modules if n == "webhook" or n.startswith("webhook.")]:
-            del sys.modules[name]
+        for name in [n for n in sys.modules if n.partition(".")[0] in ("webhook", "bench", "certs", "harness")]:
+            del sys.modules[name]  # the server's modules (the echo server's too) come from the other checkout
     recorder = Recorder(args.out, not args.no_monitor)
     gc.callbacks.append(recorder.on_gc)
     signal.signal(signal.SIGUSR1, recorder.dump)
