@@ -226,3 +226,45 @@ def test_the_inverted_file_answers_one_query_as_it_answers_it_in_a_batch() -> No
     for q in range(queries.shape[0]):
         one_distances, one_indices = index.kneighbors(queries[q:q + 1], 5)
         assert _same_bits(one_distances, distances[q:q + 1]) and _same_bits(one_indices, indices[q:q + 1])
+
+
+# ---- the anchored KNN ----------------------------------------------------------------------------
+
+_KNN_CONFIGURATIONS = {
+    "correction, calibrated intervals": dict(target="correction", interval_folds=3),
+    "correction, neighbours' spread, hard stop": dict(target="correction", interval_folds=0, correction_decay=0.0),
+    "log power": dict(target="log_power", interval_folds=0),
+    "auto, local columns, correlation weights": dict(target="auto", interval_folds=3, local_columns=(8, 9),
+                                                     column_weighting="correlation"),
+    "auto, neighbours' spread, local columns": dict(target="auto", interval_folds=0, local_columns=(8, 10)),
+    "constant anchor, inverted file": dict(anchor="constant", algorithm="ivf", interval_folds=0),
+}
+
+
+@pytest.mark.parametrize("name", _KNN_CONFIGURATIONS)
+def test_the_anchored_knn_on_one_row_is_the_batchs_row(name: str) -> None:
+    """`predict_detail` of one row (the prior's one-row formula, no neighbours' spread when offsets
+    are calibrated, no weight picking without an exact match) against the batch, for each target."""
+    from webhook.model.knn import AnchoredKNN
+
+    rng = np.random.default_rng(5)
+    rows, physics = 300, len(PHYSICS_COLUMNS)
+    X = np.zeros((rows, physics + 5), dtype=np.float32)
+    X[:, 0] = rng.uniform(0.1, 4, rows)
+    X[:, 2] = rng.uniform(0.1, 8, rows)
+    X[:, 7] = -1
+    X[:, physics:physics + 4] = rng.integers(0, 4, (rows, 4))
+    X[:, physics + 4] = 1.0  # constant over the training rows: searched apart
+    X[150:] = X[:150]  # duplicated specs: exact matches and ties
+    power = 3 + 2 * X[:, 0] + X[:, physics] * rng.uniform(0.5, 2, rows)
+    knn = AnchoredKNN(n_neighbors=4, physics_columns=physics, trust_factor=0.5, **_KNN_CONFIGURATIONS[name])
+    knn.fit(X, power)
+    queries = np.concatenate([X[:20], X[20:40] + np.float32(0.3), rng.normal(0, 3, (20, X.shape[1])).astype(np.float32)])
+    queries[40:, 7] = -1
+    batch = knn.predict_detail(queries)
+    assert batch.beyond_trust.any() and not batch.beyond_trust.all()  # both sides of the radius
+    for q in range(queries.shape[0]):
+        one = knn.predict_detail(queries[q:q + 1])
+        for field in ("power_watts", "power_watts_p10", "power_watts_p90", "nearest_distance", "beyond_trust",
+                      "prior_only"):
+            assert _same_bits(getattr(one, field), getattr(batch, field)[q:q + 1]), (q, field)

@@ -41,6 +41,8 @@ def limit_blas_threads_once() -> None:
     and never changed under a running product.
     """
     global _blas_threads_set
+    if _blas_threads_set:  # set once and never unset: no lock to take on every query
+        return
     with _blas_threads_lock:
         if _blas_threads_set:
             return
