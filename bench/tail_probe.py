@@ -21,6 +21,9 @@ time (``/proc/stat``) and the load average. ``--before-tree DIR`` adds, after ea
 server run from another checkout (``git archive COMMIT webhook bench certs harness | tar -x -C DIR``):
 before/after rounds, alternating.
 
+``python -m bench.tail_probe canary [SECONDS]`` times the same ~100 us of pure-Python arithmetic
+over and over in thread CPU time: how much this machine alone stretches identical work.
+
 ``python -m bench.tail_probe serve OUT [--tree DIR] MODULE [ARGS...]`` is the recorder itself:
 it runs ``python -m MODULE ARGS...`` with the probes installed; SIGUSR1 writes what was recorded
 since the previous SIGUSR1 to OUT (JSON) and starts afresh.
@@ -429,10 +432,44 @@ def measure(name: str, round_: int, server: Any, out: Path, bodies: list[bytes],
     return probe, extra
 
 
+def canary(seconds: float) -> dict[str, float]:
+    """How steady this machine's CPU is: the same ~100 us of pure-Python arithmetic, timed over and
+    over in thread CPU time. No system calls, no allocation to speak of: a chunk that takes many
+    times the median was slowed by the machine (a busy sibling hyperthread or host, interrupts
+    charged to whatever runs), not by what it ran."""
+
+    def work() -> int:
+        total = 0
+        for i in range(2000):
+            total += i * i
+        return total
+
+    clock, cpu = time.perf_counter, time.thread_time
+    chunks = array("d")
+    end = clock() + seconds
+    while clock() < end:
+        started = cpu()
+        work()
+        chunks.append(cpu() - started)
+    ordered = sorted(chunks)
+    median = ordered[len(ordered) // 2]
+    return {
+        "chunks": len(ordered),
+        "cpu_us_p50": round(median * 1e6, 1),
+        "cpu_us_p99": round(ordered[int(0.99 * (len(ordered) - 1))] * 1e6, 1),
+        "cpu_us_max": round(ordered[-1] * 1e6, 1),
+        "share_over_5x_median": round(sum(c > 5 * median for c in ordered) / len(ordered), 5),
+        "load_average": os.getloadavg()[0],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         serve(argv[1:])
+        return
+    if argv[:1] == ["canary"]:
+        print(json.dumps(canary(float(argv[1]) if len(argv) > 1 else 8.0)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="model artifact (python -m bench.model_artifact)")

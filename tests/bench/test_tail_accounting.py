@@ -61,3 +61,12 @@ def test_request_summary_splits_wall_time_into_cpu_and_off_core() -> None:
     assert summary["wall_ms_max"] == 10.0
     assert summary["loop_cpu_ms_p99"] == 2.0
     assert summary["off_core_ms_p99"] == 9.0  # 10 ms in the server, 1 ms of it on the core
+
+
+def test_canary_times_identical_chunks_in_cpu_time() -> None:
+    from bench.tail_probe import canary
+
+    result = canary(0.05)
+    assert result["chunks"] > 0
+    assert 0 < result["cpu_us_p50"] <= result["cpu_us_p99"] <= result["cpu_us_max"]
+    assert 0.0 <= result["share_over_5x_median"] < 1.0
