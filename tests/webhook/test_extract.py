@@ -179,3 +179,23 @@ def test_list_documents_and_yaml_errors() -> None:
     ]
     with pytest.raises(ManifestError, match=r"line 2, column"):
         read_manifests("kind: Pod\n  bad: [unclosed\n")
+
+
+def test_a_quantity_read_before_reads_the_same_and_errors_still_name_their_field() -> None:
+    """CPU and memory amounts are remembered by their string: the same string reads the same in
+    either unit and in any field, and a value that fails is never remembered."""
+    first = to_inference_request(_deployment(resources={"requests": {"cpu": "1", "memory": "1"},
+                                                        "limits": {"cpu": "1", "memory": "1"}}))
+    again = to_inference_request(_deployment(resources={"requests": {"cpu": "1", "memory": "1"},
+                                                        "limits": {"cpu": "1", "memory": "1"}}))
+    for request in (first, again):
+        container = request.containers[0]
+        assert container.req_cpu_mcpu == container.lim_cpu_mcpu == 1000  # one core
+        assert container.req_mem_mib == container.lim_mem_mib == 1 / 2**20  # one byte
+    too_many_cores = "5000"  # 5,000,000 millicores: above the limit as CPU, a few bytes as memory
+    assert to_inference_request(_deployment(resources={"requests": {"memory": too_many_cores}}))
+    for _ in range(2):
+        with pytest.raises(ExtractionError) as caught:
+            to_inference_request(_deployment(resources={"limits": {"cpu": too_many_cores}}))
+        assert caught.value.field == "spec.template.spec.containers[0].resources.limits.cpu"
+        assert "above the" in caught.value.problem

@@ -129,15 +129,23 @@ RUN_FIELDS = frozenset(
 )
 
 
+_UNHASHED_FIELDS = _SCALE_FIELDS | RUN_FIELDS | {"annotations", "workload_name", "namespace"}
+# What `json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)` builds on every
+# call, built once: the same encoder, so the same text (json.dumps makes a JSONEncoder per call
+# whenever it is given options).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def spec_hash(request: InferenceRequest) -> str:
     """Hash of everything that can change the per-pod prediction.
 
     Excludes the pod count fields, the run fields, annotations (they carry our own output and rollout
-    bookkeeping) and identity (name, namespace): two identical pods get one prediction.
+    bookkeeping) and identity (name, namespace): two identical pods get one prediction. The value is
+    part of the annotation contract (`energetiscope.io/spec-hash`): the canonical text must not change.
     """
-    payload = request.model_dump(mode="json", exclude=_SCALE_FIELDS | RUN_FIELDS | {"annotations", "workload_name", "namespace"})
+    payload = request.model_dump(mode="json", exclude=_UNHASHED_FIELDS)
     payload["labels"] = {k: v for k, v in sorted(payload["labels"].items()) if not k.startswith(ANNOTATION_PREFIX)}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = _CANONICAL_JSON.encode(payload)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
