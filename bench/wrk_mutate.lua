@@ -4,7 +4,7 @@
 --
 -- BODIES_FILE holds one compact AdmissionReview JSON per line, each with the uid placeholder
 -- below exactly once (bench/admission_body.py writes it). Each request picks a body at random
--- and puts a new uid in. done() prints one line "WRK_RESULT {json}" that bench/wrk_runner.py reads.
+-- and puts a new uid (of the placeholder's length) in. done() prints one line "WRK_RESULT {json}" that bench/wrk_runner.py reads.
 
 local PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 local prefixes, suffixes = {}, {}
@@ -34,6 +34,14 @@ function init(args)
    wrk.method = "POST"
    wrk.path = "/mutate"
    wrk.headers["Content-Type"] = "application/json"
+   -- Each body's whole request (request line, headers with its Content-Length, body) formatted
+   -- once; a fresh uid has the placeholder's length, so each request is one concatenation.
+   for i = 1, count do
+      local formatted = wrk.format(nil, nil, nil, prefixes[i] .. PLACEHOLDER .. suffixes[i])
+      local first, last = string.find(formatted, PLACEHOLDER, 1, true)
+      prefixes[i] = string.sub(formatted, 1, first - 1)
+      suffixes[i] = string.sub(formatted, last + 1)
+   end
 end
 
 local function fresh_uid()
@@ -45,7 +53,7 @@ end
 
 function request()
    local i = math.random(1, count)
-   return wrk.format(nil, nil, nil, prefixes[i] .. fresh_uid() .. suffixes[i])
+   return prefixes[i] .. fresh_uid() .. suffixes[i]
 end
 
 function done(summary, latency, requests)
