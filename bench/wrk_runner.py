@@ -97,13 +97,18 @@ def run_wrk(url: str, bodies_file: Path, connections: int, duration_seconds: int
             "-s", str(LUA_SCRIPT), url, "--", str(bodies_file)]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + duration_seconds + 60
-    scheduled = (0.0, 0.0)
+    # Each thread's last reading (cumulative): wrk's worker thread ends before its process does.
+    by_thread: dict[str, tuple[float, float]] = {}
     while process.poll() is None and time.monotonic() < deadline:
         try:
-            scheduled = scheduler_seconds(process.pid)  # cumulative: the last reading before wrk exits
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                cpu, delay = scheduler_seconds(process.pid, int(task.name))  # (0, 0) once it is gone
+                seen = by_thread.get(task.name, (0.0, 0.0))
+                by_thread[task.name] = (max(cpu, seen[0]), max(delay, seen[1]))
         except OSError:
             pass
         time.sleep(0.05)
+    scheduled = (sum(cpu for cpu, _ in by_thread.values()), sum(delay for _, delay in by_thread.values()))
     try:
         stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:

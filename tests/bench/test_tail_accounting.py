@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.tail_probe import _gap_summary, _request_summary
 from bench.wrk_runner import scheduler_seconds
@@ -70,3 +71,44 @@ def test_canary_times_identical_chunks_in_cpu_time() -> None:
     assert result["chunks"] > 0
     assert 0 < result["cpu_us_p50"] <= result["cpu_us_p99"] <= result["cpu_us_max"]
     assert 0.0 <= result["share_over_5x_median"] < 1.0
+
+
+def test_wrk_runner_counts_the_worker_threads_cpu(tmp_path: Path) -> None:
+    """wrk's own CPU comes from its threads' scheduler statistics; its worker thread, which does
+    the work, ends before the process does and must still be counted (its main thread sleeps)."""
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from bench.wrk_runner import run_wrk
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+
+    class Answer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    bodies = tmp_path / "bodies.ndjson"
+    bodies.write_text('{"request": {"uid": "00000000-0000-4000-8000-000000000000"}}\n')
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_wrk(f"http://127.0.0.1:{server.server_address[1]}", bodies, 2, 1)
+    finally:
+        server.shutdown()
+    assert result.requests > 100 and not result.errors["status"]
+    assert result.wrk_cpu_seconds > 0.01
+    assert result.wrk_run_delay_seconds >= 0
