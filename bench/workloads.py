@@ -68,6 +68,12 @@ class Profile:
     work_argument: str | None = None
     work_units: tuple[int, ...] = ()
     minutes_per_work_unit: float = 0.0
+    # What the app's container takes from the node, as the public charts of its images set it
+    # (cilium: hostNetwork, privileged or NET_ADMIN/SYS_ADMIN; falco: privileged; node-exporter:
+    # hostNetwork and hostPID), per profile rather than per image.
+    host_namespaces: tuple[str, ...] = ()  # "hostNetwork", "hostPID", "hostIPC"
+    privileged: bool = False
+    capabilities: tuple[str, ...] = ()
 
 
 PROFILES: tuple[Profile, ...] = (
@@ -104,14 +110,15 @@ PROFILES: tuple[Profile, ...] = (
             (50, 100, 200), (64, 128, 256), 0.25, ("hostPath", "configMap"), priority_class="system-node-critical", idle_busy_cores=0.01),
     Profile("node-monitor", 0.05, ("DaemonSet",), ("prom/node-exporter:v1.8.1", "quay.io/sustainable_computing_io/kepler:0.7.11"),
             ((),), ("exporter", "monitor"), (50, 100), (32, 64, 128), 0.10, ("hostPath",),
-            priority_class="system-node-critical", idle_busy_cores=0.005),
+            priority_class="system-node-critical", idle_busy_cores=0.005, host_namespaces=("hostNetwork", "hostPID")),
     Profile("ci-runner", 0.08, ("Pod", "Job"), ("gitlab/gitlab-runner:v17.0.0", "registry.example.com/{team}/builder:5"),
             (("make", "test"), ("bazel", "build", "//...")), ("ci", "build"), (1000, 2000, 4000), (2048, 4096, 8192), 0.70,
             ("emptyDir", "secret"), diurnal=False, work_argument="TEST_SHARDS", work_units=(1, 2, 4, 8),
             minutes_per_work_unit=5.0),
     Profile("node-agent", 0.03, ("DaemonSet",), ("cilium/cilium:v1.15.6", "falcosecurity/falco:0.38.1"), ((),),
             ("cni", "scanner"), (100, 250), (256, 512), 0.9, ("hostPath", "configMap"),
-            priority_class="system-node-critical", at_limit=True),
+            priority_class="system-node-critical", at_limit=True, host_namespaces=("hostNetwork",), privileged=True,
+            capabilities=("NET_ADMIN", "SYS_ADMIN")),
     Profile("debug", 0.06, ("Pod",), ("busybox:1.36", "nicolaka/netshoot:v0.13"), (("sleep", "infinity"),), ("debug", "shell"),
             (10, 50, 100), (16, 32, 64), 0.02, (), diurnal=False, idle_busy_cores=0.0005),
 )
@@ -190,10 +197,15 @@ def _pod_spec(profile: Profile, rng: np.random.Generator, team: str,
         flag = profile.work_argument
         command = (*command, f"{flag}={work_units}") if not flag.startswith("-") else (*command, flag, str(work_units))
     main = _container(service.split("-")[-1] or "main", image, command, cpu, memory, cpu_limit, gpus)
+    if profile.privileged or profile.capabilities:
+        context: dict[str, Any] = {"privileged": True} if profile.privileged else {}
+        if profile.capabilities:
+            context["capabilities"] = {"add": list(profile.capabilities)}
+        main["securityContext"] = context
     containers = [main]
     loads = [power_model.ContainerLoad(cpu, cpu * 2 if cpu_limit else None)]
     memory_total = memory
-    spec: dict[str, Any] = {"containers": containers}
+    spec: dict[str, Any] = {"containers": containers, **{key: True for key in profile.host_namespaces}}
     if profile.kinds[0] in ("Deployment", "StatefulSet") and rng.random() < 0.25:
         # A service-mesh proxy beside the app: a second running container.
         containers.append(_container("istio-proxy", "docker.io/istio/proxyv2:1.22.1", (), 100, 128, False, 0))

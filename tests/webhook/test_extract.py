@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,16 @@ def test_old_batch_v1beta1_cronjob_is_a_workload() -> None:
         (lambda o: o["spec"].pop("template"), "spec.template", "is required"),
         (lambda o: o["spec"]["template"]["spec"]["containers"][0].pop("name"),
          "spec.template.spec.containers[0].name", "is required"),
+        (lambda o: o["spec"]["template"]["spec"].update(hostNetwork="yes"),
+         "spec.template.spec.hostNetwork", "expected true or false"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(securityContext={"privileged": "true"}),
+         "spec.template.spec.containers[0].securityContext.privileged", "expected true or false"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(
+            securityContext={"capabilities": {"add": "NET_ADMIN"}}),
+         "spec.template.spec.containers[0].securityContext.capabilities.add", "expected a list"),
+        (lambda o: o["spec"]["template"]["spec"]["containers"][0].update(
+            securityContext={"capabilities": {"add": ["NET_ADMIN", "X" * 65]}}),
+         "spec.template.spec.containers[0].securityContext.capabilities.add[1]", "above the limit of 64"),
     ],
 )
 def test_errors_name_the_field(mutate: Any, field: str, problem: str) -> None:
@@ -159,6 +171,49 @@ def test_spec_hash_ignores_scale_identity_and_our_annotations() -> None:
     assert spec_hash(to_inference_request(scaled)) == spec_hash(base)
     bigger = to_inference_request(_deployment(resources={"requests": {"cpu": "600m"}}))
     assert spec_hash(bigger) != spec_hash(base)
+
+
+def test_host_access_from_a_real_node_agent_manifest(shared_dir: Path) -> None:
+    agent = _one(shared_dir, "k8s-examples__newrelic-daemonset_cpu0.15.yaml")
+    assert agent.host_namespaces == ["network", "pid", "ipc"]
+    assert [c.privileged for c in agent.containers] == [True]
+    plain = _one(shared_dir, "seed__nginx-deploy.yaml")
+    assert plain.host_namespaces == [] and not any(c.privileged or c.capabilities_added for c in plain.containers)
+
+
+def test_host_access_of_containers_and_native_sidecars() -> None:
+    obj = _deployment(securityContext={"capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"], "drop": ["ALL"]}})
+    pod_spec = obj["spec"]["template"]["spec"]
+    pod_spec.update(hostPID=True, hostNetwork=False)
+    pod_spec["initContainers"] = [
+        {"name": "agent", "image": "example/agent:1", "restartPolicy": "Always", "securityContext": {"privileged": True}},
+        {"name": "setup", "image": "example/setup:1", "securityContext": {"privileged": True}},  # exits: not counted
+    ]
+    request = to_inference_request(obj)
+    assert request.host_namespaces == ["pid"]
+    assert [(c.name, c.privileged, c.capabilities_added) for c in request.containers] == [
+        ("agent", True, []), ("api", False, ["NET_ADMIN", "SYS_ADMIN"])]
+
+
+def test_spec_hash_keeps_its_value_where_no_host_access_is_set() -> None:
+    # Host access came after the hash was published: settings that grant nothing leave it as it
+    # was, so a pod's cached prediction and annotation stay; granting something changes it.
+    base = spec_hash(to_inference_request(_deployment()))
+    granting_nothing = _deployment(securityContext={"privileged": False, "capabilities": {"add": []}})
+    granting_nothing["spec"]["template"]["spec"].update(hostNetwork=False, hostPID=False, hostIPC=False)
+    assert spec_hash(to_inference_request(granting_nothing)) == base
+    payload = to_inference_request(_deployment()).model_dump(mode="json", exclude={
+        "replicas", "parallelism", "completions", "completion_mode", "backoff_limit", "active_deadline_seconds",
+        "schedule", "time_zone", "suspend", "annotations", "workload_name", "namespace", "host_namespaces"})
+    for container in payload["containers"]:
+        del container["privileged"], container["capabilities_added"]
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert base == hashlib.sha256(canonical.encode()).hexdigest()[:16]  # the published formula, fields as before
+    for granting in ({"securityContext": {"privileged": True}}, {"securityContext": {"capabilities": {"add": ["BPF"]}}}):
+        assert spec_hash(to_inference_request(_deployment(**granting))) != base
+    host = _deployment()
+    host["spec"]["template"]["spec"]["hostNetwork"] = True
+    assert spec_hash(to_inference_request(host)) != base
 
 
 def test_extraction_does_not_modify_the_object() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
 from webhook.model.artifact import ArtifactError, build_pipeline, load_model, save_model
-from webhook.model.prior import PRIOR_MODEL_ID, PriorCoefficients, PriorPredictor
+from webhook.model.prior import PHYSICS_COLUMNS, PRIOR_MODEL_ID, PriorCoefficients, PriorPredictor
 from webhook.model.schema import ContainerSpec, InferenceRequest
 
 
@@ -97,6 +97,41 @@ def test_features_see_magnitude() -> None:
     encoder = PodFeatureEncoder().fit(requests)
     small, huge, near = encoder.transform(requests)
     assert np.linalg.norm(small - huge) > 10 * np.linalg.norm(small - near)
+
+
+def _host_agent(request: InferenceRequest) -> InferenceRequest:
+    """The same pod with what a node agent takes from the node."""
+    agent = request.containers[0].model_copy(update={"privileged": True, "capabilities_added": ["NET_ADMIN"]})
+    return request.model_copy(update={"containers": [agent], "host_namespaces": ["network", "pid"]})
+
+
+def test_host_access_words_are_features_and_version_2_encoders_ignore_them() -> None:
+    requests = [_request(100, 128), _request(250, 256, image="example/api:2")]
+    encoder = PodFeatureEncoder().fit(requests)
+    plain, agent = encoder.transform([requests[0], _host_agent(requests[0])])
+    assert not np.array_equal(plain, agent)
+    assert np.array_equal(plain[:len(PHYSICS_COLUMNS)], agent[:len(PHYSICS_COLUMNS)])  # words only, not physics
+    state, arrays = encoder.to_state()
+    old = PodFeatureEncoder().set_state({**state, "feature_version": 2}, arrays)
+    plain, agent = old.transform([requests[0], _host_agent(requests[0])])
+    assert np.array_equal(plain, agent)  # as a version 2 artifact was trained: without those words
+    with pytest.raises(ValueError, match="feature_version 1"):
+        PodFeatureEncoder().set_state({**state, "feature_version": 1}, arrays)
+
+
+def test_a_version_2_artifact_loads_and_encodes_as_it_was_trained(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    good = tmp_path / "model.esmodel"
+    save_model(good, fitted_pipeline, "m")
+
+    def to_version_2(manifest: dict) -> None:  # type: ignore[type-arg]
+        manifest["feature_version"] = 2
+        manifest["steps"][0]["state"]["feature_version"] = 2
+
+    model = load_model(_rewritten(good, tmp_path / "v2.esmodel", to_version_2))
+    request = _request(250, 256)
+    assert model.predict([_host_agent(request)])[0].power_watts == model.predict([request])[0].power_watts
+    current = load_model(good)
+    assert current.pipeline[0].feature_version_ == FEATURE_VERSION == 3
 
 
 def test_trained_model_tracks_the_data(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from webhook.files import write_atomically
-from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
+from webhook.model.features import FEATURE_VERSION, SUPPORTED_FEATURE_VERSIONS, PodFeatureEncoder
 from webhook.model.knn import AnchoredKNN, NeighbourPrediction
 from webhook.model.prediction import PodPrediction
 from webhook.model.prior import PHYSICS_COLUMNS, PriorPredictor
@@ -165,7 +165,8 @@ def artifact_bytes(pipeline: Pipeline, model_id: str, metadata: Mapping[str, Any
     manifest = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_FORMAT_VERSION,
-        "feature_version": FEATURE_VERSION,
+        # The encoder's own: a pipeline loaded from a version 2 artifact is written back as one.
+        "feature_version": int(getattr(pipeline[0], "feature_version_", FEATURE_VERSION)),
         "model_id": model_id,
         "metadata": dict(metadata or {}),
         "steps": steps,
@@ -293,9 +294,9 @@ def load_model(path: Path, prior: PriorPredictor | None = None, expected_sha256:
             if manifest.get("format_version") != ARTIFACT_FORMAT_VERSION:
                 raise _refuse(path, f"has format version {manifest.get('format_version')}, this server reads "
                                     f"{ARTIFACT_FORMAT_VERSION}: retrain it")
-            if manifest.get("feature_version") != FEATURE_VERSION:
+            if manifest.get("feature_version") not in SUPPORTED_FEATURE_VERSIONS:
                 raise _refuse(path, f"was built for feature version {manifest.get('feature_version')}, this server "
-                                    f"computes version {FEATURE_VERSION}: retrain it")
+                                    f"computes versions {', '.join(map(str, SUPPORTED_FEATURE_VERSIONS))}: retrain it")
             pipeline = _read_pipeline(path, archive, manifest.get("steps"), "arrays/")
             run_pipeline = None
             if manifest.get("run_steps") is not None:

@@ -21,6 +21,8 @@ from webhook.model.schema import (
     MAX_CPU_MILLICORES,
     MAX_DEVICES,
     MAX_INT32,
+    MAX_CAPABILITIES,
+    MAX_CAPABILITY_LENGTH,
     MAX_INT64,
     MAX_MEMORY_MIB,
     MAX_PODS,
@@ -269,6 +271,7 @@ def _container(value: Any, field: str, *, native_sidecar: bool) -> tuple[Contain
         raise ExtractionError(f"{field}.name", "is required and must be a non-empty string")
     image = _optional_str(container.get("image"), f"{field}.image") or ""
     res = _resources(container.get("resources"), f"{field}.resources")
+    privileged, capabilities_added = _security(container.get("securityContext"), f"{field}.securityContext")
     spec = ContainerSpec(
         name=name,
         image=image,
@@ -279,8 +282,35 @@ def _container(value: Any, field: str, *, native_sidecar: bool) -> tuple[Contain
         lim_cpu_mcpu=res.lim_cpu_mcpu,
         lim_mem_mib=res.lim_mem_mib,
         native_sidecar=native_sidecar,
+        privileged=privileged,
+        capabilities_added=capabilities_added,
     )
     return spec, res.extended
+
+
+def _security(value: Any, field: str) -> tuple[bool, list[str]]:
+    """A container's privileges: what a node agent (a CNI, a scanner, an exporter) asks for and an
+    application seldom does, so words the model can group pods by."""
+    context = _mapping(value, field)
+    privileged = _optional_bool(context.get("privileged"), f"{field}.privileged") or False
+    capabilities = _mapping(context.get("capabilities"), f"{field}.capabilities")
+    added = _string_list(capabilities.get("add"), f"{field}.capabilities.add") or []
+    if len(added) > MAX_CAPABILITIES:
+        raise ExtractionError(f"{field}.capabilities.add", f"lists {len(added)} capabilities, above the limit of {MAX_CAPABILITIES}")
+    for i, capability in enumerate(added):
+        if len(capability) > MAX_CAPABILITY_LENGTH:
+            raise ExtractionError(f"{field}.capabilities.add[{i}]", f"is {len(capability)} characters, above the limit of "
+                                  f"{MAX_CAPABILITY_LENGTH}")
+    return privileged, added
+
+
+# The node's namespaces a pod can share, by their pod spec field.
+_HOST_NAMESPACE_FIELDS = (("hostNetwork", "network"), ("hostPID", "pid"), ("hostIPC", "ipc"))
+
+
+def _host_namespaces(pod_spec: Mapping[str, Any], spec_field: str) -> list[str]:
+    return [namespace for key, namespace in _HOST_NAMESPACE_FIELDS
+            if _optional_bool(pod_spec.get(key), f"{spec_field}.{key}")]
 
 
 def _volume_type(volume: Any, field: str) -> str:
@@ -441,6 +471,7 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
             extended_resources=extended,
             priority_class=_optional_str(pod_spec.get("priorityClassName"), f"{spec_field}.priorityClassName"),
             instance_type=instance_type,
+            host_namespaces=_host_namespaces(pod_spec, spec_field),
             **_run_fields(obj, counts_at, counts_field, workload.runs),
         )
     except ValidationError as exc:

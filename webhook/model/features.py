@@ -29,7 +29,11 @@ from webhook.model.schema import InferenceRequest
 # Bump when the meaning of the feature vector changes: artifacts record it and the server
 # refuses an artifact built for another version instead of predicting nonsense.
 # 2: physics columns first; GPU product power, LLM-serving arguments, the GPU product.
-FEATURE_VERSION = 2
+# 3: words for a pod's host access (`host_access_tokens`). Artifacts of version 2 still load and
+#    encode as they were trained: without those words (`SUPPORTED_FEATURE_VERSIONS`).
+FEATURE_VERSION = 3
+SUPPORTED_FEATURE_VERSIONS = (2, 3)
+HOST_ACCESS_SINCE_VERSION = 3
 
 NUMERIC_FEATURES = (
     "cpu_request_millicores",
@@ -138,8 +142,9 @@ def numeric_columns(run_fields: bool = False) -> tuple[int, ...]:
     return tuple(range(len(PHYSICS_COLUMNS), len(PHYSICS_COLUMNS) + width))
 
 
-def request_tokens(request: InferenceRequest) -> list[str]:
-    """Words that describe what the pod runs: image names, command words, app labels."""
+def request_tokens(request: InferenceRequest, host_access: bool = True) -> list[str]:
+    """Words that describe what the pod runs: image names, command words, app labels, and with
+    `host_access` what it takes from the node (`host_access_tokens`)."""
     tokens: list[str] = []
     for container in request.containers:
         tokens.extend(f"img:{t}" for t in _image_tokens(container.image))
@@ -148,6 +153,25 @@ def request_tokens(request: InferenceRequest) -> list[str]:
     for key in APP_NAME_LABELS:
         if key in request.labels:
             tokens.extend(f"app:{t}" for t in _words(request.labels[key]))
+    if host_access:
+        tokens.extend(host_access_tokens(request))
+    return tokens
+
+
+def host_access_tokens(request: InferenceRequest) -> list[str]:
+    """The node's namespaces a pod shares, its privileged containers and the capabilities they add.
+
+    Node agents ask for these and applications seldom do, and among them are a cluster's busiest
+    pods (Kepler on the seed cluster, ../shared/data/seed-kepler: the cilium agent 1.5 W, weave
+    scope's agent 6.9 W, where most services draw 0.01-0.2 W), though not all (kube-proxy, 0.02 W):
+    the words only let the model find such pods, their measured neighbours say how busy they are.
+    Each is one word, so a capability is not split into parts.
+    """
+    tokens = [f"host:{namespace}" for namespace in request.host_namespaces]
+    for container in request.containers:
+        if container.privileged:
+            tokens.append("sec:privileged")
+        tokens.extend(f"cap:{capability.lower()}" for capability in container.capabilities_added)
     return tokens
 
 
@@ -314,7 +338,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
         # A pod has a handful of tokens: counted in a dict, not a 128-wide array and its norm
         # (np.linalg.norm alone was 3.6% of a loaded server's CPU on cache misses, py-spy).
         counts: dict[int, float] = {}
-        for token in request_tokens(request):
+        for token in request_tokens(request, self.feature_version_ >= HOST_ACCESS_SINCE_VERSION):
             bucket = token_hash(token) % self.text_dimensions
             counts[bucket] = counts.get(bucket, 0.0) + 1.0
         if counts:
@@ -347,5 +371,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
         if len(self.categories_) != len(CATEGORICAL_FEATURES):
             raise ValueError(f"categories must list {len(CATEGORICAL_FEATURES)} columns")
         self.feature_version_ = int(state["feature_version"])
+        if self.feature_version_ not in SUPPORTED_FEATURE_VERSIONS:
+            raise ValueError(f"feature_version {self.feature_version_} is not one of {list(SUPPORTED_FEATURE_VERSIONS)}")
         self._index_categories()
         return self

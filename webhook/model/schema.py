@@ -30,8 +30,11 @@ MAX_PODS = 1_000_000
 MAX_DEVICES = 1024
 MAX_INT32 = 2**31 - 1  # the API's int32 fields (completions, backoffLimit)
 MAX_INT64 = 2**63 - 1  # the API's int64 fields (activeDeadlineSeconds)
+MAX_CAPABILITIES = 64  # Linux has 41
+MAX_CAPABILITY_LENGTH = 64
 
 ANNOTATION_PREFIX = "energetiscope.io/"
+HostNamespace = Literal["network", "pid", "ipc"]
 
 
 def _json_integer(value: object) -> object:
@@ -69,6 +72,10 @@ class ContainerSpec(_Strict):
     lim_cpu_mcpu: Millicores | None = Field(default=None, description="CPU limit, millicores")
     lim_mem_mib: MiB | None = Field(default=None, description="memory limit, MiB")
     native_sidecar: bool = Field(default=False, description="an init container with restartPolicy: Always")
+    privileged: bool = Field(default=False, description="securityContext.privileged")
+    capabilities_added: list[Annotated[str, Field(max_length=MAX_CAPABILITY_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_CAPABILITIES, description="securityContext.capabilities.add, as written"
+    )
 
 
 class PodResources(_Strict):
@@ -107,6 +114,9 @@ class InferenceRequest(_Strict):
     )
     priority_class: str | None = None
     instance_type: str | None = Field(default=None, description="node selector node.kubernetes.io/instance-type")
+    host_namespaces: list[HostNamespace] = Field(
+        default_factory=list, max_length=3, description="the node's namespaces the pod shares: hostNetwork, hostPID, hostIPC"
+    )
     gpu_product: str | None = Field(
         default=None, max_length=253,
         description="GPU product the pod selects (nvidia.com/gpu.product, gke-accelerator, instance type, ...)",
@@ -145,8 +155,21 @@ def spec_hash(request: InferenceRequest) -> str:
     """
     payload = request.model_dump(mode="json", exclude=_UNHASHED_FIELDS)
     payload["labels"] = {k: v for k, v in sorted(payload["labels"].items()) if not k.startswith(ANNOTATION_PREFIX)}
+    _drop_unset_host_access(payload)
     canonical = _CANONICAL_JSON.encode(payload)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _drop_unset_host_access(payload: dict[str, object]) -> None:
+    """Host access fields came after the hash was published: left out where unset, a pod that sets
+    none of them keeps the hash (and so the cached prediction and annotation) it had before."""
+    if not payload.get("host_namespaces"):
+        payload.pop("host_namespaces", None)
+    for container in payload["containers"]:  # type: ignore[union-attr]
+        if not container.get("privileged"):
+            container.pop("privileged", None)
+        if not container.get("capabilities_added"):
+            container.pop("capabilities_added", None)
 
 
 def workload_pods(request: InferenceRequest) -> int:
