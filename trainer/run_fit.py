@@ -234,10 +234,14 @@ def compare_runs(table: RunTargets, pod_model: Predictor, prior: Predictor, *, k
         score(f"served: {describe_run_params(chosen)}", table, served[:, 1], served[:, 0], served[:, 2]),
         score("constant: geometric mean of the training runs", table, constant),
     ]
+    partly = has_deadline.any() and not has_deadline.all()  # then the deadline rows score fewer runs
     if has_deadline.any():
         with_deadline = table.subset(has_deadline)
         seconds.append(score(f"activeDeadlineSeconds (upper bound; {int(has_deadline.sum())} runs that set it)",
                              with_deadline, deadline[has_deadline]))
+        if partly:  # the served model on the same runs, so that the two compare like for like
+            seconds.append(score(f"served, on the {int(has_deadline.sum())} runs that set activeDeadlineSeconds",
+                                 with_deadline, served[has_deadline, 1], served[has_deadline, 0], served[has_deadline, 2]))
 
     energy: list[MethodMetrics] = []
     measured_joules = table.frame["energy_joules_per_run"].to_numpy(dtype=np.float64)
@@ -246,7 +250,8 @@ def compare_runs(table: RunTargets, pod_model: Predictor, prior: Predictor, *, k
         joules = RunTargets(table.frame[complete].reset_index(drop=True),
                             [r for r, keep in zip(table.requests, complete) if keep], measured_joules[complete],
                             table.groups[complete])
-        watts = _pod_watts(pod_model, table)[complete]
+        watts_all = _pod_watts(pod_model, table)
+        watts = watts_all[complete]
         energy.append(score(f"served: pod model W x {describe_run_params(chosen)}", joules,
                             watts * served[complete, 1], watts * served[complete, 0], watts * served[complete, 2]))
         energy.append(score("constant: geometric mean of the training runs' joules", joules,
@@ -257,6 +262,10 @@ def compare_runs(table: RunTargets, pod_model: Predictor, prior: Predictor, *, k
             subset = joules.subset(both[complete])
             energy.append(score(f"embedded prior W x activeDeadlineSeconds ({int(both.sum())} runs)", subset,
                                 prior_watts[both] * deadline[both]))
+            if both.sum() < complete.sum():
+                energy.append(score(f"served, on the {int(both.sum())} runs that set activeDeadlineSeconds", subset,
+                                    watts_all[both] * served[both, 1], watts_all[both] * served[both, 0],
+                                    watts_all[both] * served[both, 2]))
     return RunComparison(folds.scheme, chosen, grid, seconds, energy)
 
 

@@ -90,6 +90,13 @@ def test_the_run_model_learns_run_time_from_the_spec_and_beats_the_constant() ->
     assert deadline.method.startswith("activeDeadlineSeconds") and deadline.targets == 60
     assert [m.method.split(":")[0] for m in comparison.energy][:2] == ["served", "constant"]
     assert comparison.energy[0].targets == 120
+    # Half the runs set a deadline: the served model is scored on those same runs too, like for like.
+    same_seconds = comparison.seconds[3]
+    assert same_seconds.method == "served, on the 60 runs that set activeDeadlineSeconds" and same_seconds.targets == 60
+    assert same_seconds.mean_abs_log_error < deadline.mean_abs_log_error
+    prior_energy, same_energy = comparison.energy[2], comparison.energy[3]
+    assert prior_energy.targets == same_energy.targets == 60 and same_energy.method.startswith("served, on the 60")
+    assert same_energy.mae_watts < prior_energy.mae_watts
 
 
 def test_the_artifact_carries_the_run_model_and_the_webhook_serves_its_run_time(tmp_path: Path) -> None:
