@@ -40,6 +40,16 @@ def admission(result: dict[str, Any]) -> str:
                      *[f"{cell(fixed[rate]['p50_ms'], 2)} / {cell(fixed[rate]['p99_ms'], 2)}" for rate in (45.0, 100.0)],
                      cell(r["cpu_microseconds_per_request"], 0), cell(r["peak_rss_mib"], 0)])
     parts = [markdown_table(header, rows)]
+    if all("server_run_delay_share" in r for r in result["results"]):  # runs since the tail's breakdown
+        parts.append("\nWhat the closed loop's tail was made of, during the wrk run:\n")
+        parts.append(markdown_table(
+            ["server", "p99 / p50", "server loop waiting for a core", "wrk waiting for a core", "wrk CPU us/req",
+             "GC collections gen0/1/2"],
+            [[r["label"], cell(r["wrk"]["p99_ms"] / r["wrk"]["p50_ms"] if r["wrk"]["p50_ms"] else None, 2),
+              f"{100 * r['server_run_delay_share']:.1f}%", f"{100 * r['wrk_run_delay_share']:.1f}%",
+              cell(r.get("wrk_cpu_microseconds_per_request"), 0),
+              "/".join(f"{(r.get('gc_collections') or {}).get(g, 0):.0f}" for g in "012") if r.get("gc_collections") else "-"]
+             for r in result["results"]]))
     for r in result["results"]:
         if r.get("profile"):
             profile = r["profile"]
