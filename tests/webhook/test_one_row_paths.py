@@ -268,14 +268,3 @@ def test_the_anchored_knn_on_one_row_is_the_batchs_row(name: str) -> None:
         for field in ("power_watts", "power_watts_p10", "power_watts_p90", "nearest_distance", "beyond_trust",
                       "prior_only"):
             assert _same_bits(getattr(one, field), getattr(batch, field)[q:q + 1]), (q, field)
-
-
-@SETTINGS
-@given(tokens=st.lists(st.text(min_size=0, max_size=12), min_size=1, max_size=8))
-def test_a_remembered_token_hash_is_scikit_learns_murmurhash(tokens: list[str]) -> None:
-    from sklearn.utils import murmurhash3_32
-
-    from webhook.model.features import token_hash
-
-    for _ in range(2):  # the first call hashes and remembers, the second reads the memo
-        assert [token_hash(t) for t in tokens] == [murmurhash3_32(t, positive=True) for t in tokens]

@@ -89,21 +89,6 @@ CATEGORICAL_FEATURES = ("workload_kind", "runtime_class", "instance_type", "node
 APP_NAME_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app", "k8s-app", "component")
 
 _TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
-# A token's murmurhash, remembered: pods repeat the same few words (`img:nginx`, `cmd:gunicorn`,
-# `app:api`), and scikit-learn's `murmurhash3_32` checks and encodes its argument on every call. Bounded,
-# since tokens come from users' specs; past the bound the rest are hashed each time.
-_TOKEN_HASH_MEMO_ENTRIES = 16_384
-_TOKEN_HASHES: dict[str, int] = {}
-
-
-def token_hash(token: str) -> int:
-    """`murmurhash3_32(token, positive=True)`, through the memo."""
-    known = _TOKEN_HASHES.get(token)
-    if known is None:
-        known = murmurhash3_32(token, positive=True)
-        if len(_TOKEN_HASHES) < _TOKEN_HASH_MEMO_ENTRIES:
-            _TOKEN_HASHES[token] = known
-    return known
 
 
 def _image_tokens(image: str) -> list[str]:
@@ -339,7 +324,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
         # (np.linalg.norm alone was 3.6% of a loaded server's CPU on cache misses, py-spy).
         counts: dict[int, float] = {}
         for token in request_tokens(request, self.feature_version_ >= HOST_ACCESS_SINCE_VERSION):
-            bucket = token_hash(token) % self.text_dimensions
+            bucket = murmurhash3_32(token, positive=True) % self.text_dimensions
             counts[bucket] = counts.get(bucket, 0.0) + 1.0
         if counts:
             text_start = numeric_end + self.n_categorical_
