@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from trainer.collect import run_collect
-from trainer.crossval import DEFAULT_K_GRID
+from trainer.crossval import DEFAULT_K_GRID, DEFAULT_SELECTION_MAX_GROUPS
 from trainer.dataset import DEFAULT_MEMORY_LIMIT, run_dataset
 from trainer.dcgm import GpuChoice
 from trainer.evaluate import run_evaluate
@@ -187,6 +187,9 @@ def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kep
 _fit_options = _options(
     click.option("--k", "k_grid", default=",".join(map(str, DEFAULT_K_GRID)), help="k values to try, comma-separated."),
     click.option("--weight-grid/--no-weight-grid", default=False, help="Also choose the encoder's block weights."),
+    click.option("--selection-groups", type=click.IntRange(0), default=DEFAULT_SELECTION_MAX_GROUPS, show_default=True,
+                 help="Beyond this many workloads (CV groups), choose among the candidates on a seeded sample of "
+                      "this many, then fit and score the chosen on all; 0: choose on all."),
     click.option("--target-unit", type=click.Choice(TARGET_UNITS), default=DEFAULT_TARGET_UNIT,
                  help="One training target per workload spec, pod or pod-day."),
     click.option("--min-active-windows", type=click.IntRange(1), default=DEFAULT_MIN_ACTIVE_WINDOWS,
@@ -200,9 +203,11 @@ _fit_options = _options(
 
 
 def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: str, min_active_windows: int,
-         text_embedding: str, model_id: str | None, progress: bool, runs_dataset: Path | None = None) -> None:
+         text_embedding: str, model_id: str | None, progress: bool, runs_dataset: Path | None = None,
+         selection_groups: int = DEFAULT_SELECTION_MAX_GROUPS) -> None:
     settings = FitSettings(k_grid=_k_grid(k_grid), weight_grid=weight_grid, target_unit=target_unit,
-                           min_active_windows=min_active_windows, text_embedding=text_embedding, progress=progress)
+                           min_active_windows=min_active_windows, text_embedding=text_embedding, progress=progress,
+                           selection_max_groups=selection_groups)
     try:
         outcome = run_fit(dataset, out, settings, model_id=model_id, runs_dataset_path=runs_dataset)
     except ValueError as exc:
@@ -390,7 +395,7 @@ def evaluate(model_path: Path, dataset: Path, out_dir: Path, model_sha256: str |
 @click.option("--no-progress", is_flag=True)
 def run(requests_paths: tuple[Path, ...], workdir: Path, pod_spec_fallback: bool, k_grid: str, weight_grid: bool,
         target_unit: str, min_active_windows: int, text_embedding: str, model_id: str | None, no_progress: bool,
-        runs_dataset: Path | None, **label_options: Any) -> None:
+        runs_dataset: Path | None, selection_groups: int, **label_options: Any) -> None:
     """labels -> dataset -> fit in one go."""
     workdir.mkdir(parents=True, exist_ok=True)
     _labels(out=workdir / "labels.parquet", progress=not no_progress, **label_options)
@@ -398,7 +403,7 @@ def run(requests_paths: tuple[Path, ...], workdir: Path, pod_spec_fallback: bool
                           pod_spec_fallback=pod_spec_fallback)
     click.echo(summary.describe())
     _fit(workdir / "dataset.parquet", workdir / "model.joblib", k_grid, weight_grid, target_unit, min_active_windows,
-         text_embedding, model_id, not no_progress, runs_dataset)
+         text_embedding, model_id, not no_progress, runs_dataset, selection_groups)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ the coverage reported is out of sample twice over.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,15 +50,21 @@ from trainer.targets import TrainingTable
 from webhook.model.artifact import TrainedModel, build_pipeline
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import local_regression_columns, numeric_columns
-from webhook.model.intervals import grouped_conformal_offsets
-from webhook.model.knn import COLUMN_WEIGHTINGS
+from webhook.model.intervals import ConformalOffsets, grouped_conformal_offsets
+from webhook.model.knn import COLUMN_WEIGHTINGS, NeighbourPrediction
 from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.model.schema import InferenceRequest
 
 DEFAULT_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
 DEFAULT_LOGO_MAX_GROUPS = 10
 LOCAL_MIN_K = 5  # slopes from fewer neighbours than this only add noise
 LOCAL_ALPHAS = (0.1, 0.3)  # the local ridge's penalty: 0.1 best on the simulated cluster, 0.3 on ML.ENERGY
 DEFAULT_MAX_SPLITS = 5
+# Beyond this many groups the grid is scored on a seeded sample of this many whole groups (see
+# `compare_methods`); at or below it, on every group. 0: every group, however many.
+DEFAULT_SELECTION_MAX_GROUPS = 2000
+SELECTION_SEED = 0
+SELECTION_CRITERION = "out-of-fold mean absolute error of log power (not nested: slightly optimistic)"
 TARGETS = ("correction", "log_power")
 # (numeric, categorical, text) block weights tried with --weight-grid.
 WEIGHT_GRID: tuple[tuple[float, float, float], ...] = tuple(itertools.product((1.0,), (0.5, 1.0), (0.0, 0.5, 1.0)))
@@ -153,20 +159,125 @@ def fit_pipeline(params: Params, table: TrainingTable, *, interval_folds: int = 
     on `interval_folds` folds grouped by the table's groups, each fold refitting the whole Pipeline
     (`grouped_conformal_offsets`): the encoder too, so a held-out family's words are as unknown to
     the calibrating model as a new workload's are to the served one."""
-    pipeline = build_pipeline().set_params(**params, knn__interval_folds=0)
-    pipeline.fit(table.requests, table.power_watts)
+    return fit_pipelines([params], table, interval_folds=interval_folds)[0]
+
+
+def fit_pipelines(params_list: Sequence[Params], table: TrainingTable, *, interval_folds: int = 5) -> list[Any]:
+    """`fit_pipeline` for several candidates at once: the same Pipelines and offsets, with each
+    training set encoded once for all the candidates that share the encoder's parameters."""
+    pipelines = [pipeline for _, pipeline, _ in _fitted_each(params_list, table)]
+    quantiles = [pipeline[-1].interval_quantiles for pipeline in pipelines]
+    for pipeline, offsets in zip(pipelines, _conformal_offsets_each(params_list, table, interval_folds, quantiles)):
+        if offsets is not None:
+            pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
+    return pipelines
+
+
+def _encoder_key(encoder: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(encoder.get_params(deep=False).items()))
+
+
+def _fitted_each(params_list: Sequence[Params], train: TrainingTable,
+                 test_requests: Sequence[InferenceRequest] | None = None
+                 ) -> Iterator[tuple[int, Any, NeighbourPrediction | None]]:
+    """Each candidate's Pipeline fitted on `train` without interval calibration, with its prediction
+    of `test_requests` when given, one candidate at a time in the list's order (so that only one
+    candidate's model is held at once).
+
+    What `Pipeline.fit` and `predict` compute, less the repeated encoding: the encoder learns
+    nothing from the target (a vocabulary of categories, the numerics' mean and spread), so
+    candidates with the same encoder parameters get one encoder fitted on these requests and one
+    transform of the training and test requests, the Python-level work that was most of a
+    candidate's fit (py-spy, 20,000 workloads: 65% of `train fit`)."""
+    power = train.power_watts
+    key: tuple[tuple[str, Any], ...] | None = None
+    encoder: Any = None
+    train_rows = test_rows = None
+    for index, params in enumerate(params_list):
+        pipeline = build_pipeline().set_params(**params, knn__interval_folds=0)
+        if _encoder_key(pipeline[0]) != key:  # one encoding held at a time: the grid orders candidates by encoder
+            key, encoder = _encoder_key(pipeline[0]), pipeline[0]
+            train_rows = encoder.fit(train.requests).transform(train.requests)
+            test_rows = encoder.transform(test_requests) if test_requests is not None else None
+        pipeline.steps[0] = ("features", encoder)
+        pipeline[-1].fit(train_rows, power)
+        yield index, pipeline, None if test_rows is None else pipeline[-1].predict_detail(test_rows)
+
+
+def _conformal_offsets_each(params_list: Sequence[Params], table: TrainingTable, folds: int,
+                            quantiles: Sequence[tuple[float, float]]) -> list[ConformalOffsets | None]:
+    """Each candidate's grouped split-conformal offsets (`grouped_conformal_offsets`, as
+    `fit_pipeline` calibrates), each fold's candidates fitted on one encoding of its training rows.
+
+    The loop runs once for the first candidate, computing every candidate's residuals of each
+    fold; the others' offsets replay those residuals through the same loop, whose folds and
+    sampled rows depend only on the groups (checked fold by fold)."""
+    if folds < 2 or not params_list:
+        return [None] * len(params_list)
     n = len(table.requests)
+    groups = table.groups
+    log_measured = np.log(table.power_watts)
+    recorded: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = []
 
-    def held_out_residuals(train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
-        inner = fit_pipeline(params, table.subset(index_mask(n, train_index)), interval_folds=0)
-        predicted = inner.predict([table.requests[i] for i in test_index])
-        return np.log(table.power_watts[test_index]) - np.log(predicted)
+    def every_candidates_residuals(train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+        test_requests = [table.requests[i] for i in test_index]
+        residuals = [log_measured[test_index] - np.log(detail.power_watts)
+                     for _, _, detail in _fitted_each(params_list, table.subset(index_mask(n, train_index)), test_requests)
+                     if detail is not None]
+        recorded.append((train_index, test_index, residuals))
+        return residuals[0]
 
-    offsets = grouped_conformal_offsets(table.groups, held_out_residuals, folds=interval_folds,
-                                        quantiles=pipeline[-1].interval_quantiles)
-    if offsets is not None:
-        pipeline[-1].interval_log_offsets_ = (offsets.log_offset_p10, offsets.log_offset_p90)
-    return pipeline
+    results = [grouped_conformal_offsets(groups, every_candidates_residuals, folds=folds, quantiles=quantiles[0])]
+    for candidate in range(1, len(params_list)):
+        replay = iter(recorded)
+
+        def replayed(train_index: np.ndarray, test_index: np.ndarray, candidate: int = candidate) -> np.ndarray:
+            recorded_train, recorded_test, residuals = next(replay)
+            if not (np.array_equal(recorded_train, train_index) and np.array_equal(recorded_test, test_index)):
+                raise RuntimeError("grouped_conformal_offsets chose other folds on the same groups")
+            return residuals[candidate]
+
+        results.append(grouped_conformal_offsets(groups, replayed, folds=folds, quantiles=quantiles[candidate]))
+    return results
+
+
+def from_detail(detail: NeighbourPrediction) -> FoldPrediction:
+    """A fitted Pipeline's prediction as `TrainedModel.predict` reports it (`from_pod_predictions`),
+    without building a PodPrediction per row."""
+    return FoldPrediction(power_watts=np.asarray(detail.power_watts, dtype=np.float64),
+                          p10_watts=np.asarray(detail.power_watts_p10, dtype=np.float64),
+                          p90_watts=np.asarray(detail.power_watts_p90, dtype=np.float64),
+                          prior_fallback=np.asarray(detail.prior_only, dtype=bool))
+
+
+def served_out_of_fold(table: TrainingTable, folds: Folds, params_list: Sequence[Params], *,
+                       interval_folds: int = 5, progress: str | None = None) -> list[FoldPrediction]:
+    """`out_of_fold(table, folds, served(params, prior, interval_folds=...))` for each candidate:
+    the same predictions, with each fold's training rows encoded once for all candidates."""
+    n = len(table.requests)
+    parts: list[dict[str, np.ndarray]] = [{} for _ in params_list]
+    with tqdm(total=len(folds.splits) * len(params_list), desc=progress, unit="fit", disable=progress is None) as bar:
+        for train_index, test_index in folds.splits:
+            train, test = table.subset(index_mask(n, train_index)), table.subset(index_mask(n, test_index))
+            for index, detail in _fold_details(params_list, train, test.requests, interval_folds):
+                for name, values in asdict(from_detail(detail)).items():
+                    parts[index].setdefault(name, np.zeros(n, dtype=values.dtype))[test_index] = values
+                bar.update()
+    return [FoldPrediction(**p) for p in parts]
+
+
+def _fold_details(params_list: Sequence[Params], train: TrainingTable, test_requests: Sequence[InferenceRequest],
+                  interval_folds: int) -> Iterator[tuple[int, NeighbourPrediction]]:
+    if interval_folds < 2:  # no calibration: one candidate at a time
+        for index, _, detail in _fitted_each(params_list, train, test_requests):
+            assert detail is not None
+            yield index, detail
+        return
+    transformed: dict[int, np.ndarray] = {}
+    for index, pipeline in enumerate(fit_pipelines(params_list, train, interval_folds=interval_folds)):
+        if id(pipeline[0]) not in transformed:
+            transformed = {id(pipeline[0]): pipeline[0].transform(test_requests)}
+        yield index, pipeline[-1].predict_detail(transformed[id(pipeline[0])])
 
 
 def served(params: Params, prior: PriorPredictor, *, interval_folds: int = 5) -> FoldPredictor:
@@ -206,6 +317,34 @@ class GridPoint:
     mean_abs_log_error: float
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The rows the grid was scored on: every group, or beyond `selection_max_groups` groups a
+    seeded sample of whole groups (the chosen candidate is then refitted, and every reported
+    method scored, on all of them)."""
+
+    groups: int
+    of_groups: int
+    targets: int
+    of_targets: int
+    scheme: str
+    seed: int
+
+    @property
+    def sampled(self) -> bool:
+        return self.groups < self.of_groups
+
+    def describe(self) -> str:
+        if not self.sampled:
+            return SELECTION_CRITERION
+        return (f"{SELECTION_CRITERION} on a seeded sample of {self.groups:,} of the {self.of_groups:,} groups ({self.targets:,} of "
+                f"{self.of_targets:,} targets, {self.scheme}, seed {self.seed}); the chosen candidate and every "
+                "method below were then fitted and scored on all groups")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sampled": self.sampled}
+
+
 @dataclass
 class Comparison:
     """The outcome of grouped CV on one training table."""
@@ -217,12 +356,14 @@ class Comparison:
     metrics: list[MethodMetrics]
     text_embedding: str
     out_of_fold: dict[str, FoldPrediction] = field(default_factory=dict)
+    selection: Selection | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "scheme": self.scheme,
             "folds": self.folds,
-            "selection": "out-of-fold mean absolute error of log power (not nested: slightly optimistic)",
+            "selection": self.selection.describe() if self.selection is not None else SELECTION_CRITERION,
+            "selection_rows": self.selection.to_dict() if self.selection is not None else None,
             "grid": [{"params": params_json(p.params), "description": describe_params(p.params),
                       "mean_abs_log_error": p.mean_abs_log_error} for p in self.grid],
             "chosen": params_json(self.chosen),
@@ -232,21 +373,42 @@ class Comparison:
         }
 
 
+def selection_sample(groups: np.ndarray, max_groups: int, seed: int = SELECTION_SEED) -> np.ndarray | None:
+    """A mask of the rows of `max_groups` whole groups drawn with `seed`, or None when there are
+    no more groups than that (or `max_groups` is 0: every group)."""
+    distinct = np.unique(groups)
+    if max_groups <= 0 or len(distinct) <= max_groups:
+        return None
+    chosen = np.random.default_rng(seed).choice(distinct, max_groups, replace=False)
+    return np.isin(groups, chosen)
+
+
 def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_GRID, weight_grid: bool = False,
                     text_embedding: str = "tfidf", prior: PriorPredictor | None = None,
                     max_splits: int = DEFAULT_MAX_SPLITS, logo_max_groups: int = DEFAULT_LOGO_MAX_GROUPS,
-                    progress: bool = False) -> Comparison:
-    """Choose the served candidate by grouped CV, then score it and the baselines on the same folds."""
+                    selection_max_groups: int = DEFAULT_SELECTION_MAX_GROUPS, progress: bool = False) -> Comparison:
+    """Choose the served candidate by grouped CV (on a seeded sample of `selection_max_groups`
+    groups when there are more), then score it and the baselines on the same folds over every group."""
     prior = prior or PriorPredictor()
-    folds = grouped_folds(table.groups, max_splits, logo_max_groups)
-    smallest_train = min(len(train) for train, _ in folds.splits)
-    log_measured = np.log(table.power_watts)
-    grid: list[GridPoint] = []
-    for params in tqdm(candidate_params(k_grid, weight_grid, smallest_train), desc="choose the model", unit="candidate",
-                       disable=not progress):
-        # Points only while choosing: intervals (5 more fits per fold) only for the candidates reported.
-        prediction = out_of_fold(table, folds, served(params, prior, interval_folds=0))
-        grid.append(GridPoint(params, float(np.mean(np.abs(np.log(prediction.power_watts) - log_measured)))))
+    groups = table.groups
+    folds = grouped_folds(groups, max_splits, logo_max_groups)
+    sample = selection_sample(groups, selection_max_groups)
+    choosing, choosing_folds = table, folds
+    if sample is not None:
+        choosing = table.subset(sample)
+        choosing_folds = grouped_folds(groups[sample], max_splits, logo_max_groups)
+    selection = Selection(groups=len(np.unique(choosing.groups)), of_groups=len(np.unique(groups)),
+                          targets=len(choosing.requests), of_targets=len(table.requests), scheme=choosing_folds.scheme,
+                          seed=SELECTION_SEED)
+    smallest_train = min(len(train) for train, _ in choosing_folds.splits)
+    log_measured = np.log(choosing.power_watts)
+    candidates = candidate_params(k_grid, weight_grid, smallest_train)
+    # Points only while choosing: intervals (5 more fits per fold) only for the candidates reported.
+    predictions = served_out_of_fold(choosing, choosing_folds, candidates, interval_folds=0,
+                                     progress="choose the model" if progress else None)
+    grid = [GridPoint(params, float(np.mean(np.abs(np.log(prediction.power_watts) - log_measured))))
+            for params, prediction in zip(candidates, predictions)]
+    del predictions
     # Lowest error; on a tie the grid's order (the embedded prior first, the calibrated prior, then smaller k).
     best_index = min(range(len(grid)), key=lambda i: (round(grid[i].mean_abs_log_error, 12), i))
     chosen = grid[best_index].params
@@ -259,8 +421,8 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
         return score(method, table, prediction.power_watts, prediction.p10_watts, prediction.p90_watts,
                      prediction.prior_fallback)
 
-    reported = {i: out_of_fold(table, folds, served(grid[i].params, prior))
-                for i in {best_index, best_of("correction"), best_of("log_power"), 1}}
+    reported_indices = sorted({best_index, best_of("correction"), best_of("log_power"), 1})
+    reported = dict(zip(reported_indices, served_out_of_fold(table, folds, [grid[i].params for i in reported_indices])))
 
     first_prior = PriorPredictor(PriorCoefficients(**{**asdict(prior.coefficients), "gpu_products": False}))
     metrics = [
@@ -283,4 +445,5 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
         metrics=metrics,
         text_embedding=text_embedding,
         out_of_fold={"served": reported[best_index]},
+        selection=selection,
     )

@@ -26,6 +26,7 @@ from trainer.crossval import (
     DEFAULT_K_GRID,
     DEFAULT_LOGO_MAX_GROUPS,
     DEFAULT_MAX_SPLITS,
+    DEFAULT_SELECTION_MAX_GROUPS,
     Comparison,
     NotEnoughWorkloads,
     compare_methods,
@@ -56,6 +57,7 @@ class FitSettings:
     text_embedding: str = "auto"  # the prototype baseline's: auto = SBERT when installed, else TF-IDF
     max_splits: int = DEFAULT_MAX_SPLITS
     logo_max_groups: int = DEFAULT_LOGO_MAX_GROUPS
+    selection_max_groups: int = DEFAULT_SELECTION_MAX_GROUPS  # beyond it, the grid is scored on a sample of groups
     progress: bool = False
 
 
@@ -78,7 +80,7 @@ def compare(table: TrainingTable, settings: FitSettings, prior: PriorPredictor |
     embedding = default_text_embedding() if settings.text_embedding == "auto" else settings.text_embedding
     return compare_methods(table, k_grid=settings.k_grid, weight_grid=settings.weight_grid, text_embedding=embedding,
                            prior=prior, max_splits=settings.max_splits, logo_max_groups=settings.logo_max_groups,
-                           progress=settings.progress)
+                           selection_max_groups=settings.selection_max_groups, progress=settings.progress)
 
 
 def _data_section(table: TrainingTable, facts: DatasetFacts) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
             "",
             metrics_table(card_metrics(card, "cross_validation")),
             "",
-            "Grid (mean absolute error of log power, out of fold):",
+            f"Grid (mean absolute error of log power, out of fold{_grid_rows(cv)}):",
             "",
             "| candidate | error |",
             "| --- | --- |",
@@ -90,6 +90,15 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         ]
     lines += ["", "## Libraries", "", ", ".join(f"{k} {v}" for k, v in card["libraries"].items()), ""]
     return "\n".join(lines)
+
+
+def _grid_rows(cv: Mapping[str, Any]) -> str:
+    """Where the grid was scored, when not on every group (`trainer.crossval.Selection`)."""
+    rows = cv.get("selection_rows") or {}
+    if not rows.get("sampled"):
+        return ""
+    return (f", on a seeded sample of {rows['groups']:,} of the {rows['of_groups']:,} groups: {rows['targets']:,} of "
+            f"{rows['of_targets']:,} targets; the table above is on all of them")
 
 
 def write_card(card: Mapping[str, Any], artifact: str | os.PathLike[str]) -> tuple[Path, Path]:
