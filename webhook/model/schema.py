@@ -137,8 +137,6 @@ _SCALE_FIELDS = frozenset({"replicas", "parallelism", "completions"})
 RUN_FIELDS = frozenset(
     {"completion_mode", "backoff_limit", "active_deadline_seconds", "schedule", "time_zone", "suspend"}
 )
-
-
 _UNHASHED_FIELDS = _SCALE_FIELDS | RUN_FIELDS | {"annotations", "workload_name", "namespace"}
 # What `json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)` builds on every
 # call, built once: the same encoder, so the same text (json.dumps makes a JSONEncoder per call
