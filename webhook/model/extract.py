@@ -18,11 +18,11 @@ from webhook.model.gpus import INSTANCE_TYPE_LABELS, gpu_fraction, resolve_gpu_p
 from webhook.model.kinds import workload_kind
 from webhook.model.schema import (
     ANNOTATION_PREFIX,
+    MAX_CAPABILITIES,
+    MAX_CAPABILITY_LENGTH,
     MAX_CPU_MILLICORES,
     MAX_DEVICES,
     MAX_INT32,
-    MAX_CAPABILITIES,
-    MAX_CAPABILITY_LENGTH,
     MAX_INT64,
     MAX_MEMORY_MIB,
     MAX_PODS,
@@ -271,7 +271,7 @@ def _container(value: Any, field: str, *, native_sidecar: bool) -> tuple[Contain
         raise ExtractionError(f"{field}.name", "is required and must be a non-empty string")
     image = _optional_str(container.get("image"), f"{field}.image") or ""
     res = _resources(container.get("resources"), f"{field}.resources")
-    privileged, capabilities_added = _security(container.get("securityContext"), f"{field}.securityContext")
+    privileged, capabilities_added = _security(container.get("securityContext"), field)
     spec = ContainerSpec(
         name=name,
         image=image,
@@ -288,12 +288,17 @@ def _container(value: Any, field: str, *, native_sidecar: bool) -> tuple[Contain
     return spec, res.extended
 
 
-def _security(value: Any, field: str) -> tuple[bool, list[str]]:
-    """A container's privileges: what a node agent (a CNI, a scanner, an exporter) asks for and an
-    application seldom does, so words the model can group pods by."""
+def _security(value: Any, container_field: str) -> tuple[bool, list[str]]:
+    """A container's privileges (its ``securityContext``): what a node agent (a CNI, a scanner, an
+    exporter) asks for and an application seldom does, so words the model can group pods by. Most
+    containers set none: they cost one check, and field paths are spelled out only where there is
+    a context to read."""
+    if value is None:
+        return False, []
+    field = f"{container_field}.securityContext"
     context = _mapping(value, field)
     privileged = _optional_bool(context.get("privileged"), f"{field}.privileged") or False
-    capabilities = _mapping(context.get("capabilities"), f"{field}.capabilities")
+    capabilities = _child_mapping(context, "capabilities", field)
     added = _string_list(capabilities.get("add"), f"{field}.capabilities.add") or []
     if len(added) > MAX_CAPABILITIES:
         raise ExtractionError(f"{field}.capabilities.add", f"lists {len(added)} capabilities, above the limit of {MAX_CAPABILITIES}")
@@ -309,8 +314,9 @@ _HOST_NAMESPACE_FIELDS = (("hostNetwork", "network"), ("hostPID", "pid"), ("host
 
 
 def _host_namespaces(pod_spec: Mapping[str, Any], spec_field: str) -> list[str]:
+    # The field path only for a value that is set: most pods set none of the three.
     return [namespace for key, namespace in _HOST_NAMESPACE_FIELDS
-            if _optional_bool(pod_spec.get(key), f"{spec_field}.{key}")]
+            if (value := pod_spec.get(key)) is not None and _optional_bool(value, f"{spec_field}.{key}")]
 
 
 def _volume_type(volume: Any, field: str) -> str:
