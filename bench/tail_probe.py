@@ -209,55 +209,6 @@ def serve(argv: list[str]) -> None:
 # The driver.
 
 
-def _schedstat(pid: int) -> tuple[float, float]:
-    """(CPU seconds, run delay seconds) of the process's main thread."""
-    cpu_ns, delay_ns, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
-    return int(cpu_ns) / 1e9, int(delay_ns) / 1e9
-
-
-def _process_schedstat(pid: int) -> tuple[float, float]:
-    """(CPU seconds, run delay seconds) summed over the process's threads."""
-    cpu = delay = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            cpu_ns, delay_ns, _ = (task / "schedstat").read_text().split()
-        except (OSError, ValueError):
-            continue
-        cpu += int(cpu_ns) / 1e9
-        delay += int(delay_ns) / 1e9
-    return cpu, delay
-
-
-def run_wrk_watched(url: str, bodies_file: Path, seconds: int) -> tuple[Any, tuple[float, float]]:
-    """wrk as bench.wrk_runner runs it, and its threads' CPU and run delay, read until it exits."""
-    import subprocess
-
-    from bench.wrk_runner import LUA_SCRIPT, RESULT_MARKER, WrkResult, ensure_wrk
-
-    args = [ensure_wrk(), "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout=10s", "-s", str(LUA_SCRIPT), url,
-            "--", str(bodies_file)]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = (0.0, 0.0)
-    while process.poll() is None:
-        try:
-            last = _process_schedstat(process.pid)
-        except OSError:
-            pass
-        time.sleep(0.05)
-    stdout, stderr = process.communicate()
-    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if process.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed: {stderr[-500:]}")
-    raw = json.loads(lines[-1][len(RESULT_MARKER):])
-    latency = raw["latency_us"]
-    duration = raw["duration_us"] / 1e6
-    result = WrkResult(connections=CONNECTIONS, threads=1, duration_seconds=duration, requests=raw["requests"],
-                       requests_per_second=round(raw["requests"] / duration, 1), p50_ms=latency["p50"] / 1000,
-                       p90_ms=latency["p90"] / 1000, p99_ms=latency["p99"] / 1000, max_ms=latency["max"] / 1000,
-                       mean_ms=latency["mean"] / 1000, errors=raw["errors"], command=" ".join(args))
-    return result, last
-
-
 def _switches(pid: int) -> tuple[int, int]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines()
                   if ":" in line)
@@ -315,8 +266,6 @@ def _gap_summary(walls: list[float], cpus: list[float], gc_events: list[list[flo
     """Gaps between the monitor's firings: each one or more loop iterations."""
     if len(walls) < 2:
         return {}
-    from bench.stats import percentile
-
     gaps = [(walls[i] - walls[i - 1], cpus[i] - cpus[i - 1], walls[i - 1], walls[i]) for i in range(1, len(walls))]
     long_s = LONG_MS / 1e3
     long_gaps = [g for g in gaps if g[0] > long_s]
@@ -335,12 +284,8 @@ def _gap_summary(walls: list[float], cpus: list[float], gc_events: list[list[flo
     span = walls[-1] - walls[0]
     return {
         "gaps": len(gaps),
-        "wall_ms_p50": round(percentile(walls_sorted, 50), 3),
-        "wall_ms_p99": round(percentile(walls_sorted, 99), 3),
-        "wall_ms_max": round(walls_sorted[-1], 3),
-        "cpu_ms_p50": round(percentile(cpus_sorted, 50), 3),
-        "cpu_ms_p99": round(percentile(cpus_sorted, 99), 3),
-        "cpu_ms_max": round(cpus_sorted[-1], 3),
+        **_spread("wall_ms", walls_sorted),
+        **_spread("cpu_ms", cpus_sorted),
         "long_per_second": round(len(long_gaps) / span, 2),
         "long_busy_per_second": round(len(busy_long) / span, 2),
         "long_mostly_waiting_per_second": round(len(waited) / span, 2),
@@ -351,8 +296,6 @@ def _gap_summary(walls: list[float], cpus: list[float], gc_events: list[list[flo
 
 def _request_summary(recorded: dict[str, Any]) -> dict[str, float]:
     """Each request from its bytes reaching the HTTP parser to its answer written: wall and CPU."""
-    from bench.stats import percentile
-
     arrival, done = recorded["request_arrival"], recorded["request_done"]
     if not arrival:
         return {}
@@ -362,14 +305,20 @@ def _request_summary(recorded: dict[str, Any]) -> dict[str, float]:
                       zip(arrival, done, recorded["request_cpu_arrival"], recorded["request_cpu_done"]))
     return {
         "requests": len(residence),
-        "wall_ms_p50": round(percentile(residence, 50), 3),
-        "wall_ms_p99": round(percentile(residence, 99), 3),
-        "wall_ms_max": round(residence[-1], 3),
-        "loop_cpu_ms_p50": round(percentile(cpu, 50), 3),
-        "loop_cpu_ms_p99": round(percentile(cpu, 99), 3),
-        "off_core_ms_p50": round(percentile(off_core, 50), 3),
-        "off_core_ms_p99": round(percentile(off_core, 99), 3),
+        **_spread("wall_ms", residence),
+        **_spread("loop_cpu_ms", cpu, with_max=False),
+        **_spread("off_core_ms", off_core, with_max=False),
     }
+
+
+def _spread(name: str, ascending: list[float], with_max: bool = True) -> dict[str, float]:
+    """`name`_p50, _p99 (and _max) of sorted values, in ms to the microsecond."""
+    from bench.stats import percentile
+
+    spread = {f"{name}_p50": round(percentile(ascending, 50), 3), f"{name}_p99": round(percentile(ascending, 99), 3)}
+    if with_max:
+        spread[f"{name}_max"] = round(ascending[-1], 3)
+    return spread
 
 
 def _signal_and_read(pid: int, out: Path, timeout: float = 10.0) -> dict[str, Any]:
@@ -387,7 +336,7 @@ def _signal_and_read(pid: int, out: Path, timeout: float = 10.0) -> dict[str, An
 def measure(name: str, round_: int, server: Any, out: Path, bodies: list[bytes], bodies_file: Path,
             seconds: int, warmup: int, keep: Path | None = None) -> tuple[RunProbe, dict[str, Any]]:
     from bench.admission_load import _check_and_prime, ServerCase
-    from bench.wrk_runner import run_wrk
+    from bench.wrk_runner import run_wrk, scheduler_seconds
 
     pid = server.process.pid
     _check_and_prime(server, bodies, ServerCase(name, name, (), is_webhook=not name.startswith("echo")))
@@ -395,13 +344,13 @@ def measure(name: str, round_: int, server: Any, out: Path, bodies: list[bytes],
     run_wrk(url, bodies_file, CONNECTIONS, warmup)
     _signal_and_read(pid, out)  # forget the warm-up
     load_before = os.getloadavg()[0]
-    sched0, switches0, stat0 = _schedstat(pid), _switches(pid), _proc_stat()
+    sched0, switches0, stat0 = scheduler_seconds(pid, pid), _switches(pid), _proc_stat()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    wrk, (wrk_cpu, wrk_delay) = run_wrk_watched(url, bodies_file, seconds)
+    wrk = run_wrk(url, bodies_file, CONNECTIONS, seconds)  # also wrk's threads' run delay, read until it exits
     wall = time.perf_counter() - started
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sched1, switches1, stat1 = _schedstat(pid), _switches(pid), _proc_stat()
+    sched1, switches1, stat1 = scheduler_seconds(pid, pid), _switches(pid), _proc_stat()
     recorded = _signal_and_read(pid, out)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -421,7 +370,7 @@ def measure(name: str, round_: int, server: Any, out: Path, bodies: list[bytes],
         server_preemptions_per_second=round((switches1[1] - switches0[1]) / wall, 1),
         wrk_cpu_share=round((children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime) / wall, 3),
         wrk_preemptions_per_second=round((children1.ru_nivcsw - children0.ru_nivcsw) / wall, 1),
-        wrk_run_delay_share=round(wrk_delay / wall, 4),
+        wrk_run_delay_share=round(wrk.wrk_run_delay_seconds / wall, 4),
         machine_busy_share=round(busy / total, 3),
         machine_steal_share=round(delta[7] / total, 4),
         gc_by_generation=gc_by_generation, gc_max_wall_ms=gc_max,
