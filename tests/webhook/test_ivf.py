@@ -68,6 +68,42 @@ def test_an_ivf_model_predicts_like_the_exact_one_and_round_trips(tmp_path: Path
     loaded = load_model(path)
     assert isinstance(loaded.pipeline[-1].index_, InvertedFileIndex)
     np.testing.assert_allclose([p.power_watts for p in loaded.predict(queries)], approximate.predict(queries), rtol=1e-6)
+    assert loaded.pipeline[-1].index_.training.flags.f_contiguous  # mapped as stored, column-major
+
+    # An artifact from before the column-major layout (rows stored row-major) loads and predicts the same.
+    approximate[-1].training_features_ = np.ascontiguousarray(approximate[-1].training_features_)
+    old = tmp_path / "row-major.esmodel"
+    save_model(old, approximate, "ivf", {})
+    reloaded = load_model(old)
+    assert reloaded.pipeline[-1].index_.training.flags.f_contiguous
+    np.testing.assert_array_equal([p.power_watts for p in reloaded.predict(queries)],
+                                  [p.power_watts for p in loaded.predict(queries)])
+
+
+def test_a_sparse_query_scores_only_its_columns_and_finds_the_exact_neighbours() -> None:
+    """Pod specs are mostly the training medians (no GPU, the usual kind, a few hashed words):
+    such a query scores each list from its nonzero shifted columns alone. With every list probed
+    the search is exhaustive, so it must name exactly the exact search's neighbours."""
+    rng = np.random.default_rng(22)
+    training = np.zeros((4000, 120), dtype=np.float32)
+    training[:, :10] = rng.standard_normal((4000, 10))
+    np.put_along_axis(training, rng.integers(10, 120, size=(4000, 5)), 1.0, axis=1)
+    training[200:230] = training[3]  # twins
+    lists = fit_lists(training, lists=30)
+    ordered = training[lists.order]
+    index = InvertedFileIndex(ordered, lists.centroids, lists.offsets, probes=lists.centroids.shape[0])
+    near = ordered[[10, 2000]].copy()
+    near[:, :10] += np.float32(1e-3)
+    queries = np.vstack([ordered[[0, 3999]], near, training[3:4]])
+    distances, rows = index.kneighbors(queries, 6)
+    for q, query in enumerate(queries):
+        assert index.shift.sparse(query) is not None  # the column-by-column path
+        exact_distances, exact_rows = BruteForceIndex(ordered).kneighbors(query[None, :], 6)
+        np.testing.assert_array_equal(rows[q], exact_rows[0])
+        np.testing.assert_allclose(distances[q], exact_distances[0], rtol=1e-12, atol=1e-12)
+    dense = rng.standard_normal((1, 120)).astype(np.float32)  # differs everywhere: the GEMV over every column
+    assert index.shift.sparse(dense[0]) is None
+    np.testing.assert_array_equal(index.kneighbors(dense, 6)[1], BruteForceIndex(ordered).kneighbors(dense, 6)[1])
 
 
 def test_ivf_is_an_algorithm_and_auto_is_exact_below_the_threshold() -> None:

@@ -317,7 +317,7 @@ def test_one_sparse_query_at_a_time_finds_the_exact_neighbours() -> None:
     stranger[0, [20, 60, 140]] = 1.0
     queries = np.vstack([queries, stranger]).astype(np.float32)
     for query in queries:
-        shifted = query - index.offsets
+        shifted = query - index.shift.offsets
         assert np.count_nonzero(shifted) * 3 <= query.size  # the sparse path, not the GEMV
         distances, rows = index.kneighbors(query[None, :], K)
         expected_distances, expected_rows = _exact_reference(training, query[None, :], K)

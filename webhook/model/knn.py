@@ -41,16 +41,13 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import validate_data
 from scipy.linalg.blas import saxpy
 
-from webhook.model.arrays import checked_rows, exact_nearest, limit_blas_threads_once, require_fitted
+from webhook.model.arrays import ColumnShift, checked_rows, exact_nearest, limit_blas_threads_once, require_fitted
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.ivf import InvertedFileIndex, InvertedLists, fit_lists
 
 
 TRUST_SAMPLE_ROWS = 2000
-OFFSET_SAMPLE_ROWS = 10_000
-# A query takes the sparse path when at most 1 / SPARSE_QUERY_SHARE of its shifted columns are nonzero.
-SPARSE_QUERY_SHARE = 3
 ALGORITHMS = ("auto", "brute", "ivf", "kd_tree", "ball_tree")
 # "auto" searches an inverted file from this many training rows on, exactly below it.
 IVF_MIN_ROWS = 20_000
@@ -73,12 +70,11 @@ class BruteForceIndex:
     (distance, row), so ties always go to the lowest rows, whatever BLAS rounded.
 
     One query at a time (the webhook's case) is mostly zeros once each column is shifted by a
-    value most rows share (its median: no GPU, no init container, the usual kind, a few hashed
-    tokens of 128): with q' = q - c, q·x = q'·x + c·x, and c·x is precomputed per row. The
-    matrix is kept column-major, so the product reads only the columns where q' is not zero, one
-    BLAS axpy each: a 50,000 x 155 search read 17 columns instead of 155 and took 0.31 ms against
-    1.1 ms for the GEMV (bench/README.md). A query with many nonzero columns, and a block of
-    queries, take the GEMV/GEMM.
+    value most rows share (`ColumnShift`). The matrix is kept column-major, so the product reads
+    only the columns where the shifted query is not zero, one BLAS axpy each: a 50,000 x 155
+    search read 17 columns instead of 155 and took 0.31 ms against 1.1 ms for the GEMV
+    (bench/README.md). A query with many nonzero columns, and a block of queries, take the
+    GEMV/GEMM.
     """
 
     def __init__(self, training: np.ndarray) -> None:
@@ -89,13 +85,7 @@ class BruteForceIndex:
             raise ValueError("BruteForceIndex needs a 2-d training matrix with at least one row")
         self.squared_norms = np.einsum("ij,ij->i", self.training, self.training)
         self.max_norm = float(np.sqrt(self.squared_norms.max()))
-        sample = self.training
-        if self.rows > OFFSET_SAMPLE_ROWS:  # a median of a sample: any offset is exact, this one only sparse
-            sample = self.training[np.sort(np.random.default_rng(0).choice(self.rows, OFFSET_SAMPLE_ROWS, replace=False))]
-        self.offsets = np.median(sample, axis=0).astype(np.float32)
-        self.offset_norm = float(np.linalg.norm(self.offsets.astype(np.float64)))
-        # ||x||² - 2 c·x: a sparse query's scores start here.
-        self.shifted_base = self.squared_norms - 2.0 * (self.training @ self.offsets)
+        self.shift = ColumnShift.of(self.training, self.squared_norms)
         # Each float32 score is off by at most (d + 2) unit roundoffs times (||x|| + ||q||)²
         # (Higham's dot-product bound for q·x and for ||x||², and the subtraction); doubled
         # for a margin over BLAS kernels that accumulate in another order.
@@ -126,16 +116,15 @@ class BruteForceIndex:
     def _scores(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """||x||² - 2 q·x per (query, row), i.e. ||q - x||² less the query's own ||q||², and per
         query a bound on the float32 rounding error of its scores."""
-        if block.shape[0] == 1:
-            shifted = block[0] - self.offsets
-            nonzero = np.flatnonzero(shifted)
-            if nonzero.size * SPARSE_QUERY_SHARE <= block.shape[1]:
-                scores = self.shifted_base.copy()
-                for column in nonzero:
-                    scores = saxpy(self.training[:, column], scores, a=-2.0 * float(shifted[column]))
-                # The base (||x||² and c·x) and the axpys each round like a dot product of these norms.
-                norm = self.max_norm + self.offset_norm + float(np.linalg.norm(shifted.astype(np.float64)))
-                return scores[None, :], np.array([2.0 * self.score_error_factor * norm**2])
+        sparse = self.shift.sparse(block[0]) if block.shape[0] == 1 else None
+        if sparse is not None:
+            shifted, nonzero = sparse
+            scores = self.shift.shifted_base.copy()
+            for column in nonzero:
+                scores = saxpy(self.training[:, column], scores, a=-2.0 * float(shifted[column]))
+            # The base (||x||² and c·x) and the axpys each round like a dot product of these norms.
+            norm = self.max_norm + self.shift.offset_norm + float(np.linalg.norm(shifted.astype(np.float64)))
+            return scores[None, :], np.array([2.0 * self.score_error_factor * norm**2])
         # Scaling the query by -2 is exact in binary and saves a pass over the scores.
         scores = (-2.0 * block) @ self.training.T  # a single query makes this a GEMV
         scores += self.squared_norms
@@ -432,7 +421,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     def _store_list_by_list(self, lists: InvertedLists) -> None:
         """Every per-row array in the inverted file's order, which the index's row numbers follow."""
         order = lists.order
-        self.training_features_ = np.ascontiguousarray(self.training_features_[order])
+        self.training_features_ = np.asfortranarray(self.training_features_[order])
         self.targets_ = self.targets_[order]
         self.local_features_ = self.local_features_[order]
         if self.training_log_anchors_.size:
@@ -629,10 +618,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
                {"ivf_centroids": self.inverted_lists_[0], "ivf_offsets": self.inverted_lists_[1]})})
 
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
-        # The layout its index searches, as `to_state` stored it (row-major list by list for the
-        # inverted file, column-major otherwise): a mapped artifact's rows are then used in place.
-        layout = np.ascontiguousarray if "ivf_centroids" in arrays else np.asfortranarray
-        features = layout(arrays["training_features"], dtype=np.float32)
+        # Column-major, the layout both indexes search and `to_state` stores: a mapped artifact's
+        # rows are then used in place. An inverted file stored row-major (before 2026-11-29) is
+        # copied once at load.
+        features = np.asfortranarray(arrays["training_features"], dtype=np.float32)
         targets = np.asarray(arrays["targets"], dtype=np.float64)
         if features.ndim != 2 or targets.shape != (features.shape[0],):
             raise ValueError("training_features must be rows x columns and targets one value per row")
