@@ -32,7 +32,7 @@ from trainer.evaluate import run_evaluate
 from trainer.fit import FitSettings, run_fit
 from trainer.kepler import KeplerLine
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
-from trainer.labels import LabelsRunSummary, parse_duration_seconds, run_labels
+from trainer.labels import DEFAULT_QUERIES_IN_FLIGHT, LabelsRunSummary, parse_duration_seconds, run_labels
 from trainer.measurements import run_measurement_dataset
 from trainer.metrics import MethodMetrics, metrics_table
 from trainer.inputs import InputFileError
@@ -145,6 +145,8 @@ _labels_options = _options(
     click.option("--step", default="60s", help="Window length (60s, 5m, ...)."),
     click.option("--state", "states", multiple=True, help="Kepler >= 0.10 pod states (running, ...; 'all')."),
     click.option("--chunk", default="12h", help="Longest range of one Prometheus query."),
+    click.option("--queries-in-flight", type=click.IntRange(min=1), default=DEFAULT_QUERIES_IN_FLIGHT, show_default=True,
+                 help="Chunks asked of Prometheus before the oldest is read (1: one at a time)."),
     click.option("--kube-owner-fallback", is_flag=True,
                  help="Ask the Kubernetes API for the owners of pods kube-state-metrics never reported."),
     _kube_options,
@@ -153,7 +155,7 @@ _labels_options = _options(
 
 def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kepler_line: str | None,
             modes: tuple[str, ...], components: tuple[str, ...], zones: tuple[str, ...], states: tuple[str, ...],
-            chunk: str, timeout: str, progress: bool, kube_owner_fallback: bool, gpu: str, kubeconfig: str | None,
+            chunk: str, queries_in_flight: int, timeout: str, progress: bool, kube_owner_fallback: bool, gpu: str, kubeconfig: str | None,
             context: str | None, in_cluster: bool, request_timeout: str, retries: int, retry_backoff: str,
             retry_max_backoff: str) -> LabelsRunSummary:
     from trainer.api_owners import KubernetesOwnerFallback
@@ -164,7 +166,8 @@ def _labels(prometheus_url: str, start: str, end: str, step: str, out: Path, kep
         try:
             return run_labels(prometheus_url, start, end, step, out, kepler_line=kepler_line, modes=modes,
                               components=components, zones=zones, states=states, chunk=chunk, timeout=timeout,
-                              progress=progress, owner_fallback=owner_fallback, gpu=gpu, retry=retry)
+                              progress=progress, owner_fallback=owner_fallback, gpu=gpu, retry=retry,
+                              queries_in_flight=queries_in_flight)
         except PrometheusError as exc:
             raise _prometheus_failed(exc, out) from None
         except ValueError as exc:

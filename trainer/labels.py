@@ -36,10 +36,13 @@ workloads. Chunks are consecutive in time and each is sorted, so the file is in
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -70,6 +73,7 @@ from trainer.prometheus import (
     NO_RETRY,
     EvaluationChunk,
     PrometheusClient,
+    RangeArrays,
     RetryPolicy,
     split_evaluation_range,
 )
@@ -93,6 +97,12 @@ DEFAULT_WINDOW_SECONDS = 60
 # a chunk near 150 MB whatever the cluster's size; at 2,000 workloads (~1,650 pods a window) that
 # is ~300 windows a query. See bench/README.md (trainer_scale) for the measured peaks.
 DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST = 500_000
+# Chunks whose range queries are sent before the oldest is read. Prometheus evaluates one query
+# on one core, and `labels` waited for it, then parsed, then asked again: at 20,000 workloads x 1
+# day, of 287 s wall the Prometheus process spent 192 s of CPU and this one 91 s, one after the
+# other. With two chunks asked for, Prometheus evaluates the next while this process reads the
+# last, and the two cores share the work.
+DEFAULT_QUERIES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,9 @@ class LabelsReader:
         so the windows of the next chunk are chosen from the points per window seen so far (the
         first from the pods present at the first window): memory follows this budget, not the
         cluster. The rows do not depend on where chunks are cut.
+    queries_in_flight: chunks whose range queries are sent before the oldest is read
+        (`DEFAULT_QUERIES_IN_FLIGHT`; 1 asks for one chunk at a time). They share the client's
+        connection pool; memory holds up to this many chunks' answers more.
     retry: when Prometheus does not answer, how often to try a request again (with a URL; a ready
         client brings its own). Chunks already read are kept: the run resumes where it stopped.
     progress: show a progress bar over the chunks (on stderr).
@@ -197,6 +210,7 @@ class LabelsReader:
         gpu: GpuChoice | str = GpuChoice.AUTO,
         max_windows_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK,
         max_points_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST,
+        queries_in_flight: int = DEFAULT_QUERIES_IN_FLIGHT,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         retry: RetryPolicy = NO_RETRY,
         progress: bool = False,
@@ -210,6 +224,8 @@ class LabelsReader:
             raise ValueError(f"the window (step) must be a whole number of seconds >= 1, got {step_seconds!r}")
         if max_windows_per_chunk < 1 or max_points_per_chunk < 1:
             raise ValueError("a chunk holds at least one window and one point")
+        if queries_in_flight < 1:
+            raise ValueError(f"queries_in_flight must be >= 1, got {queries_in_flight}")
         self.window_seconds = int(step_seconds)
         self.window_count = int(math.floor((end_seconds - self.start_seconds) / self.window_seconds + 1e-9))
         if self.window_count < 1:
@@ -227,6 +243,7 @@ class LabelsReader:
         self.gpu = gpu
         self.max_windows_per_chunk = max_windows_per_chunk
         self.max_points_per_chunk = max_points_per_chunk
+        self.queries_in_flight = queries_in_flight
         self.progress = progress
         self.gpu_source: GpuSource | None = None
         self.gpu_power_gauge_joules = 0.0
@@ -258,38 +275,60 @@ class LabelsReader:
         # then on every request is a chunk's and a failure names the chunk it stopped at.
         resolver = OwnerResolver(load_owner_index(client, self.start_seconds, self.last_window_end), self.owner_fallback)
 
-        windows_done = 0
         windows = min(self.max_windows_per_chunk, self._first_chunk_windows(first_end))
-        with tqdm(total=math.ceil(self.window_count / windows), desc="kepler energy", unit="chunk",
-                  disable=not self.progress) as bar:
-            while windows_done < self.window_count:
-                windows = min(windows, self.window_count - windows_done)
-                chunk = EvaluationChunk(start_seconds=first_end + windows_done * window_seconds,
-                                        end_seconds=first_end + (windows_done + windows - 1) * window_seconds,
+        in_flight: deque[_ChunkQueries] = deque()
+        windows_planned = windows_done = 0
+        pool = ThreadPoolExecutor(max_workers=self.queries_in_flight, thread_name_prefix="labels-query")
+
+        def plan_ahead() -> None:
+            """Send the next chunks' queries until `queries_in_flight` chunks are asked for."""
+            nonlocal windows_planned
+            while len(in_flight) < self.queries_in_flight and windows_planned < self.window_count:
+                count = min(windows, self.window_count - windows_planned)
+                chunk = EvaluationChunk(start_seconds=first_end + windows_planned * window_seconds,
+                                        end_seconds=first_end + (windows_planned + count - 1) * window_seconds,
                                         step_seconds=window_seconds)
-                cpu = _read_pod_energy(client, self.query, [chunk], window_seconds, pod_codes)
-                kepler_gpu = (_read_pod_energy(client, kepler_gpu_query, [chunk], window_seconds, pod_codes)
-                              if kepler_gpu_query is not None else _PodRows.empty())
-                gpu_rows = kepler_gpu if self.gpu_source is GpuSource.KEPLER else dcgm_rows.between(
-                    chunk.start_seconds, chunk.end_seconds)
-                kepler_gpu_inside = kepler_gpu if selection_counts_gpu(self.line, self.container_selection) and \
-                    self.gpu_source is not None else _PodRows.empty()
-                rows = _combine(cpu, kepler_gpu_inside, gpu_rows)
-                windows_done += windows
-                if len(rows.codes):
-                    keys = pod_codes.keys
-                    workloads.extend(resolver.resolve(namespace, pod) for namespace, pod in keys[len(workloads):])
-                    yield self._frame(rows, keys, workloads)
-                # The next chunk's windows: as many as the budget of points allows at the points
-                # per window this chunk returned.
-                points_per_window = max(len(cpu.codes), len(kepler_gpu.codes)) / windows
-                if points_per_window > 0:
-                    windows = max(1, min(self.max_windows_per_chunk, int(self.max_points_per_chunk // points_per_window)))
-                bar.total = bar.n + 1 + math.ceil((self.window_count - windows_done) / windows)
-                bar.update(1)
-                if windows_done >= self.window_count:
-                    bar.total = bar.n
-                    bar.refresh()
+                ask = functools.partial(pool.submit, client.range_query_arrays, start_seconds=chunk.start_seconds,
+                                        end_seconds=chunk.end_seconds, step_seconds=window_seconds)
+                in_flight.append(_ChunkQueries(chunk, count, ask(self.query.promql),
+                                               ask(kepler_gpu_query.promql) if kepler_gpu_query is not None else None))
+                windows_planned += count
+
+        try:
+            with tqdm(total=math.ceil(self.window_count / windows), desc="kepler energy", unit="chunk",
+                      disable=not self.progress) as bar:
+                plan_ahead()
+                while in_flight:
+                    asked = in_flight.popleft()
+                    chunk = asked.chunk
+                    # In chunk order, so pods are numbered and a failure is named as without the queries ahead.
+                    cpu = _pod_rows(asked.cpu.result(), self.query, pod_codes)
+                    kepler_gpu = (_pod_rows(asked.kepler_gpu.result(), kepler_gpu_query, pod_codes)
+                                  if asked.kepler_gpu is not None and kepler_gpu_query is not None else _PodRows.empty())
+                    # The next chunks' windows: as many as the budget of points allows at the points
+                    # per window this chunk returned (the chunks already asked for keep theirs).
+                    points_per_window = max(len(cpu.codes), len(kepler_gpu.codes)) / asked.windows
+                    if points_per_window > 0:
+                        windows = max(1, min(self.max_windows_per_chunk, int(self.max_points_per_chunk // points_per_window)))
+                    plan_ahead()  # Prometheus evaluates them while this chunk is built and written
+                    gpu_rows = kepler_gpu if self.gpu_source is GpuSource.KEPLER else dcgm_rows.between(
+                        chunk.start_seconds, chunk.end_seconds)
+                    kepler_gpu_inside = kepler_gpu if selection_counts_gpu(self.line, self.container_selection) and \
+                        self.gpu_source is not None else _PodRows.empty()
+                    rows = _combine(cpu, kepler_gpu_inside, gpu_rows)
+                    windows_done += asked.windows
+                    bar.total = bar.n + 1 + len(in_flight) + math.ceil((self.window_count - windows_planned) / windows)
+                    bar.update(1)
+                    if windows_done >= self.window_count:
+                        bar.total = bar.n
+                        bar.refresh()
+                    if len(rows.codes):
+                        keys = pod_codes.keys
+                        workloads.extend(resolver.resolve(namespace, pod) for namespace, pod in keys[len(workloads):])
+                        yield self._frame(rows, keys, workloads)
+        finally:
+            # Stopped early (an error, or the consumer closed the generator): nothing more is asked.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _first_chunk_windows(self, first_end: float) -> int:
         """Windows in the first chunk: the budget of points over the pods present at the first
@@ -360,28 +399,31 @@ class _PodRows:
                         None if self.gpu_energy_joules is None else self.gpu_energy_joules[inside])
 
 
-def _read_pod_energy(
-    client: PrometheusClient,
-    query: EnergyQuery,
-    chunks: Sequence[EvaluationChunk],
-    window_seconds: int,
-    pod_codes: _PodCodes,
-) -> _PodRows:
-    """Run a per-pod energy query over the chunks; new pods get the next codes in `pod_codes`."""
+def _pod_rows(answer: Sequence[RangeArrays], query: EnergyQuery, pod_codes: _PodCodes) -> _PodRows:
+    """One range query's per-pod energy series as rows; new pods get the next codes in `pod_codes`."""
     code_parts: list[np.ndarray] = []
     window_end_parts: list[np.ndarray] = []
     energy_parts: list[np.ndarray] = []
-    for chunk in chunks:
-        for series in client.range_query_arrays(query.promql, chunk.start_seconds, chunk.end_seconds, window_seconds):
-            if not len(series.values):
-                continue
-            code = pod_codes.code(_pod_identity(query, series.labels))
-            code_parts.append(np.full(len(series.values), code, dtype=np.int64))
-            window_end_parts.append(series.times_seconds)
-            energy_parts.append(series.values)
+    for series in answer:
+        if not len(series.values):
+            continue
+        code = pod_codes.code(_pod_identity(query, series.labels))
+        code_parts.append(np.full(len(series.values), code, dtype=np.int64))
+        window_end_parts.append(series.times_seconds)
+        energy_parts.append(series.values)
     if not energy_parts:
         return _PodRows.empty()
     return _PodRows(np.concatenate(code_parts), np.concatenate(window_end_parts), np.concatenate(energy_parts))
+
+
+@dataclass(frozen=True)
+class _ChunkQueries:
+    """One chunk's range queries, sent and not yet read."""
+
+    chunk: EvaluationChunk
+    windows: int
+    cpu: Future[list[RangeArrays]]
+    kepler_gpu: Future[list[RangeArrays]] | None
 
 
 def _combine(cpu: _PodRows, kepler_gpu_inside: _PodRows, gpu: _PodRows) -> _PodRows:
@@ -573,6 +615,7 @@ def run_labels(
     gpu: str = GpuChoice.AUTO.value,
     retry: RetryPolicy = RetryPolicy(),
     max_points_per_chunk: int = DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST,
+    queries_in_flight: int = DEFAULT_QUERIES_IN_FLIGHT,
 ) -> LabelsRunSummary:
     """`energetiscope train labels`: read the labels chunk by chunk and stream them to `out`.
 
@@ -608,6 +651,7 @@ def run_labels(
         gpu=gpu,
         max_windows_per_chunk=max(1, int(chunk_seconds // step_seconds)),
         max_points_per_chunk=max_points_per_chunk,
+        queries_in_flight=queries_in_flight,
         timeout_seconds=parse_duration_seconds(timeout),
         retry=retry,
         progress=progress,

@@ -6,6 +6,8 @@ window stays in memory between chunks.
   in one query (`collect_labels`), row for row.
 - An interrupted run (Prometheus gone for good after two chunks, or Ctrl-C) leaves no output and
   no temporary file, or the previous output unchanged.
+- The next chunks' queries are sent while one is read (`queries_in_flight`), and the file is the
+  same as one chunk at a time.
 - Memory follows the chunk: with a synthetic Prometheus of 600 pods x 2,000 windows (1.2M rows),
   the Python heap's peak during `run_labels` stays near one chunk's worth (6 MiB measured).
   Holding the rows (as the labels step did before it streamed) costs at least 40 bytes a row in
@@ -15,6 +17,8 @@ window stays in memory between chunks.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -140,3 +144,53 @@ def test_memory_follows_the_chunk_not_the_run(tmp_path: Path) -> None:
     assert len(written) == pods * windows and (written == 12.0 * 60).all()
     rows_held = 40 * pods * windows  # window_start, window_seconds, energy, power, GPU: 8 bytes each
     assert peak < 12 * 2**20 < rows_held / 3, f"Python heap peaked at {peak / 2**20:.1f} MiB"
+
+
+class SlowKepler(SyntheticKepler):
+    """A synthetic Prometheus that takes a while over each range query, as a real one evaluating
+    it does, and counts how many it is asked at once."""
+
+    def __init__(self, pods: int) -> None:
+        super().__init__(pods)
+        self._lock = threading.Lock()
+        self.asked_at_once = 0
+        self.most_at_once = 0
+
+    def range_query_arrays(self, promql: str, start_seconds: float, end_seconds: float,
+                           step_seconds: float) -> list[RangeArrays]:
+        with self._lock:
+            self.asked_at_once += 1
+            self.most_at_once = max(self.most_at_once, self.asked_at_once)
+        try:
+            time.sleep(0.02)
+            return super().range_query_arrays(promql, start_seconds, end_seconds, step_seconds)
+        finally:
+            with self._lock:
+                self.asked_at_once -= 1
+
+
+@pytest.mark.parametrize("queries_in_flight", [1, 2, 3])
+def test_the_next_chunks_are_asked_for_while_one_is_read_and_the_file_is_the_same(
+        tmp_path: Path, queries_in_flight: int) -> None:
+    pods, windows, budget = 40, 600, 2_000  # 12 chunks of 50 windows
+    one_at_a_time = tmp_path / "one.parquet"
+    _run(SyntheticKepler(pods), one_at_a_time, windows=windows, budget=budget)
+    client = SlowKepler(pods)
+    out = tmp_path / "ahead.parquet"
+    summary = run_labels(client, START_SECONDS, START_SECONDS + windows * 60, "60s", out,
+                         kepler_line=KeplerLine.POD_COUNTERS.value, gpu="off", progress=False,
+                         max_points_per_chunk=budget, queries_in_flight=queries_in_flight)
+    assert client.most_at_once == queries_in_flight
+    assert client.range_queries == 12 and summary.row_count == pods * windows
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(one_at_a_time), check_exact=True)
+    assert pq.ParquetFile(out).metadata.num_row_groups == pq.ParquetFile(one_at_a_time).metadata.num_row_groups
+
+
+def test_queries_in_flight_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="queries_in_flight must be >= 1, got 0"):
+        _run_with(SyntheticKepler(3), queries_in_flight=0)
+
+
+def _run_with(client: PrometheusClient, **options: object) -> object:
+    return run_labels(client, START_SECONDS, START_SECONDS + 30 * 60, "60s", "unused.parquet",
+                      kepler_line=KeplerLine.POD_COUNTERS.value, gpu="off", progress=False, **options)  # type: ignore[arg-type]
