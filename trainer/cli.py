@@ -32,7 +32,7 @@ from trainer.evaluate import run_evaluate
 from trainer.fit import FitSettings, run_fit
 from trainer.kepler import KeplerLine
 from trainer.kube import COLLECTED_KINDS, KubeSettings, WorkloadReader, api_client
-from trainer.labels import DEFAULT_QUERIES_IN_FLIGHT, LabelsRunSummary, parse_duration_seconds, run_labels
+from trainer.labels import DEFAULT_QUERIES_IN_FLIGHT, MAX_QUERIES_IN_FLIGHT, LabelsRunSummary, parse_duration_seconds, run_labels
 from trainer.measurements import run_measurement_dataset
 from trainer.metrics import MethodMetrics, metrics_table
 from trainer.inputs import InputFileError
@@ -145,7 +145,7 @@ _labels_options = _options(
     click.option("--step", default="60s", help="Window length (60s, 5m, ...)."),
     click.option("--state", "states", multiple=True, help="Kepler >= 0.10 pod states (running, ...; 'all')."),
     click.option("--chunk", default="12h", help="Longest range of one Prometheus query."),
-    click.option("--queries-in-flight", type=click.IntRange(min=1), default=DEFAULT_QUERIES_IN_FLIGHT, show_default=True,
+    click.option("--queries-in-flight", type=click.IntRange(1, MAX_QUERIES_IN_FLIGHT), default=DEFAULT_QUERIES_IN_FLIGHT, show_default=True,
                  help="Chunks asked of Prometheus before the oldest is read (1: one at a time)."),
     click.option("--kube-owner-fallback", is_flag=True,
                  help="Ask the Kubernetes API for the owners of pods kube-state-metrics never reported."),

@@ -103,6 +103,8 @@ DEFAULT_MAX_POINTS_PER_CHUNK_REQUEST = 500_000
 # other. With two chunks asked for, Prometheus evaluates the next while this process reads the
 # last, and the two cores share the work.
 DEFAULT_QUERIES_IN_FLIGHT = 2
+# A chunk may send two queries (CPU and GPU energy); requests' connection pool keeps 10 per host.
+MAX_QUERIES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,10 @@ class LabelsReader:
         first from the pods present at the first window): memory follows this budget, not the
         cluster. The rows do not depend on where chunks are cut.
     queries_in_flight: chunks whose range queries are sent before the oldest is read
-        (`DEFAULT_QUERIES_IN_FLIGHT`; 1 asks for one chunk at a time). They share the client's
-        connection pool; memory holds up to this many chunks' answers more.
+        (`DEFAULT_QUERIES_IN_FLIGHT`, at most `MAX_QUERIES_IN_FLIGHT`; 1 asks for one chunk at a
+        time), from the second chunk on, so that every chunk asked ahead is sized by one already
+        read. They share the client's connection pool; memory holds up to this many chunks'
+        answers more.
     retry: when Prometheus does not answer, how often to try a request again (with a URL; a ready
         client brings its own). Chunks already read are kept: the run resumes where it stopped.
     progress: show a progress bar over the chunks (on stderr).
@@ -224,8 +228,8 @@ class LabelsReader:
             raise ValueError(f"the window (step) must be a whole number of seconds >= 1, got {step_seconds!r}")
         if max_windows_per_chunk < 1 or max_points_per_chunk < 1:
             raise ValueError("a chunk holds at least one window and one point")
-        if queries_in_flight < 1:
-            raise ValueError(f"queries_in_flight must be >= 1, got {queries_in_flight}")
+        if not 1 <= queries_in_flight <= MAX_QUERIES_IN_FLIGHT:
+            raise ValueError(f"queries_in_flight must be between 1 and {MAX_QUERIES_IN_FLIGHT}, got {queries_in_flight}")
         self.window_seconds = int(step_seconds)
         self.window_count = int(math.floor((end_seconds - self.start_seconds) / self.window_seconds + 1e-9))
         if self.window_count < 1:
@@ -283,7 +287,9 @@ class LabelsReader:
         def plan_ahead() -> None:
             """Send the next chunks' queries until `queries_in_flight` chunks are asked for."""
             nonlocal windows_planned
-            while len(in_flight) < self.queries_in_flight and windows_planned < self.window_count:
+            # One chunk until one has been read: only then is a chunk sized by what it returned.
+            limit = self.queries_in_flight if windows_done else 1
+            while len(in_flight) < limit and windows_planned < self.window_count:
                 count = min(windows, self.window_count - windows_planned)
                 chunk = EvaluationChunk(start_seconds=first_end + windows_planned * window_seconds,
                                         end_seconds=first_end + (windows_planned + count - 1) * window_seconds,
@@ -305,18 +311,20 @@ class LabelsReader:
                     cpu = _pod_rows(asked.cpu.result(), self.query, pod_codes)
                     kepler_gpu = (_pod_rows(asked.kepler_gpu.result(), kepler_gpu_query, pod_codes)
                                   if asked.kepler_gpu is not None and kepler_gpu_query is not None else _PodRows.empty())
+                    windows_read = asked.windows
+                    del asked  # the answers, now rows: not held while the chunk is written
                     # The next chunks' windows: as many as the budget of points allows at the points
                     # per window this chunk returned (the chunks already asked for keep theirs).
-                    points_per_window = max(len(cpu.codes), len(kepler_gpu.codes)) / asked.windows
+                    points_per_window = max(len(cpu.codes), len(kepler_gpu.codes)) / windows_read
                     if points_per_window > 0:
                         windows = max(1, min(self.max_windows_per_chunk, int(self.max_points_per_chunk // points_per_window)))
+                    windows_done += windows_read
                     plan_ahead()  # Prometheus evaluates them while this chunk is built and written
                     gpu_rows = kepler_gpu if self.gpu_source is GpuSource.KEPLER else dcgm_rows.between(
                         chunk.start_seconds, chunk.end_seconds)
                     kepler_gpu_inside = kepler_gpu if selection_counts_gpu(self.line, self.container_selection) and \
                         self.gpu_source is not None else _PodRows.empty()
                     rows = _combine(cpu, kepler_gpu_inside, gpu_rows)
-                    windows_done += asked.windows
                     bar.total = bar.n + 1 + len(in_flight) + math.ceil((self.window_count - windows_planned) / windows)
                     bar.update(1)
                     if windows_done >= self.window_count:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -290,6 +291,7 @@ class PrometheusClient:
         self.retry = retry
         self._sleep = sleep
         self.retries_done = 0  # retries over the client's life, for the run's report
+        self._retries_lock = threading.Lock()  # `train labels` asks from two threads
         if headers:
             self._session.headers.update(headers)
 
@@ -494,7 +496,8 @@ class PrometheusClient:
                         error_type=exc.error_type,
                     ) from exc
                 _log.warning("%s; retry %d of %d in %g s", exc, attempt + 1, len(delays), delays[attempt])
-                self.retries_done += 1
+                with self._retries_lock:
+                    self.retries_done += 1
                 self._sleep(delays[attempt])
         raise AssertionError("unreachable: the loop returns or raises")
 

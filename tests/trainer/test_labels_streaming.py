@@ -186,9 +186,10 @@ def test_the_next_chunks_are_asked_for_while_one_is_read_and_the_file_is_the_sam
     assert pq.ParquetFile(out).metadata.num_row_groups == pq.ParquetFile(one_at_a_time).metadata.num_row_groups
 
 
-def test_queries_in_flight_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="queries_in_flight must be >= 1, got 0"):
-        _run_with(SyntheticKepler(3), queries_in_flight=0)
+def test_queries_in_flight_outside_1_to_4_is_refused() -> None:
+    for wrong in (0, 5):
+        with pytest.raises(ValueError, match=f"queries_in_flight must be between 1 and 4, got {wrong}"):
+            _run_with(SyntheticKepler(3), queries_in_flight=wrong)
 
 
 def _run_with(client: PrometheusClient, **options: object) -> object:

@@ -75,9 +75,10 @@ def test_an_ivf_model_predicts_like_the_exact_one_and_round_trips(tmp_path: Path
     old = tmp_path / "row-major.esmodel"
     save_model(old, approximate, "ivf", {})
     reloaded = load_model(old)
-    assert reloaded.pipeline[-1].index_.training.flags.f_contiguous
-    np.testing.assert_array_equal([p.power_watts for p in reloaded.predict(queries)],
-                                  [p.power_watts for p in loaded.predict(queries)])
+    # Searched as stored, not copied: a column-major copy of a mapped 1M-row matrix is ~0.6 GB.
+    assert reloaded.pipeline[-1].index_.training.flags.c_contiguous and not reloaded.pipeline[-1].index_.column_major
+    np.testing.assert_allclose([p.power_watts for p in reloaded.predict(queries)],
+                               [p.power_watts for p in loaded.predict(queries)], rtol=1e-6)
 
 
 def test_a_sparse_query_scores_only_its_columns_and_finds_the_exact_neighbours() -> None:

@@ -162,8 +162,12 @@ class InvertedFileIndex:
     def __init__(self, training: np.ndarray, centroids: np.ndarray, offsets: np.ndarray,
                  probes: int = DEFAULT_PROBES, row_budget: int | None = None) -> None:
         # Column-major: a query reads its nonzero columns of each list. No copy when the matrix
-        # already is (AnchoredKNN stores it so, and an artifact maps it as stored).
-        self.training = np.asfortranarray(training, dtype=np.float32)
+        # already is (AnchoredKNN stores it so, and an artifact maps it as stored). A row-major
+        # matrix (an artifact from before 2026-11-29) is searched as it is, every column a GEMV:
+        # a column-major copy of a mapped 1M-row matrix would be ~0.6 GB of private memory.
+        training = np.asarray(training, dtype=np.float32)
+        self.training = training if training.flags.c_contiguous else np.asfortranarray(training)
+        self.column_major = bool(self.training.flags.f_contiguous)
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         if (self.centroids.ndim != 2 or self.centroids.shape[1] != self.training.shape[1]
@@ -234,7 +238,7 @@ class InvertedFileIndex:
         # gathering ~2,000 rows of 155 columns first cost more than the products (cProfile, 50k rows).
         candidates = np.concatenate([self.row_numbers[a:b] for a, b in spans])
         dots = np.empty(candidates.size, dtype=np.float32)
-        sparse = self.shift.sparse(query)
+        sparse = self.shift.sparse(query) if self.column_major else None
         position = 0
         if sparse is None:
             for a, b in spans:

@@ -421,7 +421,12 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     def _store_list_by_list(self, lists: InvertedLists) -> None:
         """Every per-row array in the inverted file's order, which the index's row numbers follow."""
         order = lists.order
-        self.training_features_ = np.asfortranarray(self.training_features_[order])
+        # Column by column: indexing a column-major matrix by rows gives a row-major one, and
+        # converting that back would hold three copies of the matrix at once.
+        ordered = np.empty(self.training_features_.shape, dtype=self.training_features_.dtype, order="F")
+        for column in range(ordered.shape[1]):
+            ordered[:, column] = self.training_features_[order, column]
+        self.training_features_ = ordered
         self.targets_ = self.targets_[order]
         self.local_features_ = self.local_features_[order]
         if self.training_log_anchors_.size:
@@ -620,8 +625,10 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
         # Column-major, the layout both indexes search and `to_state` stores: a mapped artifact's
         # rows are then used in place. An inverted file stored row-major (before 2026-11-29) is
-        # copied once at load.
-        features = np.asfortranarray(arrays["training_features"], dtype=np.float32)
+        # searched row-major, not copied (`InvertedFileIndex`).
+        features = np.asarray(arrays["training_features"], dtype=np.float32)
+        if not (features.flags.f_contiguous or ("ivf_centroids" in arrays and features.flags.c_contiguous)):
+            features = np.asfortranarray(features)
         targets = np.asarray(arrays["targets"], dtype=np.float64)
         if features.ndim != 2 or targets.shape != (features.shape[0],):
             raise ValueError("training_features must be rows x columns and targets one value per row")
