@@ -76,7 +76,7 @@ def test_an_ivf_model_predicts_like_the_exact_one_and_round_trips(tmp_path: Path
     save_model(old, approximate, "ivf", {})
     reloaded = load_model(old)
     # Searched as stored, not copied: a column-major copy of a mapped 1M-row matrix is ~0.6 GB.
-    assert reloaded.pipeline[-1].index_.training.flags.c_contiguous and not reloaded.pipeline[-1].index_.column_major
+    assert reloaded.pipeline[-1].index_.training.flags.c_contiguous and reloaded.pipeline[-1].index_.shift is None
     np.testing.assert_allclose([p.power_watts for p in reloaded.predict(queries)],
                                [p.power_watts for p in loaded.predict(queries)], rtol=1e-6)
 
@@ -92,7 +92,8 @@ def test_a_sparse_query_scores_only_its_columns_and_finds_the_exact_neighbours()
     training[200:230] = training[3]  # twins
     lists = fit_lists(training, lists=30)
     ordered = training[lists.order]
-    index = InvertedFileIndex(ordered, lists.centroids, lists.offsets, probes=lists.centroids.shape[0])
+    # Column-major, as AnchoredKNN stores it (a row-major matrix is searched row by row).
+    index = InvertedFileIndex(np.asfortranarray(ordered), lists.centroids, lists.offsets, probes=lists.centroids.shape[0])
     near = ordered[[10, 2000]].copy()
     near[:, :10] += np.float32(1e-3)
     queries = np.vstack([ordered[[0, 3999]], near, training[3:4]])

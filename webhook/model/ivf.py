@@ -17,7 +17,7 @@ the median one scored 4,674.
 
 The rows are stored column-major, list by list within each column, so that a query, shifted by
 the training medians (`webhook.model.arrays.ColumnShift`), reads from each probed list only the
-columns where it differs from them: at 1M rows a query scored ~6,200 rows of ~220 columns, ~5.4
+columns where it differs from them: at 1M rows a query scored ~6,200 rows of 155 columns, ~3.8
 MB read from memory no cache holds, 0.58 of a ~1.0 ms prediction (cProfile); on random lists of a
 1M x 220 matrix, 7 lists of 900 rows and 50 columns took 171 us at the median against 417 us for
 the row-major GEMV over every column (bench/README.md).
@@ -167,7 +167,6 @@ class InvertedFileIndex:
         # a column-major copy of a mapped 1M-row matrix would be ~0.6 GB of private memory.
         training = np.asarray(training, dtype=np.float32)
         self.training = training if training.flags.c_contiguous else np.asfortranarray(training)
-        self.column_major = bool(self.training.flags.f_contiguous)
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         if (self.centroids.ndim != 2 or self.centroids.shape[1] != self.training.shape[1]
@@ -183,7 +182,8 @@ class InvertedFileIndex:
         # The nearest lists ranked before the budget is counted: enough for lists half the mean.
         self.candidate_lists = min(lists, 2 * self.probes + 2)
         self.squared_norms = np.einsum("ij,ij->i", self.training, self.training)
-        self.shift = ColumnShift.of(self.training, self.squared_norms)
+        # Only a column-major matrix is searched by columns: a row-major one needs no shift.
+        self.shift = ColumnShift.of(self.training, self.squared_norms) if self.training.flags.f_contiguous else None
         self.centroid_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
         self.sizes = np.diff(self.offsets)
         self.row_numbers = np.arange(self.rows)
@@ -238,7 +238,7 @@ class InvertedFileIndex:
         # gathering ~2,000 rows of 155 columns first cost more than the products (cProfile, 50k rows).
         candidates = np.concatenate([self.row_numbers[a:b] for a, b in spans])
         dots = np.empty(candidates.size, dtype=np.float32)
-        sparse = self.shift.sparse(query) if self.column_major else None
+        sparse = self.shift.sparse(query) if self.shift is not None else None
         position = 0
         if sparse is None:
             for a, b in spans:
