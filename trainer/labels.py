@@ -40,13 +40,14 @@ import functools
 import math
 import os
 import re
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -219,6 +220,7 @@ class LabelsReader:
         retry: RetryPolicy = NO_RETRY,
         progress: bool = False,
     ) -> None:
+        self._owns_client = not isinstance(prom_url, PrometheusClient)  # closed when the chunks end
         self.client = prom_url if isinstance(prom_url, PrometheusClient) else PrometheusClient(
             prom_url, timeout_seconds=timeout_seconds, retry=retry
         )
@@ -282,7 +284,6 @@ class LabelsReader:
         windows = min(self.max_windows_per_chunk, self._first_chunk_windows(first_end))
         in_flight: deque[_ChunkQueries] = deque()
         windows_planned = windows_done = 0
-        pool = ThreadPoolExecutor(max_workers=self.queries_in_flight, thread_name_prefix="labels-query")
 
         def plan_ahead() -> None:
             """Send the next chunks' queries until `queries_in_flight` chunks are asked for."""
@@ -294,7 +295,7 @@ class LabelsReader:
                 chunk = EvaluationChunk(start_seconds=first_end + windows_planned * window_seconds,
                                         end_seconds=first_end + (windows_planned + count - 1) * window_seconds,
                                         step_seconds=window_seconds)
-                ask = functools.partial(pool.submit, client.range_query_arrays, start_seconds=chunk.start_seconds,
+                ask = functools.partial(_ask_in_background, client.range_query_arrays, start_seconds=chunk.start_seconds,
                                         end_seconds=chunk.end_seconds, step_seconds=window_seconds)
                 in_flight.append(_ChunkQueries(chunk, count, ask(self.query.promql),
                                                ask(kepler_gpu_query.promql) if kepler_gpu_query is not None else None))
@@ -335,8 +336,12 @@ class LabelsReader:
                         workloads.extend(resolver.resolve(namespace, pod) for namespace, pod in keys[len(workloads):])
                         yield self._frame(rows, keys, workloads)
         finally:
-            # Stopped early (an error, or the consumer closed the generator): nothing more is asked.
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Stopped early (an error, Ctrl-C, or the consumer closed the generator): nothing more
+            # is asked, and the queries still in flight are left to their daemon threads, not
+            # waited for (one may be a minute of Prometheus evaluation, or a backoff between
+            # retries, which closing our own client ends).
+            if self._owns_client:
+                self.client.close()
 
     def _first_chunk_windows(self, first_end: float) -> int:
         """Windows in the first chunk: the budget of points over the pods present at the first
@@ -368,6 +373,25 @@ class LabelsReader:
             gpu_energy_joules=None if gpu is None else gpu[finite][order],
             kepler_line=self.line.value,
         )
+
+
+def _ask_in_background(call: Callable[..., list[RangeArrays]], *args: Any, **kwargs: Any) -> Future[list[RangeArrays]]:
+    """`call(*args, **kwargs)` on a daemon thread of its own, its answer or error in the future. Not a
+    ThreadPoolExecutor: the interpreter joins an executor's threads at exit, so a run stopped by
+    Ctrl-C would still wait for every query Prometheus was evaluating. At most
+    `MAX_QUERIES_IN_FLIGHT` chunks are asked at once, each a few seconds of work: one thread each
+    costs nothing that matters."""
+    future: Future[list[RangeArrays]] = Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            future.set_result(call(*args, **kwargs))
+        except BaseException as exc:  # handed to the reader, which raises it in chunk order
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="labels-query", daemon=True).start()
+    return future
 
 
 class _PodCodes:

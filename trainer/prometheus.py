@@ -15,6 +15,9 @@ of times, each retry logged as a warning on the `trainer.prometheus` logger. Onl
 request is repeated: chunks already read are kept by their callers, so a run resumes with the
 remaining chunks once Prometheus is back. The client's default is no retry (a library call fails
 at once); `train labels` and `train runs` retry by default (`--retries`, `--retry-backoff`).
+`close()` ends a wait between retries at once (from any thread): the request then fails as it
+would have after its last retry, so a run stopped by Ctrl-C or an error does not sit out a
+backoff on a thread that asked ahead.
 
 `range_query_arrays` is the lean form of `range_query` for large answers (the labels step's
 chunks): msgspec decodes the body with each series' values left as raw JSON, which numpy parses
@@ -268,6 +271,11 @@ def _format_time(seconds: float) -> str:
     return f"{seconds:.3f}"
 
 
+def _gave_up(exc: PrometheusError, attempts: int, waited_seconds: float, why: str) -> PrometheusError:
+    return type(exc)(f"{exc} (gave up after {attempts} attempts over {waited_seconds:.1f} s; {why})",
+                     endpoint=exc.endpoint, query=exc.query, http_status=exc.http_status, error_type=exc.error_type)
+
+
 class PrometheusClient:
     """Talks to one Prometheus server, e.g. `PrometheusClient("http://prometheus:9090")`."""
 
@@ -279,23 +287,31 @@ class PrometheusClient:
         session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy = NO_RETRY,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         """`retry`: what to do when Prometheus does not answer (default: fail at once); `sleep`
-        waits between attempts (a seam for tests)."""
+        waits between attempts (a seam for tests; by default a wait that `close()` ends)."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Prometheus URL must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self._session = session or requests.Session()
         self.retry = retry
-        self._sleep = sleep
+        self._closed = threading.Event()
+        self._sleep = sleep if sleep is not None else self._closed.wait
         self.retries_done = 0  # retries over the client's life, for the run's report
         self._retries_lock = threading.Lock()  # `train labels` asks from two threads
         if headers:
             self._session.headers.update(headers)
 
     # -- public API -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more retries: a wait between attempts ends now and its request fails, and so does
+        any later request that fails. Safe from another thread; a request on the wire is not cut
+        (its answer or the timeout ends it)."""
+        self._closed.set()
+        self._session.close()
 
     def instant_query(self, promql: str, at_seconds: float | None = None) -> list[InstantSample]:
         """Evaluate `promql` at one time (default: the server's now). Scalars come back as one
@@ -486,19 +502,14 @@ class PrometheusClient:
                 if not retriable or not delays:
                     raise
                 if attempt == len(delays):
-                    waited = time.monotonic() - started
-                    raise type(exc)(
-                        f"{exc} (gave up after {attempt + 1} attempts over {waited:.1f} s; "
-                        "more with --retries and --retry-backoff)",
-                        endpoint=exc.endpoint,
-                        query=exc.query,
-                        http_status=exc.http_status,
-                        error_type=exc.error_type,
-                    ) from exc
+                    raise _gave_up(exc, attempt + 1, time.monotonic() - started,
+                                   "more with --retries and --retry-backoff") from exc
                 _log.warning("%s; retry %d of %d in %g s", exc, attempt + 1, len(delays), delays[attempt])
                 with self._retries_lock:
                     self.retries_done += 1
                 self._sleep(delays[attempt])
+                if self._closed.is_set():
+                    raise _gave_up(exc, attempt + 1, time.monotonic() - started, "the client was closed") from exc
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _call_once(

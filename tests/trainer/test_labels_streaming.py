@@ -186,6 +186,52 @@ def test_the_next_chunks_are_asked_for_while_one_is_read_and_the_file_is_the_sam
     assert pq.ParquetFile(out).metadata.num_row_groups == pq.ParquetFile(one_at_a_time).metadata.num_row_groups
 
 
+class StuckAhead(SyntheticKepler):
+    """Chunk 1's range query fails with `failure`; chunk 2's, asked ahead, hangs as a Prometheus
+    still evaluating it would, until the test lets it go (or a minute passes)."""
+
+    def __init__(self, pods: int, windows_per_chunk: int, failure: BaseException) -> None:
+        super().__init__(pods)
+        self.windows_per_chunk = windows_per_chunk
+        self.failure = failure
+        self.first_start: float | None = None
+        self.stuck = threading.Event()
+        self.let_go = threading.Event()
+        self.answered_stuck_query = False
+
+    def range_query_arrays(self, promql: str, start_seconds: float, end_seconds: float,
+                           step_seconds: float) -> list[RangeArrays]:
+        if self.first_start is None:
+            self.first_start = start_seconds
+        chunk = round((start_seconds - self.first_start) / step_seconds) // self.windows_per_chunk
+        if chunk == 1:
+            raise self.failure
+        if chunk == 2:
+            self.stuck.set()
+            self.let_go.wait(timeout=60)
+            self.answered_stuck_query = True
+        return super().range_query_arrays(promql, start_seconds, end_seconds, step_seconds)
+
+
+@pytest.mark.parametrize("failure", [PrometheusUnreachableError("gone for good", endpoint="/api/v1/query_range"),
+                                     KeyboardInterrupt()])
+def test_a_stopped_run_does_not_wait_for_the_queries_it_asked_ahead(tmp_path: Path, failure: BaseException) -> None:
+    pods, budget = 50, 5_000  # 100 windows a chunk
+    client = StuckAhead(pods, budget // pods, failure)
+    out = tmp_path / "labels.parquet"
+    try:
+        with pytest.raises(type(failure)):
+            run_labels(client, START_SECONDS, START_SECONDS + 600 * 60, "60s", out,
+                       kepler_line=KeplerLine.POD_COUNTERS.value, gpu="off", progress=False,
+                       max_points_per_chunk=budget, queries_in_flight=2)
+        assert client.stuck.wait(timeout=30), "chunk 2 was never asked ahead"
+        # run_labels has returned while chunk 2's query is still out: it did not wait for it.
+        assert not client.answered_stuck_query
+        assert os.listdir(tmp_path) == []
+    finally:
+        client.let_go.set()
+
+
 def test_queries_in_flight_outside_1_to_4_is_refused() -> None:
     for wrong in (0, 5):
         with pytest.raises(ValueError, match=f"queries_in_flight must be between 1 and 4, got {wrong}"):

@@ -277,6 +277,33 @@ def test_spent_retries_say_how_many_attempts_and_name_the_chunk() -> None:
     assert slept == [0.1, 0.2]
 
 
+def test_closing_the_client_ends_a_backoff_at_once_and_the_request_fails() -> None:
+    """A thread waiting out a backoff (here one of an hour) is let go by `close()` from another
+    thread, as `train labels` does with the queries it asked ahead when a run stops."""
+    url = f"http://127.0.0.1:{free_loopback_port()}"  # nothing listens there
+    client = PrometheusClient(url, retry=RetryPolicy(retries=5, backoff_seconds=3600, max_backoff_seconds=3600))
+    raised: list[BaseException] = []
+    asking = threading.Thread(target=lambda: _record_failure(raised, client.instant_query, "up"))
+    asking.start()
+    deadline = time.monotonic() + 30
+    while client.retries_done == 0 and time.monotonic() < deadline:  # the first attempt was refused
+        time.sleep(0.01)
+    assert client.retries_done == 1
+    client.close()
+    asking.join(timeout=30)
+    assert not asking.is_alive(), "close() did not end the backoff"
+    assert len(raised) == 1 and isinstance(raised[0], PrometheusUnreachableError)
+    assert "gave up after 1 attempts" in str(raised[0]) and "the client was closed" in str(raised[0])
+    assert client.retries_done == 1  # no attempt after the wait
+
+
+def _record_failure(raised: list[BaseException], call: Callable[..., object], *args: object) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:
+        raised.append(exc)
+
+
 # -- the lean range query (range_query_arrays) ---------------------------------------------------
 
 
