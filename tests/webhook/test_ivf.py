@@ -52,6 +52,22 @@ def test_bad_lists_are_refused() -> None:
         InvertedFileIndex(training, lists.centroids, lists.offsets[:-1])
 
 
+@pytest.mark.parametrize("query, k, problem", [
+    (np.zeros((1, 7)), 3, "queries must be n x 8, got shape (1, 7)"),
+    (np.zeros(8), 3, "queries must be n x 8, got shape (8,)"),
+    (np.full((1, 8), np.nan), 3, "queries must be finite"),
+    (np.full((1, 8), np.inf), 3, "queries must be finite"),
+    (np.zeros((1, 8)), 0, "k must be between 1 and the 600 training rows, got 0"),
+    (np.zeros((1, 8)), 601, "k must be between 1 and the 600 training rows, got 601"),
+])
+def test_both_indexes_refuse_the_same_bad_queries_alike(query: np.ndarray, k: int, problem: str) -> None:
+    training = _clustered(600, 8, seed=5)
+    lists = fit_lists(training, lists=10)
+    for index in (BruteForceIndex(training), InvertedFileIndex(training[lists.order], lists.centroids, lists.offsets)):
+        with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+            index.kneighbors(query, k)
+
+
 def test_an_ivf_model_predicts_like_the_exact_one_and_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from webhook.model.artifact import build_pipeline, load_model, save_model
     from tests.webhook.test_predictors import _request, _training_set

@@ -78,6 +78,20 @@ def checked_rows(estimator: BaseEstimator, X: Any, dtype: type) -> np.ndarray:
     return validate_data(estimator, X, dtype=dtype, reset=False)
 
 
+def checked_queries(queries: Any, training: np.ndarray, k: int) -> np.ndarray:
+    """Queries for an index over `training` (rows x columns): float32, C-contiguous, n x columns,
+    finite, and 1 <= k <= rows; a ValueError says which of these failed. Both indexes' `kneighbors`."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    rows, columns = training.shape
+    if queries.ndim != 2 or queries.shape[1] != columns:
+        raise ValueError(f"queries must be n x {columns}, got shape {queries.shape}")
+    if not np.isfinite(queries).all():
+        raise ValueError("queries must be finite (no NaN or infinity)")
+    if not 1 <= k <= rows:
+        raise ValueError(f"k must be between 1 and the {rows} training rows, got {k}")
+    return queries
+
+
 def exact_nearest(training: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k candidates (queries x candidates row indices) nearest each query by exact distance,

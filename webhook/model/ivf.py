@@ -37,7 +37,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from webhook.model.arrays import ColumnShift, exact_nearest, limit_blas_threads_once
+from webhook.model.arrays import ColumnShift, checked_queries, exact_nearest, limit_blas_threads_once
 
 # Rows per list about sqrt(rows): the centroid scan and the probed rows then cost about the same.
 # A query scores this many mean lists' worth of rows. On the 1M-row benchmark model (2,000 unseen
@@ -198,11 +198,7 @@ class InvertedFileIndex:
 
     def kneighbors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances float64, row indices in list order), each queries x k, nearest first."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.training.shape[1]:
-            raise ValueError(f"queries must be n x {self.training.shape[1]}, got shape {queries.shape}")
-        if not 1 <= k <= self.rows:
-            raise ValueError(f"k must be between 1 and the {self.rows} training rows, got {k}")
+        queries = checked_queries(queries, self.training, k)
         limit_blas_threads_once()
         centroid_scores = self.centroid_norms - 2.0 * (queries @ self.centroids.T)
         if queries.shape[0] == 1:  # the webhook's one query: its answer is already 1 x k

@@ -41,7 +41,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import validate_data
 from scipy.linalg.blas import saxpy
 
-from webhook.model.arrays import ColumnShift, checked_rows, exact_nearest, limit_blas_threads_once, require_fitted
+from webhook.model.arrays import ColumnShift, checked_queries, checked_rows, exact_nearest, limit_blas_threads_once, require_fitted
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.intervals import grouped_conformal_offsets
 from webhook.model.ivf import InvertedFileIndex, InvertedLists, fit_lists
@@ -97,13 +97,7 @@ class BruteForceIndex:
 
     def kneighbors(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances float64, row indices), each queries x k, nearest first."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.training.shape[1]:
-            raise ValueError(f"queries must be n x {self.training.shape[1]}, got shape {queries.shape}")
-        if not np.isfinite(queries).all():
-            raise ValueError("queries must be finite (no NaN or infinity)")
-        if not 1 <= k <= self.rows:
-            raise ValueError(f"k must be between 1 and the {self.rows} training rows, got {k}")
+        queries = checked_queries(queries, self.training, k)
         limit_blas_threads_once()
         distances = np.empty((queries.shape[0], k), dtype=np.float64)
         indices = np.empty((queries.shape[0], k), dtype=np.intp)
