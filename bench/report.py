@@ -127,6 +127,12 @@ def accuracy(result: dict[str, Any]) -> str:
     return "\n".join(parts) + f"\n{_context(result)}"
 
 
+def accuracy_draws(result: dict[str, Any]) -> str:
+    from bench.accuracy import draws_table
+
+    return draws_table(result["evaluations"]) + f"\n\n{_context(result)}"
+
+
 def ivf_recall(result: dict[str, Any]) -> str:
     from bench.ivf_recall import table  # its own table, so the README and the run print the same
 
@@ -202,7 +208,7 @@ def soak(result: dict[str, Any]) -> str:
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
             ("predictor_scale_1m_ivf", predictor), ("predictor_scale_1m_mapped", predictor), ("trainer_scale", trainer), ("trainer_scale_full", trainer),
             ("trainer_scale_20000x1d", trainer), ("labels_rerun", labels_rerun), ("accuracy", accuracy),
-            ("accuracy_full", accuracy), ("ivf_recall", ivf_recall), ("soak", soak), ("soak_6min", soak),
+            ("accuracy_full", accuracy), ("accuracy_draws", accuracy_draws), ("ivf_recall", ivf_recall), ("soak", soak), ("soak_6min", soak),
             ("soak_mmap_threshold", soak))
 
 

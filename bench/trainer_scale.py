@@ -103,10 +103,10 @@ def _simulated_energy(cluster: SimulatedCluster) -> float:
     return float(sum(pod.step_joules[1:].sum() for pod in cluster.pods))
 
 
-def run_size(workloads: int, days: float, line: str, workdir: Path) -> SizeResult:
+def run_size(workloads: int, days: float, line: str, workdir: Path, seed: int = SIMULATION_SEED) -> SizeResult:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cluster = simulate(workloads, days, SIMULATION_SEED, time.time())
+    cluster = simulate(workloads, days, seed, time.time())
     simulate_seconds = time.perf_counter() - started
     requests = write_requests(cluster, workdir / "requests.ndjson")
     write_truth(cluster, workdir / "truth.json")
