@@ -151,12 +151,17 @@ def _text_keys(columns: Iterable[str]) -> list[str]:
 
 class _Codes:
     """Texts -> integer codes, numbered in order of first sight, from Arrow dictionary arrays: a
-    batch's dictionary (each distinct text of the batch, once) is looked up, never a row's text.
+    batch's dictionary (each distinct text of the batch, once) is looked up, never a row's text,
+    and never one text at a time in Python. The lookup is by a 64-bit hash of each text in an
+    integer hash index, so that the index rebuilt as texts are added holds integers, not the
+    texts (at 20,000 simulated workloads each spec's JSON is kilobytes); a text whose hash is
+    known is compared with the text it stands for, so a collision is an error, never a merge.
     The mapping of the last dictionary is kept, as consecutive batches of a row group share it."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self._lookup: dict[str, int] = {}
+        self._text_array = np.empty(0, dtype=object)
+        self._hashes = pd.Index([], dtype=np.uint64)
         self._last: tuple[pa.Array, np.ndarray] | None = None
 
     def of(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -169,27 +174,70 @@ class _Codes:
         if self._last is not None and self._last[0].equals(dictionary):
             mapping = self._last[1]
         else:
-            mapping = np.array([-1 if text is None else self._code(str(text)) for text in dictionary.to_pylist()],
-                               dtype=np.int64)
+            mapping = self._codes_of(np.asarray(dictionary.to_pylist(), dtype=object))
             self._last = (dictionary, mapping)
         indices = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         return np.where(indices >= 0, mapping[np.maximum(indices, 0)] if len(mapping) else -1, -1)
 
-    def _code(self, text: str) -> int:
-        code = self._lookup.get(text)
-        if code is None:
-            code = self._lookup[text] = len(self.texts)
-            self.texts.append(text)
-        return code
+    def _codes_of(self, texts: np.ndarray) -> np.ndarray:
+        present = np.flatnonzero(pd.notna(texts))
+        codes = np.full(len(texts), -1, dtype=np.int64)
+        if not len(present):
+            return codes
+        texts = texts[present]
+        hashes = pd.util.hash_array(texts, categorize=False)
+        found = self._hashes.get_indexer(hashes)
+        if (found < 0).any():
+            fresh_hashes, first = np.unique(hashes[found < 0], return_index=True)
+            order = np.argsort(first, kind="stable")  # in order of first sight
+            fresh = texts[found < 0][np.sort(first)]
+            self.texts.extend(fresh.tolist())
+            self._text_array = np.concatenate([self._text_array, fresh])
+            self._hashes = self._hashes.append(pd.Index(fresh_hashes[order], dtype=np.uint64))
+            found = self._hashes.get_indexer(hashes)
+        if not np.array_equal(self._text_array[found], texts):
+            raise ValueError("two different texts share a 64-bit hash; this dataset cannot be keyed by it")
+        codes[present] = found
+        return codes
 
 
-def _dense(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """One integer per row for its tuple of non-negative codes, equal for equal tuples; the
-    running code is renumbered densely before each product, so none outgrows int64."""
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = pd.factorize(combined)[0].astype(np.int64) * (int(part.max(initial=0)) + 1) + part
-    return pd.factorize(combined)[0]
+class _TupleIds:
+    """Dense ids for tuples of non-negative integer codes, numbered in order of first sight across
+    batches, with no Python per row: the columns are folded left to right, each step mapping the
+    pairs (id of the prefix, next code) through a hash index of the pairs seen so far."""
+
+    _SHIFT = np.int64(1 << 31)  # codes and ids stay below it: a pair fits an int64
+
+    def __init__(self, width: int) -> None:
+        self._pairs = [pd.Index([], dtype=np.int64) for _ in range(width)]
+
+    def __len__(self) -> int:
+        return len(self._pairs[-1])
+
+    def ids(self, columns: Sequence[np.ndarray]) -> np.ndarray:
+        prefix = np.zeros(len(columns[0]), dtype=np.int64)
+        for level, column in enumerate(columns):
+            if len(column) and (column.min() < 0 or column.max() >= self._SHIFT):
+                raise ValueError("tuple codes must be in [0, 2**31)")
+            pairs = prefix * self._SHIFT + column.astype(np.int64)
+            index = self._pairs[level]
+            found = index.get_indexer(pairs)
+            if (found < 0).any():
+                index = self._pairs[level] = index.append(pd.Index(pd.unique(pairs[found < 0]), dtype=np.int64))
+                found = index.get_indexer(pairs)
+            prefix = found.astype(np.int64)
+        return prefix
+
+    def tuples(self) -> np.ndarray:
+        """Each id's tuple of codes, ids x width."""
+        width = len(self._pairs)
+        out = np.empty((len(self), width), dtype=np.int64)
+        ids = np.arange(len(self), dtype=np.int64)
+        for level in range(width - 1, -1, -1):
+            pairs = self._pairs[level].to_numpy()[ids]
+            out[:, level] = pairs % self._SHIFT
+            ids = pairs // self._SHIFT
+        return out
 
 
 class _Growing:
@@ -223,7 +271,7 @@ class _PodSums:
         self.codes = {c: _Codes() for c in [*self.text_keys, "join_rule"]}
         self._units_per_day = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000,
                                "ns": 86_400_000_000_000}[self.window_type.unit]
-        self._groups: dict[tuple[int, ...], int] = {}
+        self._groups = _TupleIds(len(self.text_keys) + (self.unit == "pod-day"))
         self._windows = _Growing(np.int64, 0)
         self._active_windows = _Growing(np.int64, 0)
         self._pod_count = _Growing(np.int64, _INT64_MIN)
@@ -231,7 +279,7 @@ class _PodSums:
         self._active_seconds = _Growing(np.int64, 0)
         self._first = _Growing(np.int64, _INT64_MAX)
         self._last = _Growing(np.int64, _INT64_MIN)
-        self._rule_pods: dict[tuple[int, int, int], None] = {}  # (namespace, pod, join rule), in order of first sight
+        self._rule_pods = _TupleIds(3)  # (namespace, pod, join rule)
         self.first_window = _INT64_MAX
         self.last_window = _INT64_MIN
 
@@ -259,9 +307,9 @@ class _PodSums:
         energy = _column(batch, "energy_joules", np.float64)[valid]
         active = energy > 0
         window_counts = _counts(batch, WINDOW_COUNT_COLUMN, names)[valid]
-        local = _dense(keys)
+        groups = self._groups.ids(keys)
         rows = pd.DataFrame({
-            "local": local,
+            "group": groups,
             "window_count": window_counts,
             "active_window_count": np.where(active, window_counts, 0),
             "pod_count": _counts(batch, POD_COUNT_COLUMN, names)[valid],
@@ -269,12 +317,11 @@ class _PodSums:
             "active_seconds": np.where(active, _column(batch, "window_seconds", np.int64)[valid], 0),
             "start": start,
         })
-        part = rows.groupby("local", sort=True).agg(
+        part = rows.groupby("group", sort=True).agg(
             windows=("window_count", "sum"), active_windows=("active_window_count", "sum"),
             pod_count=("pod_count", "max"), energy_joules=("active_joules", "sum"),
             active_seconds=("active_seconds", "sum"), first=("start", "min"), last=("start", "max"))
-        first_rows = np.unique(local, return_index=True)[1]  # local codes are 0..n-1 by first sight
-        groups = np.array([self._group(tuple(int(k[row]) for k in keys)) for row in first_rows], dtype=np.int64)
+        groups = part.index.to_numpy(dtype=np.int64)
         size = len(self._groups)
         np.add.at(self._windows.fit(size), groups, part["windows"].to_numpy())
         np.add.at(self._active_windows.fit(size), groups, part["active_windows"].to_numpy())
@@ -284,17 +331,9 @@ class _PodSums:
         np.minimum.at(self._first.fit(size), groups, part["first"].to_numpy())
         np.maximum.at(self._last.fit(size), groups, part["last"].to_numpy())
 
-    def _group(self, key: tuple[int, ...]) -> int:
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = len(self._groups)
-        return group
-
     def _add_rule_pods(self, namespaces: np.ndarray, pods: np.ndarray, rules: np.ndarray) -> None:
         valid = (namespaces >= 0) & (pods >= 0) & (rules >= 0)
-        combined = pd.unique(pd.MultiIndex.from_arrays([namespaces[valid], pods[valid], rules[valid]]))
-        for key in combined:
-            self._rule_pods.setdefault(tuple(int(k) for k in key), None)
+        self._rule_pods.ids([namespaces[valid], pods[valid], rules[valid]])
 
     def _timestamps(self, values: np.ndarray) -> pd.Series:
         return pd.Series(pa.array(values, type=pa.int64()).cast(self.window_type).to_pandas()).dt.tz_convert("UTC") \
@@ -304,7 +343,7 @@ class _PodSums:
     def pods(self) -> pd.DataFrame:
         """One row per pod (and day) and spec, sorted by its texts (and day), as the texts group."""
         size = len(self._groups)
-        keys = np.array(list(self._groups), dtype=np.int64).reshape(size, len(self.text_keys) + (self.unit == "pod-day"))
+        keys = self._groups.tuples()
         pods = pd.DataFrame({c: pd.array(self.codes[c].texts, dtype="str").take(keys[:, i]) if size else
                              pd.array([], dtype="str") for i, c in enumerate(self.text_keys)})
         if self.unit == "pod-day":
@@ -326,7 +365,8 @@ class _PodSums:
     def facts(self) -> DatasetFacts:
         seen = self.first_window != _INT64_MAX
         first, last = (self._timestamps(np.array([self.first_window, self.last_window])) if seen else (None, None))
-        rules = pd.Series([self.codes["join_rule"].texts[rule] for _, _, rule in self._rule_pods], dtype="str")
+        rule_texts = pd.array(self.codes["join_rule"].texts, dtype="str")
+        rules = pd.Series(rule_texts.take(self._rule_pods.tuples()[:, 2]), dtype="str")
         return DatasetFacts(first_window_start=first, last_window_start=last,
                             join_rule_pods={str(k): int(v) for k, v in rules.value_counts().items()})
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
@@ -152,3 +153,40 @@ def test_reading_targets_releases_each_row_group_arrow_read(tmp_path: Path, monk
     # batch may not grow by more than a row group's worth over what was held after the tenth.
     growth = max(allocated[10:]) - allocated[10]
     assert growth < 100_000, f"Arrow memory grew by {growth:,} bytes over 90 row groups"
+
+
+# -- the texts' codes and the key tuples' ids, across batches ---------------------------------------
+
+
+def test_text_codes_follow_first_sight_across_batches_and_a_missing_text_has_none() -> None:
+    from trainer.targets import _Codes
+
+    codes = _Codes()
+    first = codes.of(pa.array(["b", None, "a", "b"]).dictionary_encode())
+    second = codes.of(pa.array(["c", "a", "b", "c"]).dictionary_encode())  # another dictionary, one new text
+    assert first.tolist() == [0, -1, 1, 0] and second.tolist() == [2, 1, 0, 2]
+    assert codes.texts == ["b", "a", "c"]
+
+
+def test_two_texts_with_one_hash_are_an_error_not_one_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import targets
+
+    codes = targets._Codes()
+    codes.of(pa.array(["ns-a/pod-1"]).dictionary_encode())
+    known = pd.util.hash_array(np.array(["ns-a/pod-1"], dtype=object), categorize=False)[0]
+    monkeypatch.setattr(targets.pd.util, "hash_array",
+                        lambda values, categorize=True: np.full(len(values), known, dtype=np.uint64))
+    with pytest.raises(ValueError, match="share a 64-bit hash"):
+        codes.of(pa.array(["ns-b/pod-2"]).dictionary_encode())
+
+
+def test_tuple_ids_are_dense_in_order_of_first_sight_and_give_their_tuples_back() -> None:
+    from trainer.targets import _TupleIds
+
+    ids = _TupleIds(3)
+    first = ids.ids([np.array([0, 0, 1, 0]), np.array([5, 5, 5, 6]), np.array([1, 1, 1, 1])])
+    second = ids.ids([np.array([1, 2]), np.array([5, 5]), np.array([1, 0])])
+    assert first.tolist() == [0, 0, 1, 2] and second.tolist() == [1, 3]
+    assert ids.tuples().tolist() == [[0, 5, 1], [1, 5, 1], [0, 6, 1], [2, 5, 0]]
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*31\)"):
+        ids.ids([np.array([-1]), np.array([0]), np.array([0])])
