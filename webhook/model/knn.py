@@ -448,10 +448,12 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self._local_space_columns = self._local_columns(self.n_features_in_) - self.physics_columns
 
     def _trust_radius(self, space: np.ndarray) -> float:
+        if self.trust_factor is None:  # no radius: the neighbours answer anywhere
+            return float("inf")
         # Distances between distinct specs: pods of one workload share a feature vector, and
         # counting those twins would shrink the radius to 0 and send every query to the prior.
         distinct = np.unique(space, axis=0)
-        if self.trust_factor is None or distinct.shape[0] < 2:  # None: no radius, the neighbours answer anywhere
+        if distinct.shape[0] < 2:
             return float("inf")
         nearest_other = _nearest_other_spec_distances(distinct, resolve_algorithm(self.algorithm))
         return float(np.quantile(nearest_other, self.trust_quantile) * self.trust_factor)
