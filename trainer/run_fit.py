@@ -56,6 +56,14 @@ RUN_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
 # there (896 runs of 30 templates, grouped CV, k=21: mean |log error| 0.237 at 0.01, 0.355 at 0.1;
 # the pod model's 0.3 gave 0.407 at k=13). The pod model's penalties stay among the choices.
 RUN_LOCAL_ALPHAS: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
+# The encoder's block weights the run model also tries, (classes, words): what a template runs
+# (`python -m etl.run --partitions 32`) says more of its length than its kind does (a CronJob's
+# template and a Job's running the same command were each other's neighbours only after the
+# classes: one-hot kind, priority class, ...). Grouped CV of run seconds on five simulated draws
+# (seeds 20251105-09, bench.accuracy --draws 5), mean |log error| as shipped -> with these: 0.219
+# -> 0.219, 0.359 -> 0.343, 0.349 -> 0.346, 0.302 -> 0.276, 0.403 -> 0.326. Every draw chose
+# one of these three (of classes 0.5 / 1 x words 1 / 2).
+RUN_BLOCK_WEIGHTS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (0.5, 2.0))
 MIN_RUNS_TO_FIT = 2
 
 
@@ -101,17 +109,20 @@ def read_run_targets(path: Any) -> RunTargets:
 
 def run_candidates(k_grid: Sequence[int], largest_train: int) -> list[dict[str, Any]]:
     """The typical wave alone (no neighbours: the served model is then never worse than it out of
-    fold), then the k grid with plain or correlation-weighted columns."""
+    fold), then the k grid with plain or correlation-weighted columns, each under every
+    `RUN_BLOCK_WEIGHTS`."""
     ks = sorted({max(1, min(int(k), largest_train)) for k in k_grid})
-    candidates: list[dict[str, Any]] = [{"knn__n_neighbors": 0, "knn__column_weighting": "none"}] + [
+    neighbours: list[dict[str, Any]] = [
         {"knn__n_neighbors": k, "knn__column_weighting": weighting} for weighting, k in itertools.product(COLUMN_WEIGHTINGS, ks)]
     # Local slopes over the run fields and resources (a template's arguments say how much work a
     # run is), neighbours by every column or by words and classes alone, as the pod model tries.
     for unsearched, alpha, k in itertools.product(((), numeric_columns(run_fields=True)), RUN_LOCAL_ALPHAS,
                                                   [k for k in ks if k >= LOCAL_MIN_K]):
-        candidates.append({"knn__n_neighbors": k, "knn__column_weighting": "none", "knn__local_columns": run_local_columns(),
+        neighbours.append({"knn__n_neighbors": k, "knn__column_weighting": "none", "knn__local_columns": run_local_columns(),
                            "knn__unsearched_columns": unsearched, "knn__local_alpha": alpha, "knn__trust_factor": None})
-    return candidates
+    weighted = [{**params, "features__categorical_weight": categorical, "features__text_weight": text}
+                for categorical, text in RUN_BLOCK_WEIGHTS for params in neighbours]
+    return [{"knn__n_neighbors": 0, "knn__column_weighting": "none"}, *weighted]
 
 
 def describe_run_params(params: dict[str, Any]) -> str:
@@ -122,6 +133,9 @@ def describe_run_params(params: dict[str, Any]) -> str:
         chosen_by = "words and classes" if params.get("knn__unsearched_columns") else "every column"
         weighting += (f", local slopes over the run fields and resources (ridge {params.get('knn__local_alpha', 0.3):g}), "
                       f"neighbours by {chosen_by}")
+    blocks = (params.get("features__categorical_weight", 1.0), params.get("features__text_weight", 1.0))
+    if blocks != (1.0, 1.0):
+        weighting += " (weights classes {:g} / words {:g})".format(*blocks)
     return f"knn k={params['knn__n_neighbors']} on log seconds per wave{weighting}"
 
 

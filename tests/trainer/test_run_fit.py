@@ -78,6 +78,37 @@ def test_the_work_a_templates_arguments_state_gives_its_run_time() -> None:
     assert served.median_ape_percent < 25 and constant.median_ape_percent > 60, (served, constant)
 
 
+def _runs_told_apart_by_words(count: int, seed: int = 11) -> RunTargets:
+    """Three commands of one image, 2, 20 and 200 minutes a run, each template with a kind, a
+    priority class and a runtime class drawn at random: the classes say nothing of the length."""
+    rng = np.random.default_rng(seed)
+    commands = {("python", "-m", "etl.run"): 2.0, ("make", "test"): 20.0, ("bazel", "build"): 200.0}
+    requests, seconds, groups = [], [], []
+    for i in range(count):
+        command, minutes = list(commands.items())[i % len(commands)]
+        template = f"batch-{i}"
+        requests.append(InferenceRequest(
+            workload_kind=str(rng.choice(["Job", "CronJob"])), namespace="batch", workload_name=template,
+            priority_class=str(rng.choice(["low", "high"])), runtime_class=str(rng.choice(["runc", "gvisor"])),
+            containers=[ContainerSpec(name="main", image="registry.example.com/ci/runner", req_cpu_mcpu=1000,
+                                      req_mem_mib=1024, command=list(command))]))
+        seconds.append(minutes * 60 * math.exp(rng.normal(0, 0.1)))
+        groups.append(template)
+    frame = pd.DataFrame({"namespace": "batch", "workload_kind": "Job", "workload_name": groups, "pods": 1,
+                          "energy_joules_per_run": 3.0 * np.asarray(seconds)})
+    return RunTargets(frame, requests, np.asarray(seconds), np.asarray(groups))
+
+
+def test_the_run_model_can_weigh_what_a_template_runs_above_its_classes() -> None:
+    # Classes and words weigh alike in the encoder: three classes that differ keep a template farther
+    # from its own command's templates than from another command's. The run grid weighs words up.
+    comparison = compare_runs(_runs_told_apart_by_words(60), PriorPredictor(), PriorPredictor(), k_grid=(3, 5))
+    chosen = comparison.chosen
+    assert chosen.get("features__text_weight", 1.0) > chosen.get("features__categorical_weight", 1.0), chosen
+    assert "(weights classes" in comparison.seconds[0].method
+    assert comparison.seconds[0].median_ape_percent < 15, comparison.seconds[0]
+
+
 def test_the_run_model_learns_run_time_from_the_spec_and_beats_the_constant() -> None:
     table = _runs(120)
     comparison = compare_runs(table, PriorPredictor(), PriorPredictor(), k_grid=(1, 3, 5))
