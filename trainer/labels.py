@@ -36,6 +36,7 @@ workloads. Chunks are consecutive in time and each is sorted, so the file is in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -255,7 +256,8 @@ class LabelsReader:
         self.gpu_power_gauge_joules = 0.0
 
     def chunks(self) -> Iterator[pd.DataFrame]:
-        """Each chunk's rows (finite energy only), sorted by (window_start, namespace, pod)."""
+        """Each chunk's rows (finite energy only), sorted by (window_start, namespace, pod). A
+        reader given a URL closes the client it made when its chunks end: it is read once."""
         client, window_seconds = self.client, self.window_seconds
         # Evaluation times are the window ends: start+W, start+2W, ..., start+n*W.
         first_end = self.start_seconds + window_seconds
@@ -688,7 +690,10 @@ def run_labels(
         retry=retry,
         progress=progress,
     )
-    tally = write_label_chunks(reader.chunks(), out, reader.window_seconds)
+    # Closed as soon as writing stops, however it stops: a write that fails would otherwise leave
+    # the generator suspended (and its client open) for as long as the caller keeps the traceback.
+    with contextlib.closing(reader.chunks()) as frames:
+        tally = write_label_chunks(frames, out, reader.window_seconds)
     return LabelsRunSummary(
         path=Path(out),
         row_count=tally.rows,

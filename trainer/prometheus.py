@@ -307,9 +307,9 @@ class PrometheusClient:
     # -- public API -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """No more retries: a wait between attempts ends now and its request fails, and so does
-        any later request that fails. Safe from another thread; a request on the wire is not cut
-        (its answer or the timeout ends it)."""
+        """No more requests: a wait between attempts ends now and its request fails, a later
+        request is not sent, and one that fails is not tried again. Safe from another thread; a
+        request on the wire is not cut (its answer or the timeout ends it)."""
         self._closed.set()
         self._session.close()
 
@@ -493,6 +493,8 @@ class PrometheusClient:
         `decode` reads a successful body instead of the generic JSON path, when it takes it."""
         delays = self.retry.delays()
         started = time.monotonic()
+        if self._closed.is_set():  # a query asked ahead that starts after the run stopped: not sent
+            raise PrometheusUnreachableError(f"{path}: not sent, the client was closed", endpoint=path, query=query)
         for attempt in range(len(delays) + 1):
             try:
                 return self._call_once(method, path, query=query, form=form, params=params, span=span,
@@ -501,6 +503,8 @@ class PrometheusClient:
                 retriable = isinstance(exc, PrometheusUnreachableError) or exc.http_status in _RETRIED_HTTP_STATUSES
                 if not retriable or not delays:
                     raise
+                if self._closed.is_set():
+                    raise _gave_up(exc, attempt + 1, time.monotonic() - started, "the client was closed") from exc
                 if attempt == len(delays):
                     raise _gave_up(exc, attempt + 1, time.monotonic() - started,
                                    "more with --retries and --retry-backoff") from exc

@@ -232,6 +232,40 @@ def test_a_stopped_run_does_not_wait_for_the_queries_it_asked_ahead(tmp_path: Pa
         client.let_go.set()
 
 
+@pytest.mark.parametrize("writing_fails", [False, True])
+def test_a_run_closes_the_client_it_made_when_it_ends_or_writing_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writing_fails: bool) -> None:
+    import trainer.labels as labels
+
+    made: list[SyntheticKepler] = []
+
+    class MadeFromTheUrl(SyntheticKepler):  # what run_labels builds from a URL, recorded
+        def __init__(self, base_url: str, **_: object) -> None:
+            super().__init__(50)
+            made.append(self)
+
+    monkeypatch.setattr(labels, "PrometheusClient", MadeFromTheUrl)
+    if writing_fails:
+        def write_one_then_fail(frames: object, out: object, window_seconds: int) -> object:
+            for _ in frames:  # type: ignore[attr-defined]
+                raise OSError("No space left on device")
+            raise AssertionError("no chunk was read")
+        monkeypatch.setattr(labels, "write_label_chunks", write_one_then_fail)
+    out = tmp_path / "labels.parquet"
+    run = lambda: run_labels("http://prometheus.invalid:9090", START_SECONDS, START_SECONDS + 600 * 60,  # noqa: E731
+                             "60s", out, kepler_line=KeplerLine.POD_COUNTERS.value, gpu="off", progress=False,
+                             max_points_per_chunk=5_000, queries_in_flight=2)
+    if writing_fails:
+        with pytest.raises(OSError) as failure:
+            run()
+        # Closed while the caller still holds the error (and so the generator's frame), not at its cleanup.
+        assert failure.value is not None and made[0]._closed.is_set()
+    else:
+        run()
+        assert made[0]._closed.is_set() and made[0].range_queries == 6
+    assert len(made) == 1
+
+
 def test_queries_in_flight_outside_1_to_4_is_refused() -> None:
     for wrong in (0, 5):
         with pytest.raises(ValueError, match=f"queries_in_flight must be between 1 and 4, got {wrong}"):

@@ -297,6 +297,35 @@ def test_closing_the_client_ends_a_backoff_at_once_and_the_request_fails() -> No
     assert client.retries_done == 1  # no attempt after the wait
 
 
+def test_a_closed_client_sends_nothing_and_counts_no_retry() -> None:
+    """A query asked ahead that starts after its run stopped is not sent to Prometheus: a server
+    that counts what reaches it sees nothing, and the run's report counts no retry."""
+    reached: list[str] = []
+
+    class Counting(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            reached.append(self.path)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        client = PrometheusClient(f"http://127.0.0.1:{server.server_port}",
+                                  retry=RetryPolicy(retries=3, backoff_seconds=3600, max_backoff_seconds=3600))
+        client.close()
+        with pytest.raises(PrometheusUnreachableError, match="not sent, the client was closed"):
+            client.instant_query("up")
+        assert reached == [] and client.retries_done == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _record_failure(raised: list[BaseException], call: Callable[..., object], *args: object) -> None:
     try:
         call(*args)
