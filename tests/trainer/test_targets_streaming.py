@@ -190,3 +190,31 @@ def test_tuple_ids_are_dense_in_order_of_first_sight_and_give_their_tuples_back(
     assert ids.tuples().tolist() == [[0, 5, 1], [1, 5, 1], [0, 6, 1], [2, 5, 0]]
     with pytest.raises(ValueError, match=r"\[0, 2\*\*31\)"):
         ids.ids([np.array([-1]), np.array([0]), np.array([0])])
+
+
+def test_a_column_of_numbers_is_coded_by_its_text() -> None:
+    from trainer.targets import _Codes
+
+    codes = _Codes()
+    numbers = codes.of(pa.array([5, 7, 5]).dictionary_encode())  # a `group` column of integers
+    texts = codes.of(pa.array(["5"]).dictionary_encode())
+    assert numbers.tolist() == [0, 1, 0] and texts.tolist() == [0] and codes.texts == ["5", "7"]
+
+
+def test_the_key_index_stays_a_few_runs_over_many_batches_of_new_keys() -> None:
+    """Keys added over 500 batches (a week of pods starting) are found where a dict puts them, and
+    the index is O(log n) runs: one Index rebuilt on every batch made reading quadratic in them."""
+    from trainer.targets import _AppendOnlyIndex
+
+    rng = np.random.default_rng(7)
+    index, reference = _AppendOnlyIndex(np.int64), {}
+    for _ in range(500):
+        batch = rng.integers(0, 40_000, size=int(rng.integers(0, 200)))
+        found = index.positions(batch)
+        assert found.tolist() == [reference.get(int(k), -1) for k in batch]
+        fresh = pd.unique(batch[found < 0])
+        index.add(fresh)
+        for key in fresh.tolist():
+            reference[key] = len(reference)
+        assert len(index._runs) <= int(np.log2(max(len(index), 1))) + 1
+    assert index.keys().tolist() == list(reference)
