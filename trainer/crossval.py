@@ -173,7 +173,7 @@ def fit_pipelines(params_list: Sequence[Params], table: TrainingTable, *, interv
     return pipelines
 
 
-def _encoder_key(encoder: Any) -> tuple[tuple[str, Any], ...]:
+def encoder_key(encoder: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(encoder.get_params(deep=False).items()))
 
 
@@ -195,8 +195,8 @@ def _fitted_each(params_list: Sequence[Params], train: TrainingTable,
     train_rows = test_rows = None
     for index, params in enumerate(params_list):
         pipeline = build_pipeline().set_params(**params, knn__interval_folds=0)
-        if _encoder_key(pipeline[0]) != key:  # one encoding held at a time: the grid orders candidates by encoder
-            key, encoder = _encoder_key(pipeline[0]), pipeline[0]
+        if encoder_key(pipeline[0]) != key:  # one encoding held at a time: the grid orders candidates by encoder
+            key, encoder = encoder_key(pipeline[0]), pipeline[0]
             train_rows = encoder.fit(train.requests).transform(train.requests)
             test_rows = encoder.transform(test_requests) if test_requests is not None else None
         pipeline.steps[0] = ("features", encoder)
