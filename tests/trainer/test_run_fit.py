@@ -204,3 +204,17 @@ def test_run_intervals_are_calibrated_on_runs_not_on_template_means() -> None:
     table = RunTargets(frame, requests, np.asarray(seconds), np.asarray(groups))
     low, high = fit_run_pipeline({"knn__n_neighbors": 5}, table)[-1].interval_log_offsets_
     assert low < -0.4 and high > 0.4, (low, high)
+
+
+def test_the_grids_shared_encoding_gives_each_run_the_seconds_a_fitted_candidate_gives() -> None:
+    from trainer.crossval import grouped_folds
+    from trainer.run_fit import _out_of_fold, _points_out_of_fold, run_candidates
+
+    # Runs of one template repeat their spec, but not always: half set a deadline (`_runs`).
+    table = _runs(90)
+    folds = grouped_folds(table.groups, 5, 0)
+    candidates = run_candidates((1, 5), 10)
+    shared = _points_out_of_fold(table, folds, candidates)
+    one_by_one = np.array([_out_of_fold(table, folds, params, interval_folds=0)[:, 1] for params in candidates])
+    assert np.array_equal(shared, one_by_one)
+    assert len({tuple(row) for row in shared}) > 1  # the candidates differ, so the comparison says something
