@@ -145,6 +145,12 @@ def labels_rerun(result: dict[str, Any]) -> str:
     return table(result["runs"]) + f"\n\n{_context(result)}"
 
 
+def run_model_rerun(result: dict[str, Any]) -> str:
+    from bench.run_model_rerun import markdown_table
+
+    return markdown_table(*result["results"]) + f"\n\n{_context(result)}"
+
+
 def soak_tables(result: dict[str, Any]) -> str:
     """The soak's two tables (requests and reloads; memory, file descriptors and threads), from its
     summary: `python -m bench.soak` prints the same."""
@@ -207,7 +213,8 @@ def soak(result: dict[str, Any]) -> str:
 
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
             ("predictor_scale_1m_ivf", predictor), ("predictor_scale_1m_mapped", predictor), ("trainer_scale", trainer), ("trainer_scale_full", trainer),
-            ("trainer_scale_20000x1d", trainer), ("labels_rerun", labels_rerun), ("accuracy", accuracy),
+            ("trainer_scale_20000x1d", trainer), ("labels_rerun", labels_rerun),
+            ("run_model_rerun", run_model_rerun), ("accuracy", accuracy),
             ("accuracy_full", accuracy), ("accuracy_draws", accuracy_draws), ("ivf_recall", ivf_recall), ("soak", soak), ("soak_6min", soak),
             ("soak_mmap_threshold", soak))
 
