@@ -23,9 +23,8 @@ import numpy as np
 
 from bench.results import RunRecord
 from trainer.collect import read_requests
-from trainer.crossval import DEFAULT_LOGO_MAX_GROUPS, DEFAULT_MAX_SPLITS, grouped_folds
 from trainer.run_dataset import build_run_dataset, write_run_dataset
-from trainer.run_fit import RUN_K_GRID, compare_runs, describe_run_params, read_run_targets, run_candidates
+from trainer.run_fit import compare_runs, describe_run_params, read_run_targets
 from trainer.runs import read_runs
 from webhook.model.prior import PriorPredictor
 
@@ -48,12 +47,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
         table = read_run_targets(write_run_dataset(frame, Path(tmp) / "run-dataset.parquet"))
     templates = int(len(np.unique(table.groups)))
-    folds = grouped_folds(table.groups, DEFAULT_MAX_SPLITS, DEFAULT_LOGO_MAX_GROUPS)
-    candidates = run_candidates(RUN_K_GRID, min(len(np.unique(table.groups[train])) for train, _ in folds.splits))
     started = time.perf_counter()
     comparison = compare_runs(table, PriorPredictor(), PriorPredictor())
     compare_seconds = time.perf_counter() - started
-    row = {"kept": args.kept.name, "runs": len(table.requests), "templates": templates, "candidates": len(candidates),
+    row = {"kept": args.kept.name, "runs": len(table.requests), "templates": templates, "candidates": len(comparison.grid),
            "compare_runs_seconds": round(compare_seconds, 1), "chosen": describe_run_params(comparison.chosen),
            "run_seconds_mean_abs_log_error": comparison.seconds[0].mean_abs_log_error}
     print(markdown_table(row))

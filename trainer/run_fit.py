@@ -46,7 +46,7 @@ from webhook.model.features import numeric_columns, run_local_columns
 from webhook.model.knn import COLUMN_WEIGHTINGS
 from webhook.model.prediction import Predictor
 from webhook.model.intervals import grouped_conformal_offsets
-from webhook.model.runs import Spread, capped_run_seconds, run_waves
+from webhook.model.runs import Spread, capped_run_seconds, deadline_cap_seconds, run_waves
 from webhook.model.schema import InferenceRequest, workload_pods
 
 RUN_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
@@ -206,8 +206,7 @@ def _points_out_of_fold(table: RunTargets, folds: Folds, params_list: Sequence[d
     n = len(table.requests)
     points = np.zeros((len(params_list), n))
     waves = _waves(table.requests)
-    cap = np.array([float(r.active_deadline_seconds) if r.active_deadline_seconds is not None and r.active_deadline_seconds > 0
-                    else math.inf for r in table.requests])
+    cap = np.array([deadline_cap_seconds(r) for r in table.requests])
     # The runs of one template are one spec: each distinct spec is predicted once (3.6 runs a
     # template at 20,000 simulated workloads).
     specs = (table.frame["request_json"].to_numpy() if "request_json" in table.frame

@@ -302,28 +302,16 @@ def test_a_closed_client_sends_nothing_and_counts_no_retry() -> None:
     that counts what reaches it sees nothing, and the run's report counts no retry."""
     reached: list[str] = []
 
-    class Counting(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            reached.append(self.path)
-            self.send_response(503)
-            self.end_headers()
+    def count_and_refuse(handler: BaseHTTPRequestHandler) -> None:
+        reached.append(handler.path)
+        _reply(handler, 503, b"", "text/plain")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
-    try:
-        client = PrometheusClient(f"http://127.0.0.1:{server.server_port}",
-                                  retry=RetryPolicy(retries=3, backoff_seconds=3600, max_backoff_seconds=3600))
+    with fake_server(count_and_refuse) as url:
+        client = PrometheusClient(url, retry=RetryPolicy(retries=3, backoff_seconds=3600, max_backoff_seconds=3600))
         client.close()
         with pytest.raises(PrometheusUnreachableError, match="not sent, the client was closed"):
             client.instant_query("up")
-        assert reached == [] and client.retries_done == 0
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert reached == [] and client.retries_done == 0
 
 
 def _record_failure(raised: list[BaseException], call: Callable[..., object], *args: object) -> None:

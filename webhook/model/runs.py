@@ -99,6 +99,12 @@ def run_waves(request: InferenceRequest) -> int:
     return max(1, -(-completions // parallelism))
 
 
+def deadline_cap_seconds(request: InferenceRequest) -> float:
+    """The longest a run of this Job can last, s: its ``activeDeadlineSeconds``, inf without one."""
+    deadline = request.active_deadline_seconds
+    return float(deadline) if deadline is not None and deadline > 0 else math.inf
+
+
 def capped_run_seconds(request: InferenceRequest, wave_seconds: Spread) -> Spread:
     """A run's wall time, s, from one wave's: x the run's waves, and never beyond
     ``activeDeadlineSeconds``, after which the Job controller stops the run whatever its work (the
@@ -106,8 +112,7 @@ def capped_run_seconds(request: InferenceRequest, wave_seconds: Spread) -> Sprea
     otherwise answers past the deadline for templates with more work than their deadline allows).
     The trainer scores the run model through this function and the webhook serves through it."""
     waves = run_waves(request)
-    deadline = request.active_deadline_seconds
-    cap = float(deadline) if deadline is not None and deadline > 0 else math.inf
+    cap = deadline_cap_seconds(request)
     return Spread(min(waves * wave_seconds.p10, cap), min(waves * wave_seconds.p50, cap),
                   min(waves * wave_seconds.p90, cap))
 
