@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -158,6 +159,37 @@ def test_dataset_fit_predict_commands_as_a_user_types_them(
     assert row["workload_name"] == "not-in-the-training-data"
     assert row["model"] == json.loads((tmp_path / "model.card.json").read_text())["model_id"]
     assert row["model"] != "ccf-prior-v1" and row["pod_power_watts"] > 0
+
+
+def test_a_model_that_never_saw_a_gpu_product_predicts_it_better_than_the_embedded_prior(
+        mlenergy_rows: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """Generalisation, not recall: trained on the A100 and H100 servers only, the served model predicts
+    every B200 server (a product it has no measurement of) closer than the embedded prior, whose
+    product table is the only thing that knows a B200, in mean |log error| and in MAE."""
+    train_rows = [r for r in mlenergy_rows if r["gpu_product"] != "NVIDIA-B200"]
+    held_out = [r for r in mlenergy_rows if r["gpu_product"] == "NVIDIA-B200"]
+    assert len(held_out) > 50 and len(train_rows) > 300
+    write_csv(tmp_path / "m.csv", train_rows)
+    write_manifests(tmp_path / "m.yaml", mlenergy_manifests, train_rows)
+    write_manifests(tmp_path / "b200.yaml", mlenergy_manifests, held_out)
+    ok(run_dataset("--measurements", str(tmp_path / "m.csv"), "--manifests", str(tmp_path / "m.yaml"),
+                   "--out", str(tmp_path / "d.parquet")))
+    ok(CliRunner().invoke(train, ["fit", "--dataset", str(tmp_path / "d.parquet"), "--out", str(tmp_path / "model.joblib"),
+                                  "--no-progress"]))
+
+    def errors(*model: str) -> tuple[float, float]:
+        done = subprocess.run([*_energetiscope(), "predict", str(tmp_path / "b200.yaml"), *model, "-o", "json"],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        assert done.returncode == 0, done.stderr
+        predicted = {p["workload_name"]: p["pod_power_watts"] for p in json.loads(done.stdout)["predictions"]}
+        measured = {r["workload_name"]: float(r["power_watts"]) for r in held_out}
+        assert predicted.keys() == measured.keys()
+        pairs = np.array([(predicted[name], measured[name]) for name in measured])
+        return float(np.mean(np.abs(np.log(pairs[:, 0] / pairs[:, 1])))), float(np.mean(np.abs(pairs[:, 0] - pairs[:, 1])))
+
+    served_log, served_mae = errors("--model", str(tmp_path / "model.joblib"))
+    prior_log, prior_mae = errors()  # no model: the embedded prior
+    assert served_log < prior_log and served_mae < prior_mae, (served_log, prior_log, served_mae, prior_mae)
 
 
 # -- inputs ------------------------------------------------------------------------------------------
