@@ -52,7 +52,7 @@ from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import local_regression_columns, numeric_columns
 from webhook.model.intervals import ConformalOffsets, grouped_conformal_offsets
 from webhook.model.knn import COLUMN_WEIGHTINGS, NeighbourPrediction
-from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.model.prior import FIRST_PRIOR, SECOND_PRIOR, PriorPredictor
 from webhook.model.schema import InferenceRequest
 
 DEFAULT_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
@@ -436,13 +436,15 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
         best_index = min(reported_indices, key=lambda i: (round(error[i], 12), i))
         chosen = grid[best_index].params
 
-    first_prior = PriorPredictor(PriorCoefficients(**{**asdict(prior.coefficients), "gpu_products": False}))
+    second_prior, first_prior = PriorPredictor(SECOND_PRIOR), PriorPredictor(FIRST_PRIOR)
     metrics = [
         scored(f"served: {describe_params(chosen)}", reported[best_index]),
         scored(describe_params(grid[best_of('correction')].params), reported[best_of("correction")]),
         scored(describe_params(grid[best_of('log_power')].params), reported[best_of("log_power")]),
         scored("calibrated prior", reported[1]),
         scored(f"prior {prior.model_id} (embedded)", out_of_fold(table, folds, prior_baseline(prior))),
+        scored(f"prior {second_prior.model_id} (CCF's 50% CPU utilisation)",
+               out_of_fold(table, folds, prior_baseline(second_prior))),
         scored(f"prior {first_prior.model_id} (first shipped)", out_of_fold(table, folds, prior_baseline(first_prior))),
         scored("gradient-boosted trees on log power, same features", out_of_fold(table, folds, gradient_boosted_trees)),
         scored(f"prototype: {text_embedding} cosine 5-NN, raw power",

@@ -30,7 +30,7 @@ from trainer.plots import predicted_vs_measured, residuals
 from trainer.report_html import EvaluationSet, card_evaluation_sets, write_report
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, read_targets
 from webhook.model.artifact import TrainedModel, load_model
-from webhook.model.prior import PriorCoefficients, PriorPredictor
+from webhook.model.prior import FIRST_PRIOR, SECOND_PRIOR, PriorPredictor
 
 
 @dataclass
@@ -71,13 +71,16 @@ def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card
     served = from_pod_predictions(model.predict(table.requests))
     assert served.p10_watts is not None and served.p90_watts is not None and served.prior_fallback is not None
     embedded = PriorPredictor()
-    first = PriorPredictor(PriorCoefficients(gpu_products=False))
+    second, first = PriorPredictor(SECOND_PRIOR), PriorPredictor(FIRST_PRIOR)
     prior = from_pod_predictions(embedded.predict(table.requests))
+    second_prior = from_pod_predictions(second.predict(table.requests))
     first_prior = from_pod_predictions(first.predict(table.requests))
     metrics = [
         score(f"{model.model_id} as served", table, served.power_watts, served.p10_watts, served.p90_watts,
               served.prior_fallback),
         score(f"prior {embedded.model_id} (embedded)", table, prior.power_watts, prior.p10_watts, prior.p90_watts),
+        score(f"prior {second.model_id} (CCF's 50% CPU utilisation)", table, second_prior.power_watts,
+              second_prior.p10_watts, second_prior.p90_watts),
         score(f"prior {first.model_id} (first shipped)", table, first_prior.power_watts, first_prior.p10_watts,
               first_prior.p90_watts),
         score("calibrated prior (the model's own, no neighbours)", table, calibrated_prior_watts(model, table)),

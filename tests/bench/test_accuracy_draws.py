@@ -17,7 +17,7 @@ def _draw(seed: int, served_ape: float, run_ape: float | None) -> dict[str, Any]
     evaluation: dict[str, Any] = {
         "simulation_seed": seed,
         "metrics": [_metric("served: knn k=8", served_ape, 7.0, 0.29), _metric("knn k=8 on log power", 30.0, 9.0, 0.31),
-                    _metric("prior ccf-prior-v2 (embedded)", 500.0, 12.0, 1.8), _metric("constant: mean of log power", 160.0, 26.0, 2.0)],
+                    _metric("prior ccf-prior-v3 (embedded)", 500.0, 12.0, 1.8), _metric("constant: mean of log power", 160.0, 26.0, 2.0)],
     }
     if run_ape is not None:
         evaluation["runs"] = {"runs": 800, "energy_joules_per_run": [_metric("served: pod model W x knn", run_ape, 3e4, 0.3),

@@ -84,7 +84,7 @@ def assert_contract(notes: dict[str, str], pods: int, scope: str) -> None:
     assert math.isclose(number["workload-power-watts"], pods * number["pod-power-watts"], abs_tol=0.0005 * pods + 0.0005)
     assert math.isclose(number["energy-joules-per-hour"], number["workload-power-watts"] * 3600, abs_tol=1.81)
     assert notes[P + "workload-power-scope"] == scope
-    assert (notes[P + "model"], notes[P + "basis"]) == ("ccf-prior-v2", "prior")
+    assert (notes[P + "model"], notes[P + "basis"]) == ("ccf-prior-v3", "prior")
     assert re.fullmatch(r"[0-9a-f]{16}", notes[P + "spec-hash"])
 
 

@@ -25,6 +25,7 @@ from trainer.dataset import read_dataset
 from trainer.seed_report import DEFAULT_SEED_DIR, SEED_REQUESTS_FILE
 from webhook.model.artifact import load_model
 from webhook.model.schema import spec_hash
+from webhook.model.prior import PriorPredictor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +65,8 @@ def test_labels_dataset_fit_evaluate_on_the_seed_measurements(kepler_prometheus:
     assert card["model"]["interval"]["log_offsets_p10_p90"] is not None
     assert any("too few for the conformal finite-sample guarantee" in w for w in card["warnings"])
     assert {m["method"].split(":")[0] for m in card["cross_validation"]["metrics"]} >= {
-        "served", "prior ccf-prior-v1 (first shipped)", "prior ccf-prior-v2 (embedded)", "constant", "prototype"}
+        "served", "prior ccf-prior-v1 (first shipped)", "prior ccf-prior-v2 (CCF's 50% CPU utilisation)",
+        "prior ccf-prior-v3 (embedded)", "constant", "prototype"}
     assert set(card["libraries"]) >= {"python", "numpy", "scikit-learn", "pandas"}
     assert card["artifact"]["sha256"] in output
     assert "## Grouped cross-validation" in (tmp_path / "model.card.md").read_text()
@@ -87,8 +89,12 @@ def test_labels_dataset_fit_evaluate_on_the_seed_measurements(kepler_prometheus:
     coredns = next(r for r in read_requests(requests_path) if (r.workload_kind, r.workload_name) == ("Deployment", "coredns"))
     prediction = model.predict([coredns])[0]
     assert prediction.basis == "model" and prediction.model_id == card["model_id"]
+    # On these three workloads the embedded prior is closer out of fold than any fitted candidate
+    # (bench/README.md, `seed, strict join`), so it serves, and the model's point is the prior's.
+    assert card["cross_validation"]["versus_priors"]["served"].startswith("served: embedded prior")
+    assert prediction.power_watts == pytest.approx(PriorPredictor().predict_one(coredns).power_watts, rel=1e-6)
     measured = pd.read_parquet(dataset_path).query("workload_name == 'coredns' and energy_joules > 0")["power_watts"]
-    assert prediction.power_watts == pytest.approx(measured.groupby(dataset["pod"]).mean().mean(), rel=1e-6)
+    assert prediction.power_watts_p10 < measured.groupby(dataset["pod"]).mean().mean() < prediction.power_watts_p90
     assert prediction.power_watts_p10 <= prediction.power_watts <= prediction.power_watts_p90
 
 

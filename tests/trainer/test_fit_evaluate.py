@@ -51,8 +51,9 @@ def test_evaluate_tells_training_data_from_new_workloads(tmp_path: Path) -> None
     fresh = run_evaluate(tmp_path / "model.joblib", written(tmp_path, "new.parquet", new_pods), tmp_path / "new")
     assert not fresh.in_sample and fresh.workloads_seen_in_training == 0
     assert "0 of the 4 workloads evaluated were in the training data" in fresh.report["note"]
-    served, prior, first_prior, calibrated = fresh.metrics
-    assert prior.method == "prior ccf-prior-v2 (embedded)" and first_prior.method == "prior ccf-prior-v1 (first shipped)"
+    served, prior, second_prior, first_prior, calibrated = fresh.metrics
+    assert prior.method == "prior ccf-prior-v3 (embedded)" and first_prior.method == "prior ccf-prior-v1 (first shipped)"
+    assert second_prior.method == "prior ccf-prior-v2 (CCF's 50% CPU utilisation)"
     assert calibrated.method.startswith("calibrated prior") and calibrated.coverage_p10_p90 is None
     assert served.targets == prior.targets == 4 and served.mean_abs_log_error < prior.mean_abs_log_error
     assert {t["basis"] for t in fresh.report["targets"]} <= {"model", "prior"}

@@ -15,7 +15,8 @@ import pytest
 
 from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
 from webhook.model.artifact import ArtifactError, build_pipeline, load_model, save_model
-from webhook.model.prior import PHYSICS_COLUMNS, PRIOR_MODEL_ID, PriorCoefficients, PriorPredictor
+from webhook.model.prior import (FIRST_PRIOR, PHYSICS_COLUMNS, PRIOR_MODEL_ID, SECOND_PRIOR, PriorCoefficients,
+                                 PriorPredictor)
 from webhook.model.schema import ContainerSpec, InferenceRequest
 
 
@@ -35,7 +36,7 @@ def _request(cpu_millicores: int | None, memory_mib: float | None, image: str = 
 def test_prior_follows_the_ccf_formula() -> None:
     prior = PriorPredictor()
     prediction = prior.predict_one(_request(2000, 4096))
-    expected = 2 * (0.74 + 0.5 * (3.5 - 0.74)) + 4096 * 2**20 / 1e9 * 0.392
+    expected = 2 * (0.74 + 0.1 * (3.5 - 0.74)) + 4096 * 2**20 / 1e9 * 0.392
     assert prediction.power_watts == pytest.approx(expected)
     assert prediction.power_watts_p10 < prediction.power_watts < prediction.power_watts_p90
     assert prediction.basis == "prior" and prediction.model_id == PRIOR_MODEL_ID
@@ -65,8 +66,28 @@ def test_prior_sees_gpus_and_their_product() -> None:
     assert first.predict_one(b200).power_watts == pytest.approx(first.predict_one(t4).power_watts)
 
 
+def test_the_embedded_prior_takes_a_tenth_of_the_requested_cpu_and_half_of_a_gpu() -> None:
+    """v3 differs from v2 in the CPU's utilisation only (10% against CCF's 50%); its GPUs are v2's."""
+    embedded, second = PriorPredictor(), PriorPredictor(SECOND_PRIOR)
+    assert (embedded.model_id, second.model_id, PriorPredictor(FIRST_PRIOR).model_id) == (
+        "ccf-prior-v3", "ccf-prior-v2", "ccf-prior-v1")
+    cpu_only = _request(1000, 1024)
+    memory_watts = 1024 * 2**20 / 1e9 * 0.392
+    assert embedded.predict_one(cpu_only).power_watts == pytest.approx(0.74 + 0.1 * (3.5 - 0.74) + memory_watts)
+    assert second.predict_one(cpu_only).power_watts == pytest.approx(0.74 + 0.5 * (3.5 - 0.74) + memory_watts)
+    b200 = _request(1000, 1024, gpus=1).model_copy(update={"gpu_product": "B200"})
+    for prior in (embedded, second):
+        assert prior.predict_one(b200).power_watts - prior.predict_one(cpu_only).power_watts == pytest.approx(
+            140 + 0.5 * (1000 - 140))
+    # A user's own CPU utilisation is v3's formula; CCF's 50% is v2's.
+    assert PriorPredictor(PriorCoefficients(utilisation=0.3)).model_id == "ccf-prior-v3"
+    assert PriorPredictor(PriorCoefficients(utilisation=0.5, utilisation_p10=0.1)).model_id == "ccf-prior-v2"
+
+
 @pytest.mark.parametrize("bad", [{"utilisation": 1.5}, {"cpu_min_watts_per_vcpu": -1}, {"pue": float("nan")},
-                                 {"cpu_min_watts_per_vcpu": 5.0, "cpu_max_watts_per_vcpu": 1.0}])
+                                 {"cpu_min_watts_per_vcpu": 5.0, "cpu_max_watts_per_vcpu": 1.0},
+                                 {"gpu_utilisation": 1.5}, {"gpu_utilisation_p10": 0.6},
+                                 {"utilisation": 0.01}])
 def test_prior_rejects_bad_coefficients(bad: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError):
         PriorCoefficients(**bad)

@@ -113,7 +113,7 @@ def test_every_shared_manifest(client: httpx.Client, shared_dir: Path) -> None:
             answer = _mutate(client, review(obj))
             assert patch_of(answer), path.name
             notes = _check_round_trip(client, obj, answer)
-            assert notes[keys.BASIS] == "prior" and notes[keys.MODEL] == "ccf-prior-v2"
+            assert notes[keys.BASIS] == "prior" and notes[keys.MODEL] == "ccf-prior-v3"
             seen_kinds.add(obj["kind"])
     assert seen_kinds == {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
@@ -189,7 +189,7 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert 'energetiscope_requests_total{endpoint="mutate",result="patched"}' in text
     assert 'energetiscope_request_duration_seconds_bucket{endpoint="mutate"' in text
     assert 'energetiscope_predictions_total{basis="prior"}' in text
-    assert 'energetiscope_model_info{basis="prior",error="",model="ccf-prior-v2",sha256=""} 1.0' in text
+    assert 'energetiscope_model_info{basis="prior",error="",model="ccf-prior-v3",sha256=""} 1.0' in text
     assert 'python_gc_collections_total{generation="2"}' in text and "process_resident_memory_bytes" in text
 
 

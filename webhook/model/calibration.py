@@ -1,7 +1,7 @@
 """The calibrated prior: the embedded prior's formula, with coefficients fitted to measurements.
 
-The embedded prior's coefficients are Cloud Carbon Footprint's averages: 2.1 W per requested
-vCPU at 50% utilisation, no floor, every GPU of a product at half way between idle and maximum.
+The embedded prior's coefficients are Cloud Carbon Footprint's averages: 1.0 W per requested
+vCPU at 10% utilisation, no floor, every GPU of a product at half way between idle and maximum.
 Measured pods disagree in ways a few numbers capture: long-running services idle near a floor
 whatever they request, and a product's GPUs run at a utilisation of their own. Fitted here:
 
@@ -95,7 +95,7 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
             self.cpu_watts_per_vcpu_ = k.pue * (k.cpu_min_watts_per_vcpu + k.utilisation * (
                 k.cpu_max_watts_per_vcpu - k.cpu_min_watts_per_vcpu))
             self.memory_watts_per_gb_ = k.pue * k.memory_watts_per_gb
-            self.gpu_utilisation_ = k.utilisation
+            self.gpu_utilisation_ = k.gpu_utilisation
             self.product_utilisation_ = {}
             return self
         log_power = np.log(power)
@@ -106,8 +106,8 @@ class CalibratedPrior(RegressorMixin, BaseEstimator):
             math.log(self.initial_floor_watts),
             math.log(k.cpu_min_watts_per_vcpu + k.utilisation * (k.cpu_max_watts_per_vcpu - k.cpu_min_watts_per_vcpu)),
             math.log(k.memory_watts_per_gb),
-            _logit(k.utilisation),
-            *([_logit(k.utilisation)] * len(own)),
+            _logit(k.gpu_utilisation),
+            *([_logit(k.gpu_utilisation)] * len(own)),
         ])
         column_of = {product: 4 + i for i, product in enumerate(own)}
         product_column = np.array([column_of.get(int(p), 3) for p in physics[:, 7]])

@@ -1,0 +1,53 @@
+"""The common cluster services of issue 12 (bench/data/cluster-addons: the specs their public charts
+deploy) joined to the seed's real Kepler measurements (../shared/data/seed-kepler): every spec
+joins a measured workload, and the embedded prior is closer to what they draw than the prior before
+it and than a constant fitted without the workload it predicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.accuracy import CLUSTER_ADDON_MANIFESTS
+from trainer.measurements import read_specs
+from trainer.seed_report import SEED_LABEL_FILES, seed_labels_frame
+from webhook.model.prior import SECOND_PRIOR, PriorPredictor
+
+SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "seed-kepler"
+
+
+@pytest.fixture(scope="module")
+def measured() -> list[tuple[object, float]]:
+    if not (SEED_DIR / SEED_LABEL_FILES[0]).is_file():
+        pytest.fail(f"seed measurements not found at {SEED_DIR} (shared/ must sit beside the repository)", pytrace=False)
+    labels = seed_labels_frame(SEED_DIR / SEED_LABEL_FILES[0])  # the 6-hour file: the cluster these add-ons ran on
+    mean_watts = labels.groupby(["namespace", "workload_kind", "workload_name"])["power_watts"].mean()
+    specs = read_specs([CLUSTER_ADDON_MANIFESTS])
+    assert specs.skipped_documents == 0, specs.skipped_examples
+    keys = [(r.namespace, r.workload_kind, r.workload_name) for r in specs.requests]
+    assert len(keys) == len(set(keys)) >= 25
+    missing = [k for k in keys if k not in mean_watts.index]
+    assert not missing, f"specs without a measured workload: {missing}"
+    return [(r, float(mean_watts[k])) for r, k in zip(specs.requests, keys) if mean_watts[k] > 0]
+
+
+def _mean_abs_log_error(predicted: np.ndarray, measured: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.log(predicted) - np.log(measured))))
+
+
+def test_the_embedded_prior_beats_the_previous_prior_and_a_constant_on_common_cluster_services(
+        measured: list[tuple[object, float]]) -> None:
+    requests = [r for r, _ in measured]
+    watts = np.array([w for _, w in measured])
+    embedded = np.array([p.power_watts for p in PriorPredictor().predict(requests)])
+    previous = np.array([p.power_watts for p in PriorPredictor(SECOND_PRIOR).predict(requests)])
+    log_watts = np.log(watts)
+    # A constant that never saw the workload it predicts: the geometric mean of the others.
+    constant = np.exp((log_watts.sum() - log_watts) / (len(log_watts) - 1))
+    errors = {name: _mean_abs_log_error(p, watts) for name, p in
+              (("embedded", embedded), ("previous", previous), ("constant", constant))}
+    assert errors["embedded"] < errors["previous"] and errors["embedded"] < errors["constant"], errors
+    # v2 overestimated the typical service; the embedded prior's median error is within a factor of 2.
+    assert abs(float(np.median(np.log(embedded / watts)))) < np.log(2) < float(np.median(np.log(previous / watts)))
