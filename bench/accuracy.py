@@ -12,7 +12,8 @@ Evaluation sets:
   every product is predicted by a model that never saw it.
 * `seed`: the seed's real Kepler measurements (../shared/data/seed-kepler), strict join and the
   pod-spec stand-in (`trainer.seed_report`), where only a few workloads join, and the tables say
-  so; and joined to the specs the public charts of its ~30 add-ons deploy (bench/data/cluster-addons).
+  so; joined to the specs the public charts of its ~30 add-ons deploy (bench/data/cluster-addons);
+  and trained on one of its two clusters (6 h file) to predict the other's (1 h file) add-ons.
 * `simulated`: the simulated cluster below.
 
 For the simulated cluster the truth is `bench.power_model`, the simulator's made-up power function:
@@ -62,7 +63,7 @@ from trainer.runs import read_runs
 from webhook.model.artifact import TrainedModel
 from webhook.model.runs import Spread, capped_run_seconds
 from webhook.model.schema import InferenceRequest, workload_pods
-from webhook.model.prior import PRIOR_MODEL_ID, PriorPredictor
+from webhook.model.prior import PRIOR_MODEL_ID, SECOND_PRIOR, PriorPredictor
 from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params, fit_pipeline, params_json
 from trainer.dataset import build_dataset, read_dataset
 from trainer.measurements import build_measurement_dataset, check_measurements, read_measurement_table, read_specs
@@ -134,6 +135,46 @@ def evaluate_seed(data: Path, text_embedding: str) -> list[dict[str, Any]]:
         dataset, _ = build_dataset(labels, requests, pod_spec_fallback=fallback)
         results.append({**compared(name, build_targets(dataset), text_embedding), "dataset_file": source})
     return results
+
+
+def evaluate_across_clusters(data: Path, text_embedding: str) -> dict[str, Any]:
+    """Trained on one real cluster, predicting another: the seed's 6-hour labels (a bare-metal
+    cluster) joined to the add-ons' chart specs train `train fit`'s choice and the best candidate of
+    each kind; they predict the 1-hour labels' workloads (a kind cluster, another day) whose specs
+    the same charts give: the kube-prometheus-stack release `prometheus`, installed there in
+    namespace `monitoring`, and the kube-system, ingress-nginx and kepler add-ons. Grouped CV on one
+    cluster asks how a model does on software it never saw; this asks how it does on software it
+    saw running elsewhere, which is what a cluster's history mostly offers a new deploy."""
+    charts = read_specs([CLUSTER_ADDON_MANIFESTS]).requests
+    train_dataset, _ = build_dataset(seed_labels_frame(data / SEED_LABEL_FILES[0]), charts)
+    train_table = build_targets(train_dataset)
+    comparison = compare_methods(train_table, text_embedding=text_embedding)
+    elsewhere = [r.model_copy(update={"namespace": "monitoring"}) for r in charts if r.namespace == "prometheus"]
+    elsewhere += [r for r in charts if r.namespace in ("kube-system", "ingress-nginx", "kepler")]
+    test_dataset, _ = build_dataset(seed_labels_frame(data / SEED_LABEL_FILES[1]), elsewhere)
+    test_table = build_targets(test_dataset)
+    kinds = {"served": comparison.chosen}
+    for target in ("correction", "log_power"):
+        best = min((p for p in comparison.grid if p.params["knn__target"] == target and p.params["knn__n_neighbors"] > 0),
+                   key=lambda p: p.mean_abs_log_error)
+        kinds[describe_params(best.params)] = best.params
+    metrics = []
+    for name, params in kinds.items():
+        model = TrainedModel(fit_pipeline(params, train_table), "bench")
+        predicted = model.predict(list(test_table.requests))
+        label = f"served: {describe_params(params)}" if name == "served" else name
+        metrics.append(score(label, test_table, np.array([p.power_watts for p in predicted]),
+                             np.array([p.power_watts_p10 for p in predicted]), np.array([p.power_watts_p90 for p in predicted])))
+    for predictor, label in ((PriorPredictor(), "(embedded)"), (PriorPredictor(SECOND_PRIOR), "(CCF's 50% CPU utilisation)")):
+        predicted = predictor.predict(list(test_table.requests))
+        metrics.append(score(f"prior {predictor.model_id} {label}", test_table, np.array([p.power_watts for p in predicted])))
+    constant = float(np.exp(np.mean(np.log(train_table.power_watts))))
+    metrics.append(score("constant: mean of log power of the training cluster", test_table,
+                         np.full(len(test_table.requests), constant)))
+    return {"directory": "seed, trained on one cluster, predicting another", "dataset_file": "seed-kepler 6 h -> 1 h + bench/data/cluster-addons",
+            "scheme": f"trained on {len(train_table.requests)} workloads of the 6-hour cluster, tested on "
+                      f"{len(test_table.requests)} of the 1-hour cluster", "chosen": params_json(comparison.chosen),
+            "chosen_description": describe_params(comparison.chosen), "metrics": [m.to_dict() for m in metrics]}
 
 
 def evaluate(directory: Path, text_embedding: str, seed: int | None = None) -> dict[str, Any]:
@@ -315,7 +356,8 @@ def main() -> None:
             print_table(evaluation)
             evaluations.append(evaluation)
     if "seed" in sets:
-        for evaluation in evaluate_seed(args.shared_data / "seed-kepler", args.text_embedding):
+        for evaluation in [*evaluate_seed(args.shared_data / "seed-kepler", args.text_embedding),
+                           evaluate_across_clusters(args.shared_data / "seed-kepler", args.text_embedding)]:
             print_table(evaluation)
             evaluations.append(evaluation)
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:
