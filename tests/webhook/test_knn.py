@@ -167,9 +167,11 @@ def test_the_correction_target_extrapolates_with_physics_where_log_power_cannot(
 def test_calibrated_prior_learns_a_floor_and_stays_at_the_embedded_values_without_data() -> None:
     idle = _physics(np.array([0.1, 0.5, 1.0, 2.0, 0.25] * 8), np.zeros(40))
     fitted = CalibratedPrior().fit(idle, np.full(40, 0.02))
-    assert fitted.predict(idle).max() < 0.2  # idle services: far below 2.1 W per requested vCPU
+    assert fitted.predict(idle).max() < 0.2  # idle services: far below the embedded 1.0 W per requested vCPU
+    # One measurement moves the coefficients only part of the way from the embedded prior's (1.016 W
+    # per vCPU at 10% utilisation, no floor) towards it: the penalty holds them.
     one = CalibratedPrior().fit(_physics(np.array([1.0]), np.zeros(1)), np.array([2.5]))
-    assert one.cpu_watts_per_vcpu_ == pytest.approx(2.12, rel=0.3)
+    assert 1.016 < one.cpu_watts_per_vcpu_ < 2.5 - one.floor_watts_
 
 
 def test_intervals_are_calibrated_inside_fit_and_survive_clone() -> None:
