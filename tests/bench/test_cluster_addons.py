@@ -56,12 +56,15 @@ def test_the_embedded_prior_beats_the_previous_prior_and_a_constant_on_common_cl
 def test_trained_on_one_cluster_the_neighbours_recall_the_same_add_ons_running_on_another(
         measured: list[tuple[object, float]]) -> None:
     """The 6-hour cluster's measurements train; the 1-hour cluster's (another cluster, another day)
-    test. The same software measured elsewhere is the best guide: the best KNN of the comparison's
-    grid is closer than the embedded prior, which is closer than the training cluster's constant."""
+    test. Grouped CV on the training cluster cannot tell recall from the embedded prior (every
+    held-out add-on is new software there), so the tie goes to recall, and the served model answers
+    the same software measured elsewhere from its measurement: closer than the embedded prior,
+    which is closer than the training cluster's constant."""
     from bench.accuracy import evaluate_across_clusters
 
     result = evaluate_across_clusters(SEED_DIR, "tfidf")
-    errors = {m["method"]: m["mean_abs_log_error"] for m in result["metrics"]}
+    assert result["chosen_description"].startswith("embedded prior, and for a near-duplicate of a measured spec")
+    errors = {m["method"].split(":")[0]: m["mean_abs_log_error"] for m in result["metrics"]}
     assert min(m["targets"] for m in result["metrics"]) >= 8
-    knn = min(error for method, error in errors.items() if method.startswith("knn k="))
-    assert knn < errors["prior ccf-prior-v3 (embedded)"] < errors["constant: mean of log power of the training cluster"]
+    assert errors["served"] < errors["prior ccf-prior-v3 (embedded)"] / 1.5
+    assert errors["prior ccf-prior-v3 (embedded)"] < errors["constant"]

@@ -29,10 +29,10 @@ MODE = "energetiscope.io/budget-mode"
 MAX_WORKLOAD = "energetiscope.io/max-workload-watts"
 QUOTA = "energetiscope.io/quota-watts"
 DEPLOYMENTS = WORKLOADS["Deployment"]
-# One pod: 1 CPU and 128Mi, so 2.173 W by the embedded prior (0.74 + 0.5 x 2.76 W per vCPU,
+# One pod: 2 CPU and 128Mi, so 2.085 W by the embedded prior (0.74 + 0.1 x 2.76 W per vCPU,
 # 0.392 W per GB). The budgets below are set in these units.
-POD_CPU, POD_MEMORY = "1", "128Mi"
-POD_WATTS = 1 * (0.74 + 0.5 * (3.5 - 0.74)) + 128 * 2**20 / 1e9 * 0.392
+POD_CPU, POD_MEMORY = "2", "128Mi"
+POD_WATTS = 2 * (0.74 + 0.1 * (3.5 - 0.74)) + 128 * 2**20 / 1e9 * 0.392
 # What the apiserver puts before a validating webhook's denial message (kubectl prints it).
 DENIAL_PREFIX = f'admission webhook "{BUDGET_WEBHOOK}" denied the request: '
 
@@ -57,7 +57,7 @@ def until(check: Callable[[], Reply], condition: Callable[[Reply], bool], what: 
 def test_enforce_denies_a_workload_over_max_workload_watts(wired_webhook: WiredWebhook) -> None:
     kube = wired_webhook.kube
     namespace = create_namespace(kube, "e2e-enforce", annotations={MODE: "enforce", MAX_WORKLOAD: "5"})
-    too_big = deployment("too-big", replicas=3)  # 6.5 W
+    too_big = deployment("too-big", replicas=3)  # 6.3 W
     # Denial needs the namespace's annotations in the inventory: nothing else denies.
     until(lambda: create(kube, namespace, too_big, dry_run=True), denied_by_budget,
           "the inventory seeing the namespace's budget")
@@ -73,7 +73,7 @@ def test_enforce_denies_a_workload_over_max_workload_watts(wired_webhook: WiredW
     assert f"To change it: kubectl annotate ns {namespace} {MAX_WORKLOAD}=<W> --overwrite" in denial.message
     assert kube.get(DEPLOYMENTS.item(namespace, "too-big")).status == 404
 
-    fits = create(kube, namespace, deployment("fits", replicas=2))  # 4.3 W
+    fits = create(kube, namespace, deployment("fits", replicas=2))  # 4.2 W
     assert fits.ok and fits.warnings == []
 
 
@@ -116,7 +116,7 @@ def test_audit_admits_silently_and_records_the_excess_in_the_audit_log(
 ) -> None:
     kube = wired_webhook.kube
     namespace = create_namespace(kube, "e2e-audit", annotations={MODE: "audit", MAX_WORKLOAD: "5"})
-    over = deployment("over", replicas=3)  # 6.5 W
+    over = deployment("over", replicas=3)  # 6.3 W
     audit_key = f"{BUDGET_WEBHOOK}/{AUDIT_KEY}"
 
     def audited_dry_run() -> Reply | None:
@@ -160,11 +160,11 @@ def test_quota_counts_existing_workloads_scaling_and_replaces_on_update(
     namespace = create_namespace(kube, "e2e-quota", annotations={MODE: "enforce", QUOTA: "10"})
     replicas_of = lambda name: kube.get(DEPLOYMENTS.item(namespace, name)).expect_ok()["spec"]["replicas"]  # noqa: E731
 
-    # A, 2 pods (4.3 W), is admitted and annotated; the inventory learns of it from its watch.
+    # A, 2 pods (4.2 W), is admitted and annotated; the inventory learns of it from its watch.
     first = create(kube, namespace, deployment("first", replicas=2)).expect_ok()
     assert energetiscope_annotations(first)
 
-    # B, 3 pods (6.5 W), fits the quota alone: only A's 4.3 W in the inventory can deny it.
+    # B, 3 pods (6.3 W), fits the quota alone: only A's 4.2 W in the inventory can deny it.
     second = deployment("second", replicas=3)
     until(lambda: create(kube, namespace, second, dry_run=True), denied_by_budget,
           "the inventory counting the first Deployment")
@@ -176,12 +176,12 @@ def test_quota_counts_existing_workloads_scaling_and_replaces_on_update(
             f"namespace {namespace}") in denial.message
     assert kube.get(DEPLOYMENTS.item(namespace, "second")).status == 404
 
-    # C, 2 pods, fits beside A: 8.7 W.
+    # C, 2 pods, fits beside A: 8.3 W.
     third = create(kube, namespace, deployment("third", replicas=2))
     assert third.status == 201, third.message
 
-    # Scaling A to 3 through the scale subresource: 6.5 + 4.3 = 10.9 W. Denied only once
-    # the inventory counts C (without it, 6.5 W fits).
+    # Scaling A to 3 through the scale subresource: 6.3 + 4.2 = 10.4 W. Denied only once
+    # the inventory counts C (without it, 6.3 W fits).
     until(lambda: _scale(apps, namespace, "first", 3, dry_run=True), denied_by_budget,
           "the inventory counting the third Deployment")
     denial = _scale(apps, namespace, "first", 3)
@@ -193,7 +193,7 @@ def test_quota_counts_existing_workloads_scaling_and_replaces_on_update(
     assert _scale(apps, namespace, "first", 1).status == 200
     assert replicas_of("first") == 1
 
-    # UPDATE of C to 3 pods: its old 4.3 W is replaced by 6.5 W, 2.2 + 6.5 = 8.7 W fits.
+    # UPDATE of C to 3 pods: its old 4.2 W is replaced by 6.3 W, 2.1 + 6.3 = 8.3 W fits.
     # Were the old contribution added instead, it would be 13 W whatever the inventory's
     # lag, so the dry-run can only come to be admitted if it is replaced.
     grown = kube.get(DEPLOYMENTS.item(namespace, "third")).expect_ok()

@@ -64,7 +64,7 @@ CONTROLLERS_SETTLE_SECONDS = 60.0
 CRON_JOB_SECONDS = 90.0
 # The small objects that mark how far the inventory's watch of a kind has got: 100m, 128Mi.
 MARKER_CPU = "100m"
-MARKER_WATTS = 0.1 * (0.74 + 0.5 * (3.5 - 0.74)) + 128 * 2**20 / 1e9 * 0.392
+MARKER_WATTS = 0.1 * (0.74 + 0.1 * (3.5 - 0.74)) + 128 * 2**20 / 1e9 * 0.392
 
 
 @dataclass
@@ -172,7 +172,7 @@ def add_markers(kube: KubeRest, namespace: str, suffix: str) -> float:
 def test_a_deployments_replicasets_and_pods_through_a_rollout(cluster: Cluster) -> None:
     kube, webhook = cluster.kube, cluster.webhook
     # Enforced, and room for the Deployment once, not twice: were a ReplicaSet held against
-    # the quota beside its Deployment (6.5 + 6.5 W), the controller could not create it.
+    # the quota beside its Deployment (6.3 + 6.3 W), the controller could not create it.
     namespace = create_namespace(kube, "e2e-rollout", annotations={MODE: "enforce", QUOTA: "10"})
     created = kube.create(DEPLOYMENTS.collection(namespace),
                           workload("Deployment", "web", replicas=3, cpu=POD_CPU, memory=POD_MEMORY)).expect_ok()
@@ -291,17 +291,17 @@ def test_scaling_through_the_scale_subresource_is_held_against_an_enforce_quota(
     kube.create(DEPLOYMENTS.collection(namespace),
                 workload("Deployment", "scaled", replicas=2, cpu=POD_CPU, memory=POD_MEMORY)).expect_ok()
     rolled_out(kube, namespace, "scaled", "registry.example/app:1.0")
-    # 5 pods (10.9 W) can only be denied once the inventory holds the Deployment's pod power.
+    # 5 pods (10.4 W) can only be denied once the inventory holds the Deployment's pod power.
     until(lambda: scale_to(kube, namespace, "scaled", 5, dry_run=True), denied_by_budget,
           "the inventory holding the Deployment")
 
-    # Within the budget: 4 pods, 8.7 W. The controllers then run 4 Pods.
+    # Within the budget: 4 pods, 8.3 W. The controllers then run 4 Pods.
     grown = scale_to(kube, namespace, "scaled", 4)
     assert grown.status == 200 and grown.warnings == [], grown.message
     deployment, rs, pods = rolled_out(kube, namespace, "scaled", "registry.example/app:1.0")
     assert deployment["spec"]["replicas"] == rs["spec"]["replicas"] == len(pods) == 4
 
-    # Over it: 5 pods, 10.9 W, against quota-watts 10 W.
+    # Over it: 5 pods, 10.4 W, against quota-watts 10 W.
     denial = scale_to(kube, namespace, "scaled", 5)
     assert denial.status == 403 and denial.body["reason"] == "Forbidden"
     assert denial.message.startswith(

@@ -31,6 +31,7 @@ import pytest
 import urllib3
 
 from tests.e2e.controlplane import Binaries, ControlPlane
+from tests.e2e.test_budgets_e2e import POD_CPU, POD_MEMORY, POD_WATTS
 from tests.e2e.kube_rest import KubeRest, Reply
 from tests.e2e.webhook_fixtures import (
     BUDGET_WEBHOOK, WiredWebhook, create_namespace, eventually, start_wired_webhook, teardown_wired_webhook,
@@ -43,9 +44,6 @@ pytestmark = pytest.mark.e2e
 MODE = "energetiscope.io/budget-mode"
 QUOTA = "energetiscope.io/quota-watts"
 DEPLOYMENTS = WORKLOADS["Deployment"]
-# One pod: 1 CPU and 128Mi, 2.173 W by the embedded prior (as in test_budgets_e2e).
-POD_CPU, POD_MEMORY = "1", "128Mi"
-POD_WATTS = 1 * (0.74 + 0.5 * (3.5 - 0.74)) + 128 * 2**20 / 1e9 * 0.392
 # The webhook re-reads its policy file this often (so a test can switch the rule quickly).
 WATCH_INTERVAL_SECONDS = 0.5
 # Generous: the inventory's backoff is capped at 5 s, and a list takes milliseconds here.

@@ -51,7 +51,7 @@ def test_enforce_denies_a_job_over_max_run_joules(wired_webhook: WiredWebhook) -
                                                                "energetiscope.io/max-run-joules": "5000"})
     jobs = WORKLOADS["Job"]
     too_long = _with_deadline(workload("Job", "too-long", replicas=2, cpu=POD_CPU, memory=POD_MEMORY), 3600)
-    run_joules = 2 * POD_WATTS * 3600  # 15.6 kJ
+    run_joules = 2 * POD_WATTS * 3600  # 15.0 kJ
     # Denial needs the namespace's annotations in the webhook's inventory: nothing else denies.
     until(lambda: kube.create(jobs.collection(namespace), too_long, dry_run=True), denied_by_budget,
           "the inventory seeing the namespace's max-run-joules")
@@ -66,7 +66,7 @@ def test_enforce_denies_a_job_over_max_run_joules(wired_webhook: WiredWebhook) -
     assert kube.get(jobs.item(namespace, "too-long")).status == 404
 
     fits = kube.create(jobs.collection(namespace), _with_deadline(
-        workload("Job", "fits", replicas=2, cpu=POD_CPU, memory=POD_MEMORY), 600))  # 2.6 kJ
+        workload("Job", "fits", replicas=2, cpu=POD_CPU, memory=POD_MEMORY), 600))  # 2.5 kJ
     assert fits.status == 201 and fits.warnings == []
     # No deadline: the prior cannot tell the run's length, so it is admitted with a warning.
     unbounded = kube.create(jobs.collection(namespace), workload("Job", "unbounded", cpu=POD_CPU, memory=POD_MEMORY))

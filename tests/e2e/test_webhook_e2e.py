@@ -39,8 +39,8 @@ NUMERIC_KEYS = ("pod-power-watts", "pod-power-watts-p10", "pod-power-watts-p90",
                 "energy-joules-per-hour")
 CONTRACT_KEYS = {P + key for key in (*NUMERIC_KEYS, "workload-power-scope", "model", "basis", "spec-hash")}
 # The embedded prior's point estimate (README, Predictors), computed here independently:
-# vCPU x (0.74 + 0.5 x (3.5 - 0.74)) W + memory GB x 0.392 W, PUE 1.
-PRIOR_WATTS_PER_VCPU = 0.74 + 0.5 * (3.5 - 0.74)
+# vCPU x (0.74 + 0.1 x (3.5 - 0.74)) W + memory GB x 0.392 W, PUE 1.
+PRIOR_WATTS_PER_VCPU = 0.74 + 0.1 * (3.5 - 0.74)
 PRIOR_WATTS_PER_GB = 0.392
 # What decides which requests reach the webhook and what happens when it fails.
 SHIPPED_ADMISSION_KEYS = ("failurePolicy", "sideEffects", "timeoutSeconds", "namespaceSelector", "objectSelector",

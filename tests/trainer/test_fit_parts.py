@@ -89,7 +89,7 @@ def test_the_served_model_beats_the_spec_blind_baselines_when_power_follows_the_
     assert served.mean_abs_log_error < embedded.mean_abs_log_error / 2
     # The served candidate is the grid's best, and every candidate was scored on the same folds.
     assert served.mean_abs_log_error == pytest.approx(min(p.mean_abs_log_error for p in comparison.grid), rel=1e-9)
-    assert len(comparison.grid) == 2 + 2 * 2 * 3  # the embedded and the calibrated prior, then targets x weightings x k
+    assert len(comparison.grid) == 3 + 2 * 2 * 3  # the embedded prior, the calibrated prior, recall, then targets x weightings x k
     assert (served.targets, served.pods, served.workloads, served.pod_windows) == (14, 28, 14, 168)
     assert served.coverage_p10_p90 is not None and by_name[next(m for m in by_name if m.startswith("prototype"))].coverage_p10_p90 is None
     assert comparison.scheme == "GroupKFold (5 folds, 14 groups)"
@@ -130,3 +130,23 @@ def test_fit_reads_the_run_dataset_before_the_pod_models_cross_validation(tmp_pa
     monkeypatch.setattr(fit, "fit_table", cross_validation_started)
     with pytest.raises(ValueError, match="cannot read it as a run dataset"):
         fit.run_fit(tmp_path / "dataset.parquet", tmp_path / "model.esmodel", runs_dataset_path=wrong)
+
+
+def test_recall_answers_a_measured_spec_from_its_measurement_and_anything_else_as_the_embedded_prior() -> None:
+    """`recall_params`: the same spec deployed elsewhere (another namespace, which is not a feature)
+    gets what it was measured at; a spec unlike every training spec gets the embedded prior itself."""
+    from trainer.crossval import fit_pipeline, recall_params
+    from webhook.model.artifact import TrainedModel
+    from webhook.model.prior import PriorPredictor
+
+    pods = [(request(f"svc-{i}", 100 * (i + 1), image=f"example/svc{i}:1"), f"svc-{i}-0", [6.0 * (i + 1)] * 6)
+            for i in range(8)]
+    table = build_targets(dataset(pods))
+    model = TrainedModel(fit_pipeline(recall_params(5), table), "recall")
+    elsewhere = pods[3][0].model_copy(update={"namespace": "other-cluster"})
+    new = request("new", 3000, image="another/thing:2")
+    recalled, unknown = model.predict([elsewhere, new])
+    assert recalled.power_watts == pytest.approx(table.power_watts[3], rel=1e-5)  # 0.4 W measured
+    assert recalled.fallback_reason is None
+    assert unknown.power_watts == pytest.approx(PriorPredictor().predict_one(new).power_watts, rel=1e-6)
+    assert unknown.fallback_reason is not None  # beyond the near-duplicate radius, and it says so
