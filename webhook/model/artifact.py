@@ -115,11 +115,13 @@ class TrainedModel:
         knn: AnchoredKNN = self.pipeline[-1]
         detail = _detail(self.pipeline, requests)
         predictions: list[PodPrediction] = []
+        # Recall (`trainer.crossval.recall_params`) anchors on the embedded prior's own coefficients.
+        anchor = "the calibrated prior" if knn.prior_.fit_coefficients else "the embedded prior"
         for i in range(len(requests)):
             reason = None
             if detail.prior_only[i]:
                 reason = (f"nearest training pod is {float(detail.nearest_distance[i]):.2f} away, beyond the model's "
-                          f"trust radius {knn.trust_radius_:.2f}: the calibrated prior answers")
+                          f"trust radius {knn.trust_radius_:.2f}: {anchor} answers")
             predictions.append(PodPrediction(
                 power_watts=float(detail.power_watts[i]),
                 power_watts_p10=float(detail.power_watts_p10[i]),
