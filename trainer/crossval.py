@@ -457,12 +457,14 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
         return score(method, table, prediction.power_watts, prediction.p10_watts, prediction.p90_watts,
                      prediction.prior_fallback)
 
-    # On a sample the grid only screens: its best overall and of each target, with the embedded and
-    # the calibrated prior, are scored on every group, and the lowest error there serves. (At
+    # On a sample the grid only screens: its best overall and of each target, with the embedded
+    # prior, recall and the calibrated prior, are scored on every group, and the lowest error there serves. (At
     # 20,000 simulated workloads the sample's best, k=21 with local slopes, scored 0.281 on all
     # groups against 0.228 for its best KNN on the correction.) Without a sample these finalists'
     # points are the grid's own, so the grid's best serves, as before.
-    finalists = {best_index, best_of("correction"), best_of("log_power"), 1} | ({0, 2} if selection.sampled else set())
+    recall_index = next(i for i, point in enumerate(grid) if is_recall(point.params))
+    finalists = {best_index, best_of("correction"), best_of("log_power"), 1} | (
+        {0, recall_index} if selection.sampled else set())
     reported_indices = sorted(finalists)
     reported = dict(zip(reported_indices, served_out_of_fold(table, folds, [grid[i].params for i in reported_indices])))
     if selection.sampled:

@@ -12,7 +12,7 @@ for it). The p10/p90 interval uses low and high utilisation, and the p90 end tak
 limits, since a pod can burst up to them. A GPU's idle and maximum W are its product's
 (`webhook.model.gpus`: a B200 is not a T4); an unknown product is a generic 30-300 W GPU.
 
-Versions, each kept as the baseline evaluations show (`PRIOR_VERSIONS`):
+Versions, each kept as the baseline evaluations show (`SECOND_PRIOR`, `FIRST_PRIOR`):
 
 * `ccf-prior-v1`, as first shipped: CCF's default utilisation (50%) for CPU and GPU alike, and
   no GPU products: every GPU was 30-300 W.
