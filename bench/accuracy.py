@@ -56,6 +56,7 @@ import pandas as pd
 from bench import power_model
 from bench.results import RunRecord, cell, markdown_table
 from bench.trainer_scale import SIMULATION_SEED, run_size
+from trainer.baselines import from_pod_predictions
 from trainer.collect import read_requests
 from trainer.run_dataset import build_run_dataset, write_run_dataset
 from trainer.run_fit import RunTargets, compare_runs, read_run_targets
@@ -64,7 +65,7 @@ from webhook.model.artifact import TrainedModel
 from webhook.model.runs import Spread, capped_run_seconds
 from webhook.model.schema import InferenceRequest, workload_pods
 from webhook.model.prior import PRIOR_MODEL_ID, SECOND_PRIOR, PriorPredictor
-from trainer.crossval import NotEnoughWorkloads, compare_methods, describe_params, fit_pipeline, params_json
+from trainer.crossval import NotEnoughWorkloads, best_knn_of, compare_methods, describe_params, fit_pipeline, params_json
 from trainer.dataset import build_dataset, read_dataset
 from trainer.measurements import build_measurement_dataset, check_measurements, read_measurement_table, read_specs
 from trainer.metrics import MethodMetrics, score
@@ -122,10 +123,12 @@ def evaluate_mlenergy(data: Path, text_embedding: str) -> list[dict[str, Any]]:
 
 
 def evaluate_seed(data: Path, text_embedding: str) -> list[dict[str, Any]]:
-    """The seed's Kepler measurements three ways: joined strictly to the seed's own specs, with the
-    pod-spec stand-in, and joined to the specs the add-ons' public charts deploy
-    (`bench/data/cluster-addons`: ~30 common cluster services, the set issue 12 measured the prior on)."""
-    labels = pd.concat([seed_labels_frame(data / name) for name in SEED_LABEL_FILES], ignore_index=True)
+    """The seed's Kepler measurements four ways: joined strictly to the seed's own specs, with the
+    pod-spec stand-in, joined to the specs the add-ons' public charts deploy
+    (`bench/data/cluster-addons`: ~30 common cluster services, the set issue 12 measured the prior
+    on), and trained on one of its clusters to predict the other (`evaluate_across_clusters`)."""
+    cluster_labels = [seed_labels_frame(data / name) for name in SEED_LABEL_FILES]
+    labels = pd.concat(cluster_labels, ignore_index=True)
     own = read_requests(data / SEED_REQUESTS_FILE)
     charts = read_specs([CLUSTER_ADDON_MANIFESTS]).requests
     results = []
@@ -134,40 +137,39 @@ def evaluate_seed(data: Path, text_embedding: str) -> list[dict[str, Any]]:
                                              (charts, False, "seed, public chart specs", "seed-kepler + bench/data/cluster-addons")):
         dataset, _ = build_dataset(labels, requests, pod_spec_fallback=fallback)
         results.append({**compared(name, build_targets(dataset), text_embedding), "dataset_file": source})
+    results.append(evaluate_across_clusters(*cluster_labels, charts, text_embedding))
     return results
 
 
-def evaluate_across_clusters(data: Path, text_embedding: str) -> dict[str, Any]:
-    """Trained on one real cluster, predicting another: the seed's 6-hour labels (a bare-metal
-    cluster) joined to the add-ons' chart specs train `train fit`'s choice and the best candidate of
-    each kind; they predict the 1-hour labels' workloads (a kind cluster, another day) whose specs
-    the same charts give: the kube-prometheus-stack release `prometheus`, installed there in
-    namespace `monitoring`, and the kube-system, ingress-nginx and kepler add-ons. Grouped CV on one
-    cluster asks how a model does on software it never saw; this asks how it does on software it
-    saw running elsewhere, which is what a cluster's history mostly offers a new deploy."""
-    charts = read_specs([CLUSTER_ADDON_MANIFESTS]).requests
-    train_dataset, _ = build_dataset(seed_labels_frame(data / SEED_LABEL_FILES[0]), charts)
+def evaluate_across_clusters(training_cluster: pd.DataFrame, other_cluster: pd.DataFrame, charts: list[InferenceRequest],
+                             text_embedding: str) -> dict[str, Any]:
+    """Trained on one real cluster, predicting another: the seed's 6-hour labels (`training_cluster`,
+    a bare-metal cluster) joined to the add-ons' chart specs train `train fit`'s choice and the best
+    KNN of each target; they predict the 1-hour labels' workloads (`other_cluster`, a kind cluster,
+    another day) whose specs the same charts give: the kube-prometheus-stack release `prometheus`,
+    installed there in namespace `monitoring`, and the kube-system, ingress-nginx and kepler
+    add-ons. Grouped CV on one cluster asks how a model does on software it never saw; this asks
+    how it does on software it saw running elsewhere, which is what a cluster's history mostly
+    offers a new deploy."""
+    train_dataset, _ = build_dataset(training_cluster, charts)
     train_table = build_targets(train_dataset)
     comparison = compare_methods(train_table, text_embedding=text_embedding)
     elsewhere = [r.model_copy(update={"namespace": "monitoring"}) for r in charts if r.namespace == "prometheus"]
     elsewhere += [r for r in charts if r.namespace in ("kube-system", "ingress-nginx", "kepler")]
-    test_dataset, _ = build_dataset(seed_labels_frame(data / SEED_LABEL_FILES[1]), elsewhere)
+    test_dataset, _ = build_dataset(other_cluster, elsewhere)
     test_table = build_targets(test_dataset)
     kinds = {"served": comparison.chosen}
     for target in ("correction", "log_power"):
-        best = min((p for p in comparison.grid if p.params["knn__target"] == target and p.params["knn__n_neighbors"] > 0),
-                   key=lambda p: p.mean_abs_log_error)
-        kinds[describe_params(best.params)] = best.params
+        best = comparison.grid[best_knn_of(comparison.grid, target)].params
+        kinds[describe_params(best)] = best
     metrics = []
     for name, params in kinds.items():
-        model = TrainedModel(fit_pipeline(params, train_table), "bench")
-        predicted = model.predict(list(test_table.requests))
+        predicted = from_pod_predictions(TrainedModel(fit_pipeline(params, train_table), "bench").predict(test_table.requests))
         label = f"served: {describe_params(params)}" if name == "served" else name
-        metrics.append(score(label, test_table, np.array([p.power_watts for p in predicted]),
-                             np.array([p.power_watts_p10 for p in predicted]), np.array([p.power_watts_p90 for p in predicted])))
+        metrics.append(score(label, test_table, predicted.power_watts, predicted.p10_watts, predicted.p90_watts))
     for predictor, label in ((PriorPredictor(), "(embedded)"), (PriorPredictor(SECOND_PRIOR), "(CCF's 50% CPU utilisation)")):
-        predicted = predictor.predict(list(test_table.requests))
-        metrics.append(score(f"prior {predictor.model_id} {label}", test_table, np.array([p.power_watts for p in predicted])))
+        predicted = from_pod_predictions(predictor.predict(test_table.requests))
+        metrics.append(score(f"prior {predictor.model_id} {label}", test_table, predicted.power_watts))
     constant = float(np.exp(np.mean(np.log(train_table.power_watts))))
     metrics.append(score("constant: mean of log power of the training cluster", test_table,
                          np.full(len(test_table.requests), constant)))
@@ -356,8 +358,7 @@ def main() -> None:
             print_table(evaluation)
             evaluations.append(evaluation)
     if "seed" in sets:
-        for evaluation in [*evaluate_seed(args.shared_data / "seed-kepler", args.text_embedding),
-                           evaluate_across_clusters(args.shared_data / "seed-kepler", args.text_embedding)]:
+        for evaluation in evaluate_seed(args.shared_data / "seed-kepler", args.text_embedding):
             print_table(evaluation)
             evaluations.append(evaluation)
     with tempfile.TemporaryDirectory(prefix="energetiscope-bench-") as tmp:

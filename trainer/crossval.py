@@ -162,6 +162,14 @@ def _preference(params: Params, index: int) -> float:
     return -1.0 if is_recall(params) else float(index)
 
 
+def best_knn_of(grid: Sequence[GridPoint], target: str) -> int:
+    """The index of the grid's best KNN on one target (recall, the embedded prior with neighbours
+    for near-duplicates only, is not one): the comparison reports it beside the served model."""
+    indices = [i for i, point in enumerate(grid) if point.params["knn__target"] == target
+               and point.params["knn__n_neighbors"] > 0 and not is_recall(point.params)]
+    return min(indices, key=lambda i: (round(grid[i].mean_abs_log_error, 12), i))
+
+
 def params_json(params: Params) -> dict[str, Any]:
     """The parameters as JSON (an estimator as its repr)."""
     return {k: repr(v) if isinstance(v, BaseEstimator) else v for k, v in params.items()}
@@ -448,22 +456,18 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
     best_index = min(range(len(grid)), key=lambda i: (round(grid[i].mean_abs_log_error, 12), _preference(grid[i].params, i)))
     chosen = grid[best_index].params
 
-    def best_of(target: str) -> int:
-        indices = [i for i, p in enumerate(grid) if p.params["knn__target"] == target and p.params["knn__n_neighbors"] > 0
-                   and not is_recall(p.params)]
-        return min(indices, key=lambda i: (round(grid[i].mean_abs_log_error, 12), i))
-
     def scored(method: str, prediction: FoldPrediction) -> MethodMetrics:
         return score(method, table, prediction.power_watts, prediction.p10_watts, prediction.p90_watts,
                      prediction.prior_fallback)
 
     # On a sample the grid only screens: its best overall and of each target, with the embedded
-    # prior, recall and the calibrated prior, are scored on every group, and the lowest error there serves. (At
-    # 20,000 simulated workloads the sample's best, k=21 with local slopes, scored 0.281 on all
+    # prior, recall and the calibrated prior, are scored on every group, and the lowest error there
+    # serves. (At 20,000 simulated workloads the sample's best, k=21 with local slopes, scored 0.281 on all
     # groups against 0.228 for its best KNN on the correction.) Without a sample these finalists'
     # points are the grid's own, so the grid's best serves, as before.
     recall_index = next(i for i, point in enumerate(grid) if is_recall(point.params))
-    finalists = {best_index, best_of("correction"), best_of("log_power"), 1} | (
+    best_correction, best_log_power = best_knn_of(grid, "correction"), best_knn_of(grid, "log_power")
+    finalists = {best_index, best_correction, best_log_power, 1} | (
         {0, recall_index} if selection.sampled else set())
     reported_indices = sorted(finalists)
     reported = dict(zip(reported_indices, served_out_of_fold(table, folds, [grid[i].params for i in reported_indices])))
@@ -476,8 +480,8 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
     second_prior, first_prior = PriorPredictor(SECOND_PRIOR), PriorPredictor(FIRST_PRIOR)
     metrics = [
         scored(f"served: {describe_params(chosen)}", reported[best_index]),
-        scored(describe_params(grid[best_of('correction')].params), reported[best_of("correction")]),
-        scored(describe_params(grid[best_of('log_power')].params), reported[best_of("log_power")]),
+        scored(describe_params(grid[best_correction].params), reported[best_correction]),
+        scored(describe_params(grid[best_log_power].params), reported[best_log_power]),
         scored("calibrated prior", reported[1]),
         scored(f"prior {prior.model_id} (embedded)", out_of_fold(table, folds, prior_baseline(prior))),
         scored(f"prior {second_prior.model_id} (CCF's 50% CPU utilisation)",

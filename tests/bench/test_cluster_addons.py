@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from bench.accuracy import CLUSTER_ADDON_MANIFESTS
+from bench.accuracy import CLUSTER_ADDON_MANIFESTS, evaluate_across_clusters
 from trainer.measurements import read_specs
 from trainer.seed_report import SEED_LABEL_FILES, seed_labels_frame
 from webhook.model.prior import SECOND_PRIOR, PriorPredictor
@@ -19,11 +20,16 @@ SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "seed-keple
 
 
 @pytest.fixture(scope="module")
-def measured() -> list[tuple[object, float]]:
-    if not (SEED_DIR / SEED_LABEL_FILES[0]).is_file():
+def clusters() -> list[pd.DataFrame]:
+    """The seed's two label files, two clusters: 6 hours of the one these add-ons ran on, 1 hour of another."""
+    if not all((SEED_DIR / name).is_file() for name in SEED_LABEL_FILES):
         pytest.fail(f"seed measurements not found at {SEED_DIR} (shared/ must sit beside the repository)", pytrace=False)
-    labels = seed_labels_frame(SEED_DIR / SEED_LABEL_FILES[0])  # the 6-hour file: the cluster these add-ons ran on
-    mean_watts = labels.groupby(["namespace", "workload_kind", "workload_name"])["power_watts"].mean()
+    return [seed_labels_frame(SEED_DIR / name) for name in SEED_LABEL_FILES]
+
+
+@pytest.fixture(scope="module")
+def measured(clusters: list[pd.DataFrame]) -> list[tuple[object, float]]:
+    mean_watts = clusters[0].groupby(["namespace", "workload_kind", "workload_name"])["power_watts"].mean()
     specs = read_specs([CLUSTER_ADDON_MANIFESTS])
     assert specs.skipped_documents == 0, specs.skipped_examples
     keys = [(r.namespace, r.workload_kind, r.workload_name) for r in specs.requests]
@@ -54,15 +60,13 @@ def test_the_embedded_prior_beats_the_previous_prior_and_a_constant_on_common_cl
 
 
 def test_trained_on_one_cluster_the_neighbours_recall_the_same_add_ons_running_on_another(
-        measured: list[tuple[object, float]]) -> None:
+        clusters: list[pd.DataFrame]) -> None:
     """The 6-hour cluster's measurements train; the 1-hour cluster's (another cluster, another day)
     test. Grouped CV on the training cluster cannot tell recall from the embedded prior (every
     held-out add-on is new software there), so the tie goes to recall, and the served model answers
     the same software measured elsewhere from its measurement: closer than the embedded prior,
     which is closer than the training cluster's constant."""
-    from bench.accuracy import evaluate_across_clusters
-
-    result = evaluate_across_clusters(SEED_DIR, "tfidf")
+    result = evaluate_across_clusters(*clusters, read_specs([CLUSTER_ADDON_MANIFESTS]).requests, "tfidf")
     assert result["chosen_description"].startswith("embedded prior, and for a near-duplicate of a measured spec")
     errors = {m["method"].split(":")[0]: m["mean_abs_log_error"] for m in result["metrics"]}
     assert min(m["targets"] for m in result["metrics"]) >= 8

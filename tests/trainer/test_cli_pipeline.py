@@ -24,8 +24,8 @@ from trainer.collect import read_requests
 from trainer.dataset import read_dataset
 from trainer.seed_report import DEFAULT_SEED_DIR, SEED_REQUESTS_FILE
 from webhook.model.artifact import load_model
-from webhook.model.schema import spec_hash
 from webhook.model.prior import PriorPredictor
+from webhook.model.schema import spec_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from tests.trainer.synthetic_dataset import dataset, request, scaling_pods
-from trainer.crossval import NotEnoughWorkloads, compare_methods, grouped_folds
-from webhook.model.intervals import conformal_offsets
+from trainer.crossval import NotEnoughWorkloads, compare_methods, fit_pipeline, grouped_folds, recall_params
 from trainer.targets import build_targets
+from webhook.model.artifact import TrainedModel
+from webhook.model.intervals import conformal_offsets
+from webhook.model.prior import PriorPredictor
 
 
 def test_targets_average_windows_with_energy_and_leave_out_pods_with_too_few() -> None:
@@ -135,10 +137,6 @@ def test_fit_reads_the_run_dataset_before_the_pod_models_cross_validation(tmp_pa
 def test_recall_answers_a_measured_spec_from_its_measurement_and_anything_else_as_the_embedded_prior() -> None:
     """`recall_params`: the same spec deployed elsewhere (another namespace, which is not a feature)
     gets what it was measured at; a spec unlike every training spec gets the embedded prior itself."""
-    from trainer.crossval import fit_pipeline, recall_params
-    from webhook.model.artifact import TrainedModel
-    from webhook.model.prior import PriorPredictor
-
     pods = [(request(f"svc-{i}", 100 * (i + 1), image=f"example/svc{i}:1"), f"svc-{i}-0", [6.0 * (i + 1)] * 6)
             for i in range(8)]
     table = build_targets(dataset(pods))
