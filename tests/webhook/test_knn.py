@@ -252,6 +252,34 @@ def test_local_adjustment_is_the_weighted_ridge_fit_and_stays_within_the_neighbo
     assert flat[0] == 0.0
 
 
+def test_a_neighbour_of_negligible_weight_does_not_widen_the_local_bound() -> None:
+    # Two close neighbours (corrections 0.5 and 1.1) and a far one at -0.35 whose kernel weight is
+    # next to nothing: the move is bounded by the close ones' span (0.6), not by all three's (1.45).
+    weights = np.array([[1.0, 0.9, 1e-9]])
+    sizes = np.array([[[0.0], [1.0], [0.5]]])
+    targets = np.array([[0.5, 1.1, -0.35]])
+    move = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[-20.0]]), alpha=1e-9)
+    assert move[0] == pytest.approx(-0.6)
+    # A far neighbour that does weigh something still widens it.
+    heavier = webhook.model.knn.local_adjustment(np.array([[1.0, 0.9, 0.2]]), targets, sizes, np.array([[-20.0]]),
+                                                 alpha=1e-9)
+    assert heavier[0] == pytest.approx(-1.45)
+
+
+def test_auto_trusts_its_neighbours_log_power_only_near_their_priors() -> None:
+    share = webhook.model.knn._log_power_share
+    spreads = np.array([0.05]), np.array([0.3])  # the neighbours' log powers agree more than their corrections
+    anchors, weights = np.log(np.array([[140.0, 270.0]])), np.ones((1, 2))
+    near = share(*spreads, np.log(np.array([200.0])), anchors, weights)
+    assert near[0] == pytest.approx(0.3**2 / (0.3**2 + 0.05**2))
+    # An 8-GPU pod whose prior is 5x its 1-2 GPU neighbours': their agreement says nothing of it.
+    far = share(*spreads, np.log(np.array([1090.0])), anchors, weights)
+    distance = abs(np.log(1090.0) - anchors.mean())
+    vouched = np.std(anchors) + webhook.model.knn.AUTO_EXTRAPOLATION_SLACK
+    assert far[0] == pytest.approx(near[0] * vouched / distance)
+    assert far[0] < 0.5 * near[0]
+
+
 def test_auto_takes_the_scaling_the_neighbours_agree_on() -> None:
     X, power, batch = _kinds_of_different_sizes(22, rows=400)
     fresh_X, fresh_power, _ = _kinds_of_different_sizes(24, rows=400)
