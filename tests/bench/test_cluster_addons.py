@@ -12,11 +12,18 @@ import pandas as pd
 import pytest
 
 from bench.accuracy import CLUSTER_ADDON_MANIFESTS, evaluate_across_clusters
+from trainer.collect import read_requests
+from trainer.crossval import fit_pipeline, recall_params
+from trainer.dataset import build_dataset
 from trainer.measurements import read_specs
-from trainer.seed_report import SEED_LABEL_FILES, seed_labels_frame
+from trainer.seed_report import SEED_LABEL_FILES, SEED_REQUESTS_FILE, seed_labels_frame
+from trainer.targets import build_targets
+from webhook.model.artifact import TrainedModel
 from webhook.model.prior import SECOND_PRIOR, PriorPredictor
 
-SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "seed-kepler"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SEED_DIR = SHARED_DATA / "seed-kepler"
+MLENERGY_MANIFESTS = SHARED_DATA / "mlenergy" / "manifests.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +79,23 @@ def test_trained_on_one_cluster_the_neighbours_recall_the_same_add_ons_running_o
     assert min(m["targets"] for m in result["metrics"]) >= 8
     assert errors["served"] < errors["prior ccf-prior-v3 (embedded)"] / 1.5
     assert errors["prior ccf-prior-v3 (embedded)"] < errors["constant"]
+
+
+def test_recall_reaches_only_the_same_software(clusters: list[pd.DataFrame]) -> None:
+    """Recall's radius is learnt from a small set (half the distance between its two closest distinct
+    specs). Fitted on the add-ons, it must not reach unrelated software, whose every pod then gets
+    the embedded prior exactly: none of ML.ENERGY's 897 vLLM servers, and of the seed's own 22
+    specs only the ingress controller the add-ons also hold."""
+    charts = read_specs([CLUSTER_ADDON_MANIFESTS]).requests
+    table = build_targets(build_dataset(clusters[0], charts)[0])
+    model = TrainedModel(fit_pipeline(recall_params(5), table), "recall")
+    if not MLENERGY_MANIFESTS.is_file():
+        pytest.fail(f"ML.ENERGY manifests not found at {MLENERGY_MANIFESTS}", pytrace=False)
+    unrelated = read_specs([MLENERGY_MANIFESTS]).requests
+    seed_own = read_requests(SEED_DIR / SEED_REQUESTS_FILE)
+    recalled = [(r.workload_kind, r.workload_name) for r, p in zip(seed_own, model.predict(seed_own)) if p.fallback_reason is None]
+    assert recalled == [("Deployment", "ingress-nginx-controller")]
+    predictions = model.predict(unrelated)
+    assert all(p.fallback_reason is not None for p in predictions)
+    embedded = PriorPredictor().predict(unrelated)
+    np.testing.assert_allclose([p.power_watts for p in predictions], [p.power_watts for p in embedded], rtol=1e-9)
