@@ -62,6 +62,10 @@ LOCAL_MIN_K = 5  # slopes from fewer neighbours than this only add noise
 # taking all the weight; near means within this share of the closest two distinct training specs.
 RECALL_NEIGHBOURS = 5
 RECALL_RADIUS_FACTOR = 0.5
+# "auto" candidates also try trusting their neighbours' log power only within this (log W) of the
+# neighbours' own priors: a limit that helps where power follows the prior's physics (GPU count:
+# the simulated draws) and hurts where the prior is a datasheet guess (a GPU product never measured).
+LOG_POWER_REACH = 0.3
 LOCAL_ALPHAS = (0.1, 0.3)  # the local ridge's penalty: 0.1 best on the simulated cluster, 0.3 on ML.ENERGY
 DEFAULT_MAX_SPLITS = 5
 # Beyond this many groups the grid is scored on a seeded sample of this many whole groups (see
@@ -125,10 +129,13 @@ def candidate_params(k_grid: Sequence[int], weight_grid: bool, largest_train: in
     # has too few neighbours for a slope. The local fit extrapolates in size by itself, so it is
     # not faded to the prior beyond a trust radius (ML.ENERGY by family, k=21: mean |log error|
     # 0.172 fading, 0.163 not; the simulated cluster: the same either way; bench/README.md).
-    for target, unsearched, alpha, k in itertools.product(
-            (*TARGETS, "auto"), ((), numeric_columns()), LOCAL_ALPHAS, [k for k in ks if k >= LOCAL_MIN_K]):
+    # "auto" with and without a limit on how far its neighbours' log power reaches (`AnchoredKNN.log_power_reach`).
+    for (target, reach), unsearched, alpha, k in itertools.product(
+            (*((t, None) for t in TARGETS), ("auto", None), ("auto", LOG_POWER_REACH)), ((), numeric_columns()),
+            LOCAL_ALPHAS, [k for k in ks if k >= LOCAL_MIN_K]):
         candidates.append({"knn__n_neighbors": k, "knn__target": target, "knn__local_columns": local_regression_columns(),
-                           "knn__unsearched_columns": unsearched, "knn__local_alpha": alpha, "knn__trust_factor": None})
+                           "knn__unsearched_columns": unsearched, "knn__local_alpha": alpha, "knn__trust_factor": None,
+                           **({} if reach is None else {"knn__log_power_reach": reach})})
     return candidates
 
 
@@ -192,6 +199,8 @@ def describe_params(params: Params) -> str:
     if params.get("knn__local_columns"):
         chosen_by = "words and classes" if params.get("knn__unsearched_columns") else "every column"
         local = f", local slopes over the resources (ridge {params.get('knn__local_alpha', 0.3):g}), neighbours by {chosen_by}"
+    if params.get("knn__log_power_reach") is not None:
+        local += f", log power trusted within {params['knn__log_power_reach']:g} log W of the neighbours' priors"
     return f"knn k={k} on {what}{columns}{local}{blocks}"
 
 

@@ -266,18 +266,22 @@ def test_a_neighbour_of_negligible_weight_does_not_widen_the_local_bound() -> No
     assert heavier[0] == pytest.approx(-1.45)
 
 
-def test_auto_trusts_its_neighbours_log_power_only_near_their_priors() -> None:
+def test_auto_trusts_its_neighbours_log_power_only_within_its_reach_of_their_priors() -> None:
     share = webhook.model.knn._log_power_share
     spreads = np.array([0.05]), np.array([0.3])  # the neighbours' log powers agree more than their corrections
     anchors, weights = np.log(np.array([[140.0, 270.0]])), np.ones((1, 2))
-    near = share(*spreads, np.log(np.array([200.0])), anchors, weights)
-    assert near[0] == pytest.approx(0.3**2 / (0.3**2 + 0.05**2))
-    # An 8-GPU pod whose prior is 5x its 1-2 GPU neighbours': their agreement says nothing of it.
-    far = share(*spreads, np.log(np.array([1090.0])), anchors, weights)
+    unlimited = 0.3**2 / (0.3**2 + 0.05**2)
+    near = share(*spreads, np.log(np.array([200.0])), anchors, weights, 0.3)
+    assert near[0] == pytest.approx(unlimited)
+    # An 8-GPU pod whose prior is 5x its 1-2 GPU neighbours': their agreement says little of it.
+    far = share(*spreads, np.log(np.array([1090.0])), anchors, weights, 0.3)
     distance = abs(np.log(1090.0) - anchors.mean())
-    vouched = np.std(anchors) + webhook.model.knn.AUTO_EXTRAPOLATION_SLACK
-    assert far[0] == pytest.approx(near[0] * vouched / distance)
-    assert far[0] < 0.5 * near[0]
+    assert far[0] == pytest.approx(unlimited * (np.std(anchors) + 0.3) / distance)
+    assert far[0] < 0.5 * unlimited
+    # Without a reach (the default, and every artifact from before it) the share is the spreads' alone.
+    assert share(*spreads, np.log(np.array([1090.0])), anchors, weights, None)[0] == pytest.approx(unlimited)
+    with pytest.raises(ValueError, match="log_power_reach"):
+        AnchoredKNN(target="auto", log_power_reach=-1.0).fit(np.eye(3), np.ones(3))
 
 
 def test_auto_takes_the_scaling_the_neighbours_agree_on() -> None:

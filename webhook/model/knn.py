@@ -51,9 +51,6 @@ TRUST_SAMPLE_ROWS = 2000
 # Local slopes (`local_adjustment`) are bounded by the spread of the neighbours weighing at least
 # this share of a query's nearest: the kernel leaves far ones next to nothing.
 NEGLIGIBLE_WEIGHT_SHARE = 0.01
-# `target="auto"` trusts its neighbours' log power only for a query whose calibrated prior lies
-# within their own priors' spread plus this (log W, about 35%); see `_log_power_share`.
-AUTO_EXTRAPOLATION_SLACK = 0.3
 ALGORITHMS = ("auto", "brute", "ivf", "kd_tree", "ball_tree")
 # "auto" searches an inverted file from this many training rows on, exactly below it.
 IVF_MIN_ROWS = 20_000
@@ -230,24 +227,28 @@ def _weighted_std(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _log_power_share(log_power_spread: np.ndarray, correction_spread: np.ndarray, log_anchor: np.ndarray,
-                     neighbour_log_anchors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+                     neighbour_log_anchors: np.ndarray, weights: np.ndarray, reach: float | None) -> np.ndarray:
     """How much of `target="auto"`'s answer comes from its neighbours' log power (the rest from
     their correction): the inverse of each spread's variance, as a share, and no more than the
     neighbours can vouch for. Neighbours whose calibrated priors lie close together cannot tell
     whether power follows the prior (their log powers agree either way), so beyond their priors'
-    own spread (plus `AUTO_EXTRAPOLATION_SLACK`) the share falls as 1 / distance, and the prior's
+    own spread plus `reach` (log W; None: no limit) the share falls as 1 / distance, and the prior's
     scaling, which the physics carries to any size, takes over. (Two 1-2 GPU training Jobs drawing
     420 and 450 W made the log power of an 8-GPU one 460 W, measured 2,160 W.) Five simulated
     draws, with `local_adjustment`'s bound on the neighbours that carry weight: served MAE 7.05 /
     11.51 / 8.74 / 11.99 / 27.16 -> 3.45 / 12.17 / 8.17 / 9.99 / 27.26 W, mean |log error| 0.286 /
     0.282 / 0.268 / 0.250 / 0.313 -> 0.282 / 0.284 / 0.272 / 0.249 / 0.316, energy per run's worst
-    median APE 30.5 -> 25.8%; either change alone left that worst draw at 30.5% (bench/README.md)."""
+    median APE 30.5 -> 25.8% (reach 0.3); either change alone left that worst draw at 30.5%. But a GPU
+    product's prior is only its datasheet: ML.ENERGY grouped by product went 0.209 -> 0.233 with the
+    same limit, so grouped CV chooses it (`trainer.crossval`), as it chooses k (bench/README.md)."""
     share = correction_spread**2 / np.maximum(correction_spread**2 + log_power_spread**2, 1e-24)
     share = np.where(correction_spread + log_power_spread > 0, share, 0.5)
+    if reach is None:
+        return share
     normalised = weights / weights.sum(axis=1, keepdims=True)
     mean_anchor = (normalised * neighbour_log_anchors).sum(axis=1)
     anchor_spread = np.sqrt((normalised * (neighbour_log_anchors - mean_anchor[:, None]) ** 2).sum(axis=1))
-    vouched = anchor_spread + AUTO_EXTRAPOLATION_SLACK
+    vouched = anchor_spread + reach
     return share * np.minimum(1.0, vouched / np.maximum(np.abs(log_anchor - mean_anchor), 1e-12))
 
 
@@ -304,6 +305,9 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     encoder's standardised values); ``unsearched_columns`` do not choose neighbours; both are
     column indices into X, after the physics columns. ``trust_factor=None``: no trust radius.
 
+    ``log_power_reach`` (log W; None: anywhere): how far beyond its neighbours' own calibrated priors
+    ``target="auto"`` trusts their log power (`_log_power_share`).
+
     ``algorithm`` is "brute" (the default "auto" means it, see :func:`resolve_algorithm`),
     "kd_tree" or "ball_tree". ``interval_folds`` grouped folds calibrate p10/p90 (0: none).
 
@@ -333,6 +337,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         local_columns: tuple[int, ...] = (),
         local_alpha: float = 0.3,
         unsearched_columns: tuple[int, ...] = (),
+        log_power_reach: float | None = None,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.target = target
@@ -349,6 +354,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.local_columns = local_columns
         self.local_alpha = local_alpha
         self.unsearched_columns = unsearched_columns
+        self.log_power_reach = log_power_reach
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -374,6 +380,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
         if self.n_neighbors < 0 or (self.n_neighbors == 0 and self.target != "correction"):
             raise ValueError("n_neighbors must be >= 1, or 0 (the calibrated prior alone) with target='correction'")
+        if self.log_power_reach is not None and not self.log_power_reach >= 0:
+            raise ValueError(f"log_power_reach must be None or >= 0 (log W), got {self.log_power_reach!r}")
         X, power = validate_data(self, X, y, dtype=np.float32, y_numeric=True)
         power = np.asarray(power, dtype=np.float64)
         if np.any(power <= 0):
@@ -578,7 +586,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
                 correction_spread = _weighted_std(neighbour_targets, weights)
                 by_log_power = log_power_spread < correction_spread
                 share = _log_power_share(log_power_spread, correction_spread, log_anchor,
-                                         self.training_log_anchors_[indices], weights)
+                                         self.training_log_anchors_[indices], weights, self.log_power_reach)
                 point = share * self._answer(weights, neighbour_log_power, local) + (1.0 - share) * point
                 if spread is not None:
                     spread = np.where(by_log_power[:, None], neighbour_log_power, spread[0]), weights
