@@ -284,6 +284,25 @@ def test_auto_trusts_its_neighbours_log_power_only_within_its_reach_of_their_pri
         AnchoredKNN(target="auto", log_power_reach=-1.0).fit(np.eye(3), np.ones(3))
 
 
+def test_log_power_with_a_reach_takes_the_prior_s_scaling_far_beyond_its_neighbours() -> None:
+    # Batch pods of 0.25-1 vCPU drawing 6 W a vCPU, and a query of 16 vCPU: its neighbours' log
+    # power says ~4 W; their correction, on the prior that scales with the request, says far more.
+    rng = np.random.default_rng(31)
+    vcpu = rng.choice([0.25, 0.5, 1.0], 120)
+    power = 6.0 * vcpu * np.exp(0.05 * rng.standard_normal(120))
+    X = np.hstack([_physics(vcpu, np.zeros(120)), np.ones((120, 1))]).astype(np.float32)
+    query = np.hstack([_physics(np.array([16.0]), np.zeros(1)), np.ones((1, 1))]).astype(np.float32)
+    common = dict(target="log_power", n_neighbors=10, physics_columns=8, interval_folds=0, trust_factor=None)
+    unlimited = AnchoredKNN(**common).fit(X, power).predict(query)[0]
+    reached = AnchoredKNN(log_power_reach=0.3, **common).fit(X, power)
+    assert reached.training_log_anchors_.shape == (120,)
+    assert unlimited < 8.0  # the neighbours' own size
+    assert reached.predict(query)[0] > 3 * unlimited
+    # Within the neighbours' own priors the reach changes nothing.
+    inside = np.hstack([_physics(np.array([0.5]), np.zeros(1)), np.ones((1, 1))]).astype(np.float32)
+    assert reached.predict(inside)[0] == pytest.approx(AnchoredKNN(**common).fit(X, power).predict(inside)[0])
+
+
 def test_auto_takes_the_scaling_the_neighbours_agree_on() -> None:
     X, power, batch = _kinds_of_different_sizes(22, rows=400)
     fresh_X, fresh_power, _ = _kinds_of_different_sizes(24, rows=400)

@@ -243,13 +243,20 @@ def _log_power_share(log_power_spread: np.ndarray, correction_spread: np.ndarray
     same limit, so grouped CV chooses it (`trainer.crossval`), as it chooses k (bench/README.md)."""
     share = correction_spread**2 / np.maximum(correction_spread**2 + log_power_spread**2, 1e-24)
     share = np.where(correction_spread + log_power_spread > 0, share, 0.5)
+    return share * _within_reach(log_anchor, neighbour_log_anchors, weights, reach)
+
+
+def _within_reach(log_anchor: np.ndarray, neighbour_log_anchors: np.ndarray, weights: np.ndarray,
+                  reach: float | None) -> np.ndarray:
+    """1 for a query whose calibrated prior lies within the neighbours' own priors' spread plus
+    `reach` (log W) of their mean, falling as 1 / distance beyond it; 1 everywhere without a reach."""
     if reach is None:
-        return share
+        return np.ones(log_anchor.shape[0])
     normalised = weights / weights.sum(axis=1, keepdims=True)
     mean_anchor = (normalised * neighbour_log_anchors).sum(axis=1)
     anchor_spread = np.sqrt((normalised * (neighbour_log_anchors - mean_anchor[:, None]) ** 2).sum(axis=1))
     vouched = anchor_spread + reach
-    return share * np.minimum(1.0, vouched / np.maximum(np.abs(log_anchor - mean_anchor), 1e-12))
+    return np.minimum(1.0, vouched / np.maximum(np.abs(log_anchor - mean_anchor), 1e-12))
 
 
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
@@ -306,7 +313,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     column indices into X, after the physics columns. ``trust_factor=None``: no trust radius.
 
     ``log_power_reach`` (log W; None: anywhere): how far beyond its neighbours' own calibrated priors
-    ``target="auto"`` trusts their log power (`_log_power_share`).
+    ``target="auto"`` or ``"log_power"`` trusts their log power (`_within_reach`); past it the
+    answer moves to their correction on the query's own prior, which the physics scales.
 
     ``algorithm`` is "brute" (the default "auto" means it, see :func:`resolve_algorithm`),
     "kd_tree" or "ball_tree". ``interval_folds`` grouped folds calibrate p10/p90 (0: none).
@@ -366,6 +374,11 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         # A view: the search gathers the columns it reads (`_search`), so a copy here is wasted.
         return self._physics_of(X), X[:, self.physics_columns:]
 
+    def _keeps_anchors(self) -> bool:
+        """Whether the training rows' log calibrated priors are kept: `auto` weighs their log power
+        against their correction, and `log_power` with a reach falls back on their correction."""
+        return self.target == "auto" or (self.target == "log_power" and self.log_power_reach is not None)
+
     def _physics_of(self, X: np.ndarray) -> np.ndarray:
         # No physics columns, or a constant anchor: the calibrated prior sees one column of zeros
         # and learns a floor (a run's typical length, say, for the run model).
@@ -399,7 +412,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         log_anchors = np.log(self.prior_.predict(physics))
         self.targets_ = log_power if self.target == "log_power" else log_power - log_anchors
         # "auto" answers some queries from their neighbours' log power: corrections plus these.
-        self.training_log_anchors_ = log_anchors if self.target == "auto" else np.zeros(0)
+        self.training_log_anchors_ = log_anchors if self._keeps_anchors() else np.zeros(0)
         # Columns constant over the training rows rank no neighbour: searched without them (a
         # 50,000-row CPU model has a dozen, the LLM-serving ones among them), added back to the
         # distances exactly, so a query that differs there is still as far as it is.
@@ -570,6 +583,12 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             point = self._answer(weights, neighbour_targets, local)
             if self.target == "log_power":
                 spread = neighbour_targets, weights
+                if self.log_power_reach is not None:
+                    anchors = self.training_log_anchors_[indices]
+                    trusted = _within_reach(log_anchor, anchors, weights, self.log_power_reach)
+                    if (trusted < 1.0).any():
+                        by_correction = self._answer(weights, neighbour_targets - anchors, local) + log_anchor
+                        point = trusted * point + (1.0 - trusted) * by_correction
             else:
                 if spread_wanted:
                     spread = neighbour_targets + log_anchor[:, None], weights
@@ -693,8 +712,9 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.local_features_ = np.ascontiguousarray(
             arrays.get("local_features", np.zeros((features.shape[0], 0))), dtype=np.float32)
         self.training_log_anchors_ = np.asarray(arrays.get("training_log_anchors", np.zeros(0)), dtype=np.float64)
-        if self.training_log_anchors_.shape != ((features.shape[0],) if self.target == "auto" else (0,)):
-            raise ValueError("training_log_anchors must hold one value per row with target='auto', none otherwise")
+        if self.training_log_anchors_.shape != ((features.shape[0],) if self._keeps_anchors() else (0,)):
+            raise ValueError("training_log_anchors must hold one value per row with target='auto' or a log_power_reach, "
+                             "none otherwise")
         if self.local_features_.shape != (features.shape[0], local.size):
             raise ValueError(f"local_features must be rows x {local.size} (one column per local column)")
         searched = np.flatnonzero(self._searched(self.n_features_in_)).tolist()
