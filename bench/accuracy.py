@@ -88,13 +88,39 @@ REQUESTS_FILE = "requests.ndjson"
 ADDRESS_SPACE_LIMIT_GIB = 16
 
 
+# What identifies a workload rather than says what it runs: left out when asking whether two
+# targets have the same spec.
+IDENTITY_FIELDS = {"namespace", "workload_name", "labels", "annotations"}
+
+
+def twin_references(table: TrainingTable, served_watts: np.ndarray) -> list[MethodMetrics]:
+    """How far measurement noise alone puts a spec from itself: on the targets whose spec (less its
+    names and labels) another target shares, each predicted by the mean power of its twins, beside
+    the served model's out-of-fold error on the same targets. (ML.ENERGY's twins are the same
+    server, GPUs and arguments run on another task, which no manifest states.) None without twins."""
+    specs = pd.Series([r.model_dump_json(exclude=IDENTITY_FIELDS) for r in table.requests])
+    count = specs.map(specs.value_counts()).to_numpy()
+    twinned = count > 1
+    if twinned.sum() < 2:
+        return []
+    power = pd.Series(table.power_watts)
+    others_mean = (power.groupby(specs).transform("sum") - power) / np.maximum(count - 1, 1)
+    subset = table.subset(twinned)
+    rows = f"{int(twinned.sum())} targets sharing their spec with another"
+    return [score(f"reference: the mean of the same spec's other measurements ({rows})", subset,
+                  others_mean.to_numpy()[twinned]),
+            score(f"served, on the same {int(twinned.sum())} targets", subset, served_watts[twinned])]
+
+
 def compared(name: str, table: TrainingTable, text_embedding: str) -> dict[str, Any]:
-    """The trainer's own comparison (`train fit` runs it) on one evaluation set."""
+    """The trainer's own comparison (`train fit` runs it) on one evaluation set, with the noise
+    between twin specs where it has any (`twin_references`)."""
     started = time.perf_counter()
     try:
         comparison = compare_methods(table, text_embedding=text_embedding)
     except NotEnoughWorkloads as exc:
         return {"directory": name, "skipped": str(exc), "targets": len(table.requests)}
+    references = twin_references(table, comparison.out_of_fold["served"].power_watts)
     return {
         "directory": name,
         "scheme": comparison.scheme,
@@ -103,7 +129,7 @@ def compared(name: str, table: TrainingTable, text_embedding: str) -> dict[str, 
         "grid": [{"candidate": describe_params(p.params), "mean_abs_log_error": round(p.mean_abs_log_error, 4)}
                  for p in comparison.grid],
         "compare_seconds": round(time.perf_counter() - started, 1),
-        "metrics": [m.to_dict() for m in comparison.metrics],
+        "metrics": [m.to_dict() for m in comparison.metrics + references],
     }
 
 
