@@ -411,7 +411,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         log_power = np.log(power)
         log_anchors = np.log(self.prior_.predict(physics))
         self.targets_ = log_power if self.target == "log_power" else log_power - log_anchors
-        # "auto" answers some queries from their neighbours' log power: corrections plus these.
+        # "auto" weighs the neighbours' log power (corrections plus these) against their correction;
+        # "log_power" with a reach falls back on their correction (log power minus these).
         self.training_log_anchors_ = log_anchors if self._keeps_anchors() else np.zeros(0)
         # Columns constant over the training rows rank no neighbour: searched without them (a
         # 50,000-row CPU model has a dozen, the LLM-serving ones among them), added back to the
@@ -713,8 +714,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             arrays.get("local_features", np.zeros((features.shape[0], 0))), dtype=np.float32)
         self.training_log_anchors_ = np.asarray(arrays.get("training_log_anchors", np.zeros(0)), dtype=np.float64)
         if self.training_log_anchors_.shape != ((features.shape[0],) if self._keeps_anchors() else (0,)):
-            raise ValueError("training_log_anchors must hold one value per row with target='auto' or a log_power_reach, "
-                             "none otherwise")
+            raise ValueError("training_log_anchors must hold one value per row with target='auto', or 'log_power' "
+                             "with a log_power_reach, none otherwise")
         if self.local_features_.shape != (features.shape[0], local.size):
             raise ValueError(f"local_features must be rows x {local.size} (one column per local column)")
         searched = np.flatnonzero(self._searched(self.n_features_in_)).tolist()
