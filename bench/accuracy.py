@@ -64,7 +64,7 @@ from trainer.runs import read_runs
 from webhook.model.artifact import TrainedModel
 from webhook.model.runs import Spread, capped_run_seconds
 from webhook.model.schema import InferenceRequest, workload_pods
-from webhook.model.prior import PRIOR_MODEL_ID, SECOND_PRIOR, PriorPredictor
+from webhook.model.prior import PRIOR_MODEL_ID, PriorPredictor, shipped_priors
 from trainer.crossval import NotEnoughWorkloads, best_knn_of, compare_methods, describe_params, fit_pipeline, params_json
 from trainer.dataset import build_dataset, read_dataset
 from trainer.measurements import build_measurement_dataset, check_measurements, read_measurement_table, read_specs
@@ -193,9 +193,9 @@ def evaluate_across_clusters(training_cluster: pd.DataFrame, other_cluster: pd.D
         predicted = from_pod_predictions(TrainedModel(fit_pipeline(params, train_table), "bench").predict(test_table.requests))
         label = f"served: {describe_params(params)}" if name == "served" else name
         metrics.append(score(label, test_table, predicted.power_watts, predicted.p10_watts, predicted.p90_watts))
-    for predictor, label in ((PriorPredictor(), "(embedded)"), (PriorPredictor(SECOND_PRIOR), "(CCF's 50% CPU utilisation)")):
+    for predictor, why in shipped_priors():
         predicted = from_pod_predictions(predictor.predict(test_table.requests))
-        metrics.append(score(f"prior {predictor.model_id} {label}", test_table, predicted.power_watts))
+        metrics.append(score(f"prior {predictor.model_id} ({why})", test_table, predicted.power_watts))
     constant = float(np.exp(np.mean(np.log(train_table.power_watts))))
     metrics.append(score("constant: mean of log power of the training cluster", test_table,
                          np.full(len(test_table.requests), constant)))

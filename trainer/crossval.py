@@ -52,7 +52,7 @@ from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import local_regression_columns, numeric_columns
 from webhook.model.intervals import ConformalOffsets, grouped_conformal_offsets
 from webhook.model.knn import COLUMN_WEIGHTINGS, NeighbourPrediction
-from webhook.model.prior import FIRST_PRIOR, SECOND_PRIOR, PriorPredictor
+from webhook.model.prior import EARLIER_PRIORS, PriorPredictor
 from webhook.model.schema import InferenceRequest
 
 DEFAULT_K_GRID: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21)
@@ -67,6 +67,9 @@ RECALL_RADIUS_FACTOR = 0.5
 # physics (GPU count: the simulated draws) and hurts where the prior is a datasheet guess (a GPU
 # product never measured: ML.ENERGY by product, 0.209 -> 0.233 with it always on), so CV chooses.
 LOG_POWER_REACH = 0.3
+# The targets of the candidates with local slopes, each with the reach it is tried at (None: no limit).
+LOCAL_TARGET_REACHES: tuple[tuple[str, float | None], ...] = (
+    ("correction", None), ("log_power", None), ("log_power", LOG_POWER_REACH), ("auto", None), ("auto", LOG_POWER_REACH))
 LOCAL_ALPHAS = (0.1, 0.3)  # the local ridge's penalty: 0.1 best on the simulated cluster, 0.3 on ML.ENERGY
 DEFAULT_MAX_SPLITS = 5
 # Beyond this many groups the grid is scored on a seeded sample of this many whole groups (see
@@ -133,8 +136,7 @@ def candidate_params(k_grid: Sequence[int], weight_grid: bool, largest_train: in
     # "auto" and "log_power" with and without a limit on how far the neighbours' log power reaches
     # (`AnchoredKNN.log_power_reach`).
     for (target, reach), unsearched, alpha, k in itertools.product(
-            (("correction", None), ("log_power", None), ("log_power", LOG_POWER_REACH), ("auto", None), ("auto", LOG_POWER_REACH)), ((), numeric_columns()),
-            LOCAL_ALPHAS, [k for k in ks if k >= LOCAL_MIN_K]):
+            LOCAL_TARGET_REACHES, ((), numeric_columns()), LOCAL_ALPHAS, [k for k in ks if k >= LOCAL_MIN_K]):
         candidates.append({"knn__n_neighbors": k, "knn__target": target, "knn__local_columns": local_regression_columns(),
                            "knn__unsearched_columns": unsearched, "knn__local_alpha": alpha, "knn__trust_factor": None,
                            **({} if reach is None else {"knn__log_power_reach": reach})})
@@ -153,14 +155,17 @@ def recall_params(k: int) -> Params:
             "knn__trust_quantile": 0.0, "knn__trust_factor": RECALL_RADIUS_FACTOR, "knn__correction_decay": 0.0}
 
 
-def is_embedded_prior(params: Params) -> bool:
+def _on_embedded_coefficients(params: Params) -> bool:
     prior = params.get("knn__prior")
-    return params["knn__n_neighbors"] == 0 and prior is not None and not prior.fit_coefficients
+    return prior is not None and not prior.fit_coefficients
+
+
+def is_embedded_prior(params: Params) -> bool:
+    return params["knn__n_neighbors"] == 0 and _on_embedded_coefficients(params)
 
 
 def is_recall(params: Params) -> bool:
-    prior = params.get("knn__prior")
-    return params["knn__n_neighbors"] > 0 and prior is not None and not prior.fit_coefficients
+    return params["knn__n_neighbors"] > 0 and _on_embedded_coefficients(params)
 
 
 def _preference(params: Params, index: int) -> float:
@@ -488,16 +493,15 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
         best_index = min(reported_indices, key=lambda i: (round(error[i], 12), _preference(grid[i].params, i)))
         chosen = grid[best_index].params
 
-    second_prior, first_prior = PriorPredictor(SECOND_PRIOR), PriorPredictor(FIRST_PRIOR)
+    earlier_priors = [(PriorPredictor(coefficients), why) for coefficients, why in EARLIER_PRIORS]
     metrics = [
         scored(f"served: {describe_params(chosen)}", reported[best_index]),
         scored(describe_params(grid[best_correction].params), reported[best_correction]),
         scored(describe_params(grid[best_log_power].params), reported[best_log_power]),
         scored("calibrated prior", reported[1]),
         scored(f"prior {prior.model_id} (embedded)", out_of_fold(table, folds, prior_baseline(prior))),
-        scored(f"prior {second_prior.model_id} (CCF's 50% CPU utilisation)",
-               out_of_fold(table, folds, prior_baseline(second_prior))),
-        scored(f"prior {first_prior.model_id} (first shipped)", out_of_fold(table, folds, prior_baseline(first_prior))),
+        *(scored(f"prior {earlier.model_id} ({why})", out_of_fold(table, folds, prior_baseline(earlier)))
+          for earlier, why in earlier_priors),
         scored("gradient-boosted trees on log power, same features", out_of_fold(table, folds, gradient_boosted_trees)),
         scored(f"prototype: {text_embedding} cosine 5-NN, raw power",
                out_of_fold(table, folds, prototype_text_knn(text_embedding))),

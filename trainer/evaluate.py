@@ -30,7 +30,7 @@ from trainer.plots import predicted_vs_measured, residuals
 from trainer.report_html import EvaluationSet, card_evaluation_sets, write_report
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS, DEFAULT_TARGET_UNIT, TrainingTable, read_targets
 from webhook.model.artifact import TrainedModel, load_model
-from webhook.model.prior import FIRST_PRIOR, SECOND_PRIOR, PriorPredictor
+from webhook.model.prior import shipped_priors
 
 
 @dataclass
@@ -70,19 +70,13 @@ def evaluate(model: TrainedModel, table: TrainingTable, out_dir: Path, data_card
              join_summary_path: Path | None = None, artifact_file: str | None = None) -> EvaluationOutcome:
     served = from_pod_predictions(model.predict(table.requests))
     assert served.p10_watts is not None and served.p90_watts is not None and served.prior_fallback is not None
-    embedded = PriorPredictor()
-    second, first = PriorPredictor(SECOND_PRIOR), PriorPredictor(FIRST_PRIOR)
-    prior = from_pod_predictions(embedded.predict(table.requests))
-    second_prior = from_pod_predictions(second.predict(table.requests))
-    first_prior = from_pod_predictions(first.predict(table.requests))
+    prior_predictions = [(predictor, why, from_pod_predictions(predictor.predict(table.requests)))
+                         for predictor, why in shipped_priors()]
     metrics = [
         score(f"{model.model_id} as served", table, served.power_watts, served.p10_watts, served.p90_watts,
               served.prior_fallback),
-        score(f"prior {embedded.model_id} (embedded)", table, prior.power_watts, prior.p10_watts, prior.p90_watts),
-        score(f"prior {second.model_id} (CCF's 50% CPU utilisation)", table, second_prior.power_watts,
-              second_prior.p10_watts, second_prior.p90_watts),
-        score(f"prior {first.model_id} (first shipped)", table, first_prior.power_watts, first_prior.p10_watts,
-              first_prior.p90_watts),
+        *(score(f"prior {predictor.model_id} ({why})", table, predicted.power_watts, predicted.p10_watts,
+                predicted.p90_watts) for predictor, why, predicted in prior_predictions),
         score("calibrated prior (the model's own, no neighbours)", table, calibrated_prior_watts(model, table)),
     ]
     in_sample = data_card.get("training_data_sha256") == table.data_sha256()

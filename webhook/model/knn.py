@@ -601,12 +601,13 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
                 # two answers are weighted by the inverse of their spread's variance, not picked:
                 # grouped CV on the simulated cluster, k=8, mean |log error| 0.300 picking, 0.291
                 # weighting (its distance from the simulator's truth of the spec 0.221 -> 0.198).
-                neighbour_log_power = neighbour_targets + self.training_log_anchors_[indices]
+                neighbour_log_anchors = self.training_log_anchors_[indices]
+                neighbour_log_power = neighbour_targets + neighbour_log_anchors
                 log_power_spread = _weighted_std(neighbour_log_power, weights)
                 correction_spread = _weighted_std(neighbour_targets, weights)
                 by_log_power = log_power_spread < correction_spread
-                share = _log_power_share(log_power_spread, correction_spread, log_anchor,
-                                         self.training_log_anchors_[indices], weights, self.log_power_reach)
+                share = _log_power_share(log_power_spread, correction_spread, log_anchor, neighbour_log_anchors,
+                                         weights, self.log_power_reach)
                 point = share * self._answer(weights, neighbour_log_power, local) + (1.0 - share) * point
                 if spread is not None:
                     spread = np.where(by_log_power[:, None], neighbour_log_power, spread[0]), weights

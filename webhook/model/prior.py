@@ -12,7 +12,7 @@ for it). The p10/p90 interval uses low and high utilisation, and the p90 end tak
 limits, since a pod can burst up to them. A GPU's idle and maximum W are its product's
 (`webhook.model.gpus`: a B200 is not a T4); an unknown product is a generic 30-300 W GPU.
 
-Versions, each kept as the baseline evaluations show (`SECOND_PRIOR`, `FIRST_PRIOR`):
+Versions, each kept as the baseline evaluations show (`EARLIER_PRIORS`):
 
 * `ccf-prior-v1`, as first shipped: CCF's default utilisation (50%) for CPU and GPU alike, and
   no GPU products: every GPU was 30-300 W.
@@ -138,6 +138,9 @@ def physics_rows(requests: Sequence[InferenceRequest], coefficients: "PriorCoeff
 # The previous versions, as evaluations score them beside the embedded one (module docstring).
 SECOND_PRIOR = PriorCoefficients(utilisation=0.5, utilisation_p10=0.1)
 FIRST_PRIOR = PriorCoefficients(utilisation=0.5, utilisation_p10=0.1, gpu_products=False)
+# Each with what sets it apart, as every evaluation names it beside the embedded prior.
+EARLIER_PRIORS: tuple[tuple[PriorCoefficients, str], ...] = (
+    (SECOND_PRIOR, "CCF's 50% CPU utilisation"), (FIRST_PRIOR, "first shipped"))
 
 
 def prior_watts(physics: np.ndarray, coefficients: "PriorCoefficients", quantile: str, *,
@@ -181,3 +184,9 @@ class PriorPredictor:
 
     def predict(self, requests: Sequence[InferenceRequest]) -> list[PodPrediction]:
         return [self.predict_one(r) for r in requests]
+
+
+def shipped_priors() -> list[tuple[PriorPredictor, str]]:
+    """The embedded prior and every version before it, each with what sets it apart: the baselines
+    an evaluation scores a model against."""
+    return [(PriorPredictor(), "embedded"), *((PriorPredictor(k), why) for k, why in EARLIER_PRIORS)]
