@@ -138,12 +138,15 @@ def test_auto_means_brute_force_and_unknown_algorithms_are_refused() -> None:
         AnchoredKNN(algorithm="annoy").fit(training, _power(training))
 
 
-def _physics(vcpu: np.ndarray, gpus: np.ndarray) -> np.ndarray:
-    """Physics rows (webhook.model.prior.PHYSICS_COLUMNS): vCPU, GB, and a 70-700 W GPU product (index 5)."""
-    rows = np.zeros((len(vcpu), 8))
+def _physics(vcpu: np.ndarray, gpus: np.ndarray, runs_to_completion: np.ndarray | None = None) -> np.ndarray:
+    """Physics rows (webhook.model.prior.PHYSICS_COLUMNS): vCPU, GB, and a 70-700 W GPU product (index 5);
+    with `runs_to_completion`, the batch flag too (9 columns, feature version 4), else 8 as before it."""
+    rows = np.zeros((len(vcpu), 8 if runs_to_completion is None else 9))
     rows[:, 0] = rows[:, 1] = vcpu
     rows[:, 2] = rows[:, 3] = 0.5
     rows[:, 4], rows[:, 5], rows[:, 6], rows[:, 7] = gpus, 70.0, 700.0, 5
+    if runs_to_completion is not None:
+        rows[:, 8] = runs_to_completion
     return rows
 
 
@@ -172,6 +175,31 @@ def test_calibrated_prior_learns_a_floor_and_stays_at_the_embedded_values_withou
     # per vCPU at 10% utilisation, no floor) towards it: the penalty holds them.
     one = CalibratedPrior().fit(_physics(np.array([1.0]), np.zeros(1)), np.array([2.5]))
     assert 1.016 < one.cpu_watts_per_vcpu_ < 2.5 - one.floor_watts_
+
+
+def test_calibrated_prior_fits_the_w_per_vcpu_of_pods_that_run_to_completion_apart() -> None:
+    # Services idle at 0.02 W whatever they request; batch pods of the same sizes work at 2 W per vCPU.
+    vcpu = np.array([0.1, 0.5, 1.0, 2.0, 4.0] * 8)
+    batch = np.repeat([0.0, 1.0], 20)
+    power = np.where(batch > 0, 2.0 * vcpu, 0.02)
+    fitted = CalibratedPrior().fit(_physics(vcpu, np.zeros(40), batch), power)
+    assert fitted.batch_cpu_watts_per_vcpu_ > 10 * fitted.cpu_watts_per_vcpu_
+    predicted = fitted.predict(_physics(vcpu, np.zeros(40), batch))
+    assert np.all(np.abs(np.log(predicted[batch > 0] / power[batch > 0])) < 0.3)
+    assert predicted[batch == 0].max() < 0.2
+    row = _physics(np.array([2.0]), np.zeros(1), np.ones(1))
+    assert fitted.predict_row(row[0].tolist()) == fitted.predict(np.vstack([row, row]))[0]
+    # Rows without the column (an artifact before feature version 4) read as services' pods.
+    older_rows = CalibratedPrior().fit(_physics(vcpu, np.zeros(40)), power)
+    assert older_rows.batch_cpu_watts_per_vcpu_ == pytest.approx(older_rows.cpu_watts_per_vcpu_, rel=1e-3)
+    # Without batch pods nothing pulls theirs from the services' (the penalty holds it there); an
+    # older artifact's state, which has no batch coefficient, reads the same way.
+    services = CalibratedPrior().fit(_physics(vcpu, np.zeros(40), np.zeros(40)), np.full(40, 0.02))
+    assert services.batch_cpu_watts_per_vcpu_ == pytest.approx(services.cpu_watts_per_vcpu_, rel=1e-3)
+    state = {k: v for k, v in fitted.to_state().items() if k != "batch_cpu_watts_per_vcpu"}
+    older = CalibratedPrior().set_state(state)
+    assert older.batch_cpu_watts_per_vcpu_ == fitted.cpu_watts_per_vcpu_
+    assert CalibratedPrior().set_state(fitted.to_state()).batch_cpu_watts_per_vcpu_ == fitted.batch_cpu_watts_per_vcpu_
 
 
 def test_intervals_are_calibrated_inside_fit_and_survive_clone() -> None:

@@ -234,9 +234,10 @@ _KNN_CONFIGURATIONS = {
     "correction, calibrated intervals": dict(target="correction", interval_folds=3),
     "correction, neighbours' spread, hard stop": dict(target="correction", interval_folds=0, correction_decay=0.0),
     "log power": dict(target="log_power", interval_folds=0),
-    "auto, local columns, correlation weights": dict(target="auto", interval_folds=3, local_columns=(8, 9),
+    # Local columns as offsets past the physics block (the test adds its width).
+    "auto, local columns, correlation weights": dict(target="auto", interval_folds=3, local_columns=(0, 1),
                                                      column_weighting="correlation"),
-    "auto, neighbours' spread, local columns": dict(target="auto", interval_folds=0, local_columns=(8, 10)),
+    "auto, neighbours' spread, local columns": dict(target="auto", interval_folds=0, local_columns=(0, 2)),
     "constant anchor, inverted file": dict(anchor="constant", algorithm="ivf", interval_folds=0),
 }
 
@@ -253,11 +254,15 @@ def test_the_anchored_knn_on_one_row_is_the_batchs_row(name: str) -> None:
     X[:, 0] = rng.uniform(0.1, 4, rows)
     X[:, 2] = rng.uniform(0.1, 8, rows)
     X[:, 7] = -1
+    X[:, 8] = rng.integers(0, 2, rows)  # runs_to_completion: a batch pod's W per vCPU is fitted apart
     X[:, physics:physics + 4] = rng.integers(0, 4, (rows, 4))
     X[:, physics + 4] = 1.0  # constant over the training rows: searched apart
     X[150:] = X[:150]  # duplicated specs: exact matches and ties
     power = 3 + 2 * X[:, 0] + X[:, physics] * rng.uniform(0.5, 2, rows)
-    knn = AnchoredKNN(n_neighbors=4, physics_columns=physics, trust_factor=0.5, **_KNN_CONFIGURATIONS[name])
+    configuration = dict(_KNN_CONFIGURATIONS[name])
+    if "local_columns" in configuration:
+        configuration["local_columns"] = tuple(physics + c for c in configuration["local_columns"])
+    knn = AnchoredKNN(n_neighbors=4, physics_columns=physics, trust_factor=0.5, **configuration)
     knn.fit(X, power)
     queries = np.concatenate([X[:20], X[20:40] + np.float32(0.3), rng.normal(0, 3, (20, X.shape[1])).astype(np.float32)])
     queries[40:, 7] = -1

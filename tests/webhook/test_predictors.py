@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder
+from webhook.model.features import FEATURE_VERSION, PodFeatureEncoder, physics_width
 from webhook.model.artifact import ArtifactError, build_pipeline, load_model, save_model
 from webhook.model.prior import (FIRST_PRIOR, PHYSICS_COLUMNS, PRIOR_MODEL_ID, SECOND_PRIOR, PriorCoefficients,
                                  PriorPredictor)
@@ -140,19 +140,46 @@ def test_host_access_words_are_features_and_version_2_encoders_ignore_them() -> 
         PodFeatureEncoder().set_state({**state, "feature_version": 1}, arrays)
 
 
-def test_a_version_2_artifact_loads_and_encodes_as_it_was_trained(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    good = tmp_path / "model.esmodel"
-    save_model(good, fitted_pipeline, "m")
+def _pipeline_of_version(version: int, requests: list[InferenceRequest], power: np.ndarray):  # type: ignore[no-untyped-def]
+    """A pipeline fitted as the code of that feature version fitted it: its encoder's layout (before
+    version 4, no `runs_to_completion` column) and a KNN told that physics width."""
+    from sklearn.pipeline import Pipeline
 
-    def to_version_2(manifest: dict) -> None:  # type: ignore[type-arg]
-        manifest["feature_version"] = 2
-        manifest["steps"][0]["state"]["feature_version"] = 2
+    from webhook.model.knn import AnchoredKNN
 
-    model = load_model(_rewritten(good, tmp_path / "v2.esmodel", to_version_2))
+    encoder = PodFeatureEncoder().fit(requests)
+    state, arrays = encoder.to_state()
+    encoder = PodFeatureEncoder().set_state({**state, "feature_version": version}, arrays)
+    knn = AnchoredKNN(n_neighbors=5, physics_columns=physics_width(version)).fit(encoder.transform(requests), power)
+    return Pipeline([("features", encoder), ("knn", knn)])
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_older_artifact_loads_and_encodes_as_it_was_trained(version: int, tmp_path: Path) -> None:
+    requests, power = _training_set()
+    pipeline = _pipeline_of_version(version, requests, power)
+    path = tmp_path / f"v{version}.esmodel"
+    save_model(path, pipeline, "m")
+    model = load_model(path)
+    assert model.pipeline[0].feature_version_ == version
     request = _request(250, 256)
-    assert model.predict([_host_agent(request)])[0].power_watts == model.predict([request])[0].power_watts
-    current = load_model(good)
-    assert current.pipeline[0].feature_version_ == FEATURE_VERSION == 3
+    job = request.model_copy(update={"workload_kind": "Job"})
+    encoded = model.pipeline[0].transform([request, job])
+    assert encoded.shape[1] == pipeline[-1].n_features_in_ == model.pipeline[-1].n_features_in_
+    assert np.array_equal(encoded[0, :physics_width(version)], encoded[1, :physics_width(version)])  # no batch column
+    queries = [request, job, _host_agent(request)]
+    assert [p.power_watts for p in model.predict(queries)] == list(pipeline.predict(queries))
+    if version == 2:  # as it was trained: without the host access words
+        assert model.predict([_host_agent(request)])[0].power_watts == model.predict([request])[0].power_watts
+
+
+def test_the_current_encoder_marks_the_pods_that_run_to_completion(fitted_pipeline) -> None:  # type: ignore[no-untyped-def]
+    assert fitted_pipeline[0].feature_version_ == FEATURE_VERSION == 4
+    column = PHYSICS_COLUMNS.index("runs_to_completion")
+    assert physics_width() == len(PHYSICS_COLUMNS) == fitted_pipeline[-1].physics_columns
+    rows = fitted_pipeline[0].transform([_request(250, 256, kind=kind) for kind in ("Deployment", "Job", "CronJob", "Pod")])
+    assert rows[:, column].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert fitted_pipeline[0].get_feature_names_out()[column] == "physics:runs_to_completion"
 
 
 def test_trained_model_tracks_the_data(fitted_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -31,9 +31,12 @@ from webhook.model.schema import InferenceRequest
 # 2: physics columns first; GPU product power, LLM-serving arguments, the GPU product.
 # 3: words for a pod's host access (`host_access_tokens`). Artifacts of version 2 still load and
 #    encode as they were trained: without those words (`SUPPORTED_FEATURE_VERSIONS`).
-FEATURE_VERSION = 3
-SUPPORTED_FEATURE_VERSIONS = (2, 3)
+# 4: the physics column `runs_to_completion`. Artifacts of versions 2 and 3 encode without it: their
+#    physics block is one column narrower (`physics_width`), and every column after it one to the left.
+FEATURE_VERSION = 4
+SUPPORTED_FEATURE_VERSIONS = (2, 3, 4)
 HOST_ACCESS_SINCE_VERSION = 3
+RUNS_TO_COMPLETION_SINCE_VERSION = 4
 
 NUMERIC_FEATURES = (
     "cpu_request_millicores",
@@ -105,6 +108,11 @@ def _image_tokens(image: str) -> list[str]:
 
 def _words(text: str) -> list[str]:
     return [t for t in _TOKEN_SPLIT.split(text.lower()) if len(t) > 1 and not t.isdigit()]
+
+
+def physics_width(feature_version: int = FEATURE_VERSION) -> int:
+    """How many `PHYSICS_COLUMNS` an encoder of this feature version writes (the first ones)."""
+    return len(PHYSICS_COLUMNS) - (feature_version < RUNS_TO_COMPLETION_SINCE_VERSION)
 
 
 def local_regression_columns() -> tuple[int, ...]:
@@ -272,8 +280,8 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
         self.numeric_scale_ = np.where(std > 1e-9, std, 1.0)
         self.categories_ = [sorted({categorical_row(r)[column] for r in requests})
                             for column in range(len(CATEGORICAL_FEATURES))]
-        self._index_categories()
         self.feature_version_ = FEATURE_VERSION
+        self._index_categories()
         return self
 
     def _index_categories(self) -> None:
@@ -283,7 +291,8 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
             self.category_index_.append({value: offset + i for i, value in enumerate(values)})
             offset += len(values)
         self.n_categorical_ = offset
-        self.n_features_out_ = len(PHYSICS_COLUMNS) + len(self.numeric_features()) + offset + self.text_dimensions
+        self.n_physics_ = physics_width(self.feature_version_)
+        self.n_features_out_ = self.n_physics_ + len(self.numeric_features()) + offset + self.text_dimensions
 
     def transform(self, X: Iterable[Any]) -> np.ndarray:
         require_fitted(self, "numeric_mean_")
@@ -291,7 +300,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
         n = len(requests)
         if n == 0:
             return np.zeros((0, self.n_features_out_), dtype=np.float32)
-        n_physics = len(PHYSICS_COLUMNS)
+        n_physics = self.n_physics_
         numeric_end = n_physics + len(self.numeric_features())
         numeric = self.numeric_weight * (self._numeric(requests) - self.numeric_mean_) / self.numeric_scale_
         out = np.zeros((n, self.n_features_out_), dtype=np.float32)
@@ -301,12 +310,12 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
             # `transform` and llm.py's serving test: 395,000 -> 357,000 instructions a transform
             # (valgrind --tool=callgrind over 2,000 of bench.admission_body's specs).
             row = out[0]
-            row[:n_physics] = physics_row(requests[0], DEFAULT_COEFFICIENTS)
+            row[:n_physics] = physics_row(requests[0], DEFAULT_COEFFICIENTS)[:n_physics]
             row[n_physics:numeric_end] = numeric[0]
             for column, value in self._sparse_entries(requests[0], numeric_end):
                 row[column] = value
             return out
-        out[:, :n_physics] = physics_rows(requests, DEFAULT_COEFFICIENTS)
+        out[:, :n_physics] = physics_rows(requests, DEFAULT_COEFFICIENTS)[:, :n_physics]
         out[:, n_physics:numeric_end] = numeric
         for row_index, request in enumerate(requests):
             for column, value in self._sparse_entries(request, numeric_end):
@@ -334,7 +343,7 @@ class PodFeatureEncoder(TransformerMixin, BaseEstimator, auto_wrap_output_keys=N
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         require_fitted(self, "numeric_mean_")
-        names = [f"physics:{name}" for name in PHYSICS_COLUMNS] + list(self.numeric_features())
+        names = [f"physics:{name}" for name in PHYSICS_COLUMNS[:self.n_physics_]] + list(self.numeric_features())
         for column, values in zip(CATEGORICAL_FEATURES, self.categories_):
             names.extend(f"{column}={value}" for value in values)
         names.extend(f"token_hash_{i}" for i in range(self.text_dimensions))

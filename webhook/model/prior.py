@@ -106,7 +106,13 @@ PHYSICS_COLUMNS = (
     "gpu_idle_watts",
     "gpu_max_watts",
     "gpu_product_index",  # index into webhook.model.gpus.GPU_PRODUCTS, -1 for a product it does not know
+    # 1 for a Job's or CronJob's pods, which run their work until it is done, 0 for the rest. The
+    # embedded prior does not read it; the calibrated prior fits their W per vCPU apart, since a
+    # service's pods idle near a floor whatever they request while a batch pod works through its
+    # request (webhook.model.calibration). Only artifacts of feature version 4 on have the column.
+    "runs_to_completion",
 )
+RUNS_TO_COMPLETION_KINDS = frozenset({"Job", "CronJob"})
 _PRODUCT_INDEX = {product.name: index for index, product in enumerate(GPU_PRODUCTS)}
 
 
@@ -124,6 +130,7 @@ def physics_row(request: InferenceRequest, coefficients: "PriorCoefficients") ->
         product.idle_watts if coefficients.gpu_products else coefficients.gpu_min_watts,
         product.max_watts if coefficients.gpu_products else coefficients.gpu_max_watts,
         _PRODUCT_INDEX.get(product.name, -1),
+        1.0 if request.workload_kind in RUNS_TO_COMPLETION_KINDS else 0.0,
     )
 
 
