@@ -181,10 +181,10 @@ def _container(name: str, image: str, command: tuple[str, ...], cpu_millicores: 
     return container
 
 
-def _pod_spec(profile: Profile, rng: np.random.Generator, team: str,
-              service: str) -> tuple[dict[str, Any], list[power_model.ContainerLoad], int, int | None]:
-    """The pod template's spec, the truth's view of its containers, its memory request, and its
-    units of batch work (None for a service)."""
+def _pod_spec(profile: Profile, rng: np.random.Generator, team: str, service: str,
+              kind: str) -> tuple[dict[str, Any], list[power_model.ContainerLoad], int, int | None]:
+    """The pod template's spec for a workload of `kind`, the truth's view of its containers, its
+    memory request, and its units of batch work (None for a service)."""
     image = _pick(rng, profile.images).format(team=team, service=service)
     cpu = max(10, int(round(_pick(rng, profile.cpu_request_millicores) * _pick(rng, CPU_JITTER) / 10) * 10))
     memory = max(16, int(round(_pick(rng, profile.memory_request_mib) * _pick(rng, MEMORY_JITTER) / 16) * 16))
@@ -230,8 +230,10 @@ def _pod_spec(profile: Profile, rng: np.random.Generator, team: str,
         spec["priorityClassName"] = profile.priority_class
     if profile.instance_types:
         spec["nodeSelector"] = {"node.kubernetes.io/instance-type": _pick(rng, profile.instance_types)}
-    if profile.kinds[0] in ("Job", "CronJob", "Pod"):
-        spec["restartPolicy"] = "Never" if profile.kinds[0] != "Pod" else "Always"
+    if kind in ("Job", "CronJob", "Pod"):
+        # A Job's pods must not restart in place (the API refuses Always); the simulator's bare Pods
+        # run until the end of the week (bench.cluster_sim), so Always.
+        spec["restartPolicy"] = "Never" if kind != "Pod" else "Always"
     return spec, loads, memory_total, work_units
 
 
@@ -263,7 +265,7 @@ def draw_workload(rng: np.random.Generator, index: int) -> WorkloadDraw:
     kind = _pick(rng, profile.kinds)
     name = f"{service}-{index:06d}"
     labels = {"app.kubernetes.io/name": service, "app.kubernetes.io/component": profile.key, "team": team}
-    pod_spec, loads, memory_mib, work_units = _pod_spec(profile, rng, team, service)
+    pod_spec, loads, memory_mib, work_units = _pod_spec(profile, rng, team, service, kind)
     pods = 1 if kind in ("Pod", "DaemonSet") else int(rng.choice([1, 1, 2, 2, 3, 4]))
     manifest = _wrap(kind, name, team, labels, pod_spec, pods)
     request = to_inference_request(manifest)

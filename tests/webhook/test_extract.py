@@ -204,7 +204,8 @@ def test_spec_hash_keeps_its_value_where_no_host_access_is_set() -> None:
     assert spec_hash(to_inference_request(granting_nothing)) == base
     payload = to_inference_request(_deployment()).model_dump(mode="json", exclude={
         "replicas", "parallelism", "completions", "completion_mode", "backoff_limit", "active_deadline_seconds",
-        "schedule", "time_zone", "suspend", "annotations", "workload_name", "namespace", "host_namespaces"})
+        "schedule", "time_zone", "suspend", "annotations", "workload_name", "namespace", "host_namespaces",
+        "restart_policy"})
     for container in payload["containers"]:
         del container["privileged"], container["capabilities_added"]
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -214,6 +215,38 @@ def test_spec_hash_keeps_its_value_where_no_host_access_is_set() -> None:
     host = _deployment()
     host["spec"]["template"]["spec"]["hostNetwork"] = True
     assert spec_hash(to_inference_request(host)) != base
+
+
+def _bare_pod(**pod_spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "build-1", "namespace": "ci"},
+            "spec": {"containers": [{"name": "build", "image": "example/builder:5", "command": ["make", "test"],
+                                     "resources": {"requests": {"cpu": "2"}}}], **pod_spec}}
+
+
+def test_a_bare_pod_that_runs_to_completion_is_marked_as_batch_work() -> None:
+    from webhook.model.prior import PHYSICS_COLUMNS, PriorCoefficients, physics_row
+
+    column = PHYSICS_COLUMNS.index("runs_to_completion")
+
+    def batch(request: InferenceRequest) -> float:
+        return physics_row(request, PriorCoefficients())[column]
+
+    unset, always, never, on_failure = (to_inference_request(_bare_pod(**policy)) for policy in (
+        {}, {"restartPolicy": "Always"}, {"restartPolicy": "Never"}, {"restartPolicy": "OnFailure"}))
+    assert [r.restart_policy for r in (unset, always, never, on_failure)] == [None, "Always", "Never", "OnFailure"]
+    assert [batch(r) for r in (unset, always, never, on_failure)] == [0.0, 0.0, 1.0, 1.0]
+    # Absent is Always: the same hash, the one published before the field; running to completion changes it.
+    assert spec_hash(unset) == spec_hash(always) != spec_hash(never) != spec_hash(on_failure)
+    # Other kinds: the kind fixes the policy (a Deployment's pods Always, a Job's Never or OnFailure).
+    deployment = _deployment()
+    deployment["spec"]["template"]["spec"]["restartPolicy"] = "Always"
+    assert to_inference_request(deployment).restart_policy is None and batch(to_inference_request(deployment)) == 0.0
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+           "spec": {"template": {"spec": {**_bare_pod()["spec"], "restartPolicy": "Never"}}}}
+    assert to_inference_request(job).restart_policy is None and batch(to_inference_request(job)) == 1.0
+    with pytest.raises(ExtractionError) as caught:
+        to_inference_request(_bare_pod(restartPolicy="Sometimes"))
+    assert caught.value.field == "spec.restartPolicy" and "expected Always, OnFailure or Never" in caught.value.problem
 
 
 def test_extraction_does_not_modify_the_object() -> None:

@@ -319,6 +319,18 @@ def _host_namespaces(pod_spec: Mapping[str, Any], spec_field: str) -> list[str]:
             if (value := pod_spec.get(key)) is not None and _optional_bool(value, f"{spec_field}.{key}")]
 
 
+_RESTART_POLICIES = ("Always", "OnFailure", "Never")
+
+
+def _restart_policy(pod_spec: Mapping[str, Any], spec_field: str) -> str | None:
+    policy = pod_spec.get("restartPolicy")
+    if policy is None:
+        return None
+    if policy not in _RESTART_POLICIES:
+        raise ExtractionError(f"{spec_field}.restartPolicy", f"expected Always, OnFailure or Never, got {policy!r}")
+    return str(policy)
+
+
 def _volume_type(volume: Any, field: str) -> str:
     volume = _mapping(volume, field)
     sources = [key for key in volume if key != "name"]
@@ -478,6 +490,7 @@ def from_read_part(obj: Mapping[str, Any]) -> InferenceRequest:
             priority_class=_optional_str(pod_spec.get("priorityClassName"), f"{spec_field}.priorityClassName"),
             instance_type=instance_type,
             host_namespaces=_host_namespaces(pod_spec, spec_field),
+            restart_policy=_restart_policy(pod_spec, spec_field) if workload.name == "Pod" else None,
             **_run_fields(obj, counts_at, counts_field, workload.runs),
         )
     except ValidationError as exc:

@@ -106,13 +106,15 @@ PHYSICS_COLUMNS = (
     "gpu_idle_watts",
     "gpu_max_watts",
     "gpu_product_index",  # index into webhook.model.gpus.GPU_PRODUCTS, -1 for a product it does not know
-    # 1 for a Job's or CronJob's pods, which run their work until it is done, 0 for the rest. The
-    # embedded prior does not read it; the calibrated prior fits their W per vCPU apart, since a
-    # service's pods idle near a floor whatever they request while a batch pod works through its
-    # request (webhook.model.calibration). Only artifacts of feature version 4 on have the column.
+    # 1 for the pods of a Job or CronJob, or a bare Pod whose restartPolicy is Never or OnFailure:
+    # they run their work until it is done. 0 for the rest. The embedded prior does not read it; the
+    # calibrated prior fits their W per vCPU apart, since a service's pods idle near a floor whatever
+    # they request while a batch pod works through its request (webhook.model.calibration). Only
+    # artifacts of feature version 4 on have the column.
     "runs_to_completion",
 )
 RUNS_TO_COMPLETION_KINDS = frozenset({"Job", "CronJob"})
+RUNS_TO_COMPLETION_POLICIES = frozenset({"Never", "OnFailure"})  # a bare Pod's restartPolicy
 _PRODUCT_INDEX = {product.name: index for index, product in enumerate(GPU_PRODUCTS)}
 
 
@@ -130,7 +132,8 @@ def physics_row(request: InferenceRequest, coefficients: "PriorCoefficients") ->
         product.idle_watts if coefficients.gpu_products else coefficients.gpu_min_watts,
         product.max_watts if coefficients.gpu_products else coefficients.gpu_max_watts,
         _PRODUCT_INDEX.get(product.name, -1),
-        1.0 if request.workload_kind in RUNS_TO_COMPLETION_KINDS else 0.0,
+        1.0 if request.workload_kind in RUNS_TO_COMPLETION_KINDS or request.restart_policy in RUNS_TO_COMPLETION_POLICIES
+        else 0.0,
     )
 
 

@@ -121,6 +121,10 @@ class InferenceRequest(_Strict):
         default=None, max_length=253,
         description="GPU product the pod selects (nvidia.com/gpu.product, gke-accelerator, instance type, ...)",
     )
+    # A bare Pod's spec.restartPolicy as written: None when absent, and for every other kind, whose
+    # pods' policy the kind fixes. Never or OnFailure: the pod runs its work to completion, as a
+    # Job's pods do (Argo Workflows and Tekton steps, Spark executors, CI build pods).
+    restart_policy: Literal["Always", "OnFailure", "Never"] | None = None
     # What a run reads (Job spec, a CronJob's jobTemplate.spec, the CronJob's schedule); not in
     # the spec hash, since none of it changes one pod's power (webhook.model.runs).
     completion_mode: Literal["NonIndexed", "Indexed"] | None = None
@@ -154,6 +158,8 @@ def spec_hash(request: InferenceRequest) -> str:
     payload = request.model_dump(mode="json", exclude=_UNHASHED_FIELDS)
     payload["labels"] = {k: v for k, v in sorted(payload["labels"].items()) if not k.startswith(ANNOTATION_PREFIX)}
     _drop_unset_host_access(payload)
+    if payload.get("restart_policy") in (None, "Always"):  # came after the hash too; absent means Always
+        payload.pop("restart_policy", None)
     canonical = _CANONICAL_JSON.encode(payload)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
