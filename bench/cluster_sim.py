@@ -9,7 +9,9 @@ kind lives:
 * Deployment: its pod runs throughout; one rollout at a random time replaces it with a pod of a
   new ReplicaSet (same spec: a `kubectl rollout restart`).
 * StatefulSet (`name-0`), DaemonSet (one node's pod): run throughout.
-* bare Pod: starts at a random time in the first third, runs to the end.
+* bare Pod: starts at a random time in the first third, runs to the end; one that runs to
+  completion (`restartPolicy: Never`, a CI build pod) runs once, for its work's time as a Job's
+  pod would, from a random start.
 * Job: one run, from a random start. CronJob: a run every 1, 2, 6 or 24 h from a random offset.
   A run (`SimRun`) follows its Job spec: `completions` pods (default `parallelism`), at most
   `parallelism` at once; each pod runs for the workload's spec-driven time (the work its
@@ -89,7 +91,7 @@ class SimPod:
     owner_of_owner: tuple[str, str] | None = None  # a ReplicaSet's Deployment, a Job's CronJob
     step_joules: np.ndarray = field(default_factory=lambda: np.zeros(0))  # energy per sample interval
     failed: bool = False  # a Job's pod that failed (its container ended with Error)
-    finished: bool = False  # a Job's pod that ended inside the range (succeeded or failed)
+    finished: bool = False  # a Job's pod, or a bare pod that runs to completion, that ended inside the range
 
     @property
     def of_job(self) -> bool:
@@ -187,6 +189,11 @@ def _lives(draw: WorkloadDraw, index: int, node: Node, steps: int, rng: np.rando
     if kind == "DaemonSet":
         return [SimPod(index, namespace, f"{name}-{stable_hex(name, node.name, length=5)}", node, 0, last, ("DaemonSet", name))]
     if kind == "Pod":
+        if request.restart_policy in ("Never", "OnFailure"):
+            minutes = _pod_minutes(draw, rng)
+            first = int(rng.integers(0, max(1, steps - int(minutes) - 1)))
+            end = min(last, first + max(1, int(round(minutes))) - 1)
+            return [SimPod(index, namespace, name, node, first, end, None, finished=end < last)]
         return [SimPod(index, namespace, name, node, int(rng.integers(0, steps // 3)), last, None)]
     if kind == "Job":
         minutes = _pod_minutes(draw, rng)

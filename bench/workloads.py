@@ -231,9 +231,10 @@ def _pod_spec(profile: Profile, rng: np.random.Generator, team: str, service: st
     if profile.instance_types:
         spec["nodeSelector"] = {"node.kubernetes.io/instance-type": _pick(rng, profile.instance_types)}
     if kind in ("Job", "CronJob", "Pod"):
-        # A Job's pods must not restart in place (the API refuses Always); the simulator's bare Pods
-        # run until the end of the week (bench.cluster_sim), so Always.
-        spec["restartPolicy"] = "Never" if kind != "Pod" else "Always"
+        # A Job's pods must not restart in place (the API refuses Always); a bare Pod doing batch
+        # work (a CI build pod) runs once to completion, a debug shell until it is deleted
+        # (bench.cluster_sim lives them so).
+        spec["restartPolicy"] = "Never" if kind != "Pod" or profile.work_argument else "Always"
     return spec, loads, memory_total, work_units
 
 
