@@ -10,8 +10,8 @@ kind lives:
   new ReplicaSet (same spec: a `kubectl rollout restart`).
 * StatefulSet (`name-0`), DaemonSet (one node's pod): run throughout.
 * bare Pod: starts at a random time in the first third, runs to the end; one that runs to
-  completion (`restartPolicy: Never`, a CI build pod) runs once, for its work's time as a Job's
-  pod would, from a random start.
+  completion (`restartPolicy: Never`, a CI build pod) ends when its work is done, after the time
+  a Job's pod of its spec would take.
 * Job: one run, from a random start. CronJob: a run every 1, 2, 6 or 24 h from a random offset.
   A run (`SimRun`) follows its Job spec: `completions` pods (default `parallelism`), at most
   `parallelism` at once; each pod runs for the workload's spec-driven time (the work its
@@ -92,6 +92,7 @@ class SimPod:
     step_joules: np.ndarray = field(default_factory=lambda: np.zeros(0))  # energy per sample interval
     failed: bool = False  # a Job's pod that failed (its container ended with Error)
     finished: bool = False  # a Job's pod, or a bare pod that runs to completion, that ended inside the range
+    completes_at_step: int | None = None  # a bare pod that runs to completion: its last step (`simulate`)
 
     @property
     def of_job(self) -> bool:
@@ -189,12 +190,13 @@ def _lives(draw: WorkloadDraw, index: int, node: Node, steps: int, rng: np.rando
     if kind == "DaemonSet":
         return [SimPod(index, namespace, f"{name}-{stable_hex(name, node.name, length=5)}", node, 0, last, ("DaemonSet", name))]
     if kind == "Pod":
+        pod = SimPod(index, namespace, name, node, int(rng.integers(0, steps // 3)), last, None)
         if request.restart_policy in ("Never", "OnFailure"):
-            minutes = _pod_minutes(draw, rng)
-            first = int(rng.integers(0, max(1, steps - int(minutes) - 1)))
-            end = min(last, first + max(1, int(round(minutes))) - 1)
-            return [SimPod(index, namespace, name, node, first, end, None, finished=end < last)]
-        return [SimPod(index, namespace, name, node, int(rng.integers(0, steps // 3)), last, None)]
+            # Its length from a random stream of its own, so that every other workload's simulation
+            # is the same with or without pods that run to completion (`simulate` cuts its windows).
+            own = np.random.default_rng(int(stable_hex(namespace, name), 16))
+            pod.completes_at_step = min(last, pod.first_step + max(1, int(round(_pod_minutes(draw, own)))) - 1)
+        return [pod]
     if kind == "Job":
         minutes = _pod_minutes(draw, rng)
         first = int(rng.integers(0, max(1, steps - int(minutes) - 1)))
@@ -314,6 +316,10 @@ def simulate(workload_count: int, days: float, seed: int, end_before_seconds: fl
                                                    phase, rng)
             joules = watts * WINDOW_SECONDS
             joules[0] = 0.0
+            if pod.completes_at_step is not None:  # its windows drawn to the end, as before, then cut
+                joules = joules[:pod.completes_at_step - pod.first_step + 1]
+                pod.finished = pod.completes_at_step < pod.last_step
+                pod.last_step = pod.completes_at_step
             pod.step_joules = joules
             pods.append(pod)
     return SimulatedCluster(draws, pods, nodes, grid_start, steps, runs)

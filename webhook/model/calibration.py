@@ -9,17 +9,18 @@ utilisation of their own. Fitted here:
     pod W = floor W + W per vCPU[batch] x vCPU requested + W per GB x GB of memory requested
             + GPUs x (GPU idle W + u[product] x (GPU max W - GPU idle W))
 
-floor, W per vCPU (one for services, one for the pods of Jobs and CronJobs, the physics column
-`runs_to_completion`, shrunk towards the services'), W per GB and u (one per GPU product with at
+floor, W per vCPU (one for services, one for pods that run to completion, the physics column
+`runs_to_completion`: a Job's, a CronJob's, a bare Pod's that does not restart; shrunk towards
+the services'), W per GB and u (one per GPU product with at
 least `min_product_targets` targets, shrunk towards the overall u; the overall u for the rest)
 minimise a robust (soft L1) loss of
 the log error, so that a 0.1 W sidecar and a 900 W GPU server weigh alike. A penalty pulls each
 parameter (on a log or logit scale) towards the embedded prior's value: with few measurements
 the calibrated prior stays the embedded one, with many the data decide. One W per vCPU for all
 pods let the many idle services set it, and the calibrated prior put a CPU-bound CI Job a tenth
-of its measured power: with a second one for batch pods, grouped CV on five simulated draws
-(`python -m bench.accuracy --sets simulated --draws 5`) lowered the served model's mean |log
-error| on every draw, by 0.009 to 0.026. `fit_coefficients=False`
+of its measured power: with a second one for batch pods, grouped CV on the same five simulated
+draws (`python -m bench.accuracy --sets simulated --draws 5`, 8d91663 against 1649265) lowered
+the served model's mean |log error| on every draw, by 0.008 to 0.026. `fit_coefficients=False`
 keeps the embedded prior's own coefficients (the trainer's safest candidate: it serves the embedded
 prior, with intervals calibrated on the data, when nothing fitted does better).
 
