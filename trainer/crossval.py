@@ -245,14 +245,15 @@ def _fitted_each(params_list: Sequence[Params], train: TrainingTable,
     nothing from the target (a vocabulary of categories, the numerics' mean and spread), so
     candidates with the same encoder parameters get one encoder fitted on these requests and one
     transform of the training and test requests, the Python-level work that was most of a
-    candidate's fit (py-spy, 20,000 workloads: 65% of `train fit`); and candidates with the same
-    prior get one calibrated prior, which depends on the physics columns and the power alone
-    (`AnchoredKNN.fit`'s `prior_fits`)."""
+    candidate's fit (py-spy, 20,000 workloads: 65% of `train fit`); and what depends on the
+    training rows alone is computed once for them all: the calibrated prior of each prior's
+    parameters, the trust radius's distances of each searched matrix (`AnchoredKNN.fit`'s
+    `shared_fits`)."""
     power = train.power_watts
     key: tuple[tuple[str, Any], ...] | None = None
     encoder: Any = None
     train_rows = test_rows = None
-    prior_fits: dict[Any, Any] = {}  # one calibrated prior per prior's parameters for these rows
+    shared_fits: dict[Any, Any] = {}  # what depends on these rows alone (`AnchoredKNN.fit`)
     for index, params in enumerate(params_list):
         pipeline = build_pipeline().set_params(**params, knn__interval_folds=0)
         if encoder_key(pipeline[0]) != key:  # one encoding held at a time: the grid orders candidates by encoder
@@ -260,7 +261,7 @@ def _fitted_each(params_list: Sequence[Params], train: TrainingTable,
             train_rows = encoder.fit(train.requests).transform(train.requests)
             test_rows = encoder.transform(test_requests) if test_requests is not None else None
         pipeline.steps[0] = ("features", encoder)
-        pipeline[-1].fit(train_rows, power, prior_fits=prior_fits)
+        pipeline[-1].fit(train_rows, power, shared_fits=shared_fits)
         yield index, pipeline, None if test_rows is None else pipeline[-1].predict_detail(test_rows)
 
 

@@ -202,24 +202,32 @@ def test_calibrated_prior_fits_the_w_per_vcpu_of_pods_that_run_to_completion_apa
     assert CalibratedPrior().set_state(fitted.to_state()).batch_cpu_watts_per_vcpu_ == fitted.batch_cpu_watts_per_vcpu_
 
 
-def test_a_prior_fit_shared_between_fits_on_the_same_rows_is_the_one_each_would_make() -> None:
+def test_what_fits_on_the_same_rows_share_is_what_each_would_compute() -> None:
     rng = np.random.default_rng(11)
     vcpu = rng.uniform(0.1, 4.0, 200)
     physics = _physics(vcpu, np.zeros(200), rng.integers(0, 2, 200).astype(float))
     X = np.hstack([physics, rng.standard_normal((200, 4))]).astype(np.float32)
     power = 0.2 + vcpu * np.where(physics[:, 8] > 0, 2.0, 0.1) * np.exp(0.1 * rng.standard_normal(200))
     fits: dict = {}
-    first = AnchoredKNN(n_neighbors=5, physics_columns=9).fit(X, power, prior_fits=fits)
-    shared = AnchoredKNN(n_neighbors=3, physics_columns=9, target="log_power").fit(X, power, prior_fits=fits)
-    assert len(fits) == 1 and shared.prior_ is first.prior_  # k and target do not change the prior
+    first = AnchoredKNN(n_neighbors=5, physics_columns=9).fit(X, power, shared_fits=fits)
+    shared = AnchoredKNN(n_neighbors=3, physics_columns=9, target="log_power").fit(X, power, shared_fits=fits)
+    def kept(kind: str) -> int:
+        return sum(key[0] == kind for key in fits)
+
+    # k and the target change neither the prior nor the searched matrix (no column weighting).
+    assert kept("prior") == 1 and kept("nearest other spec") == 1 and shared.prior_ is first.prior_
     alone = AnchoredKNN(n_neighbors=3, physics_columns=9, target="log_power").fit(X, power)
-    assert alone.prior_.to_state() == shared.prior_.to_state()
+    assert alone.prior_.to_state() == shared.prior_.to_state() and alone.trust_radius_ == shared.trust_radius_
     assert np.array_equal(alone.predict(X[:40]), shared.predict(X[:40]))
-    # Another prior's parameters, or other rows, are another fit.
+    # Another prior's parameters, other rows or another searched matrix are another fit.
     AnchoredKNN(n_neighbors=3, physics_columns=9, prior=CalibratedPrior(fit_coefficients=False)).fit(
-        X, power, prior_fits=fits)
-    other_rows = AnchoredKNN(n_neighbors=3, physics_columns=9).fit(X[:150], power[:150], prior_fits=fits)
-    assert len(fits) == 3 and other_rows.prior_ is not first.prior_
+        X, power, shared_fits=fits)
+    other_rows = AnchoredKNN(n_neighbors=3, physics_columns=9).fit(X[:150], power[:150], shared_fits=fits)
+    assert kept("prior") == 3 and other_rows.prior_ is not first.prior_
+    weighted = AnchoredKNN(n_neighbors=3, physics_columns=9, column_weighting="correlation").fit(X, power, shared_fits=fits)
+    assert kept("nearest other spec") == 3
+    assert weighted.trust_radius_ == AnchoredKNN(n_neighbors=3, physics_columns=9, column_weighting="correlation").fit(
+        X, power).trust_radius_
 
 
 def test_intervals_are_calibrated_inside_fit_and_survive_clone() -> None:

@@ -386,13 +386,14 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             return X[:, :self.physics_columns]
         return np.zeros((X.shape[0], 1), dtype=X.dtype)
 
-    def fit(self, X: Any, y: Any, groups: Any = None, *, prior_fits: dict[Any, CalibratedPrior] | None = None
+    def fit(self, X: Any, y: Any, groups: Any = None, *, shared_fits: dict[Any, Any] | None = None
             ) -> "AnchoredKNN":
-        """`prior_fits`: a dict the caller keeps for one training set, in which the calibrated prior
-        fitted for each prior's parameters is kept and found again by later fits on the same rows.
-        The prior depends on neither k, the target nor the columns, and a trainer's grid refitted
-        the same one for every candidate of a fold: 7.9 of `compare_methods`' 14.5 s on a simulated
-        draw of 197 workloads (cProfile)."""
+        """`shared_fits`: a dict the caller keeps for one training set, in which what depends on the
+        training rows alone is kept and found again by later fits on the same rows: the calibrated
+        prior fitted for each prior's parameters (it depends on neither k, the target nor the
+        columns, and a trainer's grid refitted it for every candidate of a fold: 7.9 of
+        `compare_methods`' 14.5 s on a simulated draw of 197 workloads, cProfile), and each searched
+        matrix's distances from its specs to their nearest other spec, the trust radius's."""
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.anchor not in ANCHORS:
@@ -409,7 +410,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         local = self._local_columns(X.shape[1])
         if self.local_alpha <= 0:
             raise ValueError(f"local_alpha must be > 0, got {self.local_alpha}")
-        self.prior_ = self._fitted_prior(physics, power, prior_fits)
+        self.prior_ = self._fitted_prior(physics, power, shared_fits)
         log_power = np.log(power)
         log_anchors = np.log(self.prior_.predict(physics))
         self.targets_ = log_power if self.target == "log_power" else log_power - log_anchors
@@ -435,25 +436,25 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         if self.n_neighbors_ and resolve_algorithm(self.algorithm, X.shape[0]) == "ivf":
             self._store_list_by_list(fit_lists(self.training_features_))
         self._build_index()
-        self.trust_radius_ = self._trust_radius(self.training_features_) if self.n_neighbors_ else float("inf")
+        self.trust_radius_ = self._trust_radius(self.training_features_, shared_fits) if self.n_neighbors_ else float("inf")
         self.interval_log_offsets_ = self._calibrate_intervals(X, power, groups)
         return self
 
     def _fitted_prior(self, physics: np.ndarray, power: np.ndarray,
-                      prior_fits: dict[Any, CalibratedPrior] | None) -> CalibratedPrior:
+                      shared_fits: dict[Any, Any] | None) -> CalibratedPrior:
         if self.prior is not None:
             prior = clone(self.prior)
         else:  # a constant anchor is the targets' own typical value, not pulled towards any prior
             prior = CalibratedPrior() if self.anchor == "calibrated_prior" else CalibratedPrior(penalty=0.0)
-        if prior_fits is None:
+        if shared_fits is None:
             return prior.fit(physics, power)
         # Unfitted, its attributes are its parameters (`get_params` inspects the signature each call:
         # 0.45 of a grid's 7.1 s). The rows' shape and sums guard against a dict carried over to other
         # rows by mistake.
-        key = (repr(sorted(vars(prior).items())), physics.shape, float(physics.sum()), float(power.sum()))
-        if key not in prior_fits:
-            prior_fits[key] = prior.fit(physics, power)
-        return prior_fits[key]
+        key = ("prior", repr(sorted(vars(prior).items())), physics.shape, float(physics.sum()), float(power.sum()))
+        if key not in shared_fits:
+            shared_fits[key] = prior.fit(physics, power)
+        return shared_fits[key]
 
     def _columns(self, columns: tuple[int, ...], name: str, width: int) -> np.ndarray:
         indices = np.asarray(tuple(columns), dtype=np.intp)
@@ -525,15 +526,26 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self._constant_weight = float(self.column_weights_.mean() if self.column_weights_.size else 1.0)
         self._local_space_columns = self._local_columns(self.n_features_in_) - self.physics_columns
 
-    def _trust_radius(self, space: np.ndarray) -> float:
+    def _trust_radius(self, space: np.ndarray, shared_fits: dict[Any, Any] | None = None) -> float:
         if self.trust_factor is None:  # no radius: the neighbours answer anywhere
             return float("inf")
-        # Distances between distinct specs: pods of one workload share a feature vector, and
-        # counting those twins would shrink the radius to 0 and send every query to the prior.
-        distinct = np.unique(space, axis=0)
-        if distinct.shape[0] < 2:
+        algorithm = resolve_algorithm(self.algorithm)
+        key, nearest_other = None, None
+        if shared_fits is not None:
+            # The same searched matrix (the grid's candidates of one encoding and weighting, whatever
+            # their k or target) has the same distances: its shape, columns' weights and sums key it.
+            key = ("nearest other spec", space.shape, algorithm, self.column_weights_.tobytes(), float(space.sum()),
+                   float(np.einsum("ij,ij->", space, space, dtype=np.float64)))
+            nearest_other = shared_fits.get(key)
+        if nearest_other is None:
+            # Distances between distinct specs: pods of one workload share a feature vector, and
+            # counting those twins would shrink the radius to 0 and send every query to the prior.
+            distinct = np.unique(space, axis=0)
+            nearest_other = _nearest_other_spec_distances(distinct, algorithm) if distinct.shape[0] >= 2 else np.zeros(0)
+            if shared_fits is not None:
+                shared_fits[key] = nearest_other
+        if nearest_other.size == 0:
             return float("inf")
-        nearest_other = _nearest_other_spec_distances(distinct, resolve_algorithm(self.algorithm))
         return float(np.quantile(nearest_other, self.trust_quantile) * self.trust_factor)
 
     def _calibrate_intervals(self, X: np.ndarray, power: np.ndarray, groups: Any) -> tuple[float, float] | None:
