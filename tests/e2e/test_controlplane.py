@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 from certs.authority import create_ca, issue_certificate, write_pair
 from tests.e2e import controlplane
 from tests.e2e.controlplane import Binaries, ControllerBinaries, ControlPlane, ControlPlaneError, kubernetes_version
+from tests.e2e.webhook_fixtures import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -147,7 +148,17 @@ def test_rbac_forbids_users_outside_system_masters(
                 subjects=[kubernetes.client.RbacV1Subject(api_group="rbac.authorization.k8s.io", kind="Group", name=group)],
             ),
         )
-        assert viewer.list_namespaced_secret(namespace).items == []
+        # The RBAC authorizer reads roles and bindings from its informers' caches: a new binding
+        # takes effect a moment after it is stored (a 403 seen right after it, in one CI run).
+        def listed() -> list[object] | None:
+            try:
+                return list(viewer.list_namespaced_secret(namespace).items)
+            except ApiException as refused:
+                if refused.status != 403:
+                    raise
+                return None
+
+        assert eventually(listed, "the Role binding took effect") == []
         with pytest.raises(ApiException) as still_forbidden:
             viewer.list_namespace()
         assert still_forbidden.value.status == 403
