@@ -44,6 +44,7 @@ import numpy as np
 from bench import power_model
 from bench.workloads import WorkloadDraw, draw_workload
 from webhook.model.extract import to_inference_request
+from webhook.model.prior import RUNS_TO_COMPLETION_POLICIES
 
 WINDOW_SECONDS = 60
 NODES_PER_WORKLOADS = 20  # one node per 20 workloads, at least MIN_NODES
@@ -191,7 +192,7 @@ def _lives(draw: WorkloadDraw, index: int, node: Node, steps: int, rng: np.rando
         return [SimPod(index, namespace, f"{name}-{stable_hex(name, node.name, length=5)}", node, 0, last, ("DaemonSet", name))]
     if kind == "Pod":
         pod = SimPod(index, namespace, name, node, int(rng.integers(0, steps // 3)), last, None)
-        if request.restart_policy in ("Never", "OnFailure"):
+        if request.restart_policy in RUNS_TO_COMPLETION_POLICIES:
             # Its length from a random stream of its own, so that every other workload's simulation
             # is the same with or without pods that run to completion (`simulate` cuts its windows).
             own = np.random.default_rng(int(stable_hex(namespace, name), 16))

@@ -26,6 +26,7 @@ from webhook.model.schema import (
     MAX_INT64,
     MAX_MEMORY_MIB,
     MAX_PODS,
+    RESTART_POLICIES,
     ContainerSpec,
     InferenceRequest,
     PodResources,
@@ -319,14 +320,11 @@ def _host_namespaces(pod_spec: Mapping[str, Any], spec_field: str) -> list[str]:
             if (value := pod_spec.get(key)) is not None and _optional_bool(value, f"{spec_field}.{key}")]
 
 
-_RESTART_POLICIES = ("Always", "OnFailure", "Never")
-
-
 def _restart_policy(pod_spec: Mapping[str, Any], spec_field: str) -> str | None:
     policy = pod_spec.get("restartPolicy")
     if policy is None:
         return None
-    if policy not in _RESTART_POLICIES:
+    if policy not in RESTART_POLICIES:
         raise ExtractionError(f"{spec_field}.restartPolicy", f"expected Always, OnFailure or Never, got {policy!r}")
     return str(policy)
 

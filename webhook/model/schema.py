@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -87,6 +87,10 @@ class PodResources(_Strict):
     lim_mem_mib: MiB | None = None
 
 
+RestartPolicy = Literal["Always", "OnFailure", "Never"]  # a pod's spec.restartPolicy
+RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicy)
+
+
 class InferenceRequest(_Strict):
     schema_version: Literal["v1"] = "v1"
     namespace: str = Field(default="default", max_length=253)
@@ -124,7 +128,7 @@ class InferenceRequest(_Strict):
     # A bare Pod's spec.restartPolicy as written: None when absent, and for every other kind, whose
     # pods' policy the kind fixes. Never or OnFailure: the pod runs its work to completion, as a
     # Job's pods do (Argo Workflows and Tekton steps, Spark executors, CI build pods).
-    restart_policy: Literal["Always", "OnFailure", "Never"] | None = None
+    restart_policy: RestartPolicy | None = None
     # What a run reads (Job spec, a CronJob's jobTemplate.spec, the CronJob's schedule); not in
     # the spec hash, since none of it changes one pod's power (webhook.model.runs).
     completion_mode: Literal["NonIndexed", "Indexed"] | None = None
@@ -157,18 +161,19 @@ def spec_hash(request: InferenceRequest) -> str:
     """
     payload = request.model_dump(mode="json", exclude=_UNHASHED_FIELDS)
     payload["labels"] = {k: v for k, v in sorted(payload["labels"].items()) if not k.startswith(ANNOTATION_PREFIX)}
-    _drop_unset_host_access(payload)
-    if payload.get("restart_policy") in (None, "Always"):  # came after the hash too; absent means Always
-        payload.pop("restart_policy", None)
+    _drop_unset_later_fields(payload)
     canonical = _CANONICAL_JSON.encode(payload)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _drop_unset_host_access(payload: dict[str, object]) -> None:
-    """Host access fields came after the hash was published: left out where unset, a pod that sets
-    none of them keeps the hash (and so the cached prediction and annotation) it had before."""
+def _drop_unset_later_fields(payload: dict[str, object]) -> None:
+    """Host access fields and a bare Pod's restart policy came after the hash was published: left
+    out where unset (a restart policy of Always is the default, so unset too), a pod that sets none
+    of them keeps the hash (and so the cached prediction and annotation) it had before."""
     if not payload.get("host_namespaces"):
         payload.pop("host_namespaces", None)
+    if payload.get("restart_policy") in (None, "Always"):
+        payload.pop("restart_policy", None)
     for container in payload["containers"]:  # type: ignore[union-attr]
         if not container.get("privileged"):
             container.pop("privileged", None)
