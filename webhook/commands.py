@@ -82,6 +82,8 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
               help="Seconds to answer a review before failing open; keep it below the webhook timeoutSeconds.")
 @click.option("--max-concurrent-reviews", type=click.IntRange(min=1), default=8,
               envvar="ENERGETISCOPE_MAX_CONCURRENT_REVIEWS")
+@click.option("--prediction-process/--no-prediction-process", default=True, envvar="ENERGETISCOPE_PREDICTION_PROCESS",
+              help="Predict a trained model's cache misses in a process of its own (else in worker threads).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=1000, envvar="ENERGETISCOPE_MAX_CONNECTIONS",
               help="Beyond this, connections get HTTP 503 at once.")
 @click.option("--debug-endpoints/--no-debug-endpoints", default=True, envvar="ENERGETISCOPE_DEBUG_ENDPOINTS",
@@ -100,7 +102,8 @@ def _prior(cpu_min: float, cpu_max: float, utilisation: float, pue: float) -> Pr
 def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_sha256: str | None,
           log_level: str, access_log: bool, annotate_owned_pods: bool, watch_interval: float,
           cache_entries: int, max_body_bytes: int, policy_file: Path | None, kube_access: str, review_timeout: float,
-          max_concurrent_reviews: int, max_connections: int, debug_endpoints: bool, carbon_region: str | None,
+          max_concurrent_reviews: int, prediction_process: bool, max_connections: int, debug_endpoints: bool,
+          carbon_region: str | None,
           grid_intensity: float | None, carbon_pue: float, workload_metrics_max_series: int,
           prior_cpu_min_watts: float, prior_cpu_max_watts: float,
           prior_utilisation: float, prior_pue: float) -> None:
@@ -117,8 +120,8 @@ def serve(host: str, port: int, cert_dir: Path, model_path: Path | None, model_s
                                   carbon=carbon_settings(carbon_region, grid_intensity, carbon_pue, "--carbon-region")),
         prior=_prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation, prior_pue),
         policy_file=policy_file, kube_access=kube_access, review_timeout_seconds=review_timeout,
-        max_concurrent_reviews=max_concurrent_reviews, max_connections=max_connections,
-        debug_endpoints=debug_endpoints, workload_metrics_max_series=workload_metrics_max_series,
+        max_concurrent_reviews=max_concurrent_reviews, prediction_process=prediction_process,
+        max_connections=max_connections, debug_endpoints=debug_endpoints, workload_metrics_max_series=workload_metrics_max_series,
     )
     try:
         run(settings)

@@ -32,6 +32,11 @@ class LRUCache(Generic[K, V]):
             self.hits += 1
             return value
 
+    def record_miss(self) -> None:
+        """A miss found by a caller that looked with ``count_miss=False`` and computed elsewhere."""
+        with self._lock:
+            self.misses += 1
+
     def put(self, key: K, value: V) -> None:
         if self.max_entries <= 0:
             return

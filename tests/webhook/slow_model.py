@@ -6,7 +6,10 @@ sleep, for every spec or only for specs with a container requesting `SLOW_CPU_MI
 millicores, as a model stuck on I/O or a pathological input would. The artifact it serves is a
 real one, written by `write_model` and loaded from disk by the server as shipped.
 
-Run as `python -m tests.webhook.slow_model serve ...` (`SLOW_SERVE` for `WebhookProcess`).
+Run as `python -m tests.webhook.slow_model serve ...` (`SLOW_SERVE` for `WebhookProcess`). The
+delay is installed when this module is imported with `SLOW_SECONDS_VARIABLE` set, not only when it
+runs as the server: the server's prediction process (`webhook.model.process`, started with
+"spawn") imports it again as its main module, and must be as slow as the server.
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ def _install_delay() -> None:
     PodFeatureEncoder.transform = slow_transform  # type: ignore[method-assign]
 
 
-if __name__ == "__main__":
+if os.environ.get(SLOW_SECONDS_VARIABLE):
     _install_delay()
+
+if __name__ == "__main__":
     from webhook.cli import main
 
     main()

@@ -103,12 +103,30 @@ def test_tls_floor_is_1_2_with_forward_secret_ciphers(tmp_path: Path) -> None:
                 assert version == "TLSv1.2" and name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
 
 
-def test_a_stuck_prediction_fails_open_within_the_time_budget(tmp_path: Path) -> None:
+# Where the model runs a cache miss: its prediction process (the default), or worker threads alone.
+WHERE_MODELS_RUN = ("--prediction-process", "--no-prediction-process")
+
+
+def _wait_for_the_prediction_process(client: httpx.Client, where: str, timeout_seconds: float = 60.0) -> None:
+    """With a prediction process, wait until it serves (misses take worker threads until then)."""
+    if where == "--no-prediction-process":
+        assert client.get("/readyz").json()["prediction_process"]["state"] == "off"
+        return
+    deadline = time.monotonic() + timeout_seconds
+    while (state := client.get("/readyz").json()["prediction_process"])["state"] != "ready":
+        assert state["state"] in ("none", "starting") and time.monotonic() < deadline, state
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("where", WHERE_MODELS_RUN)
+def test_a_stuck_prediction_fails_open_within_the_time_budget(tmp_path: Path, where: str) -> None:
     certs = create_certs(tmp_path / "certs")
     write_model(tmp_path / "slow.esmodel")
     with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.esmodel"), "--review-timeout", "0.5",
-                        "--max-concurrent-reviews", "2", module=SLOW_SERVE, env=slow_environment()) as server, server.client() as client:
+                        "--max-concurrent-reviews", "2", where, module=SLOW_SERVE,
+                        env=slow_environment()) as server, server.client() as client:
         assert client.get("/readyz").json()["model"]["id"] == "slow-model"
+        _wait_for_the_prediction_process(client, where)
         started = time.monotonic()
         answer = client.post("/mutate", json=review(DEPLOYMENT)).json()
         elapsed = time.monotonic() - started
@@ -120,18 +138,25 @@ def test_a_stuck_prediction_fails_open_within_the_time_budget(tmp_path: Path) ->
             started = time.monotonic()
             assert client.post("/validate", json=review(DEPLOYMENT)).json()["response"]["allowed"] is True
             assert time.monotonic() - started < 2.0
-        assert 'energetiscope_requests_total{endpoint="mutate",result="timed_out"} 1.0' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'energetiscope_requests_total{endpoint="mutate",result="timed_out"} 1.0' in metrics
+        # The first miss went where the server was told; the later ones, queued behind a stuck
+        # prediction process, to worker threads.
+        runs_in_process = 1.0 if where == "--prediction-process" else 0.0
+        assert f'energetiscope_model_runs_total{{where="process"}} {runs_in_process}' in metrics
 
 
-def test_cached_predictions_answer_while_every_model_slot_is_stuck(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", WHERE_MODELS_RUN)
+def test_cached_predictions_answer_while_every_model_slot_is_stuck(tmp_path: Path, where: str) -> None:
     """A cache hit needs no model run, so it does not queue behind stuck predictions."""
     certs = create_certs(tmp_path / "certs")
     write_model(tmp_path / "slow.esmodel")
     stuck = json.loads(json.dumps(DEPLOYMENT))
     stuck["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "777m"
     with WebhookProcess(certs, tmp_path / "log", "--model", str(tmp_path / "slow.esmodel"), "--review-timeout", "2",
-                        "--max-concurrent-reviews", "2", module=SLOW_SERVE,
+                        "--max-concurrent-reviews", "2", where, module=SLOW_SERVE,
                         env=slow_environment(slow_cpu_millicores=777)) as server, server.client() as client:
+        _wait_for_the_prediction_process(client, where)
         assert patch_of(client.post("/mutate", json=review(DEPLOYMENT)).json()), "the fast spec is predicted"
 
         def post_stuck() -> None:

@@ -1,17 +1,22 @@
-"""Serving a review: the one place that owns the model's worker slots, the time budget,
-cache-first answers and failing open.
+"""Serving a review: the one place that owns the model's worker slots, its prediction process,
+the time budget, cache-first answers and failing open.
 
 Everything about a review but running the model is cheap and bounded by the body (which the
 event loop has already parsed), so the handler runs on the loop; a prediction the cache holds
-completes it there too. Only running the model goes to a worker thread, at most
-``max_concurrent`` at once (the debugging endpoints' model runs share the slots) and within
-``timeout_seconds``, so a slow or stuck model never delays reviews whose prediction is cached.
-Whatever raises, and whatever takes too long, is answered "allowed" with a warning.
+completes it there too. Running a trained model goes to its prediction process
+(`webhook.model.process`: the model's numpy calls then never contend with the loop for the
+GIL), awaited on the loop; when that process cannot take it (starting, ended, full), and for the
+prior, a run model and the debugging endpoints, to a worker thread, at most ``max_concurrent``
+at once. Both within ``timeout_seconds``, so a slow or stuck model never delays reviews whose
+prediction is cached. Whatever raises, and whatever takes too long, is answered "allowed" with a
+warning.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
 
 import anyio
@@ -24,10 +29,15 @@ from webhook.admission.review import (
     PendingReview,
     failed_open,
 )
+from webhook.model.prediction import Predictor
+from webhook.model.process import PredictionProcess, ProcessUnavailable
 from webhook.model.schema import InferenceRequest
 from webhook.model.service import PredictionService, WorkloadPrediction
 
 log = logging.getLogger(__name__)
+
+IN_PROCESS, IN_THREAD = "process", "thread"  # where a model ran (`ReviewPipeline.model_runs`)
+MODEL_RUN_PLACES = (IN_PROCESS, IN_THREAD)
 
 
 def _failed(handler: Handler, request: AdmissionRequest, step: str, error: Exception) -> AdmissionResponse:
@@ -76,17 +86,26 @@ class ReviewLimits:
     # Below the webhooks' timeoutSeconds (3 s in deploy/): we answer, fail-open, before the
     # apiserver gives up on us, so the user sees why nothing was done.
     timeout_seconds: float = 2.0
-    # Model runs at once; more wait their turn (and their time budget still runs).
+    # Model runs in worker threads at once; more wait their turn (and their time budget still runs).
     max_concurrent: int = 8
+    # A trained model's cache misses go to a process of its own (`webhook.model.process`).
+    prediction_process: bool = True
+    # After a prediction process ended, none is started for this long (a model that cannot load
+    # or keeps getting stuck is not restarted in a loop); misses go to worker threads meanwhile.
+    process_restart_seconds: float = 30.0
 
 
 class ReviewPipeline:
-    """Answers reviews on the event loop, sending only model runs to worker threads."""
+    """Answers reviews on the event loop, sending only model runs to the prediction process or to
+    worker threads."""
 
     def __init__(self, service: PredictionService, limits: ReviewLimits | None = None) -> None:
         self.service = service
         self.limits = limits or ReviewLimits()
         self._slots = anyio.CapacityLimiter(self.limits.max_concurrent)
+        self._process: PredictionProcess | None = None
+        # Model runs by where they ran (`MODEL_RUN_PLACES`), for /metrics.
+        self.model_runs: Counter[str] = Counter()
 
     async def review(self, handler: Handler, request: AdmissionRequest) -> AdmissionResponse:
         answer = plan(handler, request)
@@ -98,10 +117,31 @@ class ReviewPipeline:
             return _failed(handler, request, "prediction", exc)
         if cached is not None:
             return _complete(handler, request, answer, cached)
-        # Running the model is the one step whose cost is not bounded by the body: it goes to a
-        # worker thread, and the apiserver gets a fail-open answer if it takes too long.
+        # Running the model is the one step whose cost is not bounded by the body: it goes to the
+        # prediction process or a worker thread, and the apiserver gets a fail-open answer if it
+        # takes too long.
         timeout = self.limits.timeout_seconds
         with anyio.move_on_after(timeout):
+            predictor = self.service.predictor
+            process = self._process_for(predictor) if self.service.pod_alone(answer.request, predictor) else None
+            sent = None
+            if process is not None:
+                try:
+                    sent = process.submit(answer.request)
+                except ProcessUnavailable:
+                    pass  # a worker thread predicts it, below
+            if sent is not None:
+                self.model_runs[IN_PROCESS] += 1
+                try:
+                    pod = await sent
+                except ProcessUnavailable:
+                    pass  # the process ended before it answered: a worker thread predicts it, below
+                except Exception as exc:
+                    return _failed(handler, request, "prediction", exc)
+                else:
+                    prediction = self.service.predicted_elsewhere(answer.request, answer.spec_hash, predictor, pod)
+                    return _complete(handler, request, answer, prediction)
+            self.model_runs[IN_THREAD] += 1
             return await anyio.to_thread.run_sync(
                 predict_and_complete, handler, request, answer, self.service,
                 limiter=self._slots, abandon_on_cancel=True,
@@ -109,6 +149,42 @@ class ReviewPipeline:
         warning = f"energetiscope: {handler.not_done}: no answer within {timeout:g} s"
         log.warning("%s for request %s", warning, request.uid)
         return failed_open(request.uid, warning, outcome="timed_out")
+
+    def _process_for(self, predictor: Predictor) -> PredictionProcess | None:
+        """The prediction process serving `predictor`'s artifact when it is ready; starts one for a
+        newly loaded artifact (None until it is ready). None for the prior, which is cheaper to
+        run than to send anywhere."""
+        sha256 = getattr(predictor, "sha256", None)
+        if not self.limits.prediction_process or self.service.model_path is None or sha256 is None:
+            return None
+        process = self._process
+        if process is not None and process.sha256 == sha256:
+            if not process.ended:
+                return process if process.ready and process.model_id == predictor.model_id else None
+            if time.monotonic() - (process.ended_at or 0.0) < self.limits.process_restart_seconds:
+                return None  # kept, ended, for /readyz to say why
+        if process is not None:
+            process.close()
+        self._process = PredictionProcess(self.service.model_path, sha256, self.service.prior)
+        return None
+
+    def start_prediction_process(self) -> None:
+        """Start the prediction process for the model now serving, if it has none (the lifespan
+        calls this after each model load, so that the first misses find it ready)."""
+        self._process_for(self.service.predictor)
+
+    def prediction_process_status(self) -> dict[str, object]:
+        """For /readyz: "off" when misses are predicted in worker threads only."""
+        if self._process is None:
+            return {"state": "off" if not self.limits.prediction_process else "none", "pid": None,
+                    "model_id": None, "error": None}
+        return self._process.status()
+
+    def close(self) -> None:
+        """Stop the prediction process, if there is one (the server is stopping)."""
+        if self._process is not None:
+            self._process.close()
+            self._process = None
 
     async def predict(self, request: InferenceRequest) -> WorkloadPrediction:
         """A prediction made in the reviews' worker slots (no time budget), so that debugging

@@ -4,7 +4,8 @@ At start (uvicorn has loaded the certificate by then) the model, the budget poli
 certificate are loaded, everything alive is frozen out of the cyclic garbage collector, the
 budget inventory starts, and the app reports ready. While serving, each of them is reloaded on
 ``SIGHUP`` or when its file changes (checked every ``watch_interval_seconds``); a reload that
-fails keeps what is serving. At shutdown the inventory's watches are closed.
+fails keeps what is serving. At shutdown the inventory's watches are closed and the prediction
+process (`webhook.model.process`) is stopped.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class WebhookLifespan:
         for item in self.reloadables.values():
             await anyio.to_thread.run_sync(item.load)
         freeze_long_lived_objects()
+        state.pipeline.start_prediction_process()
         worker = self.background()
         if worker is not None:
             worker.start()
@@ -90,6 +92,7 @@ class WebhookLifespan:
                 loop.remove_signal_handler(signal.SIGHUP)
             if worker is not None:
                 await anyio.to_thread.run_sync(worker.stop)
+            state.pipeline.close()
 
     async def _watch(self, state: AppState, hangup: asyncio.Event) -> None:
         while True:
@@ -109,6 +112,7 @@ class WebhookLifespan:
         state.metrics.reloads.labels(name, "ok" if ok else "failed").inc()
         if ok and name == "model":
             freeze_long_lived_objects()
+            state.pipeline.start_prediction_process()
 
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from datetime import datetime
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,9 +26,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from webhook.admission.inventory import Contribution, WorkloadKey
+from webhook.admission.pipeline import MODEL_RUN_PLACES
 from webhook.admission.policy import MODES, namespace_budget
 from webhook.admission.reading import ObjectReader
 from webhook.admission.validate import Budgets
@@ -61,9 +62,11 @@ def model_created_timestamp_seconds(service: PredictionService) -> float | None:
 class _ModelCollector:
     """Reads the service at scrape time, so the numbers are never stale after a reload."""
 
-    def __init__(self, service: PredictionService, reader: ObjectReader | None) -> None:
+    def __init__(self, service: PredictionService, reader: ObjectReader | None,
+                 model_runs: Mapping[str, int] | None = None) -> None:
         self.service = service
         self.reader = reader
+        self.model_runs = model_runs
 
     def collect(self) -> Iterator[Metric]:
         status = self.service.status()
@@ -84,6 +87,15 @@ class _ModelCollector:
         lookups.add_metric(["hit"], float(cache.hits))
         lookups.add_metric(["miss"], float(cache.misses))
         yield lookups
+        if self.model_runs is not None:
+            runs = CounterMetricFamily(
+                "energetiscope_model_runs",
+                "Cache misses the model predicted, by where: its prediction process or a worker thread.",
+                labels=["where"],
+            )
+            for where in MODEL_RUN_PLACES:
+                runs.add_metric([where], float(self.model_runs.get(where, 0)))
+            yield runs
         if self.reader is not None:
             memo = self.reader.memo
             reads = GaugeMetricFamily(
@@ -202,7 +214,8 @@ class _BudgetCollector:
 
 class WebhookMetrics:
     def __init__(self, service: PredictionService, reader: ObjectReader | None = None,
-                 budgets: Budgets | None = None, workload_series_limit: int = 0) -> None:
+                 budgets: Budgets | None = None, workload_series_limit: int = 0,
+                 model_runs: Mapping[str, int] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "energetiscope_requests",
@@ -234,7 +247,7 @@ class WebhookMetrics:
             ["namespace", "mode", "result"],
             registry=self.registry,
         )
-        self.registry.register(_ModelCollector(service, reader))
+        self.registry.register(_ModelCollector(service, reader, model_runs))
         if budgets is not None:
             self.registry.register(_BudgetCollector(budgets, workload_series_limit))
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}

@@ -42,6 +42,8 @@ async def readyz(request: Request, state: AppState) -> tuple[Response, str]:
             "sha256": status.sha256,
             "error": status.error,
         },
+        # Where a trained model's cache misses run (webhook.model.process); "none" for the prior.
+        "prediction_process": state.pipeline.prediction_process_status(),
     }
     return JSONResponse(body, status_code=200 if ready else 503), "ok" if ready else "not_ready"
 

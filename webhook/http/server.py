@@ -50,6 +50,7 @@ class ServeSettings:
     kube_access: str = "auto"
     review_timeout_seconds: float = 2.0
     max_concurrent_reviews: int = 8
+    prediction_process: bool = True  # a trained model's cache misses in a process of its own
     # Connections beyond this get HTTP 503 at once, which the apiserver treats per failurePolicy.
     max_connections: int = 1000
     debug_endpoints: bool = True
@@ -97,6 +98,7 @@ def build_app(settings: ServeSettings, certificates: ServingCertificates | None 
             mutation=settings.mutation,
             review_timeout_seconds=settings.review_timeout_seconds,
             max_concurrent_reviews=settings.max_concurrent_reviews,
+            prediction_process=settings.prediction_process,
             debug_endpoints=settings.debug_endpoints,
             workload_metrics_max_series=settings.workload_metrics_max_series,
         ),

@@ -31,6 +31,8 @@ class AppSettings:
     review_timeout_seconds: float = 2.0
     # Model runs at once; more wait their turn (and their time budget still runs).
     max_concurrent_reviews: int = 8
+    # A trained model's cache misses go to a process of its own (webhook.model.process).
+    prediction_process: bool = True
     debug_endpoints: bool = True
     # Series of energetiscope_workload_predicted_watts (the largest workloads); 0: none.
     workload_metrics_max_series: int = 0
@@ -54,14 +56,17 @@ class AppState:
     def build(cls, service: PredictionService, settings: AppSettings, budgets: Budgets) -> AppState:
         # As many objects remembered as predictions: --cache-entries 0 turns both off.
         reader = ObjectReader(service.cache.max_entries)
-        limits = ReviewLimits(settings.review_timeout_seconds, settings.max_concurrent_reviews)
+        limits = ReviewLimits(settings.review_timeout_seconds, settings.max_concurrent_reviews,
+                              prediction_process=settings.prediction_process)
+        pipeline = ReviewPipeline(service, limits)
         return cls(
             settings=settings,
             service=service,
             budgets=budgets,
             reader=reader,
-            metrics=WebhookMetrics(service, reader, budgets, settings.workload_metrics_max_series),
-            pipeline=ReviewPipeline(service, limits),
+            metrics=WebhookMetrics(service, reader, budgets, settings.workload_metrics_max_series,
+                                   model_runs=pipeline.model_runs),
+            pipeline=pipeline,
             mutating=MutatingHandler(settings.mutation, reader),
             validating=ValidatingHandler(budgets, reader),
             openapi=openapi_document(settings.debug_endpoints),

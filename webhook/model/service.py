@@ -144,16 +144,30 @@ class PredictionService:
         pod, hash_ = self.predict_pod(request, hash_)
         return _workload(request, hash_, pod, self._predictor)
 
+    def pod_alone(self, request: InferenceRequest, predictor: Predictor) -> bool:
+        """Whether `predictor`'s prediction of `request` is its pod prediction alone: not when a run
+        model times the request's runs (its run time is not in the pod cache)."""
+        return not (_runs_to_completion(request) and predicts_run_time(predictor))
+
     def cached(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction | None:
         """The prediction when the cache holds it, else None: never runs the model, so it is
         cheap enough for the event loop."""
         predictor = self._predictor
-        if _runs_to_completion(request) and predicts_run_time(predictor):
-            return None  # a run model's run time is not in the pod cache: it runs in a worker thread
+        if not self.pod_alone(request, predictor):
+            return None  # it runs in a worker thread
         hash_ = hash_ or spec_hash(request)
         pod = self.cache.get((predictor.model_id, hash_), count_miss=False)
         if pod is None:
             return None
+        return _workload(request, hash_, pod, predictor)
+
+
+    def predicted_elsewhere(self, request: InferenceRequest, hash_: str, predictor: Predictor,
+                            pod: PodPrediction) -> WorkloadPrediction:
+        """The prediction of a cache miss that `predictor`'s model made out of this process
+        (`webhook.model.process`), cached and counted as `predict` would have."""
+        self.cache.record_miss()
+        self.cache.put((predictor.model_id, hash_), pod)
         return _workload(request, hash_, pod, predictor)
 
 

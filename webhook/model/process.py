@@ -1,0 +1,239 @@
+"""Cache misses predicted in a process of their own, so that the model never contends with the
+event loop for the GIL.
+
+A miss used to be predicted in a worker thread. The model's numpy and BLAS calls release the
+GIL a few dozen times a prediction, and each time the event loop, busy with the other
+connections' TLS and HTTP, took it: about 50 context switches a miss, and the loaded server's
+CPU a miss grew from ~960 us at one connection to ~1,550 at 16 (50,000-row model, 512 specs,
+wrk; minor faults 0, so not memory). The same server with each miss sent to a child process
+over a socket, its answer read by the loop when it arrives (no thread at all): 2,451 req/s at
+16 connections against 733, p99 11 against 34 ms, ~370 us of the server's CPU a miss plus ~330
+in the child (a scratch prototype; bench/README.md, table admission_load, for the shipped one).
+
+The child loads the artifact that serves, checked against its sha256, so both predict alike
+(tests/webhook/test_prediction_process.py compares them to the bit); until it says it is ready,
+and whenever it cannot take a request, the caller predicts in a worker thread as before
+(`ProcessUnavailable`). It is started with "spawn": forking a server whose threads may hold
+locks would copy them held. What crosses the socket is an InferenceRequest as JSON one way and
+a `PodPrediction` (plain fields, pickled by the child this server started) the other; requests
+are answered in the order sent. At most `max_outstanding_bytes` of requests are unanswered at
+once, well inside the socket's buffer, so that sending never blocks the loop. A request that
+would queue behind one unanswered for `slow_seconds` fails over at once (with worker threads, one
+stuck prediction held one slot, not every miss); a child that holds a request longer than
+`stuck_seconds` is stopped, and its requests fail over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from webhook.model.prediction import PodPrediction
+from webhook.model.prior import PriorPredictor
+from webhook.model.schema import InferenceRequest
+
+log = logging.getLogger(__name__)
+
+# Unanswered request bytes at once: a Linux socket pair buffers ~200 KB each way by default, so
+# a send never waits for the child to read. Requests are ~1-4 KB of JSON.
+MAX_OUTSTANDING_BYTES = 64 * 1024
+# New requests do not queue behind one unanswered this long: a prediction takes ~0.3 ms at
+# 50,000 rows and ~1 ms at 1M, so eight queued take a few ms.
+SLOW_SECONDS = 0.25
+# A request unanswered this long means a stuck child: it is stopped. Above the reviews' time
+# budget (2 s by default), so that what a slow model can still answer is not lost.
+STUCK_SECONDS = 10.0
+STOP_SECONDS = 2.0
+
+
+class ProcessUnavailable(RuntimeError):
+    """The prediction process cannot take this request: predict in this process instead."""
+
+
+@dataclass(frozen=True)
+class PredictionFailed:
+    """The child's answer when the model raised: the error, as text."""
+
+    error: str
+
+
+def serve_predictions(connection: Connection, model_path: str, sha256: str, prior: PriorPredictor) -> None:
+    """The child: load the artifact, say so, then answer requests in order until the socket closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the server's to handle
+    from webhook.model.artifact import load_model  # scikit-learn and numpy load here, in the child
+
+    try:
+        model = load_model(Path(model_path), prior=prior, expected_sha256=sha256)
+    except Exception as exc:  # anything: the parent must hear why, and predicts itself meanwhile
+        connection.send(("failed", str(exc)))
+        return
+    gc.collect()
+    gc.freeze()  # as the server does after a load (webhook.http.lifespan): no full collections of the model
+    connection.send(("ready", model.model_id))
+    while True:
+        try:
+            data = connection.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            answer: PodPrediction | PredictionFailed = model.predict([InferenceRequest.model_validate_json(data)])[0]
+        except Exception as exc:
+            answer = PredictionFailed(f"{type(exc).__name__}: {exc}")
+        connection.send(answer)
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[PodPrediction]
+    size: int
+    sent_at: float
+
+
+class PredictionProcess:
+    """A child process serving one artifact's predictions to the event loop that made it.
+
+    Made and used on the event loop (its answers are read there); `close` stops it.
+    """
+
+    def __init__(self, model_path: Path, sha256: str, prior: PriorPredictor, *,
+                 max_outstanding_bytes: int = MAX_OUTSTANDING_BYTES, slow_seconds: float = SLOW_SECONDS,
+                 stuck_seconds: float = STUCK_SECONDS) -> None:
+        self.sha256 = sha256
+        self.max_outstanding_bytes = max_outstanding_bytes
+        self.slow_seconds = slow_seconds
+        self.stuck_seconds = stuck_seconds
+        self.model_id: str | None = None  # the child's, once it is ready
+        self.error: str | None = None  # why it ended, once it has
+        self.ended_at: float | None = None  # time.monotonic() when it ended
+        self._pending: deque[_Pending] = deque()
+        self._outstanding_bytes = 0
+        self._loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")
+        self._connection, child_end = context.Pipe(duplex=True)
+        self._process = context.Process(target=serve_predictions, args=(child_end, str(model_path), sha256, prior),
+                                        name="energetiscope-predictions", daemon=True)
+        self._process.start()
+        child_end.close()
+        self._loop.add_reader(self._connection.fileno(), self._readable)
+
+    @property
+    def ready(self) -> bool:
+        return self.model_id is not None and self.error is None
+
+    @property
+    def ended(self) -> bool:
+        return self.error is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def status(self) -> dict[str, object]:
+        """For /readyz: starting, ready or ended, with the child's pid, model and error."""
+        state = "ended" if self.ended else "ready" if self.ready else "starting"
+        return {"state": state, "pid": self.pid, "model_id": self.model_id, "error": self.error}
+
+    async def predict(self, request: InferenceRequest) -> PodPrediction:
+        """The child's prediction (`submit`, awaited)."""
+        return await self.submit(request)
+
+    def submit(self, request: InferenceRequest) -> Awaitable[PodPrediction]:
+        """Send `request` to the child: its prediction, to await. `ProcessUnavailable` at once when
+        the child cannot take it (not ready, ended, too many bytes unanswered, slow or stuck), and
+        from the awaitable when the child ends before answering."""
+        if not self.ready:
+            raise ProcessUnavailable(self.error or "the prediction process is starting")
+        now = time.monotonic()
+        if self._pending:
+            waited = now - self._pending[0].sent_at
+            if waited > self.stuck_seconds:
+                self._end(f"a request unanswered for more than {self.stuck_seconds:g} s")
+                raise ProcessUnavailable(self.error or "")
+            if waited > self.slow_seconds:
+                raise ProcessUnavailable(f"its oldest request has waited {waited:.2f} s")
+        data = request.model_dump_json().encode()
+        if self._outstanding_bytes + len(data) > self.max_outstanding_bytes:
+            raise ProcessUnavailable("the prediction process has as many requests as it may")
+        pending = _Pending(self._loop.create_future(), len(data), now)
+        # A review that stopped waiting leaves no one to read a failure: read here, not logged as lost.
+        pending.future.add_done_callback(lambda future: future.cancelled() or future.exception())
+        self._pending.append(pending)
+        self._outstanding_bytes += pending.size
+        try:
+            self._connection.send_bytes(data)
+        except OSError as exc:
+            self._end(f"sending to it failed: {exc}")
+        # A review that stops waiting (its time budget) leaves the future: its answer is still
+        # read, in order, and dropped.
+        return asyncio.shield(pending.future)
+
+    def _readable(self) -> None:
+        try:
+            while self._connection.poll():
+                self._receive(self._connection.recv())
+        except (EOFError, OSError) as exc:
+            self._end(f"it ended ({type(exc).__name__}; exit code {self._process.exitcode})")
+
+    def _receive(self, message: object) -> None:
+        if self.model_id is None:
+            match message:
+                case ("ready", str(model_id)):
+                    self.model_id = model_id
+                    log.info("prediction process %s serves %s", self._process.pid, model_id)
+                case ("failed", str(error)):
+                    self._end(f"it could not load the model: {error}")
+                case _:
+                    self._end(f"it said {type(message).__name__} before it was ready")
+            return
+        if not self._pending:
+            self._end("it answered a request it was not sent")
+            return
+        pending = self._pending.popleft()
+        self._outstanding_bytes -= pending.size
+        if pending.future.done():
+            return
+        if isinstance(message, PodPrediction):
+            pending.future.set_result(message)
+        elif isinstance(message, PredictionFailed):
+            pending.future.set_exception(RuntimeError(message.error))
+        else:
+            self._end(f"it answered with a {type(message).__name__}")
+
+    def _end(self, why: str, level: int = logging.ERROR) -> None:
+        """Stop the child; every request it holds fails over (`ProcessUnavailable`)."""
+        if self.error is not None:
+            return
+        self.error = f"prediction process {self._process.pid}: {why}"
+        self.ended_at = time.monotonic()
+        log.log(level, "%s; cache misses are predicted in the server until it is replaced", self.error)
+        self._stop()
+        while self._pending:
+            pending = self._pending.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(ProcessUnavailable(self.error))
+        self._outstanding_bytes = 0
+
+    def _stop(self) -> None:
+        self._loop.remove_reader(self._connection.fileno())
+        self._connection.close()  # the child reads EOF and returns
+        self._process.join(timeout=0)
+        if self._process.is_alive():
+            self._process.terminate()
+
+    def close(self) -> None:
+        """Stop the child, waiting up to `STOP_SECONDS` for it to go."""
+        if self.error is None:
+            self._end("closed", logging.INFO)
+        self._process.join(timeout=STOP_SECONDS)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=STOP_SECONDS)
