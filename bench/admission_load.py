@@ -13,9 +13,13 @@
   throughput as a share of the echo server's, measured side by side in one run.
 * Fixed rate: `bench.fixed_rate`, 16 connections, latency from the scheduled send time (no
   coordinated omission), at 45/s (the research prototype's maximum) and 100/s.
-* Server CPU per request (from /proc), peak RSS, cache hits and prediction basis (/metrics).
-* What-if row (not the shipped configuration): the webhook serving a kd_tree artifact, the
-  alternative to the shipped brute-force search for cache misses.
+* Server CPU per request (from /proc), peak RSS, cache hits and prediction basis (/metrics). A
+  webhook serving a trained model has a prediction process (`webhook.model.process`): its CPU and
+  peak RSS are added to the server's (the model's arrays, mapped from the artifact, are shared
+  pages counted in both).
+* What-if rows (not the shipped configuration): misses predicted in the server's worker threads
+  (`--no-prediction-process`, as before the prediction process), and the webhook serving a
+  kd_tree artifact, the alternative to the shipped search for cache misses.
 * Profile: py-spy over the loaded webhook (`bench.profile_webhook`) and the in-process cost of
   each step of mutate() (`bench.mutate_stages`).
 """
@@ -36,7 +40,7 @@ from bench.admission_body import UID_PLACEHOLDER, review_bodies
 from bench.fixed_rate import FixedRateResult, run_fixed_rate
 from bench.model_artifact import ArtifactInfo, build_artifacts
 from bench.mutate_stages import StageCost, stage_costs
-from bench.proc_stats import cpu_seconds, peak_rss_mib
+from bench.proc_stats import child_pids, family_cpu_seconds, peak_rss_mib
 from bench.profile_webhook import Profile, start_recording, summarise
 from bench.results import RunRecord, cell, markdown_table
 from bench.wrk_runner import WrkResult, ensure_wrk, run_wrk, scheduler_seconds
@@ -49,6 +53,7 @@ FIXED_RATES_PER_SECOND = (45.0, 100.0)
 TARGET_SHARE_OF_ECHO = 0.30
 TARGET_P99_MS = 5.0
 TARGET_P99_OVER_P50 = 3.0
+PREDICTION_PROCESS_START_SECONDS = 60.0  # spawned, it imports numpy and scikit-learn and loads the model
 PROTOTYPE = {"requests_per_second": 45.0, "p50_ms": 21.8, "endpoint": "/predict"}
 
 
@@ -107,6 +112,10 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
                    webhook_args + ("--cache-entries", "0"), profile=True),
     ]
     if what_if:
+        # Before the prediction process: every miss predicted in the server's worker threads.
+        listed.append(ServerCase("what-if-uncached-threads", "what-if: cache miss in worker threads (--no-prediction-process)",
+                                 servers.WEBHOOK, webhook_args + ("--cache-entries", "0", "--no-prediction-process"),
+                                 what_if=True))
         if kd_tree_model is not None:
             listed.append(ServerCase("what-if-uncached-kd-tree", "what-if: kd_tree artifact, cache miss", servers.WEBHOOK,
                                      ("--model", str(kd_tree_model), "--kube-access", "off", "--cache-entries", "0"),
@@ -116,8 +125,15 @@ def cases(model: Path, kd_tree_model: Path | None, what_if: bool) -> list[Server
 
 def _check_and_prime(server: WebhookProcess, bodies: list[bytes], case: ServerCase) -> None:
     """Post every variant once: answers must be 200 with the request's uid (and a patch from the
-    webhook). For cached cases this also fills the cache, so the run measures hits only."""
+    webhook). For cached cases this also fills the cache, so the run measures hits only. First, a
+    webhook's prediction process (`webhook.model.process`) must serve, so that no miss measured
+    runs in a worker thread for want of it."""
     with server.client() as client:
+        deadline = time.monotonic() + PREDICTION_PROCESS_START_SECONDS
+        while case.is_webhook and client.get("/readyz").json()["prediction_process"]["state"] not in ("ready", "off"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{case.key}: the prediction process did not start: {client.get('/readyz').text}")
+            time.sleep(0.1)
         for body in bodies:
             uid = str(uuid.uuid4())
             answer = client.post("/mutate", content=body.replace(UID_PLACEHOLDER.encode(), uid.encode()),
@@ -152,25 +168,28 @@ def run_case(case: ServerCase, certs: Path, workdir: Path, bodies: list[bytes], 
         url = f"https://127.0.0.1:{server.port}"
         run_wrk(url, bodies_file, CONNECTIONS, durations.warmup_seconds)
         cache_before, _, gc_before = _webhook_metrics(server) if case.is_webhook else ({}, {}, {})
-        cpu_before = cpu_seconds(pid)
+        # The server's CPU is its own and its prediction process's (the child does a miss's model work).
+        children = child_pids(pid)
+        cpu_before = family_cpu_seconds(pid, children)
         _, delay_before = scheduler_seconds(pid, pid)  # the main thread: the event loop
         wrk = run_wrk(url, bodies_file, CONNECTIONS, durations.wrk_seconds)
         _, delay_after = scheduler_seconds(pid, pid)
-        cpu_per_request = (cpu_seconds(pid) - cpu_before) / max(wrk.requests, 1) * 1e6
+        cpu_per_request = (family_cpu_seconds(pid, children) - cpu_before) / max(wrk.requests, 1) * 1e6
         cache_after, basis, gc_after = _webhook_metrics(server) if case.is_webhook else ({}, {}, {})
         fixed = [run_fixed_rate("127.0.0.1", server.port, str(certs / "ca.crt"), bodies, rate,
                                 durations.fixed_rate_seconds, CONNECTIONS) for rate in FIXED_RATES_PER_SECOND]
         recorded: Profile | None = None
         if profile and case.profile:
             folded = workdir / f"{case.key}.folded"
-            spy = start_recording(pid, durations.profile_seconds, folded)
+            spy = start_recording(pid, durations.profile_seconds, folded, 100, "--subprocesses")
             time.sleep(0.5)  # py-spy attaches before the load starts
             run_wrk(url, bodies_file, CONNECTIONS, durations.profile_seconds)
             spy.wait(timeout=durations.profile_seconds + 60)
             recorded = summarise(folded)
         result = CaseResult(
             key=case.key, label=case.label, what_if=case.what_if, wrk=wrk, fixed_rate=fixed,
-            cpu_microseconds_per_request=round(cpu_per_request, 1), peak_rss_mib=round(peak_rss_mib(pid), 1),
+            cpu_microseconds_per_request=round(cpu_per_request, 1),
+            peak_rss_mib=round(peak_rss_mib(pid) + sum(peak_rss_mib(child) for child in children), 1),
             cache={k: cache_after.get(k, 0.0) - cache_before.get(k, 0.0) for k in cache_after},
             predictions_by_basis=basis, profile=recorded,
             server_run_delay_share=round((delay_after - delay_before) / wrk.duration_seconds, 4),

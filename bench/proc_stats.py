@@ -101,6 +101,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_SECOND
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (a server's prediction process, say)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone since the listing
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def family_cpu_seconds(pid: int, children: list[int]) -> float:
+    """`cpu_seconds` of `pid` and of those of `children` still alive."""
+    total = cpu_seconds(pid)
+    for child in children:
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass
+    return total
+
+
 @dataclass(frozen=True)
 class ResidentSample:
     rss_mib: float  # VmRSS: resident now, not the high-water mark
