@@ -10,15 +10,21 @@ import signal
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+import webhook.admission.pipeline as pipeline_module
 from harness.webhook_process import WebhookProcess, create_certs
+from webhook.admission.mutate import MutatingHandler
+from webhook.admission.pipeline import ReviewPipeline
+from webhook.admission.review import parse_review
 
 from webhook.model.artifact import build_pipeline, file_sha256, load_model, save_model
 from webhook.model.process import PredictionProcess, ProcessUnavailable
 from webhook.model.prior import PriorPredictor
 from webhook.model.schema import ContainerSpec, InferenceRequest
+from webhook.model.service import PredictionService
 
 from .reviews import patch_of, review
 
@@ -73,6 +79,7 @@ def test_a_process_that_cannot_load_the_artifact_ends_and_says_why(artifact: Pat
             await _ready(process)
             assert process.ended and not process.ready
             assert "could not load the model" in str(process.error) and "expected " + "0" * 64 in str(process.error)
+            assert process.load_failed  # the pipeline does not restart it for the same artifact
             with pytest.raises(ProcessUnavailable):
                 await process.predict(_request(100))
         finally:
@@ -81,9 +88,10 @@ def test_a_process_that_cannot_load_the_artifact_ends_and_says_why(artifact: Pat
     asyncio.run(main())
 
 
-def test_requests_beyond_the_bytes_it_may_hold_unanswered_fail_over(artifact: Path) -> None:
+@pytest.mark.parametrize("bounds", [{"max_outstanding_bytes": 10}, {"max_outstanding": 0}])
+def test_requests_beyond_what_it_may_hold_unanswered_fail_over(artifact: Path, bounds: dict[str, int]) -> None:
     async def main() -> None:
-        process = PredictionProcess(artifact, file_sha256(artifact), PriorPredictor(), max_outstanding_bytes=10)
+        process = PredictionProcess(artifact, file_sha256(artifact), PriorPredictor(), **bounds)
         try:
             await _ready(process)
             with pytest.raises(ProcessUnavailable, match="as many requests as it may"):
@@ -93,6 +101,67 @@ def test_requests_beyond_the_bytes_it_may_hold_unanswered_fail_over(artifact: Pa
             process.close()
 
     asyncio.run(main())
+
+
+def test_an_answer_nobody_waits_for_any_more_is_still_handed_over(artifact: Path) -> None:
+    """A review that ran out of time stops waiting; its answer must still reach the cache."""
+    query = _request(640, "httpd")
+    expected = load_model(artifact, prior=PriorPredictor()).predict([query])[0]
+
+    async def main() -> list[object]:
+        process = PredictionProcess(artifact, file_sha256(artifact), PriorPredictor())
+        handed: list[object] = []
+        try:
+            await _ready(process)
+            waiting = asyncio.ensure_future(process.submit(query, handed.append))
+            waiting.cancel()  # as the time budget cancels a review's wait
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            for _ in range(1000):
+                if handed:
+                    break
+                await asyncio.sleep(0.01)
+            # The next request still gets its own answer: the first one was read, in order.
+            assert await process.predict(_request(100)) == load_model(artifact, prior=PriorPredictor()).predict(
+                [_request(100)])[0]
+            return handed
+        finally:
+            process.close()
+
+    assert asyncio.run(main()) == [expected]
+
+
+def test_a_process_not_ready_in_time_is_ended(artifact: Path) -> None:
+    async def main() -> None:
+        process = PredictionProcess(artifact, file_sha256(artifact), PriorPredictor(), start_seconds=0.0)
+        try:
+            assert not process.ready and process.ended
+            assert "not ready within 0 s" in str(process.error)
+        finally:
+            process.close()
+
+    asyncio.run(main())
+
+
+def test_a_review_is_answered_from_a_worker_thread_when_no_process_can_start(
+        artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = PredictionService(PriorPredictor(), model_path=artifact)
+    assert service.load()
+
+    def cannot_fork(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError("fork: resource temporarily unavailable")
+
+    monkeypatch.setattr(pipeline_module, "PredictionProcess", cannot_fork)
+    pipeline = ReviewPipeline(service)
+
+    async def main() -> str:
+        pipeline.start_prediction_process()  # as the lifespan does: logged, not raised
+        return (await pipeline.review(MutatingHandler(), parse_review(review(_deployment("web", "250m", "nginx"))))).outcome
+
+    assert anyio.run(main) == "patched"
+    assert pipeline.model_runs == {"thread": 1}
+    assert pipeline.prediction_process_status()["state"] == "none"
+    assert service.cache.misses == 1
 
 
 def test_a_process_that_dies_fails_over_and_is_reported_ended(artifact: Path) -> None:

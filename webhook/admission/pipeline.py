@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 
@@ -29,7 +31,7 @@ from webhook.admission.review import (
     PendingReview,
     failed_open,
 )
-from webhook.model.prediction import Predictor
+from webhook.model.prediction import PodPrediction, Predictor
 from webhook.model.process import PredictionProcess, ProcessUnavailable
 from webhook.model.schema import InferenceRequest
 from webhook.model.service import PredictionService, WorkloadPrediction
@@ -104,6 +106,7 @@ class ReviewPipeline:
         self.limits = limits or ReviewLimits()
         self._slots = anyio.CapacityLimiter(self.limits.max_concurrent)
         self._process: PredictionProcess | None = None
+        self._start_failed_at: float | None = None  # time.monotonic() of a start that raised
         # Model runs by where they ran (`MODEL_RUN_PLACES`), for /metrics.
         self.model_runs: Counter[str] = Counter()
 
@@ -123,23 +126,16 @@ class ReviewPipeline:
         timeout = self.limits.timeout_seconds
         with anyio.move_on_after(timeout):
             predictor = self.service.predictor
-            process = self._process_for(predictor) if self.service.pod_alone(answer.request, predictor) else None
-            sent = None
-            if process is not None:
-                try:
-                    sent = process.submit(answer.request)
-                except ProcessUnavailable:
-                    pass  # a worker thread predicts it, below
+            sent = self._send(answer, predictor) if self.service.pod_alone(answer.request, predictor) else None
             if sent is not None:
-                self.model_runs[IN_PROCESS] += 1
                 try:
                     pod = await sent
+                    prediction = self.service.workload(answer.request, answer.spec_hash, pod, predictor)
                 except ProcessUnavailable:
-                    pass  # the process ended before it answered: a worker thread predicts it, below
+                    pass  # the process ended or fell behind before it answered: a worker thread predicts it
                 except Exception as exc:
                     return _failed(handler, request, "prediction", exc)
                 else:
-                    prediction = self.service.predicted_elsewhere(answer.request, answer.spec_hash, predictor, pod)
                     return _complete(handler, request, answer, prediction)
             self.model_runs[IN_THREAD] += 1
             return await anyio.to_thread.run_sync(
@@ -149,6 +145,23 @@ class ReviewPipeline:
         warning = f"energetiscope: {handler.not_done}: no answer within {timeout:g} s"
         log.warning("%s for request %s", warning, request.uid)
         return failed_open(request.uid, warning, outcome="timed_out")
+
+    def _send(self, answer: PendingReview, predictor: Predictor) -> Awaitable[PodPrediction] | None:
+        """The miss sent to the prediction process, to await; None when it cannot take it. Its
+        answer is cached when it arrives, even after the review stopped waiting for it."""
+        try:
+            process = self._process_for(predictor)
+            if process is None:
+                return None
+            sent = process.submit(answer.request, partial(self.service.remember, predictor, answer.spec_hash))
+        except ProcessUnavailable:
+            return None
+        except Exception:  # starting or talking to a process (fork limits, descriptors): threads serve
+            log.exception("the prediction process could not take a cache miss; predicting in a worker thread")
+            return None
+        self.service.cache.record_miss()
+        self.model_runs[IN_PROCESS] += 1
+        return sent
 
     def _process_for(self, predictor: Predictor) -> PredictionProcess | None:
         """The prediction process serving `predictor`'s artifact when it is ready; starts one for a
@@ -161,17 +174,30 @@ class ReviewPipeline:
         if process is not None and process.sha256 == sha256:
             if not process.ended:
                 return process if process.ready and process.model_id == predictor.model_id else None
-            if time.monotonic() - (process.ended_at or 0.0) < self.limits.process_restart_seconds:
-                return None  # kept, ended, for /readyz to say why
+            if process.load_failed or time.monotonic() - (process.ended_at or 0.0) < self.limits.process_restart_seconds:
+                return None  # kept, ended, for /readyz to say why; the same file will not load again
+        if self._start_failed_at is not None and (
+                time.monotonic() - self._start_failed_at < self.limits.process_restart_seconds):
+            return None
         if process is not None:
             process.close()
-        self._process = PredictionProcess(self.service.model_path, sha256, self.service.prior)
+            self._process = None
+        try:
+            self._process = PredictionProcess(self.service.model_path, sha256, self.service.prior)
+            self._start_failed_at = None
+        except Exception:
+            self._start_failed_at = time.monotonic()
+            log.exception("the prediction process could not be started; cache misses are predicted in worker threads")
         return None
 
     def start_prediction_process(self) -> None:
         """Start the prediction process for the model now serving, if it has none (the lifespan
-        calls this after each model load, so that the first misses find it ready)."""
-        self._process_for(self.service.predictor)
+        calls this after each model load, so that the first misses find it ready). Never raises:
+        without a process, misses are predicted in worker threads."""
+        try:
+            self._process_for(self.service.predictor)
+        except Exception:
+            log.exception("the prediction process could not be started; cache misses are predicted in worker threads")
 
     def prediction_process_status(self) -> dict[str, object]:
         """For /readyz: "off" when misses are predicted in worker threads only."""
@@ -183,7 +209,10 @@ class ReviewPipeline:
     def close(self) -> None:
         """Stop the prediction process, if there is one (the server is stopping)."""
         if self._process is not None:
-            self._process.close()
+            try:
+                self._process.close()
+            except Exception:
+                log.exception("stopping the prediction process failed")
             self._process = None
 
     async def predict(self, request: InferenceRequest) -> WorkloadPrediction:

@@ -90,7 +90,8 @@ class _ModelCollector:
         if self.model_runs is not None:
             runs = CounterMetricFamily(
                 "energetiscope_model_runs",
-                "Cache misses the model predicted, by where: its prediction process or a worker thread.",
+                "Cache misses sent to the model, by where: its prediction process or a worker thread "
+                "(one the process could not answer in time is sent to a thread too, and counts in both).",
                 labels=["where"],
             )
             for where in MODEL_RUN_PLACES:

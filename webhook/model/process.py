@@ -16,11 +16,14 @@ and whenever it cannot take a request, the caller predicts in a worker thread as
 (`ProcessUnavailable`). It is started with "spawn": forking a server whose threads may hold
 locks would copy them held. What crosses the socket is an InferenceRequest as JSON one way and
 a `PodPrediction` (plain fields, pickled by the child this server started) the other; requests
-are answered in the order sent. At most `max_outstanding_bytes` of requests are unanswered at
-once, well inside the socket's buffer, so that sending never blocks the loop. A request that
-would queue behind one unanswered for `slow_seconds` fails over at once (with worker threads, one
-stuck prediction held one slot, not every miss); a child that holds a request longer than
-`stuck_seconds` is stopped, and its requests fail over.
+are answered in the order sent, and each answer is handed to its `on_answer` even when its
+review has stopped waiting (a slow model's late answer is still cached, as a worker thread's
+was). At most `max_outstanding` requests and `max_outstanding_bytes` are unanswered at once, well
+inside the socket's buffer (the kernel counts each message's overhead too: ~90 requests of ~1 KB
+filled a default socket pair), so that sending never blocks the loop. When the oldest request has
+waited `slow_seconds`, the requests queued behind it and new ones fail over at once (with worker
+threads, one stuck prediction held one slot, not every miss); a child that holds a request longer
+than `stuck_seconds`, or is not ready within `start_seconds`, is stopped, and its requests fail over.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import multiprocessing
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -43,8 +46,10 @@ from webhook.model.schema import InferenceRequest
 
 log = logging.getLogger(__name__)
 
-# Unanswered request bytes at once: a Linux socket pair buffers ~200 KB each way by default, so
-# a send never waits for the child to read. Requests are ~1-4 KB of JSON.
+# Unanswered requests at once: a Linux socket pair's send buffer (~208 KiB by default) held 93
+# messages of 706-1,000 bytes before a send blocked, each charged its allocation overhead as well
+# as its bytes; requests are ~1-4 KB of JSON. Both bounds keep a send from ever waiting.
+MAX_OUTSTANDING = 32
 MAX_OUTSTANDING_BYTES = 64 * 1024
 # New requests do not queue behind one unanswered this long: a prediction takes ~0.3 ms at
 # 50,000 rows and ~1 ms at 1M, so eight queued take a few ms.
@@ -52,7 +57,10 @@ SLOW_SECONDS = 0.25
 # A request unanswered this long means a stuck child: it is stopped. Above the reviews' time
 # budget (2 s by default), so that what a slow model can still answer is not lost.
 STUCK_SECONDS = 10.0
-STOP_SECONDS = 2.0
+# A child not ready this long after it was started is stopped (it imports numpy and scikit-learn
+# and loads the model: ~2 s for a 50,000-row one on this project's 2-core machine).
+START_SECONDS = 120.0
+STOP_SECONDS = 0.5
 
 
 class ProcessUnavailable(RuntimeError):
@@ -96,6 +104,7 @@ class _Pending:
     future: asyncio.Future[PodPrediction]
     size: int
     sent_at: float
+    on_answer: Callable[[PodPrediction], None] | None
 
 
 class PredictionProcess:
@@ -105,15 +114,20 @@ class PredictionProcess:
     """
 
     def __init__(self, model_path: Path, sha256: str, prior: PriorPredictor, *,
-                 max_outstanding_bytes: int = MAX_OUTSTANDING_BYTES, slow_seconds: float = SLOW_SECONDS,
-                 stuck_seconds: float = STUCK_SECONDS) -> None:
+                 max_outstanding: int = MAX_OUTSTANDING, max_outstanding_bytes: int = MAX_OUTSTANDING_BYTES,
+                 slow_seconds: float = SLOW_SECONDS, stuck_seconds: float = STUCK_SECONDS,
+                 start_seconds: float = START_SECONDS) -> None:
         self.sha256 = sha256
+        self.max_outstanding = max_outstanding
         self.max_outstanding_bytes = max_outstanding_bytes
         self.slow_seconds = slow_seconds
         self.stuck_seconds = stuck_seconds
+        self.start_seconds = start_seconds
         self.model_id: str | None = None  # the child's, once it is ready
         self.error: str | None = None  # why it ended, once it has
         self.ended_at: float | None = None  # time.monotonic() when it ended
+        self.load_failed = False  # it could not load the artifact: the same file will not load again
+        self.started_at = time.monotonic()
         self._pending: deque[_Pending] = deque()
         self._outstanding_bytes = 0
         self._loop = asyncio.get_running_loop()
@@ -127,6 +141,8 @@ class PredictionProcess:
 
     @property
     def ready(self) -> bool:
+        if self.model_id is None and self.error is None and time.monotonic() - self.started_at > self.start_seconds:
+            self._end(f"not ready within {self.start_seconds:g} s of its start")
         return self.model_id is not None and self.error is None
 
     @property
@@ -146,10 +162,12 @@ class PredictionProcess:
         """The child's prediction (`submit`, awaited)."""
         return await self.submit(request)
 
-    def submit(self, request: InferenceRequest) -> Awaitable[PodPrediction]:
-        """Send `request` to the child: its prediction, to await. `ProcessUnavailable` at once when
-        the child cannot take it (not ready, ended, too many bytes unanswered, slow or stuck), and
-        from the awaitable when the child ends before answering."""
+    def submit(self, request: InferenceRequest,
+               on_answer: Callable[[PodPrediction], None] | None = None) -> Awaitable[PodPrediction]:
+        """Send `request` to the child: its prediction, to await, and handed to `on_answer` when it
+        arrives, awaited or not. `ProcessUnavailable` at once when the child cannot take it (not
+        ready, ended, too many requests unanswered, slow or stuck), and from the awaitable when the
+        child ends, or falls behind, before answering."""
         if not self.ready:
             raise ProcessUnavailable(self.error or "the prediction process is starting")
         now = time.monotonic()
@@ -159,11 +177,16 @@ class PredictionProcess:
                 self._end(f"a request unanswered for more than {self.stuck_seconds:g} s")
                 raise ProcessUnavailable(self.error or "")
             if waited > self.slow_seconds:
-                raise ProcessUnavailable(f"its oldest request has waited {waited:.2f} s")
+                behind = f"its oldest request has waited {waited:.2f} s"
+                for queued in list(self._pending)[1:]:  # kept, so that the answers still match in order
+                    if not queued.future.done():
+                        queued.future.set_exception(ProcessUnavailable(behind))
+                raise ProcessUnavailable(behind)
         data = request.model_dump_json().encode()
-        if self._outstanding_bytes + len(data) > self.max_outstanding_bytes:
+        if (len(self._pending) >= self.max_outstanding
+                or self._outstanding_bytes + len(data) > self.max_outstanding_bytes):
             raise ProcessUnavailable("the prediction process has as many requests as it may")
-        pending = _Pending(self._loop.create_future(), len(data), now)
+        pending = _Pending(self._loop.create_future(), len(data), now, on_answer)
         # A review that stopped waiting leaves no one to read a failure: read here, not logged as lost.
         pending.future.add_done_callback(lambda future: future.cancelled() or future.exception())
         self._pending.append(pending)
@@ -182,6 +205,8 @@ class PredictionProcess:
                 self._receive(self._connection.recv())
         except (EOFError, OSError) as exc:
             self._end(f"it ended ({type(exc).__name__}; exit code {self._process.exitcode})")
+        except Exception as exc:  # a message that does not unpickle: later answers could not be matched
+            self._end(f"an answer could not be read ({type(exc).__name__}: {exc})")
 
     def _receive(self, message: object) -> None:
         if self.model_id is None:
@@ -190,6 +215,7 @@ class PredictionProcess:
                     self.model_id = model_id
                     log.info("prediction process %s serves %s", self._process.pid, model_id)
                 case ("failed", str(error)):
+                    self.load_failed = True
                     self._end(f"it could not load the model: {error}")
                 case _:
                     self._end(f"it said {type(message).__name__} before it was ready")
@@ -199,13 +225,17 @@ class PredictionProcess:
             return
         pending = self._pending.popleft()
         self._outstanding_bytes -= pending.size
-        if pending.future.done():
-            return
         if isinstance(message, PodPrediction):
-            pending.future.set_result(message)
+            if pending.on_answer is not None:
+                pending.on_answer(message)
+            if not pending.future.done():
+                pending.future.set_result(message)
         elif isinstance(message, PredictionFailed):
-            pending.future.set_exception(RuntimeError(message.error))
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError(message.error))
         else:
+            if not pending.future.done():
+                pending.future.set_exception(ProcessUnavailable(f"answered with a {type(message).__name__}"))
             self._end(f"it answered with a {type(message).__name__}")
 
     def _end(self, why: str, level: int = logging.ERROR) -> None:
@@ -228,6 +258,7 @@ class PredictionProcess:
         self._process.join(timeout=0)
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(timeout=0.1)  # reaped now if it went at once; else by `close`
 
     def close(self) -> None:
         """Stop the child, waiting up to `STOP_SECONDS` for it to go."""

@@ -162,12 +162,14 @@ class PredictionService:
         return _workload(request, hash_, pod, predictor)
 
 
-    def predicted_elsewhere(self, request: InferenceRequest, hash_: str, predictor: Predictor,
-                            pod: PodPrediction) -> WorkloadPrediction:
-        """The prediction of a cache miss that `predictor`'s model made out of this process
-        (`webhook.model.process`), cached and counted as `predict` would have."""
-        self.cache.record_miss()
+    def remember(self, predictor: Predictor, hash_: str, pod: PodPrediction) -> None:
+        """Cache `pod`, `predictor`'s prediction for the spec `hash_` made out of this process
+        (`webhook.model.process`; the caller counted the miss: `cache.record_miss`)."""
         self.cache.put((predictor.model_id, hash_), pod)
+
+    def workload(self, request: InferenceRequest, hash_: str, pod: PodPrediction,
+                 predictor: Predictor) -> WorkloadPrediction:
+        """The workload's prediction from its pod's."""
         return _workload(request, hash_, pod, predictor)
 
 
