@@ -166,7 +166,7 @@ class ReviewPipeline:
     def _process_for(self, predictor: Predictor) -> PredictionProcess | None:
         """The prediction process serving `predictor`'s artifact when it is ready; starts one for a
         newly loaded artifact (None until it is ready). None for the prior, which is cheaper to
-        run than to send anywhere."""
+        run than to send anywhere. Never raises: without a process, misses go to worker threads."""
         sha256 = getattr(predictor, "sha256", None)
         if not self.limits.prediction_process or self.service.model_path is None or sha256 is None:
             return None
@@ -179,9 +179,7 @@ class ReviewPipeline:
         if self._start_failed_at is not None and (
                 time.monotonic() - self._start_failed_at < self.limits.process_restart_seconds):
             return None
-        if process is not None:
-            process.close()
-            self._process = None
+        self.close()
         try:
             self._process = PredictionProcess(self.service.model_path, sha256, self.service.prior)
             self._start_failed_at = None
@@ -192,12 +190,8 @@ class ReviewPipeline:
 
     def start_prediction_process(self) -> None:
         """Start the prediction process for the model now serving, if it has none (the lifespan
-        calls this after each model load, so that the first misses find it ready). Never raises:
-        without a process, misses are predicted in worker threads."""
-        try:
-            self._process_for(self.service.predictor)
-        except Exception:
-            log.exception("the prediction process could not be started; cache misses are predicted in worker threads")
+        calls this after each model load, so that the first misses find it ready)."""
+        self._process_for(self.service.predictor)
 
     def prediction_process_status(self) -> dict[str, object]:
         """For /readyz: "off" when misses are predicted in worker threads only."""
@@ -207,7 +201,8 @@ class ReviewPipeline:
         return self._process.status()
 
     def close(self) -> None:
-        """Stop the prediction process, if there is one (the server is stopping)."""
+        """Stop the prediction process, if there is one (the server is stopping, or the process
+        is replaced)."""
         if self._process is not None:
             try:
                 self._process.close()

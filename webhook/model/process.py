@@ -29,6 +29,7 @@ than `stuck_seconds`, or is not ready within `start_seconds`, is stopped, and it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -253,12 +254,17 @@ class PredictionProcess:
         self._outstanding_bytes = 0
 
     def _stop(self) -> None:
-        self._loop.remove_reader(self._connection.fileno())
-        self._connection.close()  # the child reads EOF and returns
-        self._process.join(timeout=0)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=0.1)  # reaped now if it went at once; else by `close`
+        # Called from `ready`, `submit` and the reader: it must not raise, whatever state the
+        # socket or the child is in (a closed descriptor, a child already reaped).
+        with contextlib.suppress(OSError, ValueError):
+            self._loop.remove_reader(self._connection.fileno())
+        with contextlib.suppress(OSError):
+            self._connection.close()  # the child reads EOF and returns
+        with contextlib.suppress(OSError):
+            self._process.join(timeout=0)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(timeout=0.1)  # reaped now if it went at once; else by `close`
 
     def close(self) -> None:
         """Stop the child, waiting up to `STOP_SECONDS` for it to go."""
