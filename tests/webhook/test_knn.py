@@ -296,30 +296,38 @@ def test_local_slopes_answer_for_the_querys_own_size() -> None:
     assert local.predict(query)[2] == pytest.approx(local.predict(query)[3], rel=0.15)
 
 
-def test_local_adjustment_is_the_weighted_ridge_fit_and_stays_within_the_neighbours_span() -> None:
+def test_local_adjustment_is_the_weighted_ridge_fit_and_stays_within_the_neighbours_range() -> None:
     weights = np.array([[1.0, 1.0, 1.0, 1.0]])
     sizes = np.array([[[0.0], [1.0], [2.0], [3.0]]])
     targets = 2.0 * sizes[:, :, 0]  # slope 2, mean 3 at size 1.5
     move = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[2.5]]), alpha=1e-9)
     assert move[0] == pytest.approx(2.0, rel=1e-6)  # 3 + 2 = the line at 2.5
+    # Beyond the neighbours the line stops at the nearest of them: 6 at size 3, 0 at size 0, not 197.
     far = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[100.0]]), alpha=1e-9)
-    assert far[0] == pytest.approx(6.0)  # bounded by the targets' span, not 197
+    assert far[0] == pytest.approx(3.0, rel=1e-6)
+    below = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[-100.0]]), alpha=1e-9)
+    assert below[0] == pytest.approx(-3.0, rel=1e-6)
     flat = webhook.model.knn.local_adjustment(weights, np.zeros((1, 4)), sizes, np.array([[2.5]]), alpha=1e-9)
     assert flat[0] == 0.0
 
 
-def test_a_neighbour_of_negligible_weight_does_not_widen_the_local_bound() -> None:
-    # Two close neighbours (corrections 0.5 and 1.1) and a far one at -0.35 whose kernel weight is
-    # next to nothing: the move is bounded by the close ones' span (0.6), not by all three's (1.45).
+def test_a_neighbour_of_negligible_weight_widens_neither_the_range_nor_the_bound() -> None:
+    # Two close neighbours (corrections 0.5 and 1.1 at sizes 0 and 1) and a far one at size 10 whose
+    # kernel weight is next to nothing: a query at size 20 is taken at size 1, the close ones' edge.
     weights = np.array([[1.0, 0.9, 1e-9]])
-    sizes = np.array([[[0.0], [1.0], [0.5]]])
+    sizes = np.array([[[0.0], [1.0], [10.0]]])
     targets = np.array([[0.5, 1.1, -0.35]])
-    move = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[-20.0]]), alpha=1e-9)
-    assert move[0] == pytest.approx(-0.6)
-    # A far neighbour that does weigh something still widens it.
-    heavier = webhook.model.knn.local_adjustment(np.array([[1.0, 0.9, 0.2]]), targets, sizes, np.array([[-20.0]]),
+    centre = 0.9 / 1.9
+    move = webhook.model.knn.local_adjustment(weights, targets, sizes, np.array([[20.0]]), alpha=1e-9)
+    assert move[0] == pytest.approx(0.6 * (1.0 - centre), rel=1e-3)
+    # A far neighbour that does weigh something counts: the query is taken at size 10, on the
+    # weighted least-squares line through all three.
+    heavier_weights = np.array([1.0, 0.9, 0.2])
+    heavier = webhook.model.knn.local_adjustment(heavier_weights[None, :], targets, sizes, np.array([[20.0]]),
                                                  alpha=1e-9)
-    assert heavier[0] == pytest.approx(-1.45)
+    slope, intercept = np.polyfit(sizes[0, :, 0], targets[0], 1, w=np.sqrt(heavier_weights))
+    mean_target = np.average(targets[0], weights=heavier_weights)
+    assert heavier[0] == pytest.approx(slope * 10.0 + intercept - mean_target, rel=1e-6)
 
 
 def test_auto_trusts_its_neighbours_log_power_only_within_its_reach_of_their_priors() -> None:

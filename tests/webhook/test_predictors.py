@@ -322,6 +322,48 @@ def test_a_model_with_local_slopes_and_the_auto_target_round_trips(tmp_path: Pat
     assert loaded.pipeline[-1].local_features_.shape == (len(requests), len(local_regression_columns()))
 
 
+def _sized_training_set() -> tuple[list[InferenceRequest], np.ndarray]:
+    """Three images at 250, 500 and 1000 m, twice each, power following the request exactly."""
+    images = {"nginx:1.27": 1.0, "postgres:16": 2.5, "python:3.12": 1.6}
+    rows = [(image, cpu) for image in images for _ in range(2) for cpu in (250, 500, 1000)]
+    return [_request(cpu, 512, image) for image, cpu in rows], np.array([images[i] * cpu / 1000 * 3.0 for i, cpu in rows])
+
+
+def _sized_pipeline(target: str, **params: object):  # type: ignore[no-untyped-def]
+    from webhook.model.features import local_regression_columns, numeric_columns
+
+    return build_pipeline(n_neighbors=5, target=target).set_params(
+        knn__local_columns=local_regression_columns(), knn__unsearched_columns=numeric_columns(), knn__trust_factor=None,
+        knn__local_alpha=0.01, **params).fit(*_sized_training_set())
+
+
+def test_local_slopes_stop_at_the_neighbours_and_the_prior_carries_size_beyond_them() -> None:
+    query = [_request(4000, 512, "postgres:16")]  # four times the largest training request
+    truth, at_the_edge = 2.5 * 4.0 * 3.0, 2.5 * 1.0 * 3.0
+    assert _sized_pipeline("log_power").predict(query)[0] == pytest.approx(at_the_edge, rel=0.05)
+    # Extrapolating, the line goes on past them (as far as the targets' span bounds the move).
+    assert _sized_pipeline("log_power", knn__local_extrapolation=True).predict(query)[0] > 1.5 * at_the_edge
+    # Between its neighbours a query still gets the line: 750 m.
+    between = [_request(750, 512, "postgres:16")]
+    assert _sized_pipeline("log_power").predict(between)[0] == pytest.approx(2.5 * 0.75 * 3.0, rel=0.1)
+    # The correction target carries the size beyond them with the calibrated prior's physics.
+    assert _sized_pipeline("correction").predict(query)[0] == pytest.approx(truth, rel=0.2)
+
+
+def test_an_artifact_from_before_the_slopes_stopped_at_the_neighbours_still_extrapolates(tmp_path: Path) -> None:
+    pipeline = _sized_pipeline("log_power", knn__local_extrapolation=True)
+    path = tmp_path / "new.esmodel"
+    save_model(path, pipeline, "m")
+
+    def without_the_parameter(manifest: dict) -> None:  # type: ignore[type-arg]
+        assert manifest["steps"][1]["params"].pop("local_extrapolation") is True
+    older = load_model(_rewritten(path, tmp_path / "older.esmodel", without_the_parameter))
+    assert older.pipeline[-1].local_extrapolation is True
+    query = [_request(4000, 512, "postgres:16")]
+    assert older.predict(query)[0].power_watts == pytest.approx(pipeline.predict(query)[0], rel=1e-6)
+    assert build_pipeline()[-1].local_extrapolation is False  # what a new fit writes
+
+
 def test_knn_rejects_non_positive_power() -> None:
     requests, power = _training_set(rows=10)
     power[3] = 0.0

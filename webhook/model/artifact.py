@@ -51,6 +51,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 ARTIFACT_SUFFIX = ".esmodel"
 STEP_CLASSES: dict[str, type] = {"PodFeatureEncoder": PodFeatureEncoder, "AnchoredKNN": AnchoredKNN}
 STEP_NAMES = ("features", "knn")
+# Parameters added after artifacts were written without them, each with the value that reproduces
+# what those artifacts predicted (a new fit writes every parameter): before 2026-11-29 local slopes
+# extrapolated beyond the neighbours.
+LEGACY_PARAMS: dict[str, dict[str, Any]] = {"AnchoredKNN": {"local_extrapolation": True}}
 RUN_ARRAY_PREFIX = "arrays/run/"
 LOCAL_HEADER_BYTES = 30  # a zip entry's local file header before its name and extra field
 ARRAY_ALIGNMENT = 64
@@ -79,7 +83,7 @@ def build_run_pipeline(n_neighbors: int = 5, **encoder_params: Any) -> Pipeline:
     return Pipeline([
         ("features", PodFeatureEncoder(run_fields=True, **encoder_params)),
         ("knn", AnchoredKNN(n_neighbors=n_neighbors, target="correction", anchor="constant",
-                            physics_columns=len(PHYSICS_COLUMNS))),
+                            physics_columns=len(PHYSICS_COLUMNS), local_extrapolation=True)),
     ])
 
 
@@ -234,7 +238,7 @@ def _read_pipeline(path: Path, archive: zipfile.ZipFile, steps: Any, array_prefi
                 continue
             with archive.open(info) as member:
                 arrays[str(key)] = np.lib.format.read_array(io.BytesIO(member.read()), allow_pickle=False)
-        estimator = cls(**dict(step.get("params") or {}))
+        estimator = cls(**{**LEGACY_PARAMS.get(cls.__name__, {}), **dict(step.get("params") or {})})
         estimator.set_state(step.get("state") or {}, arrays)
         built.append((step["name"], estimator))
     return Pipeline(built)

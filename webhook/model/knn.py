@@ -269,7 +269,7 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.
 
 
 def local_adjustment(weights: np.ndarray, neighbour_targets: np.ndarray, neighbour_local: np.ndarray,
-                     query_local: np.ndarray, alpha: float) -> np.ndarray:
+                     query_local: np.ndarray, alpha: float, extrapolate: bool = False) -> np.ndarray:
     """How far each query's own local columns move its neighbours' weighted mean target: a weighted
     ridge regression of the targets on those columns, fitted among each query's neighbours alone.
 
@@ -287,8 +287,20 @@ def local_adjustment(weights: np.ndarray, neighbour_targets: np.ndarray, neighbo
     -0.65 by a far neighbour's -0.35 widening the bound to 1.46. Only neighbours with at least
     `NEGLIGIBLE_WEIGHT_SHARE` of the nearest's weight now bound it (the run model's too; with
     `_log_power_share`'s limit, five simulated draws' worst energy per run went from 30.5 to 25.8%
-    median APE). Shapes: weights and targets queries x k, local
-    values queries x k x m and queries x m.
+    median APE).
+
+    Unless `extrapolate`, the slopes interpolate and do not extrapolate: each of the query's local
+    values is taken at the nearest edge of what those neighbours span. A line through 1-2 GPU
+    training Jobs says little of an 8-GPU one, whose size beyond them the calibrated prior's physics
+    carries (the correction target adds it back; so does `target="auto"` in proportion to its
+    correction share). The run model extrapolates: nothing else carries a run's stated work
+    (`--epochs 30` where its neighbours state 3-10) to its length. Five
+    simulated draws (grouped CV of `train fit`'s grid, bench/README.md), served MAE 2.76 / 21.17 /
+    13.93 / 8.23 / 26.28 -> 3.09 / 9.94 / 9.46 / 7.47 / 22.91 W (the prior's 11.80 / 16.95 / 18.90 /
+    10.26 / 23.07), mean |log error| 0.277 / 0.265 / 0.267 / 0.235 / 0.291 -> 0.280 / 0.256 / 0.265 /
+    0.235 / 0.286; ML.ENERGY by model family 0.163 -> 0.164, by GPU product 0.209 -> 0.208. Allowing
+    a quarter or all of the span beyond its edges kept less of the gain (draw 2: 10.83, 17.49 W).
+    Shapes: weights and targets queries x k, local values queries x k x m and queries x m.
     """
     weights = weights / weights.sum(axis=1, keepdims=True)
     centre = np.einsum("qk,qkm->qm", weights, neighbour_local)
@@ -297,8 +309,12 @@ def local_adjustment(weights: np.ndarray, neighbour_targets: np.ndarray, neighbo
     gram = np.einsum("qkm,qk,qkn->qmn", centred, weights, centred) + alpha * np.eye(centred.shape[2])
     moment = np.einsum("qkm,qk->qm", centred, weights * (neighbour_targets - mean_target[:, None]))
     slopes = np.linalg.solve(gram, moment[:, :, None])[:, :, 0]
-    move = np.einsum("qm,qm->q", query_local - centre, slopes)
     carrying = weights >= NEGLIGIBLE_WEIGHT_SHARE * weights.max(axis=1, keepdims=True)
+    if not extrapolate:
+        lowest = np.where(carrying[:, :, None], neighbour_local, np.inf).min(axis=1)
+        highest = np.where(carrying[:, :, None], neighbour_local, -np.inf).max(axis=1)
+        query_local = np.clip(query_local, lowest, highest)
+    move = np.einsum("qm,qm->q", query_local - centre, slopes)
     span = (np.where(carrying, neighbour_targets, -np.inf).max(axis=1)
             - np.where(carrying, neighbour_targets, np.inf).min(axis=1))
     return np.clip(move, -span, span)
@@ -309,7 +325,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
     (> 0); predict W.
 
     ``local_columns`` are regressed among each query's neighbours (ridge ``local_alpha`` on the
-    encoder's standardised values); ``unsearched_columns`` do not choose neighbours; both are
+    encoder's standardised values), within the range those neighbours span unless
+    ``local_extrapolation`` (`local_adjustment`); ``unsearched_columns`` do not choose neighbours; both are
     column indices into X, after the physics columns. ``trust_factor=None``: no trust radius.
 
     ``log_power_reach`` (log W; None: anywhere): how far beyond its neighbours' own calibrated priors
@@ -346,6 +363,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         local_alpha: float = 0.3,
         unsearched_columns: tuple[int, ...] = (),
         log_power_reach: float | None = None,
+        local_extrapolation: bool = False,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.target = target
@@ -363,6 +381,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         self.local_alpha = local_alpha
         self.unsearched_columns = unsearched_columns
         self.log_power_reach = log_power_reach
+        self.local_extrapolation = local_extrapolation
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -675,7 +694,8 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         """The neighbours' weighted mean target, moved by the local slopes when there are any."""
         point = (weights * neighbour_targets).sum(axis=1) / weights.sum(axis=1)
         if local is not None:
-            point = point + local_adjustment(weights, neighbour_targets, local[0], local[1], self.local_alpha)
+            point = point + local_adjustment(weights, neighbour_targets, local[0], local[1], self.local_alpha,
+                                             self.local_extrapolation)
         return point
 
     def _neighbour_weights(self, distances: np.ndarray) -> np.ndarray:
