@@ -21,7 +21,7 @@ from webhook.admission.pipeline import ReviewPipeline
 from webhook.admission.review import parse_review
 
 from webhook.model.artifact import build_pipeline, file_sha256, load_model, save_model
-from webhook.model.process import PredictionProcess, ProcessUnavailable
+from webhook.model.process import PredictionFailed, PredictionProcess, ProcessUnavailable, answers
 from webhook.model.prior import PriorPredictor
 from webhook.model.schema import ContainerSpec, InferenceRequest
 from webhook.model.service import PredictionService
@@ -57,7 +57,8 @@ async def _ready(process: PredictionProcess) -> None:
 def test_the_process_predicts_exactly_what_this_process_would(artifact: Path) -> None:
     queries = [_request(m, image, gpus) for m in (50, 150, 700, 3000) for image in ("nginx", "httpd")
                for gpus in (0.0, 1.0)]
-    expected = load_model(artifact, prior=PriorPredictor()).predict(queries)
+    model = load_model(artifact, prior=PriorPredictor())
+    expected = [model.predict([query])[0] for query in queries]  # one at a time, as a worker thread predicts
 
     async def main() -> list[object]:
         process = PredictionProcess(artifact, file_sha256(artifact), PriorPredictor())
@@ -70,6 +71,30 @@ def test_the_process_predicts_exactly_what_this_process_would(artifact: Path) ->
             process.close()
 
     assert asyncio.run(main()) == expected
+
+
+def test_a_batch_is_answered_request_by_request_and_a_failure_stays_its_own(artifact: Path) -> None:
+    model = load_model(artifact, prior=PriorPredictor())
+    queries = [_request(m, image) for m in (50, 700, 3000) for image in ("nginx", "httpd")]
+    batch = [q.model_dump_json().encode() for q in queries]
+    assert answers(model, batch) == [model.predict([q])[0] for q in queries]
+    # A request that does not parse fails alone.
+    replies = answers(model, [batch[0], b'{"workload_kind": "Deployment"', batch[1]])
+    assert replies[0] == model.predict([queries[0]])[0] and replies[2] == model.predict([queries[1]])[0]
+    assert isinstance(replies[1], PredictionFailed) and "ValidationError" in replies[1].error
+
+    # So does one the model cannot predict: a stand-in that raises for one image (the real model
+    # raises for none of these), around the real model for the rest.
+    class RaisesForOneImage:
+        def predict(self, requests: list[InferenceRequest]) -> list[object]:
+            if any(r.containers[0].image == "boom" for r in requests):
+                raise RuntimeError("cannot predict boom")
+            return model.predict(requests)
+
+    boom = _request(100, "boom").model_dump_json().encode()
+    replies = answers(RaisesForOneImage(), [batch[2], boom, batch[3]])  # type: ignore[arg-type]
+    assert replies[0] == model.predict([queries[2]])[0] and replies[2] == model.predict([queries[3]])[0]
+    assert replies[1] == PredictionFailed("RuntimeError: cannot predict boom")
 
 
 def test_a_process_that_cannot_load_the_artifact_ends_and_says_why(artifact: Path) -> None:
@@ -177,6 +202,30 @@ def test_a_process_that_dies_fails_over_and_is_reported_ended(artifact: Path) ->
                     await process.predict(_request(300))
                     await asyncio.sleep(0.01)
             assert process.ended and "it ended" in str(process.error)
+        finally:
+            process.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("message, why", [
+    ("not a list", "it answered with a str"),
+    ([None], "it answered with a NoneType"),
+    ([PredictionFailed("x"), PredictionFailed("y")], "it answered a request it was not sent"),
+])
+def test_an_answer_out_of_protocol_ends_the_process(artifact: Path, message: object, why: str) -> None:
+    # What a child of another version, or a corrupted stream, could send: the answers could no
+    # longer be matched to their requests, so the process ends and the request fails over.
+    async def main() -> None:
+        process = PredictionProcess(artifact, file_sha256(artifact), PriorPredictor())
+        try:
+            await _ready(process)
+            process._connection.send_bytes = lambda data: None  # type: ignore[method-assign]  # the child never hears
+            waiting = process.submit(_request(100))
+            process._receive(message)
+            assert process.ended and why in str(process.error)
+            with pytest.raises((ProcessUnavailable, RuntimeError)):
+                await waiting
         finally:
             process.close()
 

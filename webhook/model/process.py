@@ -15,7 +15,8 @@ The child loads the artifact that serves, checked against its sha256, so both pr
 and whenever it cannot take a request, the caller predicts in a worker thread as before
 (`ProcessUnavailable`). It is started with "spawn": forking a server whose threads may hold
 locks would copy them held. What crosses the socket is an InferenceRequest as JSON one way and
-a `PodPrediction` (plain fields, pickled by the child this server started) the other; requests
+a list of `PodPrediction`s (plain fields, pickled by the child this server started) the other:
+the child predicts every request waiting when it looks as one block (`answers`); requests
 are answered in the order sent, and each answer is handed to its `on_answer` even when its
 review has stopped waiting (a slow model's late answer is still cached, as a worker thread's
 was). At most `max_outstanding` requests and `max_outstanding_bytes` are unanswered at once, well
@@ -40,8 +41,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from webhook.model.prediction import PodPrediction
+if TYPE_CHECKING:
+    from webhook.model.artifact import TrainedModel
 from webhook.model.prior import PriorPredictor
 from webhook.model.schema import InferenceRequest
 
@@ -90,14 +94,37 @@ def serve_predictions(connection: Connection, model_path: str, sha256: str, prio
     connection.send(("ready", model.model_id))
     while True:
         try:
-            data = connection.recv_bytes()
+            batch = [connection.recv_bytes()]
+            while connection.poll(0):  # every request already waiting: at most `MAX_OUTSTANDING`
+                batch.append(connection.recv_bytes())
         except (EOFError, OSError):
             return
+        connection.send(answers(model, batch))
+
+
+def answers(model: TrainedModel, batch: list[bytes]) -> list[PodPrediction | PredictionFailed]:
+    """The answer to each request of `batch` (InferenceRequest JSON), in order: its prediction, or
+    why there is none. The requests that parse are predicted as one block, which costs less a
+    request than one at a time (50,000-row model, 512 specs, parse included: 286 us alone, 215 in
+    fours, 201 in eights) and predicts the same numbers to the bit (tests/webhook/test_one_row_paths.py);
+    if the block raises, each is predicted alone, so one request's failure is its own."""
+    replies: list[PodPrediction | PredictionFailed] = [PredictionFailed("not predicted")] * len(batch)
+    parsed: list[tuple[int, InferenceRequest]] = []
+    for index, data in enumerate(batch):
         try:
-            answer: PodPrediction | PredictionFailed = model.predict([InferenceRequest.model_validate_json(data)])[0]
+            parsed.append((index, InferenceRequest.model_validate_json(data)))
         except Exception as exc:
-            answer = PredictionFailed(f"{type(exc).__name__}: {exc}")
-        connection.send(answer)
+            replies[index] = PredictionFailed(f"{type(exc).__name__}: {exc}")
+    try:
+        for (index, _), prediction in zip(parsed, model.predict([request for _, request in parsed]), strict=True):
+            replies[index] = prediction
+    except Exception:
+        for index, request in parsed:
+            try:
+                replies[index] = model.predict([request])[0]
+            except Exception as exc:
+                replies[index] = PredictionFailed(f"{type(exc).__name__}: {exc}")
+    return replies
 
 
 @dataclass
@@ -221,6 +248,16 @@ class PredictionProcess:
                 case _:
                     self._end(f"it said {type(message).__name__} before it was ready")
             return
+        if not isinstance(message, list):
+            self._end(f"it answered with a {type(message).__name__}")
+            return
+        for answer in message:
+            if self.ended:
+                return
+            self._answer(answer)
+
+    def _answer(self, message: object) -> None:
+        """Hand one answer to the oldest request: the child answers in the order it was sent them."""
         if not self._pending:
             self._end("it answered a request it was not sent")
             return
