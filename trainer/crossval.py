@@ -130,9 +130,11 @@ def candidate_params(k_grid: Sequence[int], weight_grid: bool, largest_train: in
                            "features__text_weight": text})
     # Local slopes over the resource columns, with neighbours chosen by every column or by words
     # and classes alone (a pod's kind, adjusted for its size), under two ridge penalties; k < 5
-    # has too few neighbours for a slope. The local fit extrapolates in size by itself, so it is
-    # not faded to the prior beyond a trust radius (ML.ENERGY by family, k=21: mean |log error|
-    # 0.172 fading, 0.163 not; the simulated cluster: the same either way; bench/README.md).
+    # has too few neighbours for a slope. These are not faded to the prior beyond a trust radius:
+    # within their neighbours' range the slopes carry a spec's size, beyond it the prior's physics
+    # does (`local_adjustment`). ML.ENERGY by family, k=21: mean |log error| 0.172 fading, 0.163 not
+    # while the slopes extrapolated; 0.173 against 0.164 since they stop at the neighbours' range
+    # (the simulated draws: the same either way; bench/README.md).
     # "auto" and "log_power" with and without a limit on how far the neighbours' log power reaches
     # (`AnchoredKNN.log_power_reach`).
     for (target, reach), unsearched, alpha, k in itertools.product(
