@@ -199,15 +199,22 @@ def test_objects_alive_after_start_are_frozen_out_of_the_garbage_collector(tmp_p
 
     from webhook.http.server import ServeSettings, build_app
 
+    from webhook.collector import YOUNG_GENERATION_THRESHOLD
+
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
+    assert thresholds[0] != YOUNG_GENERATION_THRESHOLD
     app = build_app(ServeSettings(cert_dir=tmp_path, kube_access="off"))
     try:
         with TestClient(app) as client:
             assert client.get("/readyz").json()["model"]["loaded"] is True
             assert gc.get_freeze_count() > 10_000
+            # Young objects are collected when they pile up, not whenever reviews in flight hold 700.
+            assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *thresholds[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_tls_is_verified_against_the_generated_ca(server: WebhookProcess, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -21,6 +20,7 @@ from typing import Protocol
 import anyio
 from starlette.applications import Starlette
 
+from webhook.collector import freeze_long_lived_objects
 from webhook.http.state import AppState, app_state
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,6 @@ class Stoppable(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def freeze_long_lived_objects() -> None:
-    """Move every object alive now out of the cyclic garbage collector's sight.
-
-    The loaded model and the imported libraries are ~150,000 tracked objects that live until the
-    next reload; a full collection scans them all (~70 ms with a 50,000-row model), and that
-    pause lands in the latency of whichever reviews are in flight. Frozen, they are still freed
-    by reference counting when a reload drops them.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 class WebhookLifespan:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import multiprocessing
 import signal
@@ -43,6 +42,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from webhook.collector import freeze_long_lived_objects
 from webhook.model.prediction import PodPrediction
 if TYPE_CHECKING:
     from webhook.model.artifact import TrainedModel
@@ -89,8 +89,7 @@ def serve_predictions(connection: Connection, model_path: str, sha256: str, prio
     except Exception as exc:  # anything: the parent must hear why, and predicts itself meanwhile
         connection.send(("failed", str(exc)))
         return
-    gc.collect()
-    gc.freeze()  # as the server does after a load (webhook.http.lifespan): no full collections of the model
+    freeze_long_lived_objects()  # as the server does after a load: no full collections of the model
     connection.send(("ready", model.model_id))
     while True:
         try:
