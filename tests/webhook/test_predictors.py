@@ -363,6 +363,11 @@ def test_an_artifact_from_before_the_slopes_stopped_at_the_neighbours_still_extr
     assert older.predict(query)[0].power_watts == pytest.approx(pipeline.predict(query)[0], rel=1e-6)
     assert build_pipeline()[-1].local_extrapolation is False  # what a new fit writes
 
+    def as_text(manifest: dict) -> None:  # type: ignore[type-arg]
+        manifest["steps"][1]["params"]["local_extrapolation"] = "false"
+    with pytest.raises(ArtifactError, match="local_extrapolation must be true or false, got 'false'"):
+        load_model(_rewritten(path, tmp_path / "text.esmodel", as_text))
+
 
 def test_knn_rejects_non_positive_power() -> None:
     requests, power = _training_set(rows=10)

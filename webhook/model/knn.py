@@ -295,11 +295,12 @@ def local_adjustment(weights: np.ndarray, neighbour_targets: np.ndarray, neighbo
     carries (the correction target adds it back; so does `target="auto"` in proportion to its
     correction share). The run model extrapolates: nothing else carries a run's stated work
     (`--epochs 30` where its neighbours state 3-10) to its length. Five
-    simulated draws (grouped CV of `train fit`'s grid, bench/README.md), served MAE 2.76 / 21.17 /
-    13.93 / 8.23 / 26.28 -> 3.09 / 9.94 / 9.46 / 7.47 / 22.91 W (the prior's 11.80 / 16.95 / 18.90 /
-    10.26 / 23.07), mean |log error| 0.277 / 0.265 / 0.267 / 0.235 / 0.291 -> 0.280 / 0.256 / 0.265 /
-    0.235 / 0.286; ML.ENERGY by model family 0.163 -> 0.164, by GPU product 0.209 -> 0.208. Allowing
-    a quarter or all of the span beyond its edges kept less of the gain (draw 2: 10.83, 17.49 W).
+    simulated draws (`python -m bench.accuracy --sets simulated --draws 5`, bench/README.md), served
+    MAE 2.76 / 21.18 / 13.94 / 8.24 / 26.28 -> 3.09 / 9.94 / 9.49 / 7.48 / 22.89 W (the prior's
+    11.80 / 16.95 / 18.91 / 10.29 / 23.09), mean |log error| 0.277 / 0.265 / 0.268 / 0.236 / 0.291
+    -> 0.279 / 0.256 / 0.266 / 0.236 / 0.285; ML.ENERGY by model family 0.163 -> 0.164, by GPU
+    product 0.209 -> 0.208. Allowing a quarter or all of the span beyond its edges kept less of the
+    gain (scratch, draw 2: 10.83, 17.49 W).
     Shapes: weights and targets queries x k, local values queries x k x m and queries x m.
     """
     weights = weights / weights.sum(axis=1, keepdims=True)
@@ -429,6 +430,7 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
         local = self._local_columns(X.shape[1])
         if self.local_alpha <= 0:
             raise ValueError(f"local_alpha must be > 0, got {self.local_alpha}")
+        self._check_local_extrapolation()
         self.prior_ = self._fitted_prior(physics, power, shared_fits)
         log_power = np.log(power)
         log_anchors = np.log(self.prior_.predict(physics))
@@ -735,7 +737,12 @@ class AnchoredKNN(RegressorMixin, BaseEstimator):
             **({} if self.inverted_lists_ is None else
                {"ivf_centroids": self.inverted_lists_[0], "ivf_offsets": self.inverted_lists_[1]})})
 
+    def _check_local_extrapolation(self) -> None:
+        if not isinstance(self.local_extrapolation, bool):  # a file's "false" would otherwise be true
+            raise ValueError(f"local_extrapolation must be true or false, got {self.local_extrapolation!r}")
+
     def set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "AnchoredKNN":
+        self._check_local_extrapolation()
         # Column-major, the layout both indexes search and `to_state` stores: a mapped artifact's
         # rows are then used in place. An inverted file stored row-major (before 2026-11-29) is
         # searched row-major, not copied (`InvertedFileIndex`).

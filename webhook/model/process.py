@@ -15,7 +15,8 @@ The child loads the artifact that serves, checked against its sha256, so both pr
 and whenever it cannot take a request, the caller predicts in a worker thread as before
 (`ProcessUnavailable`). It is started with "spawn": forking a server whose threads may hold
 locks would copy them held. What crosses the socket is an InferenceRequest as JSON one way and
-a list of `PodPrediction`s (plain fields, pickled by the child this server started) the other:
+a list of answers, each a `PodPrediction` or a `PredictionFailed` (plain fields, pickled by the
+child this server started), the other:
 the child predicts every request waiting when it looks as one block (`answers`); requests
 are answered in the order sent, and each answer is handed to its `on_answer` even when its
 review has stopped waiting (a slow model's late answer is still cached, as a worker thread's
@@ -94,7 +95,7 @@ def serve_predictions(connection: Connection, model_path: str, sha256: str, prio
     while True:
         try:
             batch = [connection.recv_bytes()]
-            while connection.poll(0):  # every request already waiting: at most `MAX_OUTSTANDING`
+            while connection.poll(0):  # every request already waiting: the parent bounds how many (`submit`)
                 batch.append(connection.recv_bytes())
         except (EOFError, OSError):
             return
