@@ -134,6 +134,19 @@ class ResidentSample:
     threads: int
 
 
+def children_sample(pid: int) -> tuple[int, float]:
+    """How many live child processes `pid` has, and their VmRSS summed (MiB): a webhook's
+    prediction process and multiprocessing's resource tracker."""
+    count, rss_mib = 0, 0.0
+    for child in child_pids(pid):
+        try:
+            rss_mib += resident_sample(child).rss_mib
+            count += 1
+        except (OSError, KeyError):  # gone since the listing, or a zombie without VmRSS
+            pass
+    return count, rss_mib
+
+
 def resident_sample(pid: int) -> ResidentSample:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return ResidentSample(

@@ -185,11 +185,19 @@ def soak_tables(result: dict[str, Any]) -> str:
         ["generator health", f"max send lag {cell(requests['max_send_lag_ms'], 1)} ms, "
                              f"{cell(requests['late_sends'])} sends > 10 ms late"],
     ]
+    if "model_runs" in result:
+        runs = result["model_runs"]
+        rows.append(["cache misses predicted: in the prediction process / in worker threads",
+                     f"{cell(runs.get('process', 0))} / {cell(runs.get('thread', 0))}"])
     trend_rows = []
     for name, label, digits in (("rss_mib", "resident memory (MiB)", 1), ("open_fds", "open file descriptors", 0),
-                                ("threads", "threads", 0)):
+                                ("threads", "threads", 0),
+                                ("child_processes", "its child processes (prediction process, resource tracker)", 0),
+                                ("children_rss_mib", "their resident memory, summed (MiB)", 1)):
+        if name not in result["trends"]:  # a run from before children were sampled
+            continue
         t = result["trends"][name]
-        trend_rows.append([label, cell(fill["before"][name], digits), cell(t["at_start"], digits), cell(t["first"], digits),
+        trend_rows.append([label, cell(fill["before"].get(name), digits), cell(t["at_start"], digits), cell(t["first"], digits),
                            cell(t["last"], digits),
                            f"{cell(t['min'], digits)}-{cell(t['max'], digits)}",
                            f"{t['slope_per_hour']:+.2f} +- {t['slope_standard_error_per_hour']:.2f}",

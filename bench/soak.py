@@ -58,7 +58,7 @@ from sklearn.pipeline import Pipeline
 from bench import servers
 from bench.machine import load_average
 from bench.model_artifact import TRAINING_SEED, calibrated_knn, fit_encoder, training_set
-from bench.proc_stats import resident_sample
+from bench.proc_stats import children_sample, resident_sample
 from bench.report import soak_tables
 from bench.results import RunRecord, cell, markdown_table
 from bench.soak_load import LoadOutcome, LoadPlan, LoadProcess
@@ -112,6 +112,10 @@ class SoakSettings:
                       "rate_per_second": rate or base.rate_per_second, "rows": rows or base.rows})
 
 
+# What is sampled and fitted a slope: the server's memory, descriptors and threads, and its children.
+TRENDS = ("rss_mib", "open_fds", "threads", "child_processes", "children_rss_mib")
+
+
 @dataclass
 class Sample:
     seconds: float  # since the first request was due
@@ -119,6 +123,8 @@ class Sample:
     open_fds: int
     threads: int
     load_average_1m: float
+    child_processes: int  # the prediction process and multiprocessing's resource tracker
+    children_rss_mib: float
 
 
 @dataclass
@@ -148,8 +154,10 @@ class Sampler(threading.Thread):
             now = time.monotonic()
             if self.start_monotonic <= now <= self.start_monotonic + self.duration_seconds:
                 taken = resident_sample(self.pid)
+                children, children_rss_mib = children_sample(self.pid)
                 self.samples.append(Sample(round(now - self.start_monotonic, 2), round(taken.rss_mib, 2),
-                                           taken.open_fds, taken.threads, load_average()[0]))
+                                           taken.open_fds, taken.threads, load_average()[0], children,
+                                           round(children_rss_mib, 2)))
             self.halt.wait(self.every_seconds - (time.monotonic() - now) % self.every_seconds)
 
 
@@ -238,6 +246,14 @@ def run_schedule(server: WebhookProcess, settings: SoakSettings, model_path: Pat
     return events
 
 
+def model_runs_by_place(server: WebhookProcess) -> dict[str, float]:
+    """energetiscope_model_runs_total by where the model ran: {"process": ..., "thread": ...}."""
+    with server.client() as client:
+        text = client.get("/metrics").text
+    return {line.split('where="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("energetiscope_model_runs_total{")}
+
+
 def reload_counters(server: WebhookProcess) -> dict[str, float]:
     """energetiscope_reloads_total by what and result, e.g. {"certificate/ok": 20.0}."""
     with server.client() as client:
@@ -304,7 +320,7 @@ def summarise(settings: SoakSettings, outcome: LoadOutcome, samples: list[Sample
         "latency_within_15s_of_a_model_reload": _latency(outcome.latency_ms[after_warmup & just_after_reload]),
         "latency_otherwise": _latency(outcome.latency_ms[after_warmup & ~just_after_reload]),
         "trends": {name: _trend(samples, name, settings.warmup_seconds, measured_hours)
-                   for name in ("rss_mib", "open_fds", "threads")},
+                   for name in TRENDS},
         "rss_mib_before_each_model_reload": [{"seconds": s, "rss_mib": r} for s, r in before_reload],
         "rss_mib_per_model_reload": round(per_reload.slope, 3),
         "reloads": {
@@ -367,6 +383,7 @@ def main() -> None:
             load = LoadProcess(LoadPlan(**{**asdict(plan), "port": server.port}))
             print(f"soak: {settings.duration_seconds / 60:g} min at {settings.rate_per_second:g}/s ...", flush=True)
             before_fill = resident_sample(server.process.pid)
+            children_before_fill = children_sample(server.process.pid)
             try:
                 fill, start = load.start()
                 print(f"  filled the caches: {fill.reviews:,} new specs in {fill.seconds:.0f} s, {fill.failed} failed",
@@ -380,11 +397,14 @@ def main() -> None:
             finally:
                 load.stop()
             counters = reload_counters(server)
+            model_runs = model_runs_by_place(server)
         exit_code = server.process.returncode
         log_errors = Counter(_error_kind(line) for line in server.log_path.read_text(errors="replace").splitlines()
                              if " ERROR " in line or line.startswith("ERROR"))
     summary = summarise(settings, outcome, sampler.samples, events, counters)
-    summary["fill"] = {**asdict(fill), "before": asdict(before_fill)}
+    summary["fill"] = {**asdict(fill), "before": {**asdict(before_fill), "child_processes": children_before_fill[0],
+                                                 "children_rss_mib": round(children_before_fill[1], 2)}}
+    summary["model_runs"] = model_runs
     summary["server_exit_code"] = exit_code
     print(soak_tables({"settings": asdict(settings), **summary}))
     path = record.write({
