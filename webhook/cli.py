@@ -40,7 +40,8 @@ main.add_command(diff)
 main.add_command(regions)
 main.add_command(_TrainerGroup(
     "train",
-    help="Train the power model from Kepler measurements: collect, labels, dataset, fit, evaluate, run.",
+    help="Train the power model from measurements (Kepler and dcgm-exporter in Prometheus, or a measurement "
+         "table): collect, labels, dataset, fit, evaluate, run.",
 ))
 
 if __name__ == "__main__":
