@@ -219,6 +219,11 @@ def _fit(dataset: Path, out: Path, k_grid: str, weight_grid: bool, target_unit: 
     data = card["data"]
     click.echo(f"model {outcome.model_id}: {card['model']['description']}; {data['targets']} targets, "
                f"{data['pods']} pods, {data['workloads']} workloads")
+    if data["excluded_pods"]:
+        click.echo(f"left out: {data['excluded_pods']} pods with fewer than {data['min_active_windows']} active "
+                   f"windows (--min-active-windows)")
+    for warning in card.get("warnings", []):
+        click.echo(f"warning: {warning}")
     cv = card["cross_validation"]
     click.echo(f"cross-validation: {cv['skipped']}" if "skipped" in cv else f"{cv['scheme']}\n{metrics_table(card_metrics(card, 'cross_validation'))}")
     if "runs" in card:

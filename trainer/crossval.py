@@ -98,7 +98,8 @@ def grouped_folds(groups: np.ndarray, max_splits: int = DEFAULT_MAX_SPLITS,
                   logo_max_groups: int = DEFAULT_LOGO_MAX_GROUPS) -> Folds:
     n_groups = len(np.unique(groups))
     if n_groups < 2:
-        raise NotEnoughWorkloads(f"grouped cross-validation needs at least 2 workloads, the data has {n_groups}")
+        raise NotEnoughWorkloads(f"grouped cross-validation needs at least 2 groups (the dataset's `group` column, "
+                                 f"else its workloads), the data has {n_groups}")
     if n_groups <= logo_max_groups:
         splitter: Any = LeaveOneGroupOut()
         scheme = f"leave-one-group-out ({n_groups} folds)"

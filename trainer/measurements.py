@@ -45,6 +45,7 @@ without a spec are not errors: they are counted by reason in the summary, as in 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
@@ -60,6 +61,7 @@ from trainer.collect import read_requests
 from trainer.dataset import EXAMPLES_PER_REASON, JoinSummary, build_dataset, write_dataset, write_summary
 from trainer.labels import LABEL_COLUMNS
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS
+from webhook.files import NotUtf8Error, utf8_text
 from webhook.model.manifests import ManifestError, read_manifests
 from webhook.model.manifests import manifest_files as find_manifest_files
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
@@ -124,7 +126,11 @@ def _is_parquet(path: Path) -> bool:
 
 
 def _read_csv(path: Path, file: str) -> RawTable:
-    with open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig: a spreadsheet's BOM
+    try:
+        text = utf8_text(path.read_bytes(), file)
+    except NotUtf8Error as exc:
+        raise MeasurementError(file, str(exc).removeprefix(f"{file}: ")) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
@@ -339,6 +345,10 @@ class SpecSources:
     requests_files: int = 0
     skipped_documents: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    # Those of `requests` read from objects without metadata.namespace (helm template's output,
+    # say): read into "default", as kubectl applies them without -n, and joinable in any namespace
+    # (`in_measured_namespaces`).
+    without_namespace: list[InferenceRequest] = field(default_factory=list)
 
 
 def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -360,6 +370,8 @@ def _read_manifest_text(text: str, file: str, specs: SpecSources) -> None:
         more = f" (and {len(problems) - EXAMPLES_PER_REASON} more)" if len(problems) > EXAMPLES_PER_REASON else ""
         raise ManifestReadError("workload objects that cannot be read:\n" + "\n".join(problems[:EXAMPLES_PER_REASON]) + more)
     specs.requests.extend(request for _, request in report.requests)
+    specs.without_namespace.extend(request for (_, request), obj in zip(report.requests, report.objects, strict=True)
+                                   if not (obj.get("metadata") or {}).get("namespace"))
     specs.manifest_files += 1
     specs.skipped_documents += len(report.skipped)
     for skipped in report.skipped:
@@ -377,7 +389,11 @@ def read_specs(manifest_paths: Sequence[str | os.PathLike[str]] = (),
             _read_manifest_text(sys.stdin.read(), "<stdin>", specs)
             continue
         for file in manifest_files(path):
-            _read_manifest_text(file.read_text(encoding="utf-8"), str(file), specs)
+            try:
+                text = utf8_text(file.read_bytes(), str(file))
+            except NotUtf8Error as exc:
+                raise ManifestReadError(str(exc)) from None
+            _read_manifest_text(text, str(file), specs)
     for path in requests_paths:
         specs.requests.extend(read_requests(path))
         specs.requests_files += 1
@@ -453,9 +469,31 @@ class MeasurementSummary:
         return "\n".join([*lines, self.join.describe(rows_name="measurement rows")])
 
 
-def build_measurement_dataset(checked: CheckedTable, requests: Sequence[InferenceRequest]) -> tuple[pd.DataFrame, JoinSummary]:
+def in_measured_namespaces(measurements: Sequence[Measurement], requests: Sequence[InferenceRequest],
+                           without_namespace: Sequence[InferenceRequest]) -> list[InferenceRequest]:
+    """`requests`, and a copy of each spec whose manifest set no namespace in every namespace where a
+    row measures its kind and name and no spec of its own names that namespace: the manifest as
+    `kubectl apply -n NAMESPACE` would have created it there. (The same chart rendered once and
+    measured in three namespaces joins all three.)"""
+    placed = {(r.namespace, r.workload_kind, r.workload_name) for r in requests}
+    unplaced: dict[tuple[str, str], InferenceRequest] = {}
+    for request in without_namespace:
+        unplaced.setdefault((request.workload_kind, request.workload_name), request)
+    copies: list[InferenceRequest] = []
+    for measurement in measurements:
+        spec = unplaced.get((measurement.workload_kind, measurement.workload_name))
+        if spec is not None and measurement.key not in placed:
+            placed.add(measurement.key)
+            copies.append(spec.model_copy(update={"namespace": measurement.namespace}))
+    return [*requests, *copies]
+
+
+def build_measurement_dataset(checked: CheckedTable, requests: Sequence[InferenceRequest],
+                              without_namespace: Sequence[InferenceRequest] = ()) -> tuple[pd.DataFrame, JoinSummary]:
     """The rows joined to the specs by `trainer.dataset.build_dataset` (same rules, same summary),
-    with the columns `source`, `pod_count`, `window_count` and, where the table has groups, `group`."""
+    with the columns `source`, `pod_count`, `window_count` and, where the table has groups, `group`.
+    A spec from a manifest without a namespace joins in the rows' namespaces (`in_measured_namespaces`)."""
+    requests = in_measured_namespaces(checked.measurements, requests, without_namespace)
     frame, join = build_dataset(_as_labels(checked.measurements), requests)
     return _with_measurement_columns(frame, checked.measurements), join
 
@@ -468,7 +506,10 @@ def run_measurement_dataset(measurements_path: str | os.PathLike[str], out: str 
     table = read_measurement_table(measurements_path)
     checked = check_measurements(table)
     specs = read_specs(manifest_paths, requests_paths)
-    frame, join = build_measurement_dataset(checked, specs.requests)
+    frame, join = build_measurement_dataset(checked, specs.requests, specs.without_namespace)
+    if join.joined.rows == 0:
+        raise ValueError(f"no measurement row joined a spec (by namespace, workload_kind and workload_name), so there "
+                         f"is nothing to train on:\n{join.describe(rows_name='measurement rows')}")
     groups = {m.group for m in checked.measurements if m.group is not None}
     summary = MeasurementSummary(
         measurements_file=Path(table.file).name, file_format=table.file_format, rows=len(checked.measurements),

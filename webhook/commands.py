@@ -135,14 +135,21 @@ def _offline_service(model_path: Path | None, prior: PriorCoefficients,
     from webhook.model.service import PredictionService
 
     service = PredictionService(PriorPredictor(prior), model_path=model_path)
-    service.load()
+    # A server logs that it serves the prior when its model will not load; here that is an error.
+    service_log = logging.getLogger("webhook.model.service")
+    level = service_log.level
+    service_log.setLevel(logging.CRITICAL)
+    try:
+        service.load()
+    finally:
+        service_log.setLevel(level)
     if service.status().error:
         raise error(service.status().error)
     return service
 
 
 @click.command()
-@click.argument("manifest", type=click.File("r"))
+@click.argument("manifest", type=click.File("rb"))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
@@ -150,13 +157,16 @@ def _offline_service(model_path: Path | None, prior: PriorCoefficients,
 def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts: float,  # type: ignore[no-untyped-def]
             prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
     """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
+    from webhook.files import NotUtf8Error, utf8_text
     from webhook.model.report import predict_out
     from webhook.model.manifests import ManifestError, read_manifests
 
     service = _offline_service(model_path, _prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation,
                                                   prior_pue))
     try:
-        report = read_manifests(manifest.read())
+        report = read_manifests(utf8_text(manifest.read(), manifest.name))
+    except NotUtf8Error as exc:
+        raise click.ClickException(str(exc)) from None
     except ManifestError as exc:
         raise click.ClickException(f"{manifest.name}: {exc}") from None
     rows = [{**where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests]

@@ -1,4 +1,5 @@
-"""Files on disk: written atomically, and noticed when replaced or rewritten.
+"""Files on disk: written atomically, noticed when replaced or rewritten, and read as UTF-8 text
+with an error that says which file and line is not.
 
 Atomic writes: a reader (the webhook reloading a model, a certificate, a policy) sees the old
 file or the whole new one, never half of one. The data goes to a temporary file in the target's
@@ -12,6 +13,21 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+class NotUtf8Error(ValueError):
+    """A file that is not UTF-8 text; the message names the file, the line and the byte."""
+
+
+def utf8_text(data: bytes, name: str) -> str:
+    """`data` decoded as UTF-8, a leading byte-order mark dropped (a spreadsheet's or an editor's).
+    Latin-1 or UTF-16 (what Windows PowerShell's `>` writes) raise `NotUtf8Error` naming `name`."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise NotUtf8Error(f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                           f"save it as UTF-8") from None
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None], *, mode: int | None = None) -> Path:

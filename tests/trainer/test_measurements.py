@@ -293,6 +293,54 @@ def test_rows_without_a_spec_are_reported_by_reason_not_dropped_silently(
     assert "measured-but-never-described" not in set(read_dataset(tmp_path / "d.parquet")["workload_name"])
 
 
+def test_a_manifest_without_a_namespace_joins_the_rows_that_measure_it_in_any_namespace(
+        subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    # helm template's output sets no namespace: kubectl -n decides where it runs, the rows say where it was measured.
+    rows = subset[:3]
+    elsewhere = {**rows[0], "namespace": "team-b"}  # the same chart, also measured in another namespace
+    measurements = write_csv(tmp_path / "m.csv", [*rows, elsewhere])
+    bare = []
+    for row in rows:
+        manifest = json.loads(json.dumps(mlenergy_manifests[row["workload_name"]]))
+        del manifest["metadata"]["namespace"]
+        bare.append(manifest)
+    manifests = tmp_path / "bare.yaml"
+    manifests.write_text(yaml.safe_dump_all(bare), encoding="utf-8")
+    output = ok(run_dataset("--measurements", str(measurements), "--manifests", str(manifests), "--out", str(tmp_path / "d.parquet")))
+    assert "joined: 4 rows" in output
+    joined = read_dataset(tmp_path / "d.parquet")
+    assert sorted(set(zip(joined["namespace"], joined["workload_name"]))) == sorted(
+        {(r["namespace"], r["workload_name"]) for r in [*rows, elsewhere]})
+    # The spec is the manifest's in each namespace.
+    by_namespace = {ns: json.loads(text) for ns, text in zip(joined["namespace"], joined["request_json"])
+                    if text and json.loads(text)["workload_name"] == rows[0]["workload_name"]}
+    assert by_namespace["team-b"]["containers"] == by_namespace[rows[0]["namespace"]]["containers"]
+
+
+def test_files_that_are_not_utf8_are_named(
+        subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    measurements = write_csv(tmp_path / "m.csv", subset[:2])
+    manifests = write_manifests(tmp_path / "m.yaml", mlenergy_manifests, subset[:2])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(measurements.read_text(encoding="utf-8").replace("llm-serving", "llm-servé", 1).encode("latin-1"))
+    message = failure(run_dataset("--measurements", str(latin), "--manifests", str(manifests), "--out", str(tmp_path / "d.parquet")))
+    assert "latin.csv" in message and "not UTF-8 text (byte 0xe9 on line 2)" in message
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes(manifests.read_text(encoding="utf-8").encode("utf-16"))
+    message = failure(run_dataset("--measurements", str(measurements), "--manifests", str(utf16), "--out", str(tmp_path / "d.parquet")))
+    assert f"{utf16}: not UTF-8 text" in message
+
+
+def test_a_table_that_joins_no_spec_is_refused_with_what_did_not_join(
+        subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    measurements = write_csv(tmp_path / "m.csv", [{**subset[0], "workload_name": "nowhere"}])
+    manifests = write_manifests(tmp_path / "m.yaml", mlenergy_manifests, subset[1:2])
+    message = failure(run_dataset("--measurements", str(measurements), "--manifests", str(manifests),
+                                  "--out", str(tmp_path / "d.parquet")))
+    assert "no measurement row joined a spec" in message and "no-spec: 1 rows" in message
+    assert not (tmp_path / "d.parquet").exists()
+
+
 # -- group, pods, windows -----------------------------------------------------------------------------
 
 

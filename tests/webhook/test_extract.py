@@ -269,6 +269,16 @@ def test_list_documents_and_yaml_errors() -> None:
         read_manifests("kind: Pod\n  bad: [unclosed\n")
 
 
+def test_typed_lists_as_kubectl_get_writes_them_are_read_item_by_item() -> None:
+    text = yaml.safe_dump({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "1"},
+                           "items": [_deployment(), _deployment(resources={"requests": {"cpu": "2"}})]})
+    report = read_manifests(text)
+    assert [(w.document, w.item) for w, _ in report.requests] == [(1, 0), (1, 1)]
+    assert [r.containers[0].req_cpu_mcpu for _, r in report.requests] == [None, 2000]
+    # A kind that merely ends in "List" but has no items is an object like any other: skipped.
+    assert read_manifests("apiVersion: v1\nkind: AllowList\nmetadata: {name: x}\n").skipped[0]["kind"] == "AllowList"
+
+
 def test_a_quantity_read_before_reads_the_same_and_errors_still_name_their_field() -> None:
     """CPU and memory amounts are remembered by their string: the same string reads the same in
     either unit and in any field, and a value that fails is never remembered."""

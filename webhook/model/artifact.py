@@ -123,13 +123,19 @@ class TrainedModel:
         anchor = "the calibrated prior" if knn.prior_.fit_coefficients else "the embedded prior"
         for i in range(len(requests)):
             reason = None
+            point, low, high = float(detail.power_watts[i]), float(detail.power_watts_p10[i]), float(detail.power_watts_p90[i])
             if detail.prior_only[i]:
                 reason = (f"nearest training pod is {float(detail.nearest_distance[i]):.2f} away, beyond the model's "
                           f"trust radius {knn.trust_radius_:.2f}: {anchor} answers")
+                # The model's p10/p90 were calibrated where it has neighbours; where it has none, the
+                # range is at least as wide, relative to the point, as the embedded prior's own.
+                own = self.prior.predict_one(requests[i])
+                low = min(low, point * own.power_watts_p10 / own.power_watts)
+                high = max(high, point * own.power_watts_p90 / own.power_watts)
             predictions.append(PodPrediction(
-                power_watts=float(detail.power_watts[i]),
-                power_watts_p10=float(detail.power_watts_p10[i]),
-                power_watts_p90=float(detail.power_watts_p90[i]),
+                power_watts=point,
+                power_watts_p10=low,
+                power_watts_p90=high,
                 model_id=self.model_id,
                 basis="prior" if reason else "model",
                 fallback_reason=reason,

@@ -141,11 +141,13 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> ManifestReport:
-    """Sort each document (and each item of a ``kind: List``) into requests, skipped or errors."""
+    """Sort each document (and each item of a ``kind: List`` or a typed list such as
+    ``DeploymentList``) into requests, skipped or errors."""
     report = ManifestReport()
     for number, located in enumerate(load_located_documents(text, max_documents), start=1):
         document = located.value
-        if isinstance(document, Mapping) and document.get("kind") == "List" and "items" in document:
+        # `kind: List`, and the typed lists `kubectl get -o yaml` writes (DeploymentList, PodList, ...).
+        if isinstance(document, Mapping) and str(document.get("kind") or "").endswith("List") and "items" in document:
             items = document.get("items")
             if not isinstance(items, list):
                 report.errors.append({**Located(number).as_dict(), "field": "items", "problem": "expected a list"})

@@ -1,0 +1,53 @@
+"""`energetiscope predict FILE` on what users hand it by mistake: the error names the file and what
+is wrong, without a traceback, and says nothing it does not do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from webhook.cli import main
+
+DEPLOYMENT = {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"team": "café"}},
+    "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx",
+                                                    "resources": {"requests": {"cpu": "250m"}}}]}}},
+}
+
+
+def _predict(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["predict", *args])
+    assert "Traceback" not in result.output and not isinstance(result.exception, UnicodeDecodeError)
+    return result.exit_code, result.output
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    text = "# rendered by a tool\n" + yaml.safe_dump(DEPLOYMENT, allow_unicode=True)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(text.encode("latin-1"))
+    code, output = _predict(str(latin))
+    line = 1 + text.split("café")[0].count("\n")
+    assert code == 1 and f"{latin}: not UTF-8 text (byte 0xe9 on line {line}); save it as UTF-8" in output
+    utf16 = tmp_path / "utf16.yaml"  # what Windows PowerShell's > writes
+    utf16.write_bytes(text.encode("utf-16"))
+    code, output = _predict(str(utf16))
+    assert code == 1 and f"{utf16}: not UTF-8 text" in output
+    # The same text as UTF-8, with or without a byte-order mark, is predicted.
+    for name, data in (("utf8.yaml", text.encode()), ("bom.yaml", text.encode("utf-8-sig"))):
+        (tmp_path / name).write_bytes(data)
+        code, output = _predict(str(tmp_path / name), "-o", "json")
+        assert code == 0 and '"workload_name": "web"' in output
+
+
+def test_a_model_that_does_not_load_is_an_error_and_nothing_else(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(DEPLOYMENT, allow_unicode=True), encoding="utf-8")
+    # As a user runs it: the logging a server sets up writes to the real stderr.
+    result = subprocess.run([sys.executable, "-m", "webhook.cli", "predict", str(manifest), "--model",
+                             str(tmp_path / "missing.joblib")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Error:" in result.stderr and "missing.joblib" in result.stderr
+    assert "serving the prior" not in result.stderr + result.stdout
