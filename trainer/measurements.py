@@ -48,6 +48,7 @@ import csv
 import io
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,13 @@ POWER_COLUMN = "power_watts"
 ENERGY_COLUMN = "energy_joules"
 DURATION_COLUMN = "duration_seconds"
 GROUP_COLUMN = "group"
+# More than any one machine draws (eight 1,200 W GPUs and their host are ~12 kW): a pod's mean power
+# above it is a unit slip (mW, J for W) or a duration of next to nothing, not a measurement.
+MAX_POD_WATTS = 100_000.0
+# A number as a measurement file writes it: ASCII digits, a point, an exponent. float() also takes
+# "1_000" and other scripts' digits, which no exporter writes and a typo can.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)",
+                           re.IGNORECASE)
 PODS_COLUMN = "pods"
 WINDOWS_COLUMN = "windows"
 SOURCE_COLUMN = "source"
@@ -228,7 +236,7 @@ class _Cell:
         value = self.value
         if value is None or (isinstance(value, str) and not value.strip()):
             raise self.fail(f"empty: {wanted} is needed")
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value.strip())):
             raise self.fail(f"{value!r} is not a number")
         try:
             number = float(value)  # type: ignore[arg-type]
@@ -294,10 +302,16 @@ def _measurement(table: RawTable, index: int, power_columns: Sequence[str]) -> M
                                          f"({', '.join(WORKLOAD_KINDS)}; the spelling is the API's)")
     if tuple(power_columns) == (POWER_COLUMN,):
         power_watts = cell(POWER_COLUMN).number("W")
+        if power_watts > MAX_POD_WATTS:
+            raise cell(POWER_COLUMN).fail(f"{power_watts:g} W is more than any one machine draws ({MAX_POD_WATTS:,.0f} W): "
+                                          f"the mean power of one pod, in W, is needed")
     else:
         power_watts = cell(ENERGY_COLUMN).number("J") / cell(DURATION_COLUMN).number("s")
         if not math.isfinite(power_watts) or power_watts <= 0:
             raise cell(ENERGY_COLUMN).fail(f"energy / duration is {power_watts!r} W, not a positive finite power")
+        if power_watts > MAX_POD_WATTS:
+            raise cell(DURATION_COLUMN).fail(f"energy / duration is {power_watts:g} W, more than any one machine draws "
+                                             f"({MAX_POD_WATTS:,.0f} W): one pod's joules over the seconds they took")
     present = set(table.columns)
     return Measurement(
         namespace=namespace, workload_kind=kind, workload_name=name, power_watts=power_watts,
@@ -313,8 +327,11 @@ def check_measurements(table: RawTable) -> CheckedTable:
     """Every row checked (see the module docstring); the first problem raises MeasurementError."""
     missing = [c for c in KEY_COLUMNS if c not in table.columns]
     if missing:
+        separator = next((name for mark, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars"))
+                          if any(mark in column for column in table.columns)), None)
+        hint = f"; the header looks separated by {separator}: write the file with commas" if separator else ""
         raise MeasurementError(table.file, f"missing column: {', '.join(missing)} (the columns are "
-                               f"{', '.join(table.columns) or 'none'})", column=missing[0])
+                               f"{', '.join(table.columns) or 'none'}{hint})", column=missing[0])
     power_columns = _power_columns(table)
     if not table.rows:
         raise MeasurementError(table.file, "no data rows")

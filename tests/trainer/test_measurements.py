@@ -404,6 +404,10 @@ def _refused(tmp_path: Path, mlenergy_manifests: dict[str, dict[str, Any]], subs
     ("power_watts", "NaN", "'NaN' is NaN: a value in W is needed"),
     ("power_watts", "inf", "'inf' is infinite"),
     ("power_watts", "about 300", "'about 300' is not a number"),
+    ("power_watts", "1_000", "'1_000' is not a number"),
+    ("power_watts", "١٢", "'١٢' is not a number"),
+    ("power_watts", "350000", "350000 W is more than any one machine draws (100,000 W): the mean power of one pod, in W, "
+                              "is needed"),
     ("workload_kind", "deployment", "'deployment' is not a workload kind EnergetiScope predicts for"),
     ("workload_name", "", "empty"),
     ("group", "", "empty"),
@@ -420,6 +424,7 @@ def test_a_bad_cell_is_refused_with_file_row_and_column(
     ("energy_joules", "-1", "'-1' is negative: it must be > 0 J"),
     ("duration_seconds", "0", "'0' is zero: it must be > 0 s"),
     ("duration_seconds", "n/a", "'n/a' is not a number"),
+    ("duration_seconds", "1e-300", "energy / duration is 3.6e+303 W, more than any one machine draws (100,000 W)"),
 ])
 def test_bad_energy_or_duration_is_refused(column: str, value: str, problem: str, subset: list[dict[str, str]],
                                            mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
@@ -428,6 +433,17 @@ def test_bad_energy_or_duration_is_refused(column: str, value: str, problem: str
     measurements = write_csv(tmp_path / "bad.csv", rows)
     output = _refused(tmp_path, mlenergy_manifests, subset, measurements)
     assert f"{measurements}: data row 2 (1-based, header not counted; line 3 of the file): column {column}: {problem}" in output
+
+
+def test_a_table_separated_by_semicolons_is_told_so(subset: list[dict[str, str]],
+                                                    mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    measurements = tmp_path / "semi.csv"
+    measurements.write_text("namespace;workload_kind;workload_name;power_watts\n"
+                            + "".join(f"{r['namespace']};Deployment;{r['workload_name']};{r['power_watts']}\n" for r in subset[:3]),
+                            encoding="utf-8")
+    output = _refused(tmp_path, mlenergy_manifests, subset, measurements)
+    assert "missing column: namespace, workload_kind, workload_name" in output
+    assert "the header looks separated by semicolons: write the file with commas" in output
 
 
 @pytest.mark.parametrize(("column", "value"), [("pods", "1.5"), ("windows", "0"), ("pods", "")])
