@@ -47,7 +47,7 @@ from trainer.baselines import (
 )
 from trainer.metrics import MethodMetrics, score
 from trainer.targets import TrainingTable
-from webhook.model.artifact import TrainedModel, build_pipeline
+from webhook.model.artifact import TrainedModel, build_pipeline, widened_beyond_trust
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import local_regression_columns, numeric_columns
 from webhook.model.intervals import ConformalOffsets, grouped_conformal_offsets
@@ -315,16 +315,18 @@ def from_detail(detail: NeighbourPrediction) -> FoldPrediction:
 
 
 def served_out_of_fold(table: TrainingTable, folds: Folds, params_list: Sequence[Params], *,
-                       interval_folds: int = 5, progress: str | None = None) -> list[FoldPrediction]:
+                       interval_folds: int = 5, progress: str | None = None,
+                       prior: PriorPredictor | None = None) -> list[FoldPrediction]:
     """`out_of_fold(table, folds, served(params, prior, interval_folds=...))` for each candidate:
     the same predictions, with each fold's training rows encoded once for all candidates."""
+    prior = prior or PriorPredictor()
     n = len(table.requests)
     parts: list[dict[str, np.ndarray]] = [{} for _ in params_list]
     with tqdm(total=len(folds.splits) * len(params_list), desc=progress, unit="fit", disable=progress is None) as bar:
         for train_index, test_index in folds.splits:
             train, test = table.subset(index_mask(n, train_index)), table.subset(index_mask(n, test_index))
             for index, detail in _fold_details(params_list, train, test.requests, interval_folds):
-                for name, values in asdict(from_detail(detail)).items():
+                for name, values in asdict(from_detail(widened_beyond_trust(detail, test.requests, prior))).items():
                     parts[index].setdefault(name, np.zeros(n, dtype=values.dtype))[test_index] = values
                 bar.update()
     return [FoldPrediction(**p) for p in parts]
@@ -469,7 +471,7 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
     log_measured = np.log(choosing.power_watts)
     candidates = candidate_params(k_grid, weight_grid, smallest_train)
     # Points only while choosing: intervals (5 more fits per fold) only for the candidates reported.
-    predictions = served_out_of_fold(choosing, choosing_folds, candidates, interval_folds=0,
+    predictions = served_out_of_fold(choosing, choosing_folds, candidates, interval_folds=0, prior=prior,
                                      progress="choose the model" if progress else None)
     grid = [GridPoint(params, float(np.mean(np.abs(np.log(prediction.power_watts) - log_measured))))
             for params, prediction in zip(candidates, predictions)]
@@ -493,7 +495,8 @@ def compare_methods(table: TrainingTable, *, k_grid: Sequence[int] = DEFAULT_K_G
     finalists = {best_index, best_correction, best_log_power, 1} | (
         {0, recall_index} if selection.sampled else set())
     reported_indices = sorted(finalists)
-    reported = dict(zip(reported_indices, served_out_of_fold(table, folds, [grid[i].params for i in reported_indices])))
+    reported = dict(zip(reported_indices, served_out_of_fold(table, folds, [grid[i].params for i in reported_indices],
+                                                             prior=prior)))
     if selection.sampled:
         log_all = np.log(table.power_watts)
         error = {i: float(np.mean(np.abs(np.log(reported[i].power_watts) - log_all))) for i in reported_indices}

@@ -148,33 +148,59 @@ def _offline_service(model_path: Path | None, prior: PriorCoefficients,
     return service
 
 
+def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each file to read: a file, the manifests under a directory (recursively), or
+    '-' for stdin."""
+    from webhook.model.manifests import ManifestError, manifest_files
+
+    sources: list[tuple[str, bytes]] = []
+    for path in paths:
+        if path == "-":
+            sources.append(("<stdin>", sys.stdin.buffer.read()))
+            continue
+        try:
+            sources.extend((str(file), file.read_bytes()) for file in manifest_files(path))
+        except (ManifestError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return sources
+
+
 @click.command()
-@click.argument("manifest", type=click.File("rb"))
+@click.argument("manifests", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="ENERGETISCOPE_MODEL_PATH", help="Trained model artifact; without it the prior predicts.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
 @_prior_options
-def predict(manifest, model_path: Path | None, output: str, prior_cpu_min_watts: float,  # type: ignore[no-untyped-def]
+def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, prior_cpu_min_watts: float,
             prior_cpu_max_watts: float, prior_utilisation: float, prior_pue: float) -> None:
-    """Predict offline for the workloads in MANIFEST (YAML, many documents or a List; '-' for stdin)."""
+    """Predict offline for the workloads in MANIFESTS: YAML or JSON files (many documents, Lists),
+    directories (their *.yaml, *.yml and *.json, recursively) or '-' for stdin. Each answer names
+    its file and document."""
     from webhook.files import NotUtf8Error, utf8_text
     from webhook.model.report import predict_out
     from webhook.model.manifests import ManifestError, read_manifests
 
     service = _offline_service(model_path, _prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation,
                                                   prior_pue))
-    try:
-        report = read_manifests(utf8_text(manifest.read(), manifest.name))
-    except NotUtf8Error as exc:
-        raise click.ClickException(str(exc)) from None
-    except ManifestError as exc:
-        raise click.ClickException(f"{manifest.name}: {exc}") from None
-    rows = [{**where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests]
+    rows: list[dict] = []  # type: ignore[type-arg]
+    skipped: list[dict] = []  # type: ignore[type-arg]
+    errors: list[dict] = []  # type: ignore[type-arg]
+    sources = _manifest_sources(manifests)
+    for name, data in sources:
+        try:
+            report = read_manifests(utf8_text(data, name))
+        except NotUtf8Error as exc:
+            raise click.ClickException(str(exc)) from None
+        except ManifestError as exc:
+            raise click.ClickException(f"{name}: {exc}") from None
+        rows.extend({"file": name, **where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests)
+        skipped.extend({"file": name, **s} for s in report.skipped)
+        errors.extend({"file": name, **e} for e in report.errors)
     if output == "json":
-        click.echo(json.dumps({"predictions": rows, "skipped": report.skipped, "errors": report.errors}, indent=2))
+        click.echo(json.dumps({"predictions": rows, "skipped": skipped, "errors": errors}, indent=2))
     else:
-        _print_table(rows, report.skipped, report.errors)
-    if report.errors:
+        _print_table(rows, skipped, errors, with_files=len(sources) > 1)
+    if errors:
         sys.exit(1)
 
 
@@ -190,12 +216,19 @@ def _run_cells(row: dict) -> tuple[str, str, str, str]:  # type: ignore[type-arg
             cell(row["runs_per_day"], 1, 2), cell(row["energy_joules_per_day"], 1000, 1, bound))
 
 
-def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> None:  # type: ignore[type-arg]
+def _document(entry: dict, with_files: bool) -> str:  # type: ignore[type-arg]
+    """Where an answer's object is: its document (.item in a List), after its file when there are several."""
+    doc = str(entry["document"]) + (f".{entry['item']}" if entry.get("item") is not None else "")
+    return f"{entry['file']}:{doc}" if with_files else doc
+
+
+def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict],  # type: ignore[type-arg]
+                 with_files: bool = False) -> None:
     header = ("DOC", "KIND", "NAMESPACE/NAME", "PODS", "POD W", "P10-P90 W", "WORKLOAD W", "kJ/h", "RUN S", "kJ/RUN",
               "RUNS/DAY", "kJ/DAY", "BASIS")
     table = [header]
     for r in rows:
-        doc = str(r["document"]) + (f".{r['item']}" if r["item"] is not None else "")
+        doc = _document(r, with_files)
         pods = f"{r['workload_pods']}" + ("/node" if r["workload_power_scope"] == "per-node" else "")
         table.append((
             doc, r["workload_kind"], f"{r['namespace']}/{r['workload_name']}", pods,
@@ -206,11 +239,11 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict]) -> N
         click.echo(line)
     for r in rows:
         if r["run_problem"]:
-            click.echo(f"no runs per day for document {r['document']}: {r['run_problem']}", err=True)
+            click.echo(f"no runs per day for document {_document(r, with_files)}: {r['run_problem']}", err=True)
     for s in skipped:
-        click.echo(f"skipped document {s['document']}: {s['reason']}", err=True)
+        click.echo(f"skipped document {_document(s, with_files)}: {s['reason']}", err=True)
     for e in errors:
-        click.echo(f"error in document {e['document']}: {e['field']}: {e['problem']}", err=True)
+        click.echo(f"error in document {_document(e, with_files)}: {e['field']}: {e['problem']}", err=True)
 
 
 class InputError(click.ClickException):

@@ -3,6 +3,7 @@ is wrong, without a traceback, and says nothing it does not do."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,29 @@ def test_a_model_that_does_not_load_is_an_error_and_nothing_else(tmp_path: Path)
                              str(tmp_path / "missing.joblib")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Error:" in result.stderr and "missing.joblib" in result.stderr
     assert "serving the prior" not in result.stderr + result.stdout
+
+
+def test_directories_several_files_and_stdin_each_answer_naming_its_file(tmp_path: Path) -> None:
+    charts = tmp_path / "charts"
+    (charts / "web").mkdir(parents=True)
+    (charts / "web" / "deployment.yaml").write_text(yaml.safe_dump(DEPLOYMENT, allow_unicode=True), encoding="utf-8")
+    typed_list = {"apiVersion": "apps/v1", "kind": "DeploymentList",
+                  "items": [{**DEPLOYMENT, "metadata": {"name": "api"}}, {**DEPLOYMENT, "metadata": {"name": "worker"}}]}
+    (charts / "list.yml").write_text(yaml.safe_dump(typed_list), encoding="utf-8")
+    (charts / "notes.txt").write_text("not a manifest", encoding="utf-8")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["predict", str(charts), str(extra), "-", "-o", "json"],
+                                input=yaml.safe_dump({**DEPLOYMENT, "metadata": {"name": "piped"}}))
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert [(Path(p["file"]).name, p["document"], p["item"], p["workload_name"]) for p in answer["predictions"]] == [
+        ("list.yml", 1, 0, "api"), ("list.yml", 1, 1, "worker"), ("deployment.yaml", 1, None, "web"),
+        ("<stdin>", 1, None, "piped")]
+    assert [(Path(s["file"]).name, s["kind"]) for s in answer["skipped"]] == [("extra.yaml", "ConfigMap")]
+    table = CliRunner().invoke(main, ["predict", str(charts)])
+    assert table.exit_code == 0 and f"{charts / 'list.yml'}:1.1" in table.stdout
+    single = CliRunner().invoke(main, ["predict", str(charts / "web" / "deployment.yaml")])
+    assert single.exit_code == 0 and "deployment.yaml:" not in single.stdout  # one file: documents alone
+    missing = CliRunner().invoke(main, ["predict", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "nowhere: no such file or directory" in missing.output

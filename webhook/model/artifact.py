@@ -28,7 +28,7 @@ import io
 import json
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -117,30 +117,43 @@ class TrainedModel:
         if not requests:
             return []
         knn: AnchoredKNN = self.pipeline[-1]
-        detail = _detail(self.pipeline, requests)
+        detail = widened_beyond_trust(_detail(self.pipeline, requests), requests, self.prior)
         predictions: list[PodPrediction] = []
         # Recall (`trainer.crossval.recall_params`) anchors on the embedded prior's own coefficients.
         anchor = "the calibrated prior" if knn.prior_.fit_coefficients else "the embedded prior"
         for i in range(len(requests)):
             reason = None
-            point, low, high = float(detail.power_watts[i]), float(detail.power_watts_p10[i]), float(detail.power_watts_p90[i])
             if detail.prior_only[i]:
                 reason = (f"nearest training pod is {float(detail.nearest_distance[i]):.2f} away, beyond the model's "
                           f"trust radius {knn.trust_radius_:.2f}: {anchor} answers")
-                # The model's p10/p90 were calibrated where it has neighbours; where it has none, the
-                # range is at least as wide, relative to the point, as the embedded prior's own.
-                own = self.prior.predict_one(requests[i])
-                low = min(low, point * own.power_watts_p10 / own.power_watts)
-                high = max(high, point * own.power_watts_p90 / own.power_watts)
             predictions.append(PodPrediction(
-                power_watts=point,
-                power_watts_p10=low,
-                power_watts_p90=high,
+                power_watts=float(detail.power_watts[i]),
+                power_watts_p10=float(detail.power_watts_p10[i]),
+                power_watts_p90=float(detail.power_watts_p90[i]),
                 model_id=self.model_id,
                 basis="prior" if reason else "model",
                 fallback_reason=reason,
             ))
         return predictions
+
+
+def widened_beyond_trust(detail: NeighbourPrediction, requests: Sequence[InferenceRequest],
+                         prior: PriorPredictor) -> NeighbourPrediction:
+    """`detail` with the p10/p90 of each row the calibrated prior answers alone (beyond the trust
+    radius) at least as wide, relative to the point, as `prior`'s own range for that request. The
+    model's offsets were calibrated where it has neighbours: a CPU-only model gave a GPU pod it had
+    never seen +-10%, where the embedded prior's own range for it is 57-273 W. `TrainedModel.predict`
+    and the trainer's cross-validation (`trainer.crossval.served_out_of_fold`) both apply it."""
+    rows = np.flatnonzero(detail.prior_only)
+    if rows.size == 0:
+        return detail
+    low, high = np.array(detail.power_watts_p10, dtype=np.float64), np.array(detail.power_watts_p90, dtype=np.float64)
+    for i in rows:
+        own = prior.predict_one(requests[i])
+        point = float(detail.power_watts[i])
+        low[i] = min(low[i], point * own.power_watts_p10 / own.power_watts)
+        high[i] = max(high[i], point * own.power_watts_p90 / own.power_watts)
+    return replace(detail, power_watts_p10=low, power_watts_p90=high)
 
 
 def _detail(pipeline: Pipeline, requests: Sequence[InferenceRequest]) -> NeighbourPrediction:
