@@ -493,15 +493,16 @@ def in_measured_namespaces(measurements: Sequence[Measurement], requests: Sequen
     `kubectl apply -n NAMESPACE` would have created it there. (The same chart rendered once and
     measured in three namespaces joins all three.)"""
     placed = {(r.namespace, r.workload_kind, r.workload_name) for r in requests}
-    unplaced: dict[tuple[str, str], InferenceRequest] = {}
+    unplaced: dict[tuple[str, str], list[InferenceRequest]] = {}
     for request in without_namespace:
-        unplaced.setdefault((request.workload_kind, request.workload_name), request)
+        unplaced.setdefault((request.workload_kind, request.workload_name), []).append(request)
     copies: list[InferenceRequest] = []
     for measurement in measurements:
-        spec = unplaced.get((measurement.workload_kind, measurement.workload_name))
-        if spec is not None and measurement.key not in placed:
+        specs = unplaced.get((measurement.workload_kind, measurement.workload_name), [])
+        if specs and measurement.key not in placed:
             placed.add(measurement.key)
-            copies.append(spec.model_copy(update={"namespace": measurement.namespace}))
+            # Every one of them: two different specs of one name join nothing ("ambiguous"), as in `default`.
+            copies.extend(spec.model_copy(update={"namespace": measurement.namespace}) for spec in specs)
     return [*requests, *copies]
 
 

@@ -153,6 +153,8 @@ def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
     '-' for stdin."""
     from webhook.model.manifests import ManifestError, manifest_files
 
+    if paths.count("-") > 1:
+        raise click.ClickException("'-' (standard input) may be given once")
     sources: list[tuple[str, bytes]] = []
     for path in paths:
         if path == "-":

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from webhook.files import NotUtf8Error, utf8_text
 from webhook.model.carbon import HOURS_PER_MONTH, CarbonSettings, GridIntensity
 from webhook.model.manifests import ManifestError, Located, manifest_files, read_manifests
 from webhook.model.service import PredictionService, WorkloadPrediction
@@ -102,8 +103,10 @@ def _texts(path: str, stdin_text: str | None) -> Iterable[tuple[str, str]]:
         raise DiffInputError(str(exc)) from None
     for file in files:
         try:
-            yield str(file), file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            yield str(file), utf8_text(file.read_bytes(), str(file))
+        except NotUtf8Error as exc:
+            raise DiffInputError(str(exc)) from None
+        except OSError as exc:
             raise DiffInputError(f"{file}: cannot be read: {exc}") from None
 
 

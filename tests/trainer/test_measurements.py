@@ -331,6 +331,22 @@ def test_files_that_are_not_utf8_are_named(
     assert f"{utf16}: not UTF-8 text" in message
 
 
+def test_two_different_specs_without_a_namespace_join_nothing_anywhere(
+        subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    # Two charts rendering the same kind and name differently: no row is joined to a guess.
+    row = subset[0]
+    first = json.loads(json.dumps(mlenergy_manifests[row["workload_name"]]))
+    del first["metadata"]["namespace"]
+    second = json.loads(json.dumps(first))
+    second["spec"]["template"]["spec"]["containers"][0]["image"] = "example.org/other:1"
+    manifests = tmp_path / "two.yaml"
+    manifests.write_text(yaml.safe_dump_all([first, second, mlenergy_manifests[subset[1]["workload_name"]]]), encoding="utf-8")
+    measurements = write_csv(tmp_path / "m.csv", [row, subset[1]])
+    output = ok(run_dataset("--measurements", str(measurements), "--manifests", str(manifests), "--out", str(tmp_path / "d.parquet")))
+    assert "not joined, ambiguous: 1 rows" in output
+    assert row["workload_name"] not in set(read_dataset(tmp_path / "d.parquet")["workload_name"])
+
+
 def test_a_table_that_joins_no_spec_is_refused_with_what_did_not_join(
         subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     measurements = write_csv(tmp_path / "m.csv", [{**subset[0], "workload_name": "nowhere"}])

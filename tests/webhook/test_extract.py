@@ -275,8 +275,12 @@ def test_typed_lists_as_kubectl_get_writes_them_are_read_item_by_item() -> None:
     report = read_manifests(text)
     assert [(w.document, w.item) for w, _ in report.requests] == [(1, 0), (1, 1)]
     assert [r.containers[0].req_cpu_mcpu for _, r in report.requests] == [None, 2000]
-    # A kind that merely ends in "List" but has no items is an object like any other: skipped.
-    assert read_manifests("apiVersion: v1\nkind: AllowList\nmetadata: {name: x}\n").skipped[0]["kind"] == "AllowList"
+    # A kind that merely ends in "List" is an object like any other, items or not: skipped, once.
+    for text in ("apiVersion: v1\nkind: AllowList\nmetadata: {name: x}\n",
+                 "apiVersion: example.org/v1\nkind: IPAllowList\nmetadata: {name: x}\nitems: {office: 10.0.0.0/8}\n",
+                 "apiVersion: example.org/v1\nkind: PlayList\nmetadata: {name: x}\nitems: [a, b]\n"):
+        report = read_manifests(text)
+        assert not report.errors and len(report.skipped) == 1 and report.skipped[0]["kind"].endswith("List")
 
 
 def test_a_quantity_read_before_reads_the_same_and_errors_still_name_their_field() -> None:

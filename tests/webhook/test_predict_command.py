@@ -78,3 +78,8 @@ def test_directories_several_files_and_stdin_each_answer_naming_its_file(tmp_pat
     assert single.exit_code == 0 and "deployment.yaml:" not in single.stdout  # one file: documents alone
     missing = CliRunner().invoke(main, ["predict", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "nowhere: no such file or directory" in missing.output
+
+
+def test_standard_input_may_be_read_once() -> None:
+    result = CliRunner().invoke(main, ["predict", "-", "-"], input=yaml.safe_dump(DEPLOYMENT, allow_unicode=True))
+    assert result.exit_code == 1 and "'-' (standard input) may be given once" in result.output

@@ -222,6 +222,19 @@ def test_far_from_training_data_falls_back_to_the_prior(fitted_pipeline, tmp_pat
     assert faded.basis == "model" and faded.fallback_reason is None
 
 
+def test_a_fallback_for_a_pod_the_prior_gives_0_w_keeps_the_models_range() -> None:
+    from webhook.model.artifact import widened_beyond_trust
+    from webhook.model.knn import NeighbourPrediction
+
+    nothing = _request(0, 0, limit_cpu=0)  # asks for no CPU, no memory, no GPU
+    assert PriorPredictor().predict_one(nothing).power_watts == 0.0
+    detail = NeighbourPrediction(power_watts=np.array([0.5]), power_watts_p10=np.array([0.4]),
+                                 power_watts_p90=np.array([0.6]), nearest_distance=np.array([9.0]),
+                                 beyond_trust=np.array([True]), prior_only=np.array([True]))
+    widened = widened_beyond_trust(detail, [nothing], PriorPredictor())  # no division by the prior's 0 W
+    assert widened.power_watts_p10.tolist() == [0.4] and widened.power_watts_p90.tolist() == [0.6]
+
+
 def test_intervals_come_calibrated_from_fit(fitted_pipeline) -> None:  # type: ignore[no-untyped-def]
     knn = fitted_pipeline[-1]
     low, high = knn.interval_log_offsets_

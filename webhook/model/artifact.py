@@ -24,6 +24,7 @@ can be pinned (`--model-sha256`), and an artifact built for another feature vers
 from __future__ import annotations
 
 import hashlib
+import math
 import io
 import json
 import struct
@@ -143,7 +144,9 @@ def widened_beyond_trust(detail: NeighbourPrediction, requests: Sequence[Inferen
     radius) at least as wide, relative to the point, as `prior`'s own range for that request. The
     model's offsets were calibrated where it has neighbours: a CPU-only model gave a GPU pod it had
     never seen +-10%, where the embedded prior's own range for it is 57-273 W. `TrainedModel.predict`
-    and the trainer's cross-validation (`trainer.crossval.served_out_of_fold`) both apply it."""
+    and the trainer's cross-validation (`trainer.crossval.served_out_of_fold`) both apply it, the
+    latter with the embedded prior's defaults: a server started with other `--prior-*` settings
+    widens by its own prior's range."""
     rows = np.flatnonzero(detail.prior_only)
     if rows.size == 0:
         return detail
@@ -151,6 +154,8 @@ def widened_beyond_trust(detail: NeighbourPrediction, requests: Sequence[Inferen
     for i in rows:
         own = prior.predict_one(requests[i])
         point = float(detail.power_watts[i])
+        if not (math.isfinite(own.power_watts) and own.power_watts > 0):  # a pod asking for nothing: 0 W
+            continue
         low[i] = min(low[i], point * own.power_watts_p10 / own.power_watts)
         high[i] = max(high[i], point * own.power_watts_p90 / own.power_watts)
     return replace(detail, power_watts_p10=low, power_watts_p90=high)

@@ -16,10 +16,13 @@ from typing import Any
 import yaml
 
 from webhook.model.extract import ExtractionError, to_inference_request, workload_kind_of
-from webhook.model.schema import InferenceRequest
+from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
 MAX_DOCUMENTS = 1000  # per request to the webhook; the trainer reads files without a cap (None)
 MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")  # what a directory of manifests holds
+# Read item by item: `kind: List`, and the workload kinds' typed lists (DeploymentList, PodList, ...),
+# not any kind whose name ends in "List" (a CRD's IPAllowList is an object of its own).
+LIST_KINDS = frozenset({"List", *(f"{kind}List" for kind in WORKLOAD_KINDS)})
 
 
 class ManifestError(ValueError):
@@ -141,13 +144,13 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> ManifestReport:
-    """Sort each document (and each item of a ``kind: List`` or a typed list such as
-    ``DeploymentList``) into requests, skipped or errors."""
+    """Sort each document (and each item of a ``kind: List`` or a workload kind's typed list such
+    as ``DeploymentList``) into requests, skipped or errors."""
     report = ManifestReport()
     for number, located in enumerate(load_located_documents(text, max_documents), start=1):
         document = located.value
-        # `kind: List`, and the typed lists `kubectl get -o yaml` writes (DeploymentList, PodList, ...).
-        if isinstance(document, Mapping) and str(document.get("kind") or "").endswith("List") and "items" in document:
+        # `kind: List`, and the typed lists of workloads `kubectl get -o yaml` writes (DeploymentList, ...).
+        if isinstance(document, Mapping) and document.get("kind") in LIST_KINDS and "items" in document:
             items = document.get("items")
             if not isinstance(items, list):
                 report.errors.append({**Located(number).as_dict(), "field": "items", "problem": "expected a list"})
