@@ -63,8 +63,7 @@ from trainer.dataset import EXAMPLES_PER_REASON, JoinSummary, build_dataset, wri
 from trainer.labels import LABEL_COLUMNS
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS
 from webhook.files import NotUtf8Error, utf8_text
-from webhook.model.manifests import ManifestError, read_manifests
-from webhook.model.manifests import manifest_files as find_manifest_files
+from webhook.model.manifests import ManifestError, manifest_texts, read_manifests
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
 KEY_COLUMNS: tuple[str, ...] = ("namespace", "workload_kind", "workload_name")
@@ -368,14 +367,6 @@ class SpecSources:
     without_namespace: list[InferenceRequest] = field(default_factory=list)
 
 
-def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
-    """A file, or the *.yaml, *.yml and *.json files under a directory (recursively, sorted)."""
-    try:
-        return find_manifest_files(path)
-    except ManifestError as exc:
-        raise ManifestReadError(str(exc)) from None
-
-
 def _read_manifest_text(text: str, file: str, specs: SpecSources) -> None:
     try:
         report = read_manifests(text, max_documents=None)  # a file of any size, unlike a request
@@ -405,12 +396,11 @@ def read_specs(manifest_paths: Sequence[str | os.PathLike[str]] = (),
         if str(path) == STDIN_PATH:
             _read_manifest_text(sys.stdin.read(), "<stdin>", specs)
             continue
-        for file in manifest_files(path):
-            try:
-                text = utf8_text(file.read_bytes(), str(file))
-            except NotUtf8Error as exc:
-                raise ManifestReadError(str(exc)) from None
-            _read_manifest_text(text, str(file), specs)
+        try:
+            for file, text in manifest_texts(path):
+                _read_manifest_text(text, file, specs)
+        except ManifestError as exc:
+            raise ManifestReadError(str(exc)) from None
     for path in requests_paths:
         specs.requests.extend(read_requests(path))
         specs.requests_files += 1

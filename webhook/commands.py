@@ -148,22 +148,23 @@ def _offline_service(model_path: Path | None, prior: PriorCoefficients,
     return service
 
 
-def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each file to read: a file, the manifests under a directory (recursively), or
-    '-' for stdin."""
-    from webhook.model.manifests import ManifestError, manifest_files
+def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, text) of each file to read: a file, the manifests under a directory (recursively), or
+    '-' for stdin; UTF-8 all (`webhook.model.manifests.manifest_texts`)."""
+    from webhook.files import NotUtf8Error, utf8_text
+    from webhook.model.manifests import ManifestError, manifest_texts
 
     if paths.count("-") > 1:
         raise click.ClickException("'-' (standard input) may be given once")
-    sources: list[tuple[str, bytes]] = []
-    for path in paths:
-        if path == "-":
-            sources.append(("<stdin>", sys.stdin.buffer.read()))
-            continue
-        try:
-            sources.extend((str(file), file.read_bytes()) for file in manifest_files(path))
-        except (ManifestError, OSError) as exc:
-            raise click.ClickException(str(exc)) from None
+    sources: list[tuple[str, str]] = []
+    try:
+        for path in paths:
+            if path == "-":
+                sources.append(("<stdin>", utf8_text(sys.stdin.buffer.read(), "<stdin>")))
+            else:
+                sources.extend(manifest_texts(path))
+    except (NotUtf8Error, ManifestError) as exc:
+        raise click.ClickException(str(exc)) from None
     return sources
 
 
@@ -178,7 +179,6 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
     """Predict offline for the workloads in MANIFESTS: YAML or JSON files (many documents, Lists),
     directories (their *.yaml, *.yml and *.json, recursively) or '-' for stdin. Each answer names
     its file and document."""
-    from webhook.files import NotUtf8Error, utf8_text
     from webhook.model.report import predict_out
     from webhook.model.manifests import ManifestError, read_manifests
 
@@ -188,11 +188,9 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
     skipped: list[dict] = []  # type: ignore[type-arg]
     errors: list[dict] = []  # type: ignore[type-arg]
     sources = _manifest_sources(manifests)
-    for name, data in sources:
+    for name, text in sources:
         try:
-            report = read_manifests(utf8_text(data, name))
-        except NotUtf8Error as exc:
-            raise click.ClickException(str(exc)) from None
+            report = read_manifests(text)
         except ManifestError as exc:
             raise click.ClickException(f"{name}: {exc}") from None
         rows.extend({"file": name, **where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests)

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from webhook.files import NotUtf8Error, utf8_text
 from webhook.model.carbon import HOURS_PER_MONTH, CarbonSettings, GridIntensity
-from webhook.model.manifests import ManifestError, Located, manifest_files, read_manifests
+from webhook.model.manifests import ManifestError, Located, manifest_texts, read_manifests
 from webhook.model.service import PredictionService, WorkloadPrediction
 from webhook.textable import align_columns
 
@@ -98,16 +97,9 @@ def _texts(path: str, stdin_text: str | None) -> Iterable[tuple[str, str]]:
         yield STDIN_NAME, stdin_text or ""
         return
     try:
-        files = manifest_files(path)
+        yield from manifest_texts(path)
     except ManifestError as exc:
         raise DiffInputError(str(exc)) from None
-    for file in files:
-        try:
-            yield str(file), utf8_text(file.read_bytes(), str(file))
-        except NotUtf8Error as exc:
-            raise DiffInputError(str(exc)) from None
-        except OSError as exc:
-            raise DiffInputError(f"{file}: cannot be read: {exc}") from None
 
 
 def read_side(path: str, side: Side, service: PredictionService, carbon: CarbonSettings,

@@ -24,9 +24,9 @@ can be pinned (`--model-sha256`), and an artifact built for another feature vers
 from __future__ import annotations
 
 import hashlib
-import math
 import io
 import json
+import math
 import struct
 import zipfile
 from dataclasses import dataclass, field, replace

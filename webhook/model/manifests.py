@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from webhook.files import NotUtf8Error, utf8_text
 from webhook.model.extract import ExtractionError, to_inference_request, workload_kind_of
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
@@ -143,13 +144,25 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
     return [root]
 
 
+def manifest_texts(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """(file name, text) of each file `manifest_files` finds at `path`, read as UTF-8
+    (`webhook.files.utf8_text`); ManifestError naming the file when it cannot be read or is not
+    UTF-8. `predict`, `diff` and the trainer's `--manifests` all read files through it."""
+    for file in manifest_files(path):
+        try:
+            yield str(file), utf8_text(file.read_bytes(), str(file))
+        except NotUtf8Error as exc:
+            raise ManifestError(str(exc)) from None
+        except OSError as exc:
+            raise ManifestError(f"{file}: cannot be read: {exc}") from None
+
+
 def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> ManifestReport:
     """Sort each document (and each item of a ``kind: List`` or a workload kind's typed list such
     as ``DeploymentList``) into requests, skipped or errors."""
     report = ManifestReport()
     for number, located in enumerate(load_located_documents(text, max_documents), start=1):
         document = located.value
-        # `kind: List`, and the typed lists of workloads `kubectl get -o yaml` writes (DeploymentList, ...).
         if isinstance(document, Mapping) and document.get("kind") in LIST_KINDS and "items" in document:
             items = document.get("items")
             if not isinstance(items, list):
