@@ -161,7 +161,6 @@ class PredictionService:
             return None
         return _workload(request, hash_, pod, predictor)
 
-
     def remember(self, predictor: Predictor, hash_: str, pod: PodPrediction) -> None:
         """Cache `pod`, `predictor`'s prediction for the spec `hash_` made out of this process
         (`webhook.model.process`; the caller counted the miss: `cache.record_miss`)."""
