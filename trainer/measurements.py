@@ -49,7 +49,6 @@ import io
 import math
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from trainer.collect import read_requests
 from trainer.dataset import EXAMPLES_PER_REASON, JoinSummary, build_dataset, write_dataset, write_summary
 from trainer.labels import LABEL_COLUMNS
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS
-from webhook.files import NotUtf8Error, utf8_text
+from webhook.files import STDIN_NAME, NotUtf8Error, stdin_text, utf8_text
 from webhook.model.manifests import ManifestError, manifest_texts, read_manifests
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
@@ -394,7 +393,10 @@ def read_specs(manifest_paths: Sequence[str | os.PathLike[str]] = (),
     specs = SpecSources()
     for path in manifest_paths:
         if str(path) == STDIN_PATH:
-            _read_manifest_text(sys.stdin.read(), "<stdin>", specs)
+            try:
+                _read_manifest_text(stdin_text(), STDIN_NAME, specs)
+            except NotUtf8Error as exc:
+                raise ManifestReadError(str(exc)) from None
             continue
         try:
             for file, text in manifest_texts(path):

@@ -151,7 +151,7 @@ def _offline_service(model_path: Path | None, prior: PriorCoefficients,
 def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, str]]:
     """(name, text) of each file to read: a file, the manifests under a directory (recursively), or
     '-' for stdin; UTF-8 all (`webhook.model.manifests.manifest_texts`)."""
-    from webhook.files import NotUtf8Error, utf8_text
+    from webhook.files import STDIN_NAME, NotUtf8Error, stdin_text
     from webhook.model.manifests import ManifestError, manifest_texts
 
     if paths.count("-") > 1:
@@ -160,7 +160,7 @@ def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, str]]:
     try:
         for path in paths:
             if path == "-":
-                sources.append(("<stdin>", utf8_text(sys.stdin.buffer.read(), "<stdin>")))
+                sources.append((STDIN_NAME, stdin_text()))
             else:
                 sources.extend(manifest_texts(path))
     except (NotUtf8Error, ManifestError) as exc:
@@ -307,17 +307,18 @@ def diff(base: str, head: str, model_path: Path | None, output: str, region: str
     at most). Exit 1 when a --fail-above gate trips, 2 when the call itself is wrong.
     """
     from webhook.diff import STDIN, DiffInputError, diff_manifests, read_side, render
+    from webhook.files import NotUtf8Error, stdin_text
 
     if base == STDIN and head == STDIN:
         raise click.UsageError("only one of BASE and HEAD can be '-' (stdin)")
     carbon = carbon_settings(region, grid_intensity, pue)
     service = _offline_service(model_path, _prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation,
                                                   prior_pue), error=InputError)
-    stdin_text = sys.stdin.read() if STDIN in (base, head) else None
     try:
-        sides = [read_side(path, side, service, carbon, stdin_text)  # type: ignore[arg-type]
+        piped = stdin_text() if STDIN in (base, head) else None
+        sides = [read_side(path, side, service, carbon, piped)  # type: ignore[arg-type]
                  for path, side in ((base, "before"), (head, "after"))]
-    except DiffInputError as exc:
+    except (DiffInputError, NotUtf8Error) as exc:
         raise InputError(str(exc)) from None
     result = diff_manifests(sides[0], sides[1], carbon, service.status().model_id)
     failures = result.gate_failures(fail_above_watts, fail_above_percent)

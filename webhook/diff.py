@@ -16,13 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from webhook.files import STDIN_NAME
 from webhook.model.carbon import HOURS_PER_MONTH, CarbonSettings, GridIntensity
 from webhook.model.manifests import ManifestError, Located, manifest_texts, read_manifests
 from webhook.model.service import PredictionService, WorkloadPrediction
 from webhook.textable import align_columns
 
 STDIN = "-"
-STDIN_NAME = "<stdin>"
 WATTS_PER_KILOWATT = 1000.0
 GRAMS_PER_KILOGRAM = 1000.0
 # Relative tolerance under which two predictions are the same number: floating-point noise

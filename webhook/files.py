@@ -10,6 +10,7 @@ target. Every writer in the project (artifacts, model cards, datasets, certifica
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,15 @@ def utf8_text(data: bytes, name: str) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         raise NotUtf8Error(f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
                            f"save it as UTF-8") from None
+
+
+STDIN_NAME = "<stdin>"
+
+
+def stdin_text() -> str:
+    """Standard input, whole, as `utf8_text` reads a file: what a pipe from PowerShell (UTF-16)
+    or a Latin-1 file sends is a `NotUtf8Error` naming `<stdin>`, not a traceback."""
+    return utf8_text(sys.stdin.buffer.read(), STDIN_NAME)
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None], *, mode: int | None = None) -> Path:

@@ -78,7 +78,7 @@ def write_manifests(path: Path, manifests: dict[str, dict[str, Any]], rows: Sequ
     return path
 
 
-def run_dataset(*args: str, stdin: str | None = None) -> Result:
+def run_dataset(*args: str, stdin: str | bytes | None = None) -> Result:
     return CliRunner().invoke(train, ["dataset", *args], input=stdin)
 
 
@@ -329,6 +329,19 @@ def test_files_that_are_not_utf8_are_named(
     utf16.write_bytes(manifests.read_text(encoding="utf-8").encode("utf-16"))
     message = failure(run_dataset("--measurements", str(measurements), "--manifests", str(utf16), "--out", str(tmp_path / "d.parquet")))
     assert f"{utf16}: not UTF-8 text" in message
+
+
+def test_manifests_piped_in_are_read_as_utf8_and_named_stdin_when_not(
+        subset: list[dict[str, str]], mlenergy_manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    measurements = write_csv(tmp_path / "m.csv", subset[:2])
+    text = write_manifests(tmp_path / "m.yaml", mlenergy_manifests, subset[:2]).read_text(encoding="utf-8")
+    out = str(tmp_path / "d.parquet")
+    message = failure(run_dataset("--measurements", str(measurements), "--manifests", "-", "--out", out,
+                                  stdin=text.encode("utf-16")))  # PowerShell's pipe
+    assert "<stdin>: not UTF-8 text" in message and not (tmp_path / "d.parquet").exists()
+    output = ok(run_dataset("--measurements", str(measurements), "--manifests", "-", "--out", out,
+                            stdin=text.encode("utf-8-sig")))
+    assert "joined: 2 rows" in output
 
 
 def test_two_different_specs_without_a_namespace_join_nothing_anywhere(

@@ -44,6 +44,20 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
         assert code == 0 and '"workload_name": "web"' in output
 
 
+def test_stdin_that_is_not_utf8_is_named_by_predict_and_diff(tmp_path: Path) -> None:
+    text = yaml.safe_dump(DEPLOYMENT, allow_unicode=True)
+    head = tmp_path / "head.yaml"
+    head.write_text(text, encoding="utf-8")
+    # Read as UTF-8 (a byte-order mark dropped), predict names the Deployment, and diff finds the
+    # piped base the same as the head: no row names it.
+    for command, web_listed in ((["predict", "-"], True), (["diff", "-", str(head)], False)):
+        result = CliRunner().invoke(main, command, input=text.encode("utf-16"))
+        assert result.exit_code != 0 and "<stdin>: not UTF-8 text" in result.output, (command, result.output)
+        assert "Traceback" not in result.output and not isinstance(result.exception, UnicodeDecodeError)
+        result = CliRunner().invoke(main, command, input=text.encode("utf-8-sig"))
+        assert result.exit_code == 0 and ("web" in result.output) == web_listed, (command, result.output)
+
+
 def test_a_model_that_does_not_load_is_an_error_and_nothing_else(tmp_path: Path) -> None:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(yaml.safe_dump(DEPLOYMENT, allow_unicode=True), encoding="utf-8")

@@ -402,3 +402,29 @@ def test_the_inventory_reads_per_run_and_per_day_annotations(service: Prediction
     assert point == pytest.approx(24 * float(notes[keys.ENERGY_JOULES_PER_RUN]))
     assert p90 == pytest.approx(24 * float(notes[keys.ENERGY_JOULES_PER_RUN_P90]))
     assert inventory.namespace_joules_per_day("batch", "point", excluding=("batch", "CronJob", "nightly")) == 0
+
+
+class _ReloadedWhilePredicting:
+    """A trained model with a run model that, as it predicts, is replaced by a reload (the
+    server's file watcher swapping `PredictionService`'s predictor between two reads of it)."""
+
+    def __init__(self, service: PredictionService, replacement: PriorPredictor) -> None:
+        self.model_id, self.run_pipeline = "trained-with-runs", object()
+        self._service, self._replacement = service, replacement
+
+    def predict(self, requests: list[InferenceRequest]) -> list[Any]:
+        self._service._predictor = self._replacement
+        return self._replacement.predict(requests)
+
+    def predict_run_seconds(self, request: InferenceRequest) -> Spread:
+        return Spread(600.0, 600.0, 600.0)
+
+
+def test_a_reload_during_a_prediction_does_not_mix_two_models(service: PredictionService) -> None:
+    # The pod's watts and the run's seconds come from the model the prediction started with.
+    service._predictor = _ReloadedWhilePredicting(service, service.prior)
+    request = to_inference_request(_job(deadline=3600))
+    prediction = service.predict(request)
+    assert prediction.runs.run is not None
+    assert prediction.runs.run.source == "trained-with-runs" and prediction.runs.run.seconds.p50 == 600.0
+    assert service.predictor is service.prior  # the reload happened

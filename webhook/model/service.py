@@ -129,20 +129,19 @@ class PredictionService:
     def artifact_changed(self) -> bool:
         return self._file.changed()
 
-    def predict_pod(self, request: InferenceRequest, hash_: str | None = None) -> tuple[PodPrediction, str]:
-        hash_ = hash_ or spec_hash(request)
+    def predict(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction:
         predictor = self._predictor  # one read: a concurrent reload cannot mix two models
-        key = (predictor.model_id, hash_)
+        hash_ = hash_ or spec_hash(request)
+        return _workload(request, hash_, self._pod(predictor, request, hash_), predictor)
+
+    def _pod(self, predictor: Predictor, request: InferenceRequest, hash_: str) -> PodPrediction:
+        key = _cache_key(predictor, hash_)
         cached = self.cache.get(key)
         if cached is not None:
-            return cached, hash_
+            return cached
         prediction = predictor.predict([request])[0]
         self.cache.put(key, prediction)
-        return prediction, hash_
-
-    def predict(self, request: InferenceRequest, hash_: str | None = None) -> WorkloadPrediction:
-        pod, hash_ = self.predict_pod(request, hash_)
-        return _workload(request, hash_, pod, self._predictor)
+        return prediction
 
     def pod_alone(self, request: InferenceRequest, predictor: Predictor) -> bool:
         """Whether `predictor`'s prediction of `request` is its pod prediction alone: not when a run
@@ -156,7 +155,7 @@ class PredictionService:
         if not self.pod_alone(request, predictor):
             return None  # it runs in a worker thread
         hash_ = hash_ or spec_hash(request)
-        pod = self.cache.get((predictor.model_id, hash_), count_miss=False)
+        pod = self.cache.get(_cache_key(predictor, hash_), count_miss=False)
         if pod is None:
             return None
         return _workload(request, hash_, pod, predictor)
@@ -164,12 +163,16 @@ class PredictionService:
     def remember(self, predictor: Predictor, hash_: str, pod: PodPrediction) -> None:
         """Cache `pod`, `predictor`'s prediction for the spec `hash_` made out of this process
         (`webhook.model.process`; the caller counted the miss: `cache.record_miss`)."""
-        self.cache.put((predictor.model_id, hash_), pod)
+        self.cache.put(_cache_key(predictor, hash_), pod)
 
     def workload(self, request: InferenceRequest, hash_: str, pod: PodPrediction,
                  predictor: Predictor) -> WorkloadPrediction:
         """The workload's prediction from its pod's."""
         return _workload(request, hash_, pod, predictor)
+
+
+def _cache_key(predictor: Predictor, hash_: str) -> tuple[str, str]:
+    return (predictor.model_id, hash_)
 
 
 def _runs_to_completion(request: InferenceRequest) -> bool:
