@@ -67,7 +67,7 @@ import pyarrow.parquet as pq
 
 from webhook.files import write_atomically, write_text_atomically
 from trainer.collect import controller_of, read_requests
-from trainer.inputs import InputFileError, parquet_column_names, read_parquet_input
+from trainer.inputs import InputFileError, parquet_column_names, read_parquet_input, release_arrow_memory
 from trainer.labels import LABEL_COLUMNS
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest, spec_hash
 
@@ -806,7 +806,7 @@ def read_dataset(path: str | os.PathLike[str], *, text_as_categories: bool = Fal
     group millions of windows, such as fit."""
     text_columns = [c for c in DATASET_COLUMNS if c in _DATASET_TEXT_COLUMNS] if text_as_categories else None
     frame = read_parquet_input(path, "a trainer dataset (train dataset's output)", read_dictionary=text_columns)
-    _release_arrow_memory()
+    release_arrow_memory()
     missing = [c for c in DATASET_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} is not a trainer dataset: it lacks columns {missing}")
@@ -821,12 +821,6 @@ def summary_path(dataset_path: str | os.PathLike[str]) -> Path:
 def write_summary(summary: Mapping[str, Any], dataset_path: str | os.PathLike[str]) -> Path:
     """The dataset's summary as JSON at `summary_path(dataset_path)`, atomically."""
     return write_text_atomically(summary_path(dataset_path), json.dumps(summary, indent=2) + "\n")
-
-
-def _release_arrow_memory() -> None:
-    """Hand the memory Arrow's allocator kept from reading back to the system: after a large
-    read it holds about as much again as the frame (GBs at millions of rows)."""
-    pa.default_memory_pool().release_unused()
 
 
 def run_dataset(labels_path: str | os.PathLike[str], requests_paths: Sequence[str | os.PathLike[str]],

@@ -61,3 +61,10 @@ def read_parquet_input(
         )
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputFileError(path, what, _problem(Path(path), exc)) from None
+
+
+def release_arrow_memory() -> None:
+    """Hand the memory Arrow's allocator kept from reading back to the system: after a large
+    read it holds about as much again as what was kept (GBs at millions of rows; `read_targets`
+    of 20,000 simulated workloads: 314 MiB of a 580 MiB read)."""
+    pa.default_memory_pool().release_unused()

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainer.inputs import InputFileError, parquet_column_names
+from trainer.inputs import InputFileError, parquet_column_names, release_arrow_memory
 from webhook.model.schema import InferenceRequest
 
 TARGET_UNITS: tuple[str, ...] = ("workload", "pod", "pod-day")
@@ -526,6 +526,9 @@ def read_targets(path: str | os.PathLike[str], unit: str = DEFAULT_TARGET_UNIT,
             sums.add(batch)
     except (pa.ArrowException, OSError) as exc:
         raise InputFileError(path, DATASET_WHAT, str(exc).strip().splitlines()[0]) from None
+    # Before the specs are parsed and the model is fitted, which would otherwise come on top of
+    # what the batches' decoding left in Arrow's pool.
+    release_arrow_memory()
     return _targets(sums.pods(), unit, min_active_windows), sums.facts()
 
 

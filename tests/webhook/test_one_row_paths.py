@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from webhook.model import llm
+from webhook.model import arrays, llm
 from webhook.model.arrays import exact_nearest
 from webhook.model.calibration import CalibratedPrior
 from webhook.model.features import PodFeatureEncoder
@@ -214,6 +214,23 @@ def test_exact_nearest_for_one_query_is_the_batchs_row(seed: int, duplicates: bo
     distances, indices = exact_nearest(training, queries, candidates, k)
     one_distances, one_indices = exact_nearest(training, queries[:1], candidates[:1], k)
     assert _same_bits(one_distances, distances[:1]) and _same_bits(one_indices, indices[:1])
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 12 * 6 * 8, 10**9])
+def test_exact_nearest_in_blocks_of_queries_is_the_whole_batchs_answer(
+        block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One query a block, three with a remainder, all at once: the same neighbours to the bit.
+    rng = np.random.default_rng(11)
+    training = rng.integers(0, 3, (40, 6)).astype(np.float32)
+    queries = rng.integers(0, 3, (10, 6)).astype(np.float32)
+    candidates = np.stack([rng.permutation(40)[:12] for _ in range(10)])
+    expected = [np.empty((10, 4)), np.empty((10, 4), dtype=candidates.dtype)]
+    for row in range(10):
+        expected[0][row], expected[1][row] = (part[0] for part in
+                                              exact_nearest(training, queries[row:row + 1], candidates[row:row + 1], 4))
+    monkeypatch.setattr(arrays, "EXACT_BLOCK_BYTES", block_bytes)
+    distances, indices = exact_nearest(training, queries, candidates, 4)
+    assert _same_bits(distances, expected[0]) and _same_bits(indices, expected[1])
 
 
 def test_the_inverted_file_answers_one_query_as_it_answers_it_in_a_batch() -> None:
