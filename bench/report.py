@@ -221,7 +221,7 @@ def soak(result: dict[str, Any]) -> str:
 
 SECTIONS = (("admission_load", admission), ("predictor_scale", predictor), ("predictor_scale_full", predictor),
             ("predictor_scale_1m_ivf", predictor), ("predictor_scale_1m_mapped", predictor), ("trainer_scale", trainer), ("trainer_scale_full", trainer),
-            ("trainer_scale_20000x1d", trainer), ("trainer_scale_2000x1d", trainer), ("labels_rerun", labels_rerun),
+            ("trainer_scale_20000x1d", trainer), ("trainer_scale_20000x0.1d", trainer), ("trainer_scale_2000x1d", trainer), ("labels_rerun", labels_rerun),
             ("run_model_rerun", run_model_rerun), ("accuracy", accuracy),
             ("accuracy_full", accuracy), ("accuracy_draws", accuracy_draws), ("ivf_recall", ivf_recall), ("soak", soak), ("soak_6min", soak),
             ("soak_mmap_threshold", soak))
