@@ -408,7 +408,8 @@ class _PodSums:
         """One row per pod (and day) and spec, sorted by its texts (and day), as the texts group."""
         size = len(self._groups)
         keys = self._groups.tuples()
-        pods = pd.DataFrame({c: pd.array(self.codes[c].texts, dtype="str").take(keys[:, i]) if size else
+        pods = pd.DataFrame({c: (_sorted_categorical(self.codes[c].texts, keys[:, i]) if c == "request_json"
+                                 else pd.array(self.codes[c].texts, dtype="str").take(keys[:, i])) if size else
                              pd.array([], dtype="str") for i, c in enumerate(self.text_keys)})
         if self.unit == "pod-day":
             days = pd.to_datetime(keys[:, -1] * 86_400, unit="s", utc=True)
@@ -433,6 +434,18 @@ class _PodSums:
         rules = pd.Series(rule_texts.take(self._rule_pods.tuples()[:, 2]), dtype="str")
         return DatasetFacts(first_window_start=first, last_window_start=last,
                             join_rule_pods={str(k): int(v) for k, v in rules.value_counts().items()})
+
+
+def _sorted_categorical(texts: list[str], codes: np.ndarray) -> pd.Categorical:
+    """`texts[codes]` as a categorical whose categories are the texts in sorted order, so it sorts
+    and groups as the texts would, each text held once: one spec's JSON is kilobytes, and a
+    string column repeated it for each of its pods (at 20,000 simulated workloads, 33,970 pods of
+    18,868 specs, the column and its sorted copy were most of read_targets' peak)."""
+    order = np.argsort(np.asarray(texts, dtype=object), kind="stable")
+    rank = np.empty(len(texts), dtype=np.int64)
+    rank[order] = np.arange(len(texts))
+    categories = pd.Index(np.asarray(texts, dtype=object)[order], dtype=object)
+    return pd.Categorical.from_codes(rank[codes], categories=categories, ordered=True)
 
 
 def _column(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any) -> np.ndarray:
@@ -522,8 +535,12 @@ def read_targets(path: str | os.PathLike[str], unit: str = DEFAULT_TARGET_UNIT,
         # 528 MiB without it.
         source = pq.ParquetFile(path, read_dictionary=text_columns, pre_buffer=False)
         sums = _PodSums(text_keys, unit, source.schema_arrow.field("window_start").type)
-        for batch in source.iter_batches(batch_size=batch_rows, columns=wanted):
-            sums.add(batch)
+        # A row group at a time: one iterator over the file decodes as many row groups ahead as a
+        # batch spans, each with its own dictionary of specs. At 20,000 simulated workloads
+        # (122,880-row groups) Arrow held 264 MiB at most that way, 122 MiB a group at a time.
+        for row_group in range(source.num_row_groups):
+            for batch in source.iter_batches(batch_size=batch_rows, row_groups=[row_group], columns=wanted):
+                sums.add(batch)
     except (pa.ArrowException, OSError) as exc:
         raise InputFileError(path, DATASET_WHAT, str(exc).strip().splitlines()[0]) from None
     # Before the specs are parsed and the model is fitted, which would otherwise come on top of
@@ -538,8 +555,8 @@ def _targets(pods: pd.DataFrame, unit: str, min_active_windows: int) -> Training
     pods = pods.loc[enough].reset_index(drop=True)
     targets = _per_spec(pods) if unit == "workload" else pods
     texts = targets.pop("request_json")
-    parsed: dict[str, InferenceRequest] = {}
-    requests = [parsed.setdefault(t, InferenceRequest.model_validate_json(t)) for t in texts]
+    parsed: dict[str, InferenceRequest] = {}  # one object per spec, parsed once however many pods share it
+    requests = [parsed[t] if t in parsed else parsed.setdefault(t, InferenceRequest.model_validate_json(t)) for t in texts]
     return TrainingTable(
         frame=targets,
         requests=requests,

@@ -103,6 +103,24 @@ def test_targets_read_in_batches_equal_the_targets_of_the_whole_dataset_in_memor
     assert facts.join_rule_pods == {str(k): int(v) for k, v in rules.items()} == {"workload": 26, "controller": 13}
 
 
+@pytest.mark.parametrize("batch_rows", [333, 5000])
+def test_targets_are_the_same_whatever_row_groups_the_file_has(tmp_path: Path, batch_rows: int) -> None:
+    # read_targets reads a row group at a time: batches smaller and larger than the groups, and
+    # groups that split pods and specs, give the targets of the file written as one group.
+    import pyarrow.parquet as pq
+
+    frame = _dataset(with_group=True)
+    one_group = write_dataset(frame, tmp_path / "dataset.parquet")
+    grouped = tmp_path / "groups.parquet"
+    pq.write_table(pq.read_table(one_group), grouped, row_group_size=1000)
+    assert pq.ParquetFile(grouped).num_row_groups > 10
+    expected, expected_facts = read_targets(one_group, "workload", min_active_windows=5)
+    table, facts = read_targets(grouped, "workload", min_active_windows=5, batch_rows=batch_rows)
+    pd.testing.assert_frame_equal(table.frame, expected.frame)
+    assert table.requests == expected.requests and table.data_sha256() == expected.data_sha256()
+    assert facts == expected_facts
+
+
 def test_reading_targets_keeps_no_row_per_window(tmp_path: Path) -> None:
     """The per-pod sums are all that grows: reading a dataset 20x longer peaks the same (tracemalloc)."""
     import tracemalloc
