@@ -190,7 +190,7 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
     sources = _manifest_sources(manifests)
     for name, text in sources:
         try:
-            report = read_manifests(text)
+            report = read_manifests(text, max_documents=None)  # files of any size, as diff reads them
         except ManifestError as exc:
             raise click.ClickException(f"{name}: {exc}") from None
         rows.extend({"file": name, **where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests)

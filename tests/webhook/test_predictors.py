@@ -227,11 +227,13 @@ def test_a_fallback_for_a_pod_the_prior_gives_0_w_keeps_the_models_range() -> No
     from webhook.model.knn import NeighbourPrediction
 
     nothing = _request(0, 0, limit_cpu=0)  # asks for no CPU, no memory, no GPU
-    assert PriorPredictor().predict_one(nothing).power_watts == 0.0
+    # A prior whose default for a container without requests is nothing at all.
+    prior = PriorPredictor(PriorCoefficients(default_cpu_millicores=0.0, default_memory_mib=0.0))
+    assert prior.predict_one(nothing).power_watts == 0.0
     detail = NeighbourPrediction(power_watts=np.array([0.5]), power_watts_p10=np.array([0.4]),
                                  power_watts_p90=np.array([0.6]), nearest_distance=np.array([9.0]),
                                  beyond_trust=np.array([True]), prior_only=np.array([True]))
-    widened = widened_beyond_trust(detail, [nothing], PriorPredictor())  # no division by the prior's 0 W
+    widened = widened_beyond_trust(detail, [nothing], prior)  # no division by the prior's 0 W
     assert widened.power_watts_p10.tolist() == [0.4] and widened.power_watts_p90.tolist() == [0.6]
 
 

@@ -22,6 +22,7 @@ from webhook.model.schema import (
     MAX_CAPABILITY_LENGTH,
     MAX_CPU_MILLICORES,
     MAX_DEVICES,
+    MAX_EXTENDED_UNITS,
     MAX_INT32,
     MAX_INT64,
     MAX_MEMORY_MIB,
@@ -132,6 +133,8 @@ def _optional_str(value: Any, field: str) -> str | None:
 def _string_map(value: Any, field: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for key, item in _mapping(value, field).items():
+        if item is None:  # `team:` with no value: the API server decodes the null as the empty string
+            item = ""
         if not isinstance(item, str):
             raise ExtractionError(f"{field}[{key!r}]", f"expected a string, got {type(item).__name__}")
         result[str(key)] = item
@@ -196,7 +199,8 @@ def _amount(value: Any, field: str, convert: Callable[[object, str], Number], ma
     if amount < 0:
         raise ExtractionError(field, f"must not be negative, got {value!r}")
     if amount > maximum:
-        raise ExtractionError(field, f"{value!r} is {amount:g} {unit}, above the limit of {maximum:g} {unit}")
+        shown = f"{amount:g}" if amount < 1e300 else "more than 1e300"  # past a float, {:g} of an int overflows
+        raise ExtractionError(field, f"{value!r} is {shown} {unit}, above the limit of {maximum:g} {unit}")
     return amount
 
 
@@ -254,7 +258,9 @@ def _resources(value: Any, field: str) -> _Resources:
         for name, amount in section.items():
             if name in _STANDARD_RESOURCES or str(name).startswith("hugepages-"):
                 continue
-            devices = _amount(amount, f"{field}.{section_name}[{name!r}]", quantity.count, MAX_DEVICES, "devices")
+            gpu = is_gpu_resource(str(name))
+            devices = _amount(amount, f"{field}.{section_name}[{name!r}]", quantity.count,
+                              MAX_DEVICES if gpu else MAX_EXTENDED_UNITS, "devices" if gpu else "units")
             extended[str(name)] = max(extended.get(str(name), 0.0), devices or 0.0)
     return _Resources(
         req_cpu_mcpu=_cpu(requests.get("cpu"), field, "requests.cpu"),

@@ -158,6 +158,11 @@ _INSTANCE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 
 _MIG_RESOURCE = re.compile(r"^nvidia\.com/mig-(\d+)g\.\d+gb$")
 MIG_SLICES_PER_GPU = 7
+_SHARED_SUFFIX = ".shared"
+# Intel's GPU device plugin: a device is `i915` (or `xe`, its newer kernel driver's); its other
+# resources are shares of one, or none (monitoring).
+_INTEL_PREFIX = "gpu.intel.com/"
+_INTEL_DEVICES = frozenset({"i915", "xe"})
 
 
 def product_from_name(value: str) -> str | None:
@@ -204,8 +209,17 @@ def gpu_product(name: str | None) -> GpuProduct:
 
 def gpu_fraction(resource: str) -> float | None:
     """How much of a GPU one unit of an extended resource is: 1 for a GPU, g/7 for a MIG slice,
-    None for anything else. nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915, gpu.intel.com/xe, ..."""
-    if resource.endswith("/gpu") or resource.startswith("gpu.intel.com/"):
+    None for anything else. nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915, gpu.intel.com/xe, ...
+
+    A time-sliced GPU that the device plugin renames (`renameByDefault`: `nvidia.com/gpu.shared`,
+    `nvidia.com/mig-1g.5gb.shared`) counts as what it shares: how many pods share it is the
+    node's configuration, not the pod's spec, so the pod is given the whole of it (an upper bound).
+    Intel's resources beside its devices (`gpu.intel.com/millicores`, `memory.max`, `tiles`, and
+    the monitoring ones) are not GPUs: a pod asking `millicores: 500` with one `i915` has one GPU."""
+    resource = resource.removesuffix(_SHARED_SUFFIX)
+    if resource.startswith(_INTEL_PREFIX):
+        return 1.0 if resource[len(_INTEL_PREFIX):] in _INTEL_DEVICES else None
+    if resource.endswith("/gpu"):
         return 1.0
     mig = _MIG_RESOURCE.match(resource)
     if mig:

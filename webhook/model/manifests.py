@@ -8,6 +8,7 @@ point a pull request's annotations at it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -91,15 +92,37 @@ def load_located_documents(text: str, max_documents: int | None = MAX_DOCUMENTS)
     except TooManyDocuments:
         raise
     except ManifestError:
-        if _FastLoader is yaml.SafeLoader:
+        if not hasattr(yaml, "CSafeLoader"):
             raise
         # libyaml is ~10x faster (a diff reads thousands of documents), but its messages differ from
         # the pure-Python parser's in wording: read a broken stream again for the established message.
-        return _compose_documents(yaml.SafeLoader, text, max_documents)
+        return _compose_documents(_SafeLoader, text, max_documents)
 
 
+# YAML as Kubernetes reads it (sigs.k8s.io/yaml, go-yaml v2 into interface{}), where PyYAML's
+# YAML 1.1 reads otherwise: a date (`name: 2024-01-15`) stays a string, a colon-separated number
+# (`window: 12:30`, base 60 in YAML 1.1) is a string, and a lone `=` (kube-prometheus' CRDs list
+# `enum: ['!=', =, =~]`) is the string "=", where PyYAML made a date, 750, and refused the document.
+_STRINGS_IN_KUBERNETES = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"})
+_WITHOUT_BASE_60 = {
+    "tag:yaml.org,2002:int": re.compile(
+        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    "tag:yaml.org,2002:float": re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+}
+
+
+def _as_kubernetes_reads(loader: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    resolvers = {first: [(tag, _WITHOUT_BASE_60.get(tag, pattern)) for tag, pattern in entries
+                         if tag not in _STRINGS_IN_KUBERNETES]
+                 for first, entries in loader.yaml_implicit_resolvers.items()}
+    return type(f"Kubernetes{loader.__name__}", (loader,), {"yaml_implicit_resolvers": resolvers})
+
+
+_SafeLoader = _as_kubernetes_reads(yaml.SafeLoader)
 # libyaml's loader when PyYAML was built with it (the wheels are), else the pure-Python one.
-_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FastLoader: type[yaml.SafeLoader] = _as_kubernetes_reads(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _compose_documents(loader_class: type[yaml.SafeLoader], text: str, max_documents: int | None) -> list[Document]:
@@ -171,10 +194,20 @@ def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> Mani
                 continue
             for index, item in enumerate(items):
                 line = located.item_lines[index] if index < len(located.item_lines) else located.line
-                _classify(item, Located(number, index, line), report)
+                _classify(_typed_item(document, item), Located(number, index, line), report)
         else:
             _classify(document, Located(number, line=located.line), report)
     return report
+
+
+def _typed_item(listing: Mapping[str, Any], item: Any) -> Any:
+    """An item of a typed list (`DeploymentList`) as the object it is: the API server writes its
+    items without `kind` and `apiVersion` (`kubectl get --raw`), which the list's kind and
+    apiVersion give. A `kind: List` says nothing of its items, and an item's own fields win."""
+    kind = listing.get("kind")
+    if not isinstance(item, Mapping) or kind == "List" or "kind" in item:
+        return item
+    return {"apiVersion": listing.get("apiVersion"), "kind": str(kind).removesuffix("List"), **item}
 
 
 def _classify(document: Any, where: Located, report: ManifestReport) -> None:

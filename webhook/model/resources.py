@@ -12,7 +12,9 @@ class PodTotals:
     """Resources of the running containers (native sidecars included), summed per pod.
 
     A missing request falls back to the limit (the apiserver defaults it so), then to the
-    given default. A missing limit means "unbounded", so the limit totals fall back to the
+    given default. A request or limit of zero counts as missing, as Kubernetes' QoS classes ignore
+    zero quantities: `cpu: "0"` on a node agent says nothing of what it draws, and read as 0
+    vCPU it made the prior's answer 0 W. A missing limit means "unbounded", so the limit totals fall back to the
     request totals: the pod cannot be expected to stay below what it asked for.
     Pod-level ``resources`` (Kubernetes 1.32+) replace the sums where set.
     """
@@ -29,18 +31,19 @@ def pod_totals(request: InferenceRequest, default_cpu_millicores: float, default
     cpu_req = cpu_lim = mem_req = mem_lim = 0.0
     no_cpu = no_mem = 0
     for c in request.containers:
-        c_cpu_req = c.req_cpu_mcpu if c.req_cpu_mcpu is not None else c.lim_cpu_mcpu
-        if c_cpu_req is None:
+        # `or`: None and zero alike fall through (the docstring).
+        c_cpu_req = c.req_cpu_mcpu or c.lim_cpu_mcpu
+        if not c_cpu_req:
             no_cpu += 1
             c_cpu_req = default_cpu_millicores
-        c_mem_req = c.req_mem_mib if c.req_mem_mib is not None else c.lim_mem_mib
-        if c_mem_req is None:
+        c_mem_req = c.req_mem_mib or c.lim_mem_mib
+        if not c_mem_req:
             no_mem += 1
             c_mem_req = default_memory_mib
         cpu_req += c_cpu_req
         mem_req += c_mem_req
-        cpu_lim += max(c.lim_cpu_mcpu if c.lim_cpu_mcpu is not None else c_cpu_req, c_cpu_req)
-        mem_lim += max(c.lim_mem_mib if c.lim_mem_mib is not None else c_mem_req, c_mem_req)
+        cpu_lim += max(c.lim_cpu_mcpu or c_cpu_req, c_cpu_req)
+        mem_lim += max(c.lim_mem_mib or c_mem_req, c_mem_req)
     pod = request.pod_resources
     if pod is not None:
         if pod.req_cpu_mcpu is not None or pod.lim_cpu_mcpu is not None:

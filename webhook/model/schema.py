@@ -27,7 +27,10 @@ MAX_CPU_MILLICORES = 4_096_000  # 4096 cores
 MAX_MEMORY_MIB = 64 * 2**20  # 64 TiB
 MAX_CONTAINERS = 512
 MAX_PODS = 1_000_000
-MAX_DEVICES = 1024
+MAX_DEVICES = 1024  # GPUs a pod asks for
+# Units of any other extended resource: Kubernetes bounds them by int64 only, and some count bytes
+# (Intel SGX's sgx.intel.com/epc: "512Ki") or MiB (HAMi's nvidia.com/gpumem: 3000).
+MAX_EXTENDED_UNITS = float(2**63 - 1)
 MAX_INT32 = 2**31 - 1  # the API's int32 fields (completions, backoffLimit)
 MAX_INT64 = 2**63 - 1  # the API's int64 fields (activeDeadlineSeconds)
 MAX_CAPABILITIES = 64  # Linux has 41
@@ -113,7 +116,7 @@ class InferenceRequest(_Strict):
     # Added after the prototype:
     replicas: PodCount | None = None
     pod_resources: PodResources | None = None
-    extended_resources: dict[str, Annotated[float, Field(ge=0, le=MAX_DEVICES)]] = Field(
+    extended_resources: dict[str, Annotated[float, Field(ge=0, le=MAX_EXTENDED_UNITS)]] = Field(
         default_factory=dict, description="per pod, e.g. nvidia.com/gpu"
     )
     priority_class: str | None = None
