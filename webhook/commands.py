@@ -192,7 +192,10 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
         try:
             report = read_manifests(text, max_documents=None)  # files of any size, as diff reads them
         except ManifestError as exc:
-            raise click.ClickException(f"{name}: {exc}") from None
+            # The other files are still predicted, as `kubectl apply -R` applies the rest of a
+            # directory; the exit code says that something was not read.
+            errors.append({"file": name, "document": None, "item": None, "field": None, "problem": str(exc)})
+            continue
         rows.extend({"file": name, **where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests)
         skipped.extend({"file": name, **s} for s in report.skipped)
         errors.extend({"file": name, **e} for e in report.errors)
@@ -243,7 +246,10 @@ def _print_table(rows: list[dict], skipped: list[dict], errors: list[dict],  # t
     for s in skipped:
         click.echo(f"skipped document {_document(s, with_files)}: {s['reason']}", err=True)
     for e in errors:
-        click.echo(f"error in document {_document(e, with_files)}: {e['field']}: {e['problem']}", err=True)
+        if e["document"] is None:  # the file itself could not be read
+            click.echo(f"error in {e['file']}: {e['problem']}", err=True)
+        else:
+            click.echo(f"error in document {_document(e, with_files)}: {e['field']}: {e['problem']}", err=True)
 
 
 class InputError(click.ClickException):

@@ -7,6 +7,7 @@ refused, crashed on or read wrongly; each is valid to the Kubernetes API.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +184,19 @@ def test_a_typed_list_from_the_api_gives_its_items_their_kind() -> None:
     # A `kind: List` says nothing of its items: one without a kind is skipped, as before.
     report = read_manifests(json.dumps({"apiVersion": "v1", "kind": "List", "items": [item]}))
     assert not report.requests and report.skipped[0]["reason"] == "no kind: not a Kubernetes object"
+
+
+def test_a_file_that_is_not_yaml_in_a_directory_is_an_error_and_the_others_are_predicted(tmp_path: Path) -> None:
+    # A CI file beside the manifests (GitLab's `!reference` tag), a Helm template's braces.
+    (tmp_path / "web.yaml").write_text(yaml.safe_dump(_deployment()), encoding="utf-8")
+    (tmp_path / ".ci.yml").write_text("build:\n  script: !reference [.setup, script]\n", encoding="utf-8")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "job.yaml").write_text("kind: Job\nmetadata: {name: {{ .Release.Name }}}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["predict", str(tmp_path), "-o", "json"])
+    answer = json.loads(result.output)
+    assert result.exit_code == 1 and [row["workload_name"] for row in answer["predictions"]] == ["web"]
+    failed = {Path(error["file"]).name: error["problem"] for error in answer["errors"]}
+    assert set(failed) == {".ci.yml", "job.yaml"} and all("invalid YAML at line" in p for p in failed.values())
+    result = CliRunner().invoke(main, ["predict", str(tmp_path)])
+    assert result.exit_code == 1 and "shop/web" in result.output
+    assert f"error in {tmp_path / '.ci.yml'}: invalid YAML at line" in result.output
