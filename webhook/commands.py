@@ -12,11 +12,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from webhook.model.prior import PriorCoefficients, PriorPredictor
 from webhook.textable import align_columns
+
+if TYPE_CHECKING:
+    from webhook.model.manifests import ManifestError
 
 _DEFAULTS = PriorCoefficients()
 
@@ -148,21 +152,27 @@ def _offline_service(model_path: Path | None, prior: PriorCoefficients,
     return service
 
 
-def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, str | ManifestError]]:
     """(name, text) of each file to read: a file, the manifests under a directory (recursively), or
-    '-' for stdin; UTF-8 all (`webhook.model.manifests.manifest_texts`)."""
+    '-' for stdin; UTF-8 all. A file of a directory that cannot be read (not UTF-8, no permission)
+    comes with its ManifestError instead of its text, for the caller to report beside the rest; a
+    path that is not there, or standard input that is not UTF-8, stops the command."""
     from webhook.files import STDIN_NAME, NotUtf8Error, stdin_text
-    from webhook.model.manifests import ManifestError, manifest_texts
+    from webhook.model.manifests import ManifestError, manifest_file_text, manifest_files
 
     if paths.count("-") > 1:
         raise click.ClickException("'-' (standard input) may be given once")
-    sources: list[tuple[str, str]] = []
+    sources: list[tuple[str, str | ManifestError]] = []
     try:
         for path in paths:
             if path == "-":
                 sources.append((STDIN_NAME, stdin_text()))
-            else:
-                sources.extend(manifest_texts(path))
+                continue
+            for file in manifest_files(path):
+                try:
+                    sources.append((str(file), manifest_file_text(file)))
+                except ManifestError as exc:
+                    sources.append((str(file), exc))
     except (NotUtf8Error, ManifestError) as exc:
         raise click.ClickException(str(exc)) from None
     return sources
@@ -190,6 +200,8 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
     sources = _manifest_sources(manifests)
     for name, text in sources:
         try:
+            if isinstance(text, ManifestError):
+                raise text
             report = read_manifests(text, max_documents=None)  # files of any size, as diff reads them
         except ManifestError as exc:
             # The other files are still predicted, as `kubectl apply -R` applies the rest of a

@@ -38,6 +38,7 @@ def _predict(text: str) -> tuple[int, str]:
 
 KUBERNETES_SCALARS = """\
 date: 2024-01-15
+tagged_date: !!timestamp 2024-01-01
 time: 12:30
 negative_time: -12:30
 equals: =
@@ -45,23 +46,64 @@ operators: ['!=', =, =~]
 replicas: 3
 ratio: 1.5
 hex: 0x1F
+upper_hex: 0X10
 octal: 0755
+go_octal: 0o17
+not_octal: 08
+binary: 0b101
 enabled: true
+short_yes: y
+short_no: N
 thousand: 1_000
 exponent: 1e3
+whole_float: 2.0
+leading_dot: .5e1
+infinite: -.inf
+unknown_tag: !custom x
+ci_reference: !reference [.setup, script]
+words: [., 1.2.3, 1e, _1, '-']
+empty: ~
 """
 
 
 @pytest.mark.parametrize("loader", ["libyaml", "pure-python"])
 def test_scalars_are_read_as_kubernetes_reads_them(loader: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # go-yaml v2 into interface{} (sigs.k8s.io/yaml) keeps dates and base-60 numbers as strings and
-    # reads a lone `=` as one; YAML 1.1's other numbers and booleans are as PyYAML reads them.
+    # go-yaml v2 into interface{}, then JSON (sigs.k8s.io/yaml): dates and base-60 numbers are
+    # strings, numbers are what Go's strconv reads (a whole float is an integer in JSON), y and N
+    # are booleans, an unknown tag is ignored.
     if loader == "pure-python":
         monkeypatch.setattr(manifests, "_FastLoader", manifests._SafeLoader)
     [document] = load_documents(KUBERNETES_SCALARS)
-    assert document == {"date": "2024-01-15", "time": "12:30", "negative_time": "-12:30", "equals": "=",
-                        "operators": ["!=", "=", "=~"], "replicas": 3, "ratio": 1.5, "hex": 31, "octal": 493,
-                        "enabled": True, "thousand": 1000, "exponent": "1e3"}
+    assert document == {
+        "date": "2024-01-15", "tagged_date": "2024-01-01", "time": "12:30", "negative_time": "-12:30",
+        "equals": "=", "operators": ["!=", "=", "=~"], "replicas": 3, "ratio": 1.5, "hex": 31, "upper_hex": 16,
+        "octal": 493, "go_octal": 15, "not_octal": 8, "binary": 5, "enabled": True, "short_yes": True,
+        "short_no": False, "thousand": 1000, "exponent": 1000, "whole_float": 2, "leading_dot": 5,
+        "infinite": float("-inf"), "unknown_tag": "x", "ci_reference": [".setup", "script"],
+        "words": [".", "1.2.3", "1e", "_1", "-"], "empty": None}
+    assert type(document["exponent"]) is int and type(document["whole_float"]) is int
+
+
+def test_counts_written_as_go_yaml_numbers_are_read() -> None:
+    text = yaml.safe_dump(_deployment()).replace("spec:\n", "spec:\n  replicas: 1e1\n", 1)
+    [(_, request)] = read_manifests(text).requests
+    assert request.replicas == 10
+
+
+def test_what_the_api_server_refuses_is_refused() -> None:
+    # A label value that YAML reads as a boolean or a number is not a string to the API server.
+    for value in ("y", "1e3", "09"):
+        text = yaml.safe_dump(_deployment()).replace("name: web\n", f"name: web\n  labels: {{v: {value}}}\n", 1)
+        [error] = read_manifests(text).errors
+        assert error["field"] == "metadata.labels['v']" and error["problem"].startswith("expected a string")
+
+
+def test_null_args_and_non_string_keys_read_as_json_has_them() -> None:
+    deployment = _deployment()
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"] = ["--port", None]
+    deployment["metadata"]["labels"] = {True: "x", 7: "y"}
+    request = to_inference_request(deployment)
+    assert request.containers[0].args == ["--port", ""] and request.labels == {"true": "x", "7": "y"}
 
 
 def test_a_crd_with_an_unquoted_equals_sign_does_not_stop_the_workloads_beside_it() -> None:
@@ -186,17 +228,21 @@ def test_a_typed_list_from_the_api_gives_its_items_their_kind() -> None:
     assert not report.requests and report.skipped[0]["reason"] == "no kind: not a Kubernetes object"
 
 
-def test_a_file_that_is_not_yaml_in_a_directory_is_an_error_and_the_others_are_predicted(tmp_path: Path) -> None:
+def test_a_file_that_is_not_yaml_or_not_utf8_in_a_directory_is_an_error_and_the_others_are_predicted(tmp_path: Path) -> None:
     # A CI file beside the manifests (GitLab's `!reference` tag), a Helm template's braces.
     (tmp_path / "web.yaml").write_text(yaml.safe_dump(_deployment()), encoding="utf-8")
     (tmp_path / ".ci.yml").write_text("build:\n  script: !reference [.setup, script]\n", encoding="utf-8")
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "job.yaml").write_text("kind: Job\nmetadata: {name: {{ .Release.Name }}}\n", encoding="utf-8")
+    (tmp_path / "latin.yaml").write_bytes("kind: ConfigMap\ndata: {a: café}\n".encode("latin-1"))
     result = CliRunner().invoke(main, ["predict", str(tmp_path), "-o", "json"])
     answer = json.loads(result.output)
     assert result.exit_code == 1 and [row["workload_name"] for row in answer["predictions"]] == ["web"]
     failed = {Path(error["file"]).name: error["problem"] for error in answer["errors"]}
-    assert set(failed) == {".ci.yml", "job.yaml"} and all("invalid YAML at line" in p for p in failed.values())
+    assert set(failed) == {"job.yaml", "latin.yaml"}
+    assert "invalid YAML at line" in failed["job.yaml"] and "not UTF-8 text (byte 0xe9 on line 2)" in failed["latin.yaml"]
+    # The CI file is YAML to Kubernetes (an unknown tag is ignored) and no object: skipped.
+    assert [Path(s["file"]).name for s in answer["skipped"]] == [".ci.yml"]
     result = CliRunner().invoke(main, ["predict", str(tmp_path)])
     assert result.exit_code == 1 and "shop/web" in result.output
-    assert f"error in {tmp_path / '.ci.yml'}: invalid YAML at line" in result.output
+    assert f"error in {tmp_path / 'templates' / 'job.yaml'}: invalid YAML at line" in result.output

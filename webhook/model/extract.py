@@ -115,7 +115,7 @@ def _list(value: Any, field: str) -> list[Any]:
 def _string_list(value: Any, field: str) -> list[str] | None:
     if value is None:
         return None
-    items = _list(value, field)
+    items = [_null_as_empty(item) for item in _list(value, field)]
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise ExtractionError(f"{field}[{i}]", f"expected a string, got {type(item).__name__}")
@@ -133,12 +133,27 @@ def _optional_str(value: Any, field: str) -> str | None:
 def _string_map(value: Any, field: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for key, item in _mapping(value, field).items():
-        if item is None:  # `team:` with no value: the API server decodes the null as the empty string
-            item = ""
+        item = _null_as_empty(item)
         if not isinstance(item, str):
             raise ExtractionError(f"{field}[{key!r}]", f"expected a string, got {type(item).__name__}")
-        result[str(key)] = item
+        result[_json_key(key, field)] = item
     return result
+
+
+def _null_as_empty(item: Any) -> Any:
+    # `team:` with no value, `args: [a, ~]`: the API server decodes a null string as the empty one.
+    return "" if item is None else item
+
+
+def _json_key(key: Any, field: str) -> str:
+    """A YAML map key as sigs.k8s.io/yaml writes it into JSON: `yes:` is "true", `1:` is "1"."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, (int, float)):
+        return str(key)
+    raise ExtractionError(field, f"a key must be a string, got {key!r}")
 
 
 def _count(value: Any, field: str, maximum: int | None = None) -> int | None:

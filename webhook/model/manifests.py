@@ -7,6 +7,7 @@ point a pull request's annotations at it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -99,25 +100,73 @@ def load_located_documents(text: str, max_documents: int | None = MAX_DOCUMENTS)
         return _compose_documents(_SafeLoader, text, max_documents)
 
 
-# YAML as Kubernetes reads it (sigs.k8s.io/yaml, go-yaml v2 into interface{}), where PyYAML's
-# YAML 1.1 reads otherwise: a date (`name: 2024-01-15`) stays a string, a colon-separated number
-# (`window: 12:30`, base 60 in YAML 1.1) is a string, and a lone `=` (kube-prometheus' CRDs list
-# `enum: ['!=', =, =~]`) is the string "=", where PyYAML made a date, 750, and refused the document.
-_STRINGS_IN_KUBERNETES = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"})
-_WITHOUT_BASE_60 = {
-    "tag:yaml.org,2002:int": re.compile(
-        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    "tag:yaml.org,2002:float": re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-}
+# YAML as Kubernetes reads it: sigs.k8s.io/yaml, which is go-yaml v2 decoding into interface{} and
+# then JSON. Where PyYAML's YAML 1.1 reads otherwise, go-yaml v2's rules (its resolve.go) win:
+# - a date (`name: 2024-01-15`, or tagged `!!timestamp`) and a colon-separated number (`12:30`,
+#   base 60 in YAML 1.1) are strings; a lone `=` (kube-prometheus' CRDs: `enum: ['!=', =, =~]`) is "=";
+# - a number is what Go's strconv reads once underscores are dropped: ParseInt with base prefix
+#   (0x, 0o, 0b, a leading 0 for octal), else a float `[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?`
+#   (`1e3`, `08`), and a whole float is an integer once it passes through JSON (`replicas: 1e3` is 1000);
+# - y, Y, n and N are booleans too;
+# - an unknown tag (`!reference [...]` in a CI file beside the manifests) is ignored: the node is
+#   read as the plain scalar, list or map it is.
+_STRINGS_IN_KUBERNETES = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value",
+                                    "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"})
+_GO_NUMBER_TAG = "tag:yaml.org,2002:int"
+_GO_NUMBER = re.compile(r"^(?:[-+]?[0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9_]+)?|[-+]?0[xXoObB][0-9a-fA-F_]+"
+                        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_GO_INTEGER = re.compile(r"^[-+]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)$")
+_GO_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
+_GO_SPECIAL_FLOATS = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+_GO_BOOL_TAG = "tag:yaml.org,2002:bool"
+_GO_BOOLEANS = {**dict.fromkeys(("y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "true", "True", "TRUE"), True),
+                **dict.fromkeys(("n", "N", "no", "No", "NO", "off", "Off", "OFF", "false", "False", "FALSE"), False)}
+# A whole float passes through JSON as an integer below this (Go's encoding/json writes 1e21 on as 1e+21).
+_JSON_INTEGER_LIMIT = 1e21
+
+
+def _go_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    text = node.value.replace("_", "")
+    if _GO_INTEGER.match(text):
+        sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+        octal = len(digits) > 1 and digits[0] == "0" and digits[1].isdigit()
+        return sign * int(digits, 8 if octal else 0)
+    special = _GO_SPECIAL_FLOATS.get(text.lower())
+    if special is not None:
+        return special
+    if not _GO_FLOAT.match(text):
+        return node.value  # `.`, `1e`, `+`: words, not numbers
+    number = float(text)
+    return int(number) if number.is_integer() and abs(number) < _JSON_INTEGER_LIMIT else number
+
+
+def _go_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    return _GO_BOOLEANS[node.value]
+
+
+def _untagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
 
 
 def _as_kubernetes_reads(loader: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
-    resolvers = {first: [(tag, _WITHOUT_BASE_60.get(tag, pattern)) for tag, pattern in entries
-                         if tag not in _STRINGS_IN_KUBERNETES]
-                 for first, entries in loader.yaml_implicit_resolvers.items()}
-    return type(f"Kubernetes{loader.__name__}", (loader,), {"yaml_implicit_resolvers": resolvers})
+    resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {
+        first: [(tag, pattern) for tag, pattern in entries if tag not in _STRINGS_IN_KUBERNETES]
+        for first, entries in loader.yaml_implicit_resolvers.items()}
+    for first in "-+0123456789.":
+        resolvers.setdefault(first, []).append((_GO_NUMBER_TAG, _GO_NUMBER))
+    for first in {word[0] for word in _GO_BOOLEANS}:
+        resolvers.setdefault(first, []).insert(0, (_GO_BOOL_TAG, re.compile(
+            "^(?:" + "|".join(re.escape(word) for word in _GO_BOOLEANS) + ")$")))
+    kubernetes = type(f"Kubernetes{loader.__name__}", (loader,), {"yaml_implicit_resolvers": resolvers})
+    kubernetes.add_constructor(_GO_NUMBER_TAG, _go_number)
+    kubernetes.add_constructor(_GO_BOOL_TAG, _go_bool)
+    kubernetes.add_constructor("tag:yaml.org,2002:timestamp", _untagged)
+    kubernetes.add_constructor(None, _untagged)
+    return kubernetes
 
 
 _SafeLoader = _as_kubernetes_reads(yaml.SafeLoader)
@@ -172,12 +221,17 @@ def manifest_texts(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
     (`webhook.files.utf8_text`); ManifestError naming the file when it cannot be read or is not
     UTF-8. `predict`, `diff` and the trainer's `--manifests` all read files through it."""
     for file in manifest_files(path):
-        try:
-            yield str(file), utf8_text(file.read_bytes(), str(file))
-        except NotUtf8Error as exc:
-            raise ManifestError(str(exc)) from None
-        except OSError as exc:
-            raise ManifestError(f"{file}: cannot be read: {exc}") from None
+        yield str(file), manifest_file_text(file)
+
+
+def manifest_file_text(file: Path) -> str:
+    """One manifest file's text, read as UTF-8; ManifestError naming the file otherwise."""
+    try:
+        return utf8_text(file.read_bytes(), str(file))
+    except NotUtf8Error as exc:
+        raise ManifestError(str(exc)) from None
+    except OSError as exc:
+        raise ManifestError(f"{file}: cannot be read: {exc}") from None
 
 
 def read_manifests(text: str, max_documents: int | None = MAX_DOCUMENTS) -> ManifestReport:
