@@ -206,7 +206,8 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
         except ManifestError as exc:
             # The other files are still predicted, as `kubectl apply -R` applies the rest of a
             # directory; the exit code says that something was not read.
-            errors.append({"file": name, "document": None, "item": None, "field": None, "problem": str(exc)})
+            errors.append({"file": name, "document": None, "item": None, "field": None,
+                           "problem": str(exc).removeprefix(f"{name}: ")})
             continue
         rows.extend({"file": name, **where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests)
         skipped.extend({"file": name, **s} for s in report.skipped)

@@ -22,8 +22,11 @@ from webhook.model.manifests import load_documents, read_manifests
 from webhook.model.prior import PriorPredictor
 
 
-def _deployment(name: str = "web", resources: dict[str, Any] | None = None, **pod_spec: Any) -> dict[str, Any]:
+def _deployment(name: str = "web", resources: dict[str, Any] | None = None,
+                resources_at_pod: dict[str, Any] | None = None, **pod_spec: Any) -> dict[str, Any]:
     container = {"name": "c", "image": "nginx", "resources": resources or {"requests": {"cpu": "250m"}}}
+    if resources_at_pod is not None:
+        pod_spec["resources"] = resources_at_pod
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "shop"},
             "spec": {"template": {"spec": {"containers": [container], **pod_spec}}}}
 
@@ -240,9 +243,25 @@ def test_a_file_that_is_not_yaml_or_not_utf8_in_a_directory_is_an_error_and_the_
     assert result.exit_code == 1 and [row["workload_name"] for row in answer["predictions"]] == ["web"]
     failed = {Path(error["file"]).name: error["problem"] for error in answer["errors"]}
     assert set(failed) == {"job.yaml", "latin.yaml"}
-    assert "invalid YAML at line" in failed["job.yaml"] and "not UTF-8 text (byte 0xe9 on line 2)" in failed["latin.yaml"]
+    assert failed["job.yaml"].startswith("invalid YAML at line")
+    assert failed["latin.yaml"].startswith("not UTF-8 text (byte 0xe9 on line 2)")  # the file is named once
     # The CI file is YAML to Kubernetes (an unknown tag is ignored) and no object: skipped.
     assert [Path(s["file"]).name for s in answer["skipped"]] == [".ci.yml"]
     result = CliRunner().invoke(main, ["predict", str(tmp_path)])
     assert result.exit_code == 1 and "shop/web" in result.output
     assert f"error in {tmp_path / 'templates' / 'job.yaml'}: invalid YAML at line" in result.output
+
+
+def test_a_zero_pod_level_limit_counts_as_none_too() -> None:
+    pod_level = _deployment(resources={"requests": {"cpu": "500m", "memory": "256Mi"}},
+                            resources_at_pod={"limits": {"cpu": "0", "memory": "0"}})
+    zero = to_inference_request(pod_level)
+    without = to_inference_request(_deployment(resources={"requests": {"cpu": "500m", "memory": "256Mi"}}))
+    prior = PriorPredictor()
+    assert zero.pod_resources is not None and prior.predict_one(zero).power_watts == prior.predict_one(without).power_watts
+
+
+@pytest.mark.parametrize("text", ["v: !!bool yEs", "v: !!bool 1", "v: !!float abc"])
+def test_a_tagged_value_its_tag_cannot_read_is_a_yaml_error_not_a_crash(text: str) -> None:
+    with pytest.raises(manifests.ManifestError, match="invalid YAML at line 1"):
+        load_documents(text)

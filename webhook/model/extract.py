@@ -214,9 +214,16 @@ def _amount(value: Any, field: str, convert: Callable[[object, str], Number], ma
     if amount < 0:
         raise ExtractionError(field, f"must not be negative, got {value!r}")
     if amount > maximum:
-        shown = f"{amount:g}" if amount < 1e300 else "more than 1e300"  # past a float, {:g} of an int overflows
+        shown = _shown(amount)
         raise ExtractionError(field, f"{value!r} is {shown} {unit}, above the limit of {maximum:g} {unit}")
     return amount
+
+
+def _shown(amount: float) -> str:
+    try:
+        return f"{float(amount):g}"
+    except OverflowError:  # an int past a float (`cpu: 1e400` in millicores)
+        return "more than 1e308"
 
 
 # CPU and memory amounts already read, by the quantity string: manifests repeat a few ("100m",

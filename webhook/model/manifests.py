@@ -141,6 +141,8 @@ def _go_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
 
 
 def _go_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    if node.value not in _GO_BOOLEANS:  # `!!bool yEs`: go-yaml refuses it too
+        raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.value!r} as a boolean", node.start_mark)
     return _GO_BOOLEANS[node.value]
 
 
@@ -182,7 +184,12 @@ def _compose_documents(loader_class: type[yaml.SafeLoader], text: str, max_docum
         documents: list[Document] = []
         while loader.check_node():
             node = loader.get_node()
-            documents.append(Document(loader.construct_document(node), node.start_mark.line + 1, _item_lines(node)))
+            try:
+                value = loader.construct_document(node)
+            except (ValueError, TypeError, OverflowError) as exc:  # `!!float abc`, `!!int x`: a tag its value defies
+                raise yaml.constructor.ConstructorError(None, None, f"cannot read a tagged value: {exc}",
+                                                        node.start_mark) from None
+            documents.append(Document(value, node.start_mark.line + 1, _item_lines(node)))
             if max_documents is not None and len(documents) > max_documents:
                 raise TooManyDocuments(f"more than {max_documents} YAML documents in one request")
         return documents

@@ -12,9 +12,10 @@ class PodTotals:
     """Resources of the running containers (native sidecars included), summed per pod.
 
     A missing request falls back to the limit (the apiserver defaults it so), then to the
-    given default. A request or limit of zero counts as missing, as Kubernetes' QoS classes ignore
-    zero quantities: `cpu: "0"` on a node agent says nothing of what it draws, and read as 0
-    vCPU it made the prior's answer 0 W. A missing limit means "unbounded", so the limit totals fall back to the
+    given default. A request or limit of zero counts as missing, a choice for power rather than
+    the apiserver's accounting (it keeps an explicit 0): Kubernetes' QoS classes ignore zero
+    quantities, and `cpu: "0"` on a node agent says nothing of what it draws; read as 0 vCPU it
+    made the prior's answer 0 W. A missing limit means "unbounded", so the limit totals fall back to the
     request totals: the pod cannot be expected to stay below what it asked for.
     Pod-level ``resources`` (Kubernetes 1.32+) replace the sums where set.
     """
@@ -45,11 +46,11 @@ def pod_totals(request: InferenceRequest, default_cpu_millicores: float, default
         cpu_lim += max(c.lim_cpu_mcpu or c_cpu_req, c_cpu_req)
         mem_lim += max(c.lim_mem_mib or c_mem_req, c_mem_req)
     pod = request.pod_resources
-    if pod is not None:
-        if pod.req_cpu_mcpu is not None or pod.lim_cpu_mcpu is not None:
-            cpu_req = float(pod.req_cpu_mcpu if pod.req_cpu_mcpu is not None else pod.lim_cpu_mcpu)  # type: ignore[arg-type]
+    if pod is not None:  # zero counts as missing here too
+        if pod.req_cpu_mcpu or pod.lim_cpu_mcpu:
+            cpu_req = float(pod.req_cpu_mcpu or pod.lim_cpu_mcpu)  # type: ignore[arg-type]
             cpu_lim = float(max(pod.lim_cpu_mcpu or 0, cpu_req))
-        if pod.req_mem_mib is not None or pod.lim_mem_mib is not None:
-            mem_req = float(pod.req_mem_mib if pod.req_mem_mib is not None else pod.lim_mem_mib)  # type: ignore[arg-type]
+        if pod.req_mem_mib or pod.lim_mem_mib:
+            mem_req = float(pod.req_mem_mib or pod.lim_mem_mib)  # type: ignore[arg-type]
             mem_lim = float(max(pod.lim_mem_mib or 0, mem_req))
     return PodTotals(cpu_req, cpu_lim, mem_req, mem_lim, no_cpu, no_mem)
