@@ -61,7 +61,7 @@ from trainer.collect import read_requests
 from trainer.dataset import EXAMPLES_PER_REASON, JoinSummary, build_dataset, write_dataset, write_summary
 from trainer.labels import LABEL_COLUMNS
 from trainer.targets import DEFAULT_MIN_ACTIVE_WINDOWS
-from webhook.files import STDIN_NAME, NotUtf8Error, stdin_text, utf8_text
+from webhook.files import NotUtf8Error, utf8_text
 from webhook.model.manifests import ManifestError, manifest_texts, read_manifests
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
@@ -86,7 +86,6 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, POWER_COLUMN, ENERGY_COLUM
 MEASUREMENT_WINDOW_START = pd.Timestamp(0, tz="UTC")  # a table carries no time
 MEASUREMENT_WINDOW_SECONDS = 1
 DEFAULT_WINDOW_COUNT = DEFAULT_MIN_ACTIVE_WINDOWS
-STDIN_PATH = "-"
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -392,12 +391,6 @@ def read_specs(manifest_paths: Sequence[str | os.PathLike[str]] = (),
     A workload object that cannot be read is an error; other documents are counted as skipped."""
     specs = SpecSources()
     for path in manifest_paths:
-        if str(path) == STDIN_PATH:
-            try:
-                _read_manifest_text(stdin_text(), STDIN_NAME, specs)
-            except NotUtf8Error as exc:
-                raise ManifestReadError(str(exc)) from None
-            continue
         try:
             for file, text in manifest_texts(path):
                 _read_manifest_text(text, file, specs)

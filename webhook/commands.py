@@ -157,23 +157,22 @@ def _manifest_sources(paths: tuple[str, ...]) -> list[tuple[str, str | ManifestE
     '-' for stdin; UTF-8 all. A file of a directory that cannot be read (not UTF-8, no permission)
     comes with its ManifestError instead of its text, for the caller to report beside the rest; a
     path that is not there, or standard input that is not UTF-8, stops the command."""
-    from webhook.files import STDIN_NAME, NotUtf8Error, stdin_text
-    from webhook.model.manifests import ManifestError, manifest_file_text, manifest_files
+    from webhook.model.manifests import STDIN_PATH, ManifestError, manifest_file_text, manifest_files, manifest_texts
 
-    if paths.count("-") > 1:
+    if paths.count(STDIN_PATH) > 1:
         raise click.ClickException("'-' (standard input) may be given once")
     sources: list[tuple[str, str | ManifestError]] = []
     try:
         for path in paths:
-            if path == "-":
-                sources.append((STDIN_NAME, stdin_text()))
+            if path == STDIN_PATH:
+                sources.extend(manifest_texts(path))
                 continue
             for file in manifest_files(path):
                 try:
                     sources.append((str(file), manifest_file_text(file)))
                 except ManifestError as exc:
                     sources.append((str(file), exc))
-    except (NotUtf8Error, ManifestError) as exc:
+    except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
     return sources
 
@@ -200,14 +199,14 @@ def predict(manifests: tuple[str, ...], model_path: Path | None, output: str, pr
     sources = _manifest_sources(manifests)
     for name, text in sources:
         try:
-            if isinstance(text, ManifestError):
-                raise text
-            report = read_manifests(text, max_documents=None)  # files of any size, as diff reads them
+            report = read_manifests(text, max_documents=None) if isinstance(text, str) else text  # any size, as diff
         except ManifestError as exc:
+            report = exc
+        if isinstance(report, ManifestError):
             # The other files are still predicted, as `kubectl apply -R` applies the rest of a
             # directory; the exit code says that something was not read.
             errors.append({"file": name, "document": None, "item": None, "field": None,
-                           "problem": str(exc).removeprefix(f"{name}: ")})
+                           "problem": str(report).removeprefix(f"{name}: ")})
             continue
         rows.extend({"file": name, **where.as_dict(), **predict_out(service.predict(r))} for where, r in report.requests)
         skipped.extend({"file": name, **s} for s in report.skipped)
@@ -325,19 +324,18 @@ def diff(base: str, head: str, model_path: Path | None, output: str, region: str
     Each is a file, a directory (*.yaml, *.yml, *.json, recursively) or '-' for stdin (one side
     at most). Exit 1 when a --fail-above gate trips, 2 when the call itself is wrong.
     """
-    from webhook.diff import STDIN, DiffInputError, diff_manifests, read_side, render
-    from webhook.files import NotUtf8Error, stdin_text
+    from webhook.diff import DiffInputError, diff_manifests, read_side, render
+    from webhook.model.manifests import STDIN_PATH
 
-    if base == STDIN and head == STDIN:
+    if base == STDIN_PATH and head == STDIN_PATH:
         raise click.UsageError("only one of BASE and HEAD can be '-' (stdin)")
     carbon = carbon_settings(region, grid_intensity, pue)
     service = _offline_service(model_path, _prior(prior_cpu_min_watts, prior_cpu_max_watts, prior_utilisation,
                                                   prior_pue), error=InputError)
     try:
-        piped = stdin_text() if STDIN in (base, head) else None
-        sides = [read_side(path, side, service, carbon, piped)  # type: ignore[arg-type]
+        sides = [read_side(path, side, service, carbon)  # type: ignore[arg-type]
                  for path, side in ((base, "before"), (head, "after"))]
-    except (DiffInputError, NotUtf8Error) as exc:
+    except DiffInputError as exc:
         raise InputError(str(exc)) from None
     result = diff_manifests(sides[0], sides[1], carbon, service.status().model_id)
     failures = result.gate_failures(fail_above_watts, fail_above_percent)

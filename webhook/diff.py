@@ -22,7 +22,6 @@ from webhook.model.manifests import ManifestError, Located, manifest_texts, read
 from webhook.model.service import PredictionService, WorkloadPrediction
 from webhook.textable import align_columns
 
-STDIN = "-"
 WATTS_PER_KILOWATT = 1000.0
 GRAMS_PER_KILOGRAM = 1000.0
 # Relative tolerance under which two predictions are the same number: floating-point noise
@@ -92,21 +91,17 @@ def _namespace(obj: Mapping[str, Any] | None) -> str:
     return namespace if isinstance(namespace, str) and namespace else "default"
 
 
-def _texts(path: str, stdin_text: str | None) -> Iterable[tuple[str, str]]:
-    if path == STDIN:
-        yield STDIN_NAME, stdin_text or ""
-        return
+def _texts(path: str) -> Iterable[tuple[str, str]]:
     try:
         yield from manifest_texts(path)
     except ManifestError as exc:
         raise DiffInputError(str(exc)) from None
 
 
-def read_side(path: str, side: Side, service: PredictionService, carbon: CarbonSettings,
-              stdin_text: str | None = None) -> Manifests:
+def read_side(path: str, side: Side, service: PredictionService, carbon: CarbonSettings) -> Manifests:
     """Read and predict every workload under ``path`` (a file, a directory, or ``-``)."""
     result = Manifests()
-    for file, text in _texts(path, stdin_text):
+    for file, text in _texts(path):
         try:
             report = read_manifests(text, max_documents=None)  # files of any size, like the trainer's
         except ManifestError as exc:

@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from webhook.files import NotUtf8Error, utf8_text
+from webhook.files import STDIN_NAME, NotUtf8Error, stdin_text, utf8_text
 from webhook.model.extract import ExtractionError, to_inference_request, workload_kind_of
 from webhook.model.schema import WORKLOAD_KINDS, InferenceRequest
 
 MAX_DOCUMENTS = 1000  # per request to the webhook; the trainer reads files without a cap (None)
+STDIN_PATH = "-"  # a path that names standard input
 MANIFEST_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")  # what a directory of manifests holds
 # Read item by item: `kind: List`, and the workload kinds' typed lists (DeploymentList, PodList, ...),
 # not any kind whose name ends in "List" (a CRD's IPAllowList is an object of its own).
@@ -110,7 +111,7 @@ def load_located_documents(text: str, max_documents: int | None = MAX_DOCUMENTS)
 # - y, Y, n and N are booleans too;
 # - an unknown tag (`!reference [...]` in a CI file beside the manifests) is ignored: the node is
 #   read as the plain scalar, list or map it is.
-_STRINGS_IN_KUBERNETES = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value",
+_RESOLVED_OTHERWISE_IN_KUBERNETES = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value",
                                     "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"})
 _GO_NUMBER_TAG = "tag:yaml.org,2002:int"
 _GO_NUMBER = re.compile(r"^(?:[-+]?[0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9_]+)?|[-+]?0[xXoObB][0-9a-fA-F_]+"
@@ -156,7 +157,7 @@ def _untagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
 
 def _as_kubernetes_reads(loader: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
     resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {
-        first: [(tag, pattern) for tag, pattern in entries if tag not in _STRINGS_IN_KUBERNETES]
+        first: [(tag, pattern) for tag, pattern in entries if tag not in _RESOLVED_OTHERWISE_IN_KUBERNETES]
         for first, entries in loader.yaml_implicit_resolvers.items()}
     for first in "-+0123456789.":
         resolvers.setdefault(first, []).append((_GO_NUMBER_TAG, _GO_NUMBER))
@@ -224,9 +225,15 @@ def manifest_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def manifest_texts(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
-    """(file name, text) of each file `manifest_files` finds at `path`, read as UTF-8
-    (`webhook.files.utf8_text`); ManifestError naming the file when it cannot be read or is not
-    UTF-8. `predict`, `diff` and the trainer's `--manifests` all read files through it."""
+    """(file name, text) of each file `manifest_files` finds at `path`, or of standard input for
+    `-`, read as UTF-8 (`webhook.files.utf8_text`); ManifestError naming the file when it cannot
+    be read or is not UTF-8. `predict`, `diff` and the trainer's `--manifests` all read through it."""
+    if str(path) == STDIN_PATH:
+        try:
+            yield STDIN_NAME, stdin_text()
+        except NotUtf8Error as exc:
+            raise ManifestError(str(exc)) from None
+        return
     for file in manifest_files(path):
         yield str(file), manifest_file_text(file)
 
